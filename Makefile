@@ -1,0 +1,22 @@
+# The two commands a newcomer needs:
+#   make run    start a local replica on embedded RocksDB and watch entries flow
+#   make test   format check, clippy and every test
+# Both install what a fresh Debian machine lacks first (see .ci/deps).
+
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/mindoo-replica/target
+CARGO_FLAGS := --release --locked
+
+.PHONY: run test deps bench
+deps:
+	@bash .ci/deps
+
+run: deps
+	cargo run $(CARGO_FLAGS) -- demo
+
+test: deps
+	cargo fmt --all -- --check
+	cargo clippy $(CARGO_FLAGS) --all-targets -- -D warnings
+	cargo test $(CARGO_FLAGS)
+
+bench: deps
+	cargo run $(CARGO_FLAGS) -- bench append

@@ -1,0 +1,213 @@
+//! Client library for the Store API: typed calls with domain types, and
+//! verification of everything a replica returns.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use tonic::Status;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::entry::{Entry, EntryId, Namespace};
+use crate::proto;
+use crate::proto::store_client::StoreClient as RawClient;
+use crate::replica::PutOutcome;
+use crate::service::convert;
+use crate::store::Incarnation;
+
+/// Largest message the client accepts; above any replica's configured limit.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// A replica's head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    pub incarnation: Incarnation,
+    pub head_seq: u64,
+    pub entry_count: u64,
+}
+
+/// Totals of a streamed put.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PutSummary {
+    pub stored: u64,
+    pub duplicate: u64,
+    pub rejected: u64,
+}
+
+#[derive(Clone)]
+pub struct StoreClient {
+    inner: RawClient<Channel>,
+}
+
+/// An endpoint tuned for bulk transfer: large HTTP/2 windows, no Nagle delay.
+pub fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
+    let uri = match addr.contains("://") {
+        true => addr.to_owned(),
+        false => format!("http://{addr}"),
+    };
+    Ok(Endpoint::from_shared(uri)?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5))
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(8 << 20))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20)))
+}
+
+impl StoreClient {
+    /// Connects to `host:port` (or a full `http://` URI).
+    pub async fn connect(addr: &str) -> Result<Self, tonic::transport::Error> {
+        Ok(Self::new(endpoint(addr)?.connect().await?))
+    }
+
+    pub fn new(channel: Channel) -> Self {
+        Self {
+            inner: RawClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        }
+    }
+
+    /// The generated client, for calls this wrapper does not cover.
+    pub fn raw(&mut self) -> &mut RawClient<Channel> {
+        &mut self.inner
+    }
+
+    pub async fn head(&mut self) -> Result<Head, Status> {
+        let h = self.inner.head(proto::HeadRequest {}).await?.into_inner();
+        let incarnation = h
+            .incarnation
+            .as_ref()
+            .try_into()
+            .map_err(|_| Status::internal("replica sent a malformed incarnation"))?;
+        Ok(Head {
+            incarnation: Incarnation(incarnation),
+            head_seq: h.head_seq,
+            entry_count: h.entry_count,
+        })
+    }
+
+    /// Puts one batch and returns the outcome of each entry.
+    pub async fn put(&mut self, entries: &[Entry]) -> Result<Vec<PutOutcome>, Status> {
+        let req = to_request(entries);
+        let mut responses = self
+            .inner
+            .put_entries(futures::stream::iter([req]))
+            .await?
+            .into_inner();
+        let resp = responses
+            .message()
+            .await?
+            .ok_or_else(|| Status::internal("replica closed the put stream without a response"))?;
+        Ok(outcomes(resp))
+    }
+
+    /// Streams batches through one PutEntries call, pipelined: the next batch
+    /// is sent while earlier ones are being stored.
+    pub async fn put_stream(
+        &mut self,
+        batches: impl Stream<Item = Vec<Entry>> + Send + 'static,
+    ) -> Result<PutSummary, Status> {
+        let requests = batches.map(|b| to_request(&b));
+        let mut responses = self.inner.put_entries(requests).await?.into_inner();
+        let mut summary = PutSummary::default();
+        while let Some(resp) = responses.message().await? {
+            for s in resp.status {
+                match proto::PutStatus::try_from(s) {
+                    Ok(proto::PutStatus::Stored) => summary.stored += 1,
+                    Ok(proto::PutStatus::Duplicate) => summary.duplicate += 1,
+                    _ => summary.rejected += 1,
+                }
+            }
+        }
+        Ok(summary)
+    }
+
+    /// The ids of `ids` the replica lacks.
+    pub async fn missing(
+        &mut self,
+        ns: &Namespace,
+        ids: &[EntryId],
+    ) -> Result<Vec<EntryId>, Status> {
+        let resp = self
+            .inner
+            .missing_ids(proto::MissingIdsRequest {
+                namespace: Some(convert::namespace_to_proto(ns)),
+                ids: ids.iter().map(convert::id_bytes).collect(),
+            })
+            .await?
+            .into_inner();
+        resp.missing
+            .iter()
+            .map(|id| EntryId::from_slice(id).map_err(|e| Status::internal(e.to_string())))
+            .collect()
+    }
+
+    /// Fetches entries and checks that each one's bytes hash to its id.
+    pub async fn get(&mut self, ns: &Namespace, ids: &[EntryId]) -> Result<Vec<Entry>, Status> {
+        let mut stream = self
+            .inner
+            .get_entries(proto::GetEntriesRequest {
+                namespace: Some(convert::namespace_to_proto(ns)),
+                ids: ids.iter().map(convert::id_bytes).collect(),
+            })
+            .await?
+            .into_inner();
+        let mut out = Vec::with_capacity(ids.len());
+        while let Some(batch) = stream.message().await? {
+            for e in batch.entries {
+                out.push(verify(&e.id, e.data)?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Parses an entry received from a replica and checks its id: a mismatch is
+/// DATA_LOSS, because the replica (or the network) corrupted it.
+pub fn verify(claimed: &[u8], data: Bytes) -> Result<Entry, Status> {
+    let entry = Entry::parse(data)
+        .map_err(|r| Status::data_loss(format!("replica sent a malformed entry: {r}")))?;
+    if entry.id.0 != claimed {
+        return Err(Status::data_loss(format!(
+            "replica sent entry {} whose bytes hash to {}",
+            hex::encode(claimed),
+            entry.id
+        )));
+    }
+    Ok(entry)
+}
+
+fn to_request(entries: &[Entry]) -> proto::PutEntriesRequest {
+    proto::PutEntriesRequest {
+        entries: entries
+            .iter()
+            .map(|e| proto::Entry {
+                id: convert::id_bytes(&e.id),
+                data: e.data().clone(),
+            })
+            .collect(),
+    }
+}
+
+fn outcomes(resp: proto::PutEntriesResponse) -> Vec<PutOutcome> {
+    let mut rejections = resp.rejections.into_iter().peekable();
+    resp.status
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| match proto::PutStatus::try_from(s) {
+            Ok(proto::PutStatus::Stored) => PutOutcome::Stored,
+            Ok(proto::PutStatus::Duplicate) => PutOutcome::Duplicate,
+            _ => {
+                let r = rejections.next_if(|r| r.index as usize == i);
+                let reason = r
+                    .as_ref()
+                    .and_then(|r| proto::RejectReason::try_from(r.reason).ok())
+                    .and_then(convert::reject_reason_from_proto)
+                    .unwrap_or(crate::entry::RejectReason::Malformed);
+                let detail = r.map(|r| r.detail).unwrap_or_default();
+                PutOutcome::Rejected(crate::entry::Rejection::new(reason, detail))
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,72 @@
+//! The replica's error type and its one mapping to gRPC status codes.
+
+use tonic::{Code, Status};
+
+use crate::entry::{InvalidId, InvalidNamespace, Namespace};
+use crate::store::{Seq, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error(transparent)]
+    InvalidId(#[from] InvalidId),
+    #[error(transparent)]
+    InvalidNamespace(#[from] InvalidNamespace),
+    #[error("namespace {0} is not served by this replica")]
+    NamespaceNotAllowed(Namespace),
+    #[error("{what}: {got} is over the limit of {limit}")]
+    LimitExceeded {
+        what: &'static str,
+        got: usize,
+        limit: usize,
+    },
+    #[error(
+        "cursor is from incarnation {cursor} but this replica is incarnation {ours}; \
+         the replica was restored or rebuilt, start over"
+    )]
+    CursorIncarnation { cursor: String, ours: String },
+    #[error("cursor seq {seq} is beyond this replica's head {head}")]
+    CursorBeyondHead { seq: Seq, head: Seq },
+    #[error("cursor names {expected} at seq {seq} but this replica logged {found} there")]
+    CursorMismatch {
+        seq: Seq,
+        expected: String,
+        found: String,
+    },
+    #[error("peer sent corrupt data: {0}")]
+    DataLoss(String),
+    #[error("the replica is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        let code = match &e {
+            Error::InvalidArgument(_)
+            | Error::InvalidId(_)
+            | Error::InvalidNamespace(_)
+            | Error::NamespaceNotAllowed(_) => Code::InvalidArgument,
+            Error::LimitExceeded { .. } => Code::ResourceExhausted,
+            Error::CursorIncarnation { .. } | Error::CursorMismatch { .. } => {
+                Code::FailedPrecondition
+            }
+            Error::CursorBeyondHead { .. } => Code::OutOfRange,
+            Error::DataLoss(_) => Code::DataLoss,
+            Error::ShuttingDown => Code::Unavailable,
+            Error::Store(StoreError::DiskFull(_)) => Code::ResourceExhausted,
+            Error::Store(StoreError::Locked { .. }) => Code::Unavailable,
+            Error::Store(_) | Error::Internal(_) => Code::Internal,
+        };
+        if code == Code::Internal {
+            tracing::error!(error = %e, "internal error");
+        }
+        Status::new(code, e.to_string())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,160 @@
+//! Replica processes on this machine, for the demo, benchmarks and tests: a
+//! child `mindoo-replica serve` configured through environment variables,
+//! the way a container is, which reports its bound addresses on stdout.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The line `serve` prints once its listeners are bound.
+pub const READY_PREFIX: &str = "mindoo-replica listening";
+
+/// Formats the ready line for the given addresses.
+pub fn ready_line(grpc: SocketAddr, metrics: Option<SocketAddr>) -> String {
+    let metrics = metrics.map_or_else(|| "off".to_owned(), |a| a.to_string());
+    format!("{READY_PREFIX} grpc={grpc} metrics={metrics}")
+}
+
+/// A running child replica. Killed (SIGKILL) if dropped while still running.
+pub struct ReplicaProcess {
+    child: Child,
+    pub grpc: SocketAddr,
+    pub metrics: Option<SocketAddr>,
+}
+
+impl ReplicaProcess {
+    /// Starts `exe serve` on an ephemeral port with its RocksDB in `data_dir`,
+    /// plus any extra `MINDOO_REPLICA__…` overrides, and waits until it listens.
+    pub async fn spawn(
+        exe: &Path,
+        data_dir: &Path,
+        metrics: bool,
+        extra_env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(exe);
+        cmd.arg("serve")
+            .env("MINDOO_REPLICA__SERVER__LISTEN", "127.0.0.1:0")
+            .env(
+                "MINDOO_REPLICA__SERVER__METRICS_LISTEN",
+                if metrics { "127.0.0.1:0" } else { "" },
+            )
+            .env("MINDOO_REPLICA__STORAGE__PATH", data_dir)
+            .env("MINDOO_REPLICA__LOG__FILTER", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        let stdout = child.stdout.take().context("child stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line())
+            .await
+            .context("replica did not start within 60 s")??;
+        let Some(line) = line else {
+            let status = child.wait().await?;
+            bail!("replica exited before listening ({status})");
+        };
+        let (grpc, metrics) = parse_ready(&line)
+            .with_context(|| format!("unexpected first line from the replica: {line:?}"))?;
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Self {
+            child,
+            grpc,
+            metrics,
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Resident and peak resident memory of the process, in bytes.
+    pub fn memory(&self) -> Option<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+                .map(|kb| kb * 1024)
+        };
+        Some((field("VmRSS:")?, field("VmHWM:")?))
+    }
+
+    /// Sends SIGTERM and waits for a graceful exit.
+    pub async fn stop(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        if let Some(pid) = self.pid() {
+            // SAFETY: kill(2) with a pid we own and a valid signal number.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+        Ok(self.child.wait().await?)
+    }
+
+    /// SIGKILL, no goodbye.
+    pub async fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+}
+
+/// A plain HTTP/1.0 GET against a local endpoint (such as `/metrics`); returns the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP response")?;
+    anyhow::ensure!(
+        head.contains(" 200 "),
+        "GET {path}: {}",
+        head.lines().next().unwrap_or("")
+    );
+    Ok(body.to_owned())
+}
+
+fn parse_ready(line: &str) -> Option<(SocketAddr, Option<SocketAddr>)> {
+    let rest = line.strip_prefix(READY_PREFIX)?;
+    let mut grpc = None;
+    let mut metrics = None;
+    for part in rest.split_whitespace() {
+        match part.split_once('=')? {
+            ("grpc", v) => grpc = Some(v.parse().ok()?),
+            ("metrics", "off") => {}
+            ("metrics", v) => metrics = Some(v.parse().ok()?),
+            _ => {}
+        }
+    }
+    Some((grpc?, metrics))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_line_round_trips() {
+        let g: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let m: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        assert_eq!(parse_ready(&ready_line(g, Some(m))), Some((g, Some(m))));
+        assert_eq!(parse_ready(&ready_line(g, None)), Some((g, None)));
+        assert_eq!(parse_ready("hello"), None);
+    }
+}

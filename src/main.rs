@@ -1,0 +1,179 @@
+//! The `mindoo-replica` command line.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use mindoo_replica::config::{ConfigError, RawConfig, Settings};
+use mindoo_replica::server::{self, Listeners};
+use mindoo_replica::{bench, demo, local, telemetry};
+
+#[derive(Parser)]
+#[command(name = "mindoo-replica", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a replica until SIGTERM or SIGINT.
+    Serve {
+        /// TOML config file; MINDOO_REPLICA__SECTION__KEY variables override it.
+        #[arg(long, short, env = "MINDOO_REPLICA_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Inspect the configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Start a local replica on embedded RocksDB and show entries flowing through it.
+    Demo {
+        /// Where the replica keeps its database.
+        #[arg(long, default_value = ".mindoo-demo")]
+        data_dir: PathBuf,
+        /// How many entries to write.
+        #[arg(long, default_value_t = 1000)]
+        entries: usize,
+        /// Stop after the demo instead of serving until Ctrl-C.
+        #[arg(long)]
+        exit: bool,
+    },
+    /// Benchmarks that print their figures.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration (defaults, file, environment) as TOML.
+    Print {
+        #[arg(long, short, env = "MINDOO_REPLICA_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// One client streams entries into one replica process over loopback gRPC.
+    Append {
+        #[arg(long, default_value_t = 100_000)]
+        entries: usize,
+        /// Ciphertext bytes per entry.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        /// Entries per PutEntries batch.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+    },
+}
+
+fn load(config: Option<&std::path::Path>) -> Result<(RawConfig, Settings), ConfigError> {
+    let raw = RawConfig::load(config)?;
+    let settings = raw.validate()?;
+    Ok((raw, settings))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Serve { config } => {
+            let settings = match load(config.as_deref()) {
+                Ok((_, settings)) => settings,
+                Err(e) => return config_error(e),
+            };
+            runtime.block_on(serve(settings))
+        }
+        Command::Config {
+            command: ConfigCommand::Print { config },
+        } => match load(config.as_deref()) {
+            Ok((raw, _)) => {
+                print!("{}", raw.to_toml());
+                Ok(())
+            }
+            Err(e) => return config_error(e),
+        },
+        Command::Demo {
+            data_dir,
+            entries,
+            exit,
+        } => {
+            telemetry::init(&mindoo_replica::config::LogSettings {
+                filter: "warn".into(),
+                json: false,
+            });
+            runtime.block_on(demo::run(demo::DemoOptions {
+                data_dir,
+                entries,
+                exit,
+            }))
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Append {
+                    entries,
+                    size,
+                    batch,
+                },
+        } => std::env::current_exe()
+            .map_err(anyhow::Error::from)
+            .and_then(|exe| {
+                runtime.block_on(bench::append(bench::AppendOptions {
+                    entries,
+                    ciphertext_bytes: size,
+                    batch: batch.max(1),
+                    exe,
+                }))
+            }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config_error(e: ConfigError) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(2)
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    telemetry::init(&settings.log);
+    let shutdown = shutdown_signal()?;
+    let listeners = Listeners::bind(&settings.server).await?;
+    let store = server::open_store(&settings.storage).await?;
+    // Ready: the store is open and the sockets accept connections.
+    println!(
+        "{}",
+        local::ready_line(listeners.grpc_addr()?, listeners.metrics_addr())
+    );
+    std::io::stdout().flush()?;
+    server::serve(settings, store, listeners, shutdown).await
+}
+
+/// Installs the SIGTERM and SIGINT handlers now; the future resolves on either.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    })
+}

@@ -1,0 +1,199 @@
+//! A tower layer that records every gRPC call: count and duration by method
+//! and status code, plus calls in flight.
+//!
+//! The record is made when the call's guard is dropped: after the trailers
+//! (which carry `grpc-status`) have been sent, or when the call is abandoned,
+//! so cancelled calls are counted too and the in-flight gauge always returns.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use tonic::Code;
+use tower::{Layer, Service};
+
+use super::Metrics;
+
+#[derive(Clone)]
+pub struct GrpcMetricsLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl GrpcMetricsLayer {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcMetrics {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct GrpcMetrics<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for GrpcMetrics<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+{
+    type Response = http::Response<RecordingBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+        let guard = CallGuard::start(self.metrics.clone(), method_label(req.uri().path()));
+        ResponseFuture {
+            inner: self.inner.call(req),
+            guard: Some(guard),
+        }
+    }
+}
+
+/// The label for a request path: known services keep their full method name,
+/// anything else is `unknown`, so clients cannot grow the label set.
+fn method_label(path: &str) -> String {
+    let known = [
+        "/mindoo.replica.v1.",
+        "/grpc.health.v1.",
+        "/grpc.reflection.",
+    ];
+    match known.iter().any(|p| path.starts_with(p)) && path.len() < 128 {
+        true => path[1..].to_owned(),
+        false => "unknown".to_owned(),
+    }
+}
+
+fn grpc_status(headers: &HeaderMap) -> Option<Code> {
+    let value = headers.get("grpc-status")?.to_str().ok()?;
+    Some(Code::from_i32(value.parse().ok()?))
+}
+
+fn code_label(code: Code) -> String {
+    match code {
+        Code::Ok => "OK".to_owned(),
+        other => format!("{other:?}"),
+    }
+}
+
+struct CallGuard {
+    metrics: Arc<Metrics>,
+    method: String,
+    start: Instant,
+    code: Option<Code>,
+}
+
+impl CallGuard {
+    fn start(metrics: Arc<Metrics>, method: String) -> Self {
+        metrics
+            .grpc_in_flight
+            .with_label_values(&[method.as_str()])
+            .inc();
+        Self {
+            metrics,
+            method,
+            start: Instant::now(),
+            code: None,
+        }
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        let code = code_label(self.code.unwrap_or(Code::Cancelled));
+        let labels = [self.method.as_str(), code.as_str()];
+        self.metrics.grpc_requests.with_label_values(&labels).inc();
+        self.metrics
+            .grpc_duration
+            .with_label_values(&labels)
+            .observe(self.start.elapsed().as_secs_f64());
+        self.metrics
+            .grpc_in_flight
+            .with_label_values(&[self.method.as_str()])
+            .dec();
+    }
+}
+
+pin_project_lite::pin_project! {
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        guard: Option<CallGuard>,
+    }
+}
+
+impl<F, ResBody, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<http::Response<ResBody>, E>>,
+{
+    type Output = Result<http::Response<RecordingBody<ResBody>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let mut guard = this.guard.take().expect("polled after completion");
+        Poll::Ready(match result {
+            Ok(response) => {
+                // A trailers-only response carries its status in the headers.
+                guard.code = grpc_status(response.headers());
+                Ok(response.map(|inner| RecordingBody { inner, guard }))
+            }
+            Err(e) => {
+                guard.code = Some(Code::Internal);
+                Err(e)
+            }
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    pub struct RecordingBody<B> {
+        #[pin]
+        inner: B,
+        guard: CallGuard,
+    }
+}
+
+impl<B: Body> Body for RecordingBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        if let Some(Ok(frame)) = &frame
+            && let Some(code) = frame.trailers_ref().and_then(grpc_status)
+        {
+            this.guard.code = Some(code);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,157 @@
+//! Prometheus metrics: one registry per replica, every name prefixed with
+//! `mindoo_replica_` and suffixed with its unit.
+//!
+//! gRPC calls are recorded by the tower layer in [`layer`]; ingest counters by
+//! the replica core; store gauges are refreshed on every scrape.
+
+pub mod layer;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::entry::RejectReason;
+use crate::store::StoreStats;
+
+const PREFIX: &str = "mindoo_replica";
+
+pub struct Metrics {
+    registry: Registry,
+    pub entries_stored: IntCounter,
+    pub entries_duplicate: IntCounter,
+    entries_rejected: IntCounterVec,
+    pub entry_bytes_received: IntCounter,
+    pub entry_bytes_sent: IntCounter,
+    pub(crate) grpc_requests: IntCounterVec,
+    pub(crate) grpc_duration: HistogramVec,
+    pub(crate) grpc_in_flight: IntGaugeVec,
+    store_entries: IntGauge,
+    store_head_seq: IntGauge,
+    store_disk_bytes: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some(PREFIX.into()), None)
+            .expect("static registry options are valid");
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique");
+            g
+        };
+        let entries_rejected = IntCounterVec::new(
+            Opts::new(
+                "entries_rejected_total",
+                "Entries refused at ingest, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(entries_rejected.clone()))
+            .expect("unique");
+        for reason in RejectReason::ALL {
+            entries_rejected.with_label_values(&[reason.as_str()]);
+        }
+        let grpc_requests = IntCounterVec::new(
+            Opts::new(
+                "grpc_requests_total",
+                "Finished gRPC calls, by method and status code",
+            ),
+            &["method", "code"],
+        )
+        .expect("valid metric");
+        let grpc_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "grpc_request_duration_seconds",
+                "gRPC call duration until the last response byte, by method and status code",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+                60.0,
+            ]),
+            &["method", "code"],
+        )
+        .expect("valid metric");
+        let grpc_in_flight = IntGaugeVec::new(
+            Opts::new("grpc_requests_in_flight", "gRPC calls in progress"),
+            &["method"],
+        )
+        .expect("valid metric");
+        for m in [
+            Box::new(grpc_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(grpc_duration.clone()),
+            Box::new(grpc_in_flight.clone()),
+        ] {
+            registry.register(m).expect("unique");
+        }
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique");
+        Self {
+            entries_stored: counter("entries_stored_total", "Entries newly stored"),
+            entries_duplicate: counter(
+                "entries_duplicate_total",
+                "Entries received that were already stored",
+            ),
+            entries_rejected,
+            entry_bytes_received: counter(
+                "entry_bytes_received_total",
+                "Bytes of entry data received through the store API",
+            ),
+            entry_bytes_sent: counter(
+                "entry_bytes_sent_total",
+                "Bytes of entry data sent through the store API",
+            ),
+            grpc_requests,
+            grpc_duration,
+            grpc_in_flight,
+            store_entries: gauge("store_entries", "Entries held"),
+            store_head_seq: gauge("store_head_seq", "Sequence number of the newest log record"),
+            store_disk_bytes: gauge(
+                "store_disk_bytes",
+                "Approximate size of the database (SST files and memtables)",
+            ),
+            registry,
+        }
+    }
+
+    pub fn rejected(&self, reason: RejectReason) {
+        self.entries_rejected
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
+    pub fn rejected_count(&self, reason: RejectReason) -> u64 {
+        self.entries_rejected
+            .with_label_values(&[reason.as_str()])
+            .get()
+    }
+
+    /// The text exposition of every metric, after refreshing the store gauges.
+    pub fn render(&self, stats: &StoreStats) -> String {
+        self.store_entries.set(stats.entries as i64);
+        self.store_head_seq.set(stats.head_seq as i64);
+        self.store_disk_bytes.set(stats.disk_bytes as i64);
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into a Vec does not fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,184 @@
+//! Ingest policy: the checks every entry passes before it is stored, whether it
+//! comes from a client or from a peer.
+//!
+//! A replica never decrypts anything. It checks what it can check without keys:
+//! the id matches the body, the size is within limits, the namespace is served,
+//! and, where a namespace lists trusted authors, the signature over the id.
+
+use std::collections::{HashMap, HashSet};
+
+use bytes::Bytes;
+
+use crate::entry::{Entry, EntryId, Namespace, RejectReason, Rejection};
+
+/// Rules for one namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NamespaceRules {
+    /// When non-empty, only these ed25519 public keys may author entries, and
+    /// every entry must carry a valid signature.
+    pub trusted_authors: HashSet<[u8; 32]>,
+    /// Every entry must carry a valid signature by its declared author.
+    pub require_signature: bool,
+}
+
+/// Which namespaces a replica serves and what it requires of their entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Serve namespaces that have no rules of their own.
+    pub allow_unlisted: bool,
+    pub namespaces: HashMap<Namespace, NamespaceRules>,
+    /// Largest accepted entry encoding, in bytes.
+    pub max_entry_bytes: usize,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            allow_unlisted: true,
+            namespaces: HashMap::new(),
+            max_entry_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// An entry that passed every check. Only verified entries reach a store.
+#[derive(Debug, Clone)]
+pub struct VerifiedEntry {
+    pub id: EntryId,
+    pub namespace: Namespace,
+    pub data: Bytes,
+}
+
+impl Policy {
+    /// Whether the replica serves `ns` at all.
+    pub fn serves(&self, ns: &Namespace) -> bool {
+        self.allow_unlisted || self.namespaces.contains_key(ns)
+    }
+
+    /// Checks an entry as received: `claimed_id` is the id the sender gave.
+    pub fn check(&self, claimed_id: &[u8], data: Bytes) -> Result<VerifiedEntry, Rejection> {
+        if data.len() > self.max_entry_bytes {
+            return Err(Rejection::new(
+                RejectReason::TooLarge,
+                format!(
+                    "{} bytes, the limit is {}",
+                    data.len(),
+                    self.max_entry_bytes
+                ),
+            ));
+        }
+        let claimed = EntryId::from_slice(claimed_id)
+            .map_err(|e| Rejection::new(RejectReason::Malformed, e.to_string()))?;
+        let entry = Entry::parse(data)?;
+        if entry.id != claimed {
+            return Err(Rejection::new(
+                RejectReason::IdMismatch,
+                format!("claimed id {claimed} but the body hashes to {}", entry.id),
+            ));
+        }
+        self.check_namespace_rules(&entry)?;
+        Ok(VerifiedEntry {
+            id: entry.id,
+            namespace: entry.envelope.namespace.clone(),
+            data: entry.data().clone(),
+        })
+    }
+
+    fn check_namespace_rules(&self, entry: &Entry) -> Result<(), Rejection> {
+        let ns = entry.namespace();
+        let rules = match self.namespaces.get(ns) {
+            Some(rules) => rules,
+            None if self.allow_unlisted => return Ok(()),
+            None => {
+                return Err(Rejection::new(
+                    RejectReason::NamespaceNotAllowed,
+                    format!("namespace {ns} is not served by this replica"),
+                ));
+            }
+        };
+        if !rules.trusted_authors.is_empty()
+            && !rules.trusted_authors.contains(&entry.envelope.author)
+        {
+            return Err(Rejection::new(
+                RejectReason::AuthorNotTrusted,
+                format!(
+                    "author {} is not trusted in {ns}",
+                    hex::encode(entry.envelope.author)
+                ),
+            ));
+        }
+        if rules.require_signature || !rules.trusted_authors.is_empty() {
+            entry.verify_signature()?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ed25519_dalek::SigningKey;
+
+    use super::*;
+    use crate::entry::Envelope;
+
+    fn entry(ns: &Namespace, key: Option<&SigningKey>) -> Entry {
+        let env = Envelope {
+            namespace: ns.clone(),
+            author: [0; 32],
+            created_ms: 1,
+            kind: "doc_change".into(),
+            doc_id: vec![],
+            deps: vec![],
+        };
+        Entry::create(env, &[1; 100], key)
+    }
+
+    fn reason(p: &Policy, e: &Entry) -> Option<RejectReason> {
+        p.check(&e.id.0, e.data().clone()).err().map(|r| r.reason)
+    }
+
+    #[test]
+    fn checks_in_order() {
+        let ns = Namespace::new("t", "d").unwrap();
+        let other = Namespace::new("t", "other").unwrap();
+        let trusted = SigningKey::from_bytes(&[1; 32]);
+        let stranger = SigningKey::from_bytes(&[2; 32]);
+        let rules = NamespaceRules {
+            trusted_authors: [trusted.verifying_key().to_bytes()].into(),
+            require_signature: false,
+        };
+        let policy = Policy {
+            allow_unlisted: false,
+            namespaces: [(ns.clone(), rules)].into(),
+            max_entry_bytes: 1000,
+        };
+        assert_eq!(reason(&policy, &entry(&ns, Some(&trusted))), None);
+        assert_eq!(
+            reason(&policy, &entry(&ns, Some(&stranger))),
+            Some(RejectReason::AuthorNotTrusted)
+        );
+        assert_eq!(
+            reason(&policy, &entry(&other, Some(&trusted))),
+            Some(RejectReason::NamespaceNotAllowed)
+        );
+        // Unsigned, but claiming the trusted author.
+        let mut env = entry(&ns, None).envelope;
+        env.author = trusted.verifying_key().to_bytes();
+        let unsigned = Entry::create(env, b"x", None);
+        assert_eq!(
+            reason(&policy, &unsigned),
+            Some(RejectReason::SignatureMissing)
+        );
+        let e = entry(&ns, Some(&trusted));
+        assert_eq!(
+            policy.check(&[0; 32], e.data().clone()).unwrap_err().reason,
+            RejectReason::IdMismatch
+        );
+        assert_eq!(
+            policy.check(&[0; 3], e.data().clone()).unwrap_err().reason,
+            RejectReason::Malformed
+        );
+        let big = Entry::create(entry(&ns, None).envelope, &[0; 2000], Some(&trusted));
+        assert_eq!(reason(&policy, &big), Some(RejectReason::TooLarge));
+    }
+}

@@ -1,0 +1,207 @@
+//! The replica process: opens the store, serves gRPC (store, health,
+//! reflection) and `/metrics` on listeners the caller has already bound, and
+//! shuts down in order when the shutdown future resolves:
+//!
+//! 1. health reports NOT_SERVING (and waits `shutdown_delay` for load balancers);
+//! 2. new calls are refused, live streams end with UNAVAILABLE, PutEntries
+//!    stops after the batch in hand;
+//! 3. in-flight calls get `drain_timeout` to finish;
+//! 4. the store is flushed, and `run` returns.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+
+use crate::config::{ServerSettings, Settings, StorageSettings};
+use crate::metrics::Metrics;
+use crate::metrics::layer::GrpcMetricsLayer;
+use crate::proto;
+use crate::replica::Replica;
+use crate::service::StoreService;
+use crate::store::memory::MemoryStore;
+use crate::store::rocks::RocksStore;
+use crate::store::{Store, StoreError};
+
+/// The sockets a replica serves on, bound before it starts.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub metrics: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the addresses from the settings.
+    pub async fn bind(settings: &ServerSettings) -> anyhow::Result<Self> {
+        let grpc = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("binding server.listen {}", settings.listen))?;
+        let metrics = match settings.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding server.metrics_listen {addr}"))?,
+            ),
+            None => None,
+        };
+        Ok(Self { grpc, metrics })
+    }
+
+    pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
+        self.grpc.local_addr()
+    }
+
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
+    }
+}
+
+/// Opens the configured store.
+pub async fn open_store(settings: &StorageSettings) -> Result<Arc<dyn Store>, StoreError> {
+    match settings {
+        StorageSettings::Memory => Ok(Arc::new(MemoryStore::new())),
+        StorageSettings::Rocks(config) => {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || RocksStore::open(&config))
+                .await
+                .map_err(|e| StoreError::Backend(format!("open task failed: {e}")))?
+                .map(|s| Arc::new(s) as Arc<dyn Store>)
+        }
+    }
+}
+
+/// Opens the store and serves until `shutdown` resolves.
+pub async fn run(
+    settings: Settings,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let store = open_store(&settings.storage).await?;
+    serve(settings, store, listeners, shutdown).await
+}
+
+/// Serves `store` until `shutdown` resolves; see the module docs for the order.
+pub async fn serve(
+    settings: Settings,
+    store: Arc<dyn Store>,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let stopping = CancellationToken::new();
+    let replica = Arc::new(Replica::new(
+        store,
+        settings.policy.clone(),
+        settings.limits,
+        metrics.clone(),
+        stopping.clone(),
+    ));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<proto::store_server::StoreServer<StoreService>>()
+        .await;
+    health.set_service_status("", ServingStatus::Serving).await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let grpc_addr = listeners.grpc_addr()?;
+    let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
+    let grpc = Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        .layer(GrpcMetricsLayer::new(metrics.clone()))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .add_service(StoreService::server(replica.clone()))
+        .serve_with_incoming_shutdown(incoming, stopping.clone().cancelled_owned());
+    tokio::pin!(grpc);
+
+    let metrics_server = listeners.metrics.map(|listener| {
+        let addr = listener.local_addr().ok();
+        tracing::info!(?addr, "serving /metrics");
+        let task = tokio::spawn(serve_metrics(listener, replica.clone()));
+        AbortOnDrop(task)
+    });
+    let stats = replica.stats();
+    tracing::info!(
+        %grpc_addr,
+        incarnation = %replica.incarnation(),
+        head_seq = stats.head_seq,
+        entries = stats.entries,
+        "replica serving"
+    );
+
+    tokio::select! {
+        result = &mut grpc => {
+            result.context("gRPC server failed")?;
+            anyhow::bail!("gRPC server stopped unexpectedly");
+        }
+        _ = shutdown => {}
+    }
+
+    tracing::info!("shutting down: health NOT_SERVING");
+    health
+        .set_not_serving::<proto::store_server::StoreServer<StoreService>>()
+        .await;
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    tokio::time::sleep(settings.server.shutdown_delay).await;
+    stopping.cancel();
+    match tokio::time::timeout(settings.server.drain_timeout, &mut grpc).await {
+        Ok(result) => result.context("gRPC server failed while draining")?,
+        Err(_) => tracing::warn!(
+            timeout = ?settings.server.drain_timeout,
+            "drain deadline passed; closing the remaining calls"
+        ),
+    }
+    drop(metrics_server);
+    replica.flush().await.context("flushing the store")?;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+/// Aborts a task when its owner goes away.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn serve_metrics(listener: TcpListener, replica: Arc<Replica>) {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let replica = replica.clone();
+            async move {
+                let body = replica.metrics().render(&replica.stats());
+                (
+                    [(
+                        http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    body,
+                )
+            }
+        }),
+    );
+    // Metrics stay up through the drain; the owner aborts this task after it.
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "metrics server failed");
+    }
+}

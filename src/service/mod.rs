@@ -1,0 +1,163 @@
+//! The `mindoo.replica.v1.Store` gRPC service: thin handlers that validate
+//! requests (see [`convert`]), call the [`Replica`] core and shape responses.
+
+pub mod convert;
+mod streams;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::Error;
+use crate::proto;
+use crate::proto::store_server::{Store, StoreServer};
+use crate::replica::Replica;
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+pub struct StoreService {
+    replica: Arc<Replica>,
+}
+
+impl StoreService {
+    /// The service wrapped for tonic, with message limits from the config.
+    pub fn server(replica: Arc<Replica>) -> StoreServer<Self> {
+        let max = replica.limits().max_message_bytes;
+        StoreServer::new(Self { replica })
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max)
+    }
+}
+
+#[tonic::async_trait]
+impl Store for StoreService {
+    type PutEntriesStream = ResponseStream<proto::PutEntriesResponse>;
+    type GetEntriesStream = ResponseStream<proto::EntryBatch>;
+    type ScanSinceStream = ResponseStream<proto::LogBatch>;
+    type WatchStream = ResponseStream<proto::LogBatch>;
+
+    async fn put_entries(
+        &self,
+        request: Request<Streaming<proto::PutEntriesRequest>>,
+    ) -> Result<Response<Self::PutEntriesStream>, Status> {
+        Ok(Response::new(streams::put(
+            self.replica.clone(),
+            request.into_inner(),
+        )))
+    }
+
+    async fn missing_ids(
+        &self,
+        request: Request<proto::MissingIdsRequest>,
+    ) -> Result<Response<proto::MissingIdsResponse>, Status> {
+        let req = request.into_inner();
+        let ids = convert::ids(req.ids, self.replica.limits().max_ids_per_request)?;
+        let ns = convert::namespace(req.namespace)?;
+        let missing = self.replica.missing(ns, ids).await?;
+        Ok(Response::new(proto::MissingIdsResponse {
+            missing: missing.iter().map(convert::id_bytes).collect(),
+        }))
+    }
+
+    async fn get_entries(
+        &self,
+        request: Request<proto::GetEntriesRequest>,
+    ) -> Result<Response<Self::GetEntriesStream>, Status> {
+        let req = request.into_inner();
+        let ids = convert::ids(req.ids, self.replica.limits().max_ids_per_request)?;
+        let ns = convert::namespace(req.namespace)?;
+        self.replica.check_namespace(&ns)?;
+        Ok(Response::new(streams::get(self.replica.clone(), ns, ids)))
+    }
+
+    async fn list_ids(
+        &self,
+        request: Request<proto::ListIdsRequest>,
+    ) -> Result<Response<proto::ListIdsResponse>, Status> {
+        let req = request.into_inner();
+        let ns = convert::namespace(req.namespace)?;
+        let after = match req.page_token.is_empty() {
+            true => None,
+            false => Some(
+                crate::entry::EntryId::from_slice(&req.page_token)
+                    .map_err(|_| Error::InvalidArgument("page_token is not valid".into()))?,
+            ),
+        };
+        let limit = page_limit(req.limit, self.replica.limits().max_page)?;
+        let ids = self.replica.list_ids(ns, after, limit).await?;
+        let next_page_token = match ids.len() == limit {
+            true => ids.last().map(convert::id_bytes).unwrap_or_default(),
+            false => Default::default(),
+        };
+        Ok(Response::new(proto::ListIdsResponse {
+            ids: ids.iter().map(convert::id_bytes).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn head(
+        &self,
+        _request: Request<proto::HeadRequest>,
+    ) -> Result<Response<proto::HeadResponse>, Status> {
+        let stats = self.replica.stats();
+        let incarnation = self.replica.incarnation();
+        let id = self.replica.log_at(stats.head_seq).await?;
+        Ok(Response::new(proto::HeadResponse {
+            incarnation: bytes::Bytes::copy_from_slice(&incarnation.0),
+            head_seq: stats.head_seq,
+            entry_count: stats.entries,
+            cursor: Some(convert::cursor_to_proto(
+                incarnation,
+                stats.head_seq,
+                id.as_ref(),
+            )),
+        }))
+    }
+
+    async fn scan_since(
+        &self,
+        request: Request<proto::ScanSinceRequest>,
+    ) -> Result<Response<Self::ScanSinceStream>, Status> {
+        let req = request.into_inner();
+        let limit = page_limit(req.limit, usize::MAX)?;
+        let opts = streams::LogOptions::new(&self.replica, req.include_data, req.namespaces)?;
+        let after = self
+            .replica
+            .resume_point(convert::cursor(req.cursor)?)
+            .await?;
+        Ok(Response::new(streams::log(
+            self.replica.clone(),
+            after,
+            Some(limit),
+            opts,
+        )))
+    }
+
+    async fn watch(
+        &self,
+        request: Request<proto::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let req = request.into_inner();
+        let opts = streams::LogOptions::new(&self.replica, req.include_data, req.namespaces)?;
+        let after = self
+            .replica
+            .resume_point(convert::cursor(req.cursor)?)
+            .await?;
+        Ok(Response::new(streams::log(
+            self.replica.clone(),
+            after,
+            None,
+            opts,
+        )))
+    }
+}
+
+/// A requested page size: 0 means the default (`max`), more than `max` is an error.
+fn page_limit(requested: u32, max: usize) -> Result<usize, Error> {
+    match requested as usize {
+        0 => Ok(max),
+        n => Replica::check_count("requested page size", n, max).map(|_| n),
+    }
+}

@@ -1,0 +1,256 @@
+//! The streaming handlers. Each stream is a lazy state machine: it does the
+//! next piece of work only when the transport asks for the next message, so
+//! HTTP/2 flow control is the backpressure, and dropping the stream (client
+//! gone, server stopping) stops the work. No task is spawned per stream.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use tonic::{Status, Streaming};
+
+use super::ResponseStream;
+use super::convert;
+use crate::entry::{EntryId, Namespace};
+use crate::error::Error;
+use crate::proto;
+use crate::replica::Replica;
+use crate::store::Seq;
+
+/// Log records fetched per store call.
+const LOG_CHUNK: usize = 2048;
+/// Ids looked up per store call when streaming entries.
+const GET_CHUNK: usize = 64;
+/// Target size of one streamed message.
+const MESSAGE_BUDGET: usize = 1 << 20;
+
+fn message_budget(replica: &Replica) -> usize {
+    MESSAGE_BUDGET.min(replica.limits().max_message_bytes / 2)
+}
+
+/// Ends a stream after its first error.
+fn fused<T: Send + 'static>(
+    stream: impl Stream<Item = Result<T, Status>> + Send + 'static,
+) -> ResponseStream<T> {
+    let mut failed = false;
+    Box::pin(stream.take_while(move |item| {
+        let go = !failed;
+        failed |= item.is_err();
+        futures::future::ready(go)
+    }))
+}
+
+/// PutEntries: one response per request batch. Stops taking batches once the
+/// replica starts shutting down; every acknowledged batch is committed.
+pub fn put(
+    replica: Arc<Replica>,
+    inbound: Streaming<proto::PutEntriesRequest>,
+) -> ResponseStream<proto::PutEntriesResponse> {
+    fused(futures::stream::unfold(
+        (replica, inbound),
+        |(replica, mut inbound)| async move {
+            let next = tokio::select! {
+                biased;
+                _ = replica.shutdown_token().cancelled() => Err(Error::ShuttingDown.into()),
+                m = inbound.message() => m,
+            };
+            let batch = match next {
+                Ok(Some(batch)) => batch,
+                Ok(None) => return None,
+                Err(status) => return Some((Err(limit_status(status)), (replica, inbound))),
+            };
+            let result = replica
+                .put(convert::put_entries(batch))
+                .await
+                .map(|outcomes| convert::put_response(outcomes, replica.stats().head_seq))
+                .map_err(Status::from);
+            Some((result, (replica, inbound)))
+        },
+    ))
+}
+
+/// tonic reports a request message over the decode limit as OUT_OF_RANGE; it
+/// is a limit, so the stream reports it as RESOURCE_EXHAUSTED like the others.
+fn limit_status(status: Status) -> Status {
+    match status.code() {
+        tonic::Code::OutOfRange => Status::resource_exhausted(status.message()),
+        _ => status,
+    }
+}
+
+/// GetEntries: entries packed into messages of about [`MESSAGE_BUDGET`] bytes.
+pub fn get(
+    replica: Arc<Replica>,
+    ns: Namespace,
+    ids: Vec<EntryId>,
+) -> ResponseStream<proto::EntryBatch> {
+    let budget = message_budget(&replica);
+    fused(futures::stream::unfold(
+        (replica, ns, ids, 0usize),
+        move |(replica, ns, ids, mut pos)| async move {
+            if pos >= ids.len() {
+                return None;
+            }
+            let mut batch = proto::EntryBatch::default();
+            let mut bytes = 0;
+            while pos < ids.len() && bytes < budget {
+                let chunk = ids[pos..]
+                    .iter()
+                    .take(GET_CHUNK)
+                    .copied()
+                    .collect::<Vec<_>>();
+                pos += chunk.len();
+                let found = match replica.get(ns.clone(), chunk.clone()).await {
+                    Ok(found) => found,
+                    Err(e) => return Some((Err(e.into()), (replica, ns, ids, pos))),
+                };
+                for (id, data) in chunk.iter().zip(found) {
+                    match data {
+                        Some(data) => {
+                            bytes += data.len() + 40;
+                            batch.entries.push(proto::Entry {
+                                id: convert::id_bytes(id),
+                                data,
+                            });
+                        }
+                        None => batch.missing.push(convert::id_bytes(id)),
+                    }
+                }
+            }
+            Some((Ok(batch), (replica, ns, ids, pos)))
+        },
+    ))
+}
+
+/// What a ScanSince or Watch stream sends.
+pub struct LogOptions {
+    with_data: bool,
+    only: Option<HashSet<Namespace>>,
+}
+
+impl LogOptions {
+    pub fn new(
+        replica: &Replica,
+        with_data: bool,
+        namespaces: Vec<proto::Namespace>,
+    ) -> Result<Self, Error> {
+        Replica::check_count(
+            "namespaces in a filter",
+            namespaces.len(),
+            replica.limits().max_ids_per_request,
+        )?;
+        let only = namespaces
+            .into_iter()
+            .map(|ns| convert::namespace(Some(ns)))
+            .collect::<Result<HashSet<_>, _>>()?;
+        for ns in &only {
+            replica.check_namespace(ns)?;
+        }
+        Ok(Self {
+            with_data,
+            only: (!only.is_empty()).then_some(only),
+        })
+    }
+}
+
+struct LogState {
+    replica: Arc<Replica>,
+    after: Seq,
+    /// Records still to send; `None` follows the log forever (Watch).
+    remaining: Option<usize>,
+    opts: LogOptions,
+    head: tokio::sync::watch::Receiver<Seq>,
+}
+
+/// ScanSince (`limit` set) and Watch (`limit` none): log records after `after`.
+pub fn log(
+    replica: Arc<Replica>,
+    after: Seq,
+    limit: Option<usize>,
+    opts: LogOptions,
+) -> ResponseStream<proto::LogBatch> {
+    let state = LogState {
+        head: replica.subscribe(),
+        replica,
+        after,
+        remaining: limit,
+        opts,
+    };
+    fused(futures::stream::unfold(state, |mut st| async move {
+        match st.next_batch().await {
+            Ok(Some(batch)) => Some((Ok(batch), st)),
+            Ok(None) => None,
+            Err(e) => Some((Err(e.into()), st)),
+        }
+    }))
+}
+
+impl LogState {
+    async fn next_batch(&mut self) -> Result<Option<proto::LogBatch>, Error> {
+        loop {
+            let limit = self.remaining.unwrap_or(usize::MAX).min(LOG_CHUNK);
+            if limit == 0 {
+                return Ok(None);
+            }
+            let budget = self.opts.with_data.then(|| message_budget(&self.replica));
+            let records = self.replica.log_since(self.after, limit, budget).await?;
+            if let Some(last) = records.last() {
+                self.after = last.seq;
+                if let Some(r) = &mut self.remaining {
+                    *r -= records.len();
+                }
+                return Ok(Some(self.batch(records)));
+            }
+            if self.remaining.is_some() {
+                return Ok(None);
+            }
+            let after = self.after;
+            tokio::select! {
+                _ = self.replica.shutdown_token().cancelled() => return Err(Error::ShuttingDown),
+                changed = self.head.wait_for(|head| *head > after) => {
+                    changed.map_err(|_| Error::ShuttingDown)?;
+                }
+            }
+        }
+    }
+
+    fn batch(&self, records: Vec<crate::store::LogRecord>) -> proto::LogBatch {
+        let last = records.last().map(|r| (r.seq, r.id));
+        let mut batch = proto::LogBatch {
+            head_seq: self.replica.stats().head_seq,
+            ..Default::default()
+        };
+        let mut index: HashMap<Namespace, u32> = HashMap::new();
+        for r in records {
+            if self
+                .opts
+                .only
+                .as_ref()
+                .is_some_and(|only| !only.contains(&r.namespace))
+            {
+                continue;
+            }
+            let next = index.len() as u32;
+            let ns = *index.entry(r.namespace.clone()).or_insert_with(|| {
+                batch
+                    .namespaces
+                    .push(convert::namespace_to_proto(&r.namespace));
+                next
+            });
+            batch.records.push(proto::LogRecord {
+                seq: r.seq,
+                namespace: ns,
+                id: convert::id_bytes(&r.id),
+                data: r.data.unwrap_or_default(),
+            });
+        }
+        if let Some((seq, id)) = last {
+            batch.next = Some(convert::cursor_to_proto(
+                self.replica.incarnation(),
+                seq,
+                Some(&id),
+            ));
+        }
+        batch
+    }
+}

@@ -1,0 +1,225 @@
+//! One behaviour suite, run against every [`Store`] backend.
+
+use super::memory::MemoryStore;
+use super::rocks::{RocksConfig, RocksStore};
+use super::*;
+use crate::entry::{Entry, Envelope};
+
+fn ns(db: &str) -> Namespace {
+    Namespace::new("tenant", db).unwrap()
+}
+
+fn entry(ns: &Namespace, n: u32) -> VerifiedEntry {
+    let env = Envelope {
+        namespace: ns.clone(),
+        author: [0; 32],
+        created_ms: n as u64,
+        kind: "doc_change".into(),
+        doc_id: vec![],
+        deps: vec![],
+    };
+    let e = Entry::create(env, &n.to_be_bytes(), None);
+    VerifiedEntry {
+        id: e.id,
+        namespace: ns.clone(),
+        data: e.data().clone(),
+    }
+}
+
+fn append_dedups_and_numbers(store: &dyn Store) {
+    let a = ns("a");
+    let batch: Vec<_> = (0..5).map(|i| entry(&a, i)).collect();
+    let out = store.append(&batch, None).unwrap();
+    assert_eq!(out, (1..=5).map(Appended::Stored).collect::<Vec<_>>());
+    // A batch with old entries, a new one and a repeat of the new one.
+    let again = vec![entry(&a, 1), entry(&a, 9), entry(&a, 9)];
+    let out = store.append(&again, None).unwrap();
+    assert_eq!(
+        out,
+        vec![
+            Appended::Duplicate,
+            Appended::Stored(6),
+            Appended::Duplicate
+        ]
+    );
+    let stats = store.stats();
+    assert_eq!((stats.head_seq, stats.entries), (6, 6));
+    // The same bytes under another namespace key are a different entry.
+    let b = ns("b");
+    let mut moved = entry(&a, 1);
+    moved.namespace = b.clone();
+    assert_eq!(
+        store.append(&[moved], None).unwrap(),
+        vec![Appended::Stored(7)]
+    );
+    assert_eq!(store.append(&[], None).unwrap(), vec![]);
+}
+
+fn reads(store: &dyn Store) {
+    let a = ns("a");
+    let batch: Vec<_> = (0..10).map(|i| entry(&a, i)).collect();
+    store.append(&batch, None).unwrap();
+    let unknown = entry(&a, 100).id;
+    let ids = [batch[3].id, unknown];
+    assert_eq!(store.contains(&a, &ids).unwrap(), vec![true, false]);
+    assert_eq!(
+        store.contains(&ns("zzz"), &ids).unwrap(),
+        vec![false, false]
+    );
+    let got = store.get(&a, &ids).unwrap();
+    assert_eq!(got[0].as_ref(), Some(&batch[3].data));
+    assert_eq!(got[1], None);
+
+    let log = store.log_since(0, 4, None).unwrap();
+    assert_eq!(log.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    assert_eq!(log[0].id, batch[0].id);
+    assert!(log[0].data.is_none());
+    let log = store.log_since(8, 100, Some(1 << 20)).unwrap();
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[1].data.as_ref(), Some(&batch[9].data));
+    assert_eq!(log[1].namespace, a);
+    assert!(store.log_since(10, 100, None).unwrap().is_empty());
+    // A data budget ends the list early but always returns one record.
+    let size = batch[0].data.len();
+    assert_eq!(store.log_since(0, 100, Some(1)).unwrap().len(), 1);
+    assert_eq!(store.log_since(0, 100, Some(3 * size)).unwrap().len(), 3);
+    assert_eq!(
+        store.log_since(0, 100, Some(3 * size + 1)).unwrap().len(),
+        4
+    );
+    assert!(store.log_since(u64::MAX, 100, None).unwrap().is_empty());
+    assert_eq!(store.log_at(10).unwrap(), Some(batch[9].id));
+    assert_eq!(store.log_at(0).unwrap(), None);
+    assert_eq!(store.log_at(11).unwrap(), None);
+
+    let mut sorted: Vec<_> = batch.iter().map(|e| e.id).collect();
+    sorted.sort();
+    assert_eq!(store.list_ids(&a, None, 100).unwrap(), sorted);
+    let page = store.list_ids(&a, None, 4).unwrap();
+    assert_eq!(page, sorted[..4]);
+    let next = store.list_ids(&a, page.last(), 4).unwrap();
+    assert_eq!(next, sorted[4..8]);
+    assert!(store.list_ids(&ns("zzz"), None, 4).unwrap().is_empty());
+    // A namespace whose key is a prefix of another's does not leak into it.
+    assert!(store.list_ids(&ns("a "), None, 4).unwrap().is_empty());
+}
+
+fn cursors_commit_with_the_batch(store: &dyn Store) {
+    let a = ns("a");
+    assert_eq!(store.cursor("peer-1").unwrap(), None);
+    let cursor = PeerCursor {
+        incarnation: Incarnation([5; 16]),
+        seq: 42,
+        id_at_seq: EntryId([6; 32]),
+    };
+    let update = CursorUpdate {
+        peer: "peer-1".into(),
+        cursor,
+    };
+    store.append(&[entry(&a, 1)], Some(&update)).unwrap();
+    assert_eq!(store.cursor("peer-1").unwrap(), Some(cursor));
+    // A cursor advances even when the whole batch was already held.
+    let later = CursorUpdate {
+        peer: "peer-1".into(),
+        cursor: PeerCursor { seq: 43, ..cursor },
+    };
+    store.append(&[entry(&a, 1)], Some(&later)).unwrap();
+    assert_eq!(store.cursor("peer-1").unwrap().unwrap().seq, 43);
+    assert_eq!(store.cursor("peer-2").unwrap(), None);
+}
+
+fn concurrent_appends_keep_the_log_dense(store: &dyn Store) {
+    let a = ns("a");
+    std::thread::scope(|s| {
+        for t in 0..4u32 {
+            let a = &a;
+            s.spawn(move || {
+                for i in 0..50u32 {
+                    // Overlapping ranges: each entry is written by two threads.
+                    let n = (t / 2) * 1000 + i;
+                    store.append(&[entry(a, n)], None).unwrap();
+                }
+            });
+        }
+    });
+    let stats = store.stats();
+    assert_eq!((stats.head_seq, stats.entries), (100, 100));
+    let log = store.log_since(0, 1000, None).unwrap();
+    assert_eq!(log.len(), 100);
+    assert!(log.iter().enumerate().all(|(i, r)| r.seq == i as u64 + 1));
+}
+
+macro_rules! conformance {
+    ($backend:ident, $make:expr) => {
+        mod $backend {
+            use super::*;
+
+            #[test]
+            fn append_dedups_and_numbers() {
+                let (store, _guard) = $make;
+                super::append_dedups_and_numbers(&store);
+            }
+
+            #[test]
+            fn reads() {
+                let (store, _guard) = $make;
+                super::reads(&store);
+            }
+
+            #[test]
+            fn cursors_commit_with_the_batch() {
+                let (store, _guard) = $make;
+                super::cursors_commit_with_the_batch(&store);
+            }
+
+            #[test]
+            fn concurrent_appends_keep_the_log_dense() {
+                let (store, _guard) = $make;
+                super::concurrent_appends_keep_the_log_dense(&store);
+            }
+        }
+    };
+}
+
+conformance!(memory, (MemoryStore::new(), ()));
+conformance!(rocks, {
+    let dir = tempfile::tempdir().unwrap();
+    (
+        RocksStore::open(&RocksConfig::new(dir.path())).unwrap(),
+        dir,
+    )
+});
+
+#[test]
+fn rocks_persists_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = RocksConfig::new(dir.path());
+    let a = ns("a");
+    let (incarnation, batch) = {
+        let store = RocksStore::open(&config).unwrap();
+        let batch: Vec<_> = (0..3).map(|i| entry(&a, i)).collect();
+        store.append(&batch, None).unwrap();
+        (store.incarnation(), batch)
+    };
+    let store = RocksStore::open(&config).unwrap();
+    assert_eq!(store.incarnation(), incarnation);
+    assert_eq!(store.stats().head_seq, 3);
+    assert_eq!(store.stats().entries, 3);
+    assert_eq!(store.log_at(3).unwrap(), Some(batch[2].id));
+    assert_eq!(
+        store.append(&[entry(&a, 3)], None).unwrap(),
+        vec![Appended::Stored(4)]
+    );
+}
+
+#[test]
+fn rocks_reports_a_locked_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = RocksConfig::new(dir.path());
+    let _first = RocksStore::open(&config).unwrap();
+    let err = RocksStore::open(&config)
+        .err()
+        .expect("second open must fail");
+    assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    assert!(err.to_string().contains("locked by another process"));
+}

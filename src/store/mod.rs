@@ -1,0 +1,182 @@
+//! Storage: the narrow interface a replica needs from its database.
+//!
+//! A store holds entries keyed by `(namespace, id)`, a local log that numbers
+//! every first insert with a sequence number, the replica's incarnation, and
+//! the replication cursors into peers' logs. Appending a batch is atomic: the
+//! entries, their log records and an optional advanced cursor are committed
+//! together, so a crash never loses, duplicates or skips anything.
+//!
+//! Methods are blocking; async callers run them on the blocking pool (see
+//! [`crate::replica`]). [`rocks::RocksStore`] is the production backend and the
+//! only module that touches RocksDB; [`memory::MemoryStore`] serves tests and
+//! throwaway replicas. Both pass the same conformance suite.
+
+#[cfg(test)]
+mod conformance;
+pub mod memory;
+pub mod rocks;
+
+use std::fmt;
+
+use bytes::Bytes;
+
+use crate::entry::{EntryId, Namespace};
+use crate::policy::VerifiedEntry;
+
+/// A local log sequence number. The first record is 1; 0 means "before the start".
+pub type Seq = u64;
+
+/// Random id of one life of a database. A restored or rebuilt replica gets a new
+/// one, so cursors into its old log are recognisably stale.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Incarnation(pub [u8; 16]);
+
+impl Incarnation {
+    pub fn random() -> Self {
+        Self(rand::random())
+    }
+}
+
+impl fmt::Display for Incarnation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for Incarnation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Incarnation({self})")
+    }
+}
+
+/// One record of the local log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    pub seq: Seq,
+    pub namespace: Namespace,
+    pub id: EntryId,
+    /// The entry's data, when it was asked for.
+    pub data: Option<Bytes>,
+}
+
+/// A position in a peer's log, persisted by the puller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCursor {
+    pub incarnation: Incarnation,
+    pub seq: Seq,
+    pub id_at_seq: EntryId,
+}
+
+/// A cursor update committed together with a batch of entries.
+#[derive(Debug, Clone)]
+pub struct CursorUpdate {
+    /// The peer's stable name (its configured address).
+    pub peer: String,
+    pub cursor: PeerCursor,
+}
+
+/// What happened to one entry of an appended batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Newly stored at this log position.
+    Stored(Seq),
+    /// Already held (or repeated earlier in the same batch).
+    Duplicate,
+}
+
+/// Counters a store reports for metrics and status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub head_seq: Seq,
+    pub entries: u64,
+    /// Approximate bytes on disk (0 for memory).
+    pub disk_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "the database at {path} is locked by another process (is another replica running on it?)"
+    )]
+    Locked { path: String },
+    #[error("no space left on the storage device: {0}")]
+    DiskFull(String),
+    #[error("database schema version {found} is not supported (expected {expected})")]
+    Schema { found: u32, expected: u32 },
+    #[error("corrupt record in {what}: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+    #[error("storage error: {0}")]
+    Backend(String),
+}
+
+/// The storage interface. See the module docs for the guarantees.
+pub trait Store: Send + Sync + 'static {
+    fn incarnation(&self) -> Incarnation;
+
+    fn stats(&self) -> StoreStats;
+
+    /// Appends a batch atomically, with an optional cursor update. Returns one
+    /// outcome per entry, in order.
+    fn append(
+        &self,
+        entries: &[VerifiedEntry],
+        cursor: Option<&CursorUpdate>,
+    ) -> Result<Vec<Appended>, StoreError>;
+
+    /// For each id, whether the store holds it in `ns`.
+    fn contains(&self, ns: &Namespace, ids: &[EntryId]) -> Result<Vec<bool>, StoreError>;
+
+    /// For each id, the entry's data if held in `ns`.
+    fn get(&self, ns: &Namespace, ids: &[EntryId]) -> Result<Vec<Option<Bytes>>, StoreError>;
+
+    /// Up to `limit` log records with `seq > after`, in order. With
+    /// `data_budget`, each record carries its entry's data, and the list ends
+    /// early once the data adds up to the budget (it always holds one record).
+    fn log_since(
+        &self,
+        after: Seq,
+        limit: usize,
+        data_budget: Option<usize>,
+    ) -> Result<Vec<LogRecord>, StoreError>;
+
+    /// The id logged at `seq`, if any.
+    fn log_at(&self, seq: Seq) -> Result<Option<EntryId>, StoreError>;
+
+    /// Up to `limit` ids in `ns` greater than `after`, in id order.
+    fn list_ids(
+        &self,
+        ns: &Namespace,
+        after: Option<&EntryId>,
+        limit: usize,
+    ) -> Result<Vec<EntryId>, StoreError>;
+
+    /// The persisted cursor into `peer`'s log.
+    fn cursor(&self, peer: &str) -> Result<Option<PeerCursor>, StoreError>;
+
+    /// Makes everything appended so far durable.
+    fn flush(&self) -> Result<(), StoreError>;
+}
+
+/// Encodes a cursor as stored: incarnation ‖ seq (u64 BE) ‖ id.
+pub(crate) fn encode_cursor(c: &PeerCursor) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + 8 + 32);
+    out.extend_from_slice(&c.incarnation.0);
+    out.extend_from_slice(&c.seq.to_be_bytes());
+    out.extend_from_slice(&c.id_at_seq.0);
+    out
+}
+
+pub(crate) fn decode_cursor(bytes: &[u8]) -> Result<PeerCursor, StoreError> {
+    let corrupt = || StoreError::Corrupt {
+        what: "cursors",
+        detail: format!("cursor value of {} bytes", bytes.len()),
+    };
+    if bytes.len() != 56 {
+        return Err(corrupt());
+    }
+    Ok(PeerCursor {
+        incarnation: Incarnation(bytes[..16].try_into().map_err(|_| corrupt())?),
+        seq: u64::from_be_bytes(bytes[16..24].try_into().map_err(|_| corrupt())?),
+        id_at_seq: EntryId(bytes[24..].try_into().map_err(|_| corrupt())?),
+    })
+}

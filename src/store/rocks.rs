@@ -1,0 +1,463 @@
+//! The RocksDB [`Store`]. This is the only module that uses the `rocksdb` crate.
+//!
+//! Column families:
+//!
+//! | cf        | key                     | value                                   |
+//! |-----------|-------------------------|-----------------------------------------|
+//! | `entries` | ns ‖ id                 | entry data (uncompressed: it is ciphertext) |
+//! | `log`     | seq (u64 BE)            | ns ‖ id (lz4)                           |
+//! | `meta`    | `incarnation`, `head_seq`, `entry_count`, `schema_version` | fixed-size values |
+//! | `cursors` | peer name               | incarnation ‖ seq (u64 BE) ‖ id         |
+//!
+//! `ns` is [`Namespace::encode_key`], which is prefix-free, so a namespace's
+//! entries are one contiguous key range. Appends are serialised by a mutex and
+//! committed as one `WriteBatch`, which keeps the head and the count exact.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
+    Direction, IteratorMode, Options, WriteBatch, WriteOptions,
+};
+
+use super::{
+    Appended, CursorUpdate, Incarnation, LogRecord, PeerCursor, Seq, Store, StoreError, StoreStats,
+    decode_cursor, encode_cursor,
+};
+use crate::entry::{EntryId, ID_LEN, Namespace};
+use crate::policy::VerifiedEntry;
+
+const CF_ENTRIES: &str = "entries";
+const CF_LOG: &str = "log";
+const CF_META: &str = "meta";
+const CF_CURSORS: &str = "cursors";
+
+const KEY_INCARNATION: &[u8] = b"incarnation";
+const KEY_HEAD: &[u8] = b"head_seq";
+const KEY_COUNT: &[u8] = b"entry_count";
+const KEY_SCHEMA: &[u8] = b"schema_version";
+const SCHEMA_VERSION: u32 = 1;
+
+/// Tuning for the RocksDB backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RocksConfig {
+    pub path: PathBuf,
+    /// Shared block cache for all column families.
+    pub block_cache_bytes: usize,
+    /// Memtable size of the `entries` column family.
+    pub write_buffer_bytes: usize,
+    /// fsync the WAL on every batch (survives power loss, slower).
+    pub sync_writes: bool,
+}
+
+impl RocksConfig {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            block_cache_bytes: 64 << 20,
+            write_buffer_bytes: 32 << 20,
+            sync_writes: false,
+        }
+    }
+}
+
+pub struct RocksStore {
+    db: DB,
+    incarnation: Incarnation,
+    head: AtomicU64,
+    count: AtomicU64,
+    write_lock: Mutex<()>,
+    sync_writes: bool,
+}
+
+impl RocksStore {
+    /// Opens (or creates) the database at `config.path`.
+    pub fn open(config: &RocksConfig) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(&config.path).map_err(|e| {
+            map_io(
+                &config.path,
+                format!("creating {}: {e}", config.path.display()),
+            )
+        })?;
+        let cache = Cache::new_lru_cache(config.block_cache_bytes);
+        let table = |bloom: bool| {
+            let mut t = BlockBasedOptions::default();
+            t.set_block_cache(&cache);
+            t.set_cache_index_and_filter_blocks(true);
+            t.set_pin_l0_filter_and_index_blocks_in_cache(true);
+            if bloom {
+                t.set_bloom_filter(10.0, false);
+            }
+            t
+        };
+
+        let mut entries = Options::default();
+        entries.set_block_based_table_factory(&table(true));
+        entries.set_compression_type(DBCompressionType::None);
+        entries.set_write_buffer_size(config.write_buffer_bytes);
+        entries.set_max_write_buffer_number(3);
+        entries.set_target_file_size_base(64 << 20);
+        let mut log = Options::default();
+        log.set_block_based_table_factory(&table(false));
+        log.set_compression_type(DBCompressionType::Lz4);
+        log.set_write_buffer_size(config.write_buffer_bytes / 4);
+        let mut small = Options::default();
+        small.set_block_based_table_factory(&table(false));
+
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.set_max_background_jobs(2);
+        db_opts.set_bytes_per_sync(1 << 20);
+        db_opts.set_keep_log_file_num(3);
+        db_opts.set_max_total_wal_size(256 << 20);
+
+        let cfs = vec![
+            ColumnFamilyDescriptor::new(CF_ENTRIES, entries),
+            ColumnFamilyDescriptor::new(CF_LOG, log),
+            ColumnFamilyDescriptor::new(CF_META, small.clone()),
+            ColumnFamilyDescriptor::new(CF_CURSORS, small),
+        ];
+        let db = DB::open_cf_descriptors(&db_opts, &config.path, cfs)
+            .map_err(|e| map_err(&config.path, e))?;
+        let (incarnation, head, count) = load_meta(&db)?;
+        Ok(Self {
+            db,
+            incarnation,
+            head: AtomicU64::new(head),
+            count: AtomicU64::new(count),
+            write_lock: Mutex::new(()),
+            sync_writes: config.sync_writes,
+        })
+    }
+
+    fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("column families are created on open")
+    }
+
+    fn property(&self, cf: &str, name: &str) -> u64 {
+        self.db
+            .property_int_value_cf(self.cf(cf), name)
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
+}
+
+/// Reads the incarnation, head and count, or creates them for a new database.
+fn load_meta(db: &DB) -> Result<(Incarnation, Seq, u64), StoreError> {
+    let meta = db
+        .cf_handle(CF_META)
+        .expect("column families are created on open");
+    let get = |key: &[u8]| db.get_cf(meta, key).map_err(backend);
+    let Some(version) = get(KEY_SCHEMA)? else {
+        // A new database: everything is created in one batch.
+        let incarnation = Incarnation::random();
+        let mut batch = WriteBatch::default();
+        batch.put_cf(meta, KEY_SCHEMA, SCHEMA_VERSION.to_be_bytes());
+        batch.put_cf(meta, KEY_INCARNATION, incarnation.0);
+        batch.put_cf(meta, KEY_HEAD, 0u64.to_be_bytes());
+        batch.put_cf(meta, KEY_COUNT, 0u64.to_be_bytes());
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        db.write_opt(batch, &opts).map_err(backend)?;
+        return Ok((incarnation, 0, 0));
+    };
+    let found = u32::from_be_bytes(fixed(&version, "meta schema_version")?);
+    if found != SCHEMA_VERSION {
+        return Err(StoreError::Schema {
+            found,
+            expected: SCHEMA_VERSION,
+        });
+    }
+    let read = |key: &[u8], what| -> Result<Vec<u8>, StoreError> {
+        get(key)?.ok_or_else(|| StoreError::Corrupt {
+            what,
+            detail: "missing".into(),
+        })
+    };
+    let incarnation = Incarnation(fixed(
+        &read(KEY_INCARNATION, "meta incarnation")?,
+        "meta incarnation",
+    )?);
+    let head = u64::from_be_bytes(fixed(&read(KEY_HEAD, "meta head_seq")?, "meta head_seq")?);
+    let count = u64::from_be_bytes(fixed(
+        &read(KEY_COUNT, "meta entry_count")?,
+        "meta entry_count",
+    )?);
+    Ok((incarnation, head, count))
+}
+
+fn entry_key(ns: &Namespace, id: &EntryId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(2 + 2 * 64 + ID_LEN);
+    ns.encode_key(&mut key);
+    key.extend_from_slice(&id.0);
+    key
+}
+
+fn decode_entry_key(key: &[u8]) -> Result<(Namespace, EntryId), StoreError> {
+    Namespace::decode_key(key)
+        .and_then(|(ns, rest)| Some((ns, EntryId::from_slice(rest).ok()?)))
+        .ok_or_else(|| StoreError::Corrupt {
+            what: "log",
+            detail: format!("undecodable key {}", hex::encode(key)),
+        })
+}
+
+fn fixed<const N: usize>(v: &[u8], what: &'static str) -> Result<[u8; N], StoreError> {
+    v.try_into().map_err(|_| StoreError::Corrupt {
+        what,
+        detail: format!("{} bytes, expected {N}", v.len()),
+    })
+}
+
+fn backend(e: rocksdb::Error) -> StoreError {
+    let msg = e.into_string();
+    if msg.contains("No space left on device") {
+        StoreError::DiskFull(msg)
+    } else {
+        StoreError::Backend(msg)
+    }
+}
+
+fn map_err(path: &Path, e: rocksdb::Error) -> StoreError {
+    map_io(path, e.into_string())
+}
+
+fn map_io(path: &Path, msg: String) -> StoreError {
+    if msg.contains("lock") && (msg.contains("LOCK") || msg.contains("unavailable")) {
+        StoreError::Locked {
+            path: path.display().to_string(),
+        }
+    } else if msg.contains("No space left on device") {
+        StoreError::DiskFull(msg)
+    } else {
+        StoreError::Backend(msg)
+    }
+}
+
+impl Store for RocksStore {
+    fn incarnation(&self) -> Incarnation {
+        self.incarnation
+    }
+
+    fn stats(&self) -> StoreStats {
+        let disk_bytes = [CF_ENTRIES, CF_LOG, CF_META, CF_CURSORS]
+            .iter()
+            .map(|cf| {
+                self.property(cf, "rocksdb.total-sst-files-size")
+                    + self.property(cf, "rocksdb.size-all-mem-tables")
+            })
+            .sum();
+        StoreStats {
+            head_seq: self.head.load(Ordering::Acquire),
+            entries: self.count.load(Ordering::Acquire),
+            disk_bytes,
+        }
+    }
+
+    fn append(
+        &self,
+        entries: &[VerifiedEntry],
+        cursor: Option<&CursorUpdate>,
+    ) -> Result<Vec<Appended>, StoreError> {
+        let (cf_entries, cf_log, cf_meta) =
+            (self.cf(CF_ENTRIES), self.cf(CF_LOG), self.cf(CF_META));
+        let keys: Vec<Vec<u8>> = entries
+            .iter()
+            .map(|e| entry_key(&e.namespace, &e.id))
+            .collect();
+        let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let held = self.db.batched_multi_get_cf(cf_entries, &keys, false);
+        let mut seen = std::collections::HashSet::with_capacity(keys.len());
+        let mut head = self.head.load(Ordering::Acquire);
+        let mut count = self.count.load(Ordering::Acquire);
+        let mut batch = WriteBatch::default();
+        let mut out = Vec::with_capacity(entries.len());
+        for ((entry, key), held) in entries.iter().zip(&keys).zip(held) {
+            if held.map_err(backend)?.is_some() || !seen.insert(key.as_slice()) {
+                out.push(Appended::Duplicate);
+                continue;
+            }
+            head += 1;
+            count += 1;
+            batch.put_cf(cf_entries, key, &entry.data);
+            batch.put_cf(cf_log, head.to_be_bytes(), key);
+            out.push(Appended::Stored(head));
+        }
+        if let Some(update) = cursor {
+            batch.put_cf(
+                self.cf(CF_CURSORS),
+                update.peer.as_bytes(),
+                encode_cursor(&update.cursor),
+            );
+        }
+        if batch.is_empty() {
+            return Ok(out);
+        }
+        batch.put_cf(cf_meta, KEY_HEAD, head.to_be_bytes());
+        batch.put_cf(cf_meta, KEY_COUNT, count.to_be_bytes());
+        let mut opts = WriteOptions::default();
+        opts.set_sync(self.sync_writes);
+        self.db.write_opt(batch, &opts).map_err(backend)?;
+        self.count.store(count, Ordering::Release);
+        self.head.store(head, Ordering::Release);
+        Ok(out)
+    }
+
+    fn contains(&self, ns: &Namespace, ids: &[EntryId]) -> Result<Vec<bool>, StoreError> {
+        let keys: Vec<Vec<u8>> = ids.iter().map(|id| entry_key(ns, id)).collect();
+        self.db
+            .batched_multi_get_cf(self.cf(CF_ENTRIES), &keys, false)
+            .into_iter()
+            .map(|r| r.map(|v| v.is_some()).map_err(backend))
+            .collect()
+    }
+
+    fn get(&self, ns: &Namespace, ids: &[EntryId]) -> Result<Vec<Option<Bytes>>, StoreError> {
+        let keys: Vec<Vec<u8>> = ids.iter().map(|id| entry_key(ns, id)).collect();
+        self.db
+            .batched_multi_get_cf(self.cf(CF_ENTRIES), &keys, false)
+            .into_iter()
+            .map(|r| {
+                r.map(|v| v.map(|v| Bytes::copy_from_slice(&v)))
+                    .map_err(backend)
+            })
+            .collect()
+    }
+
+    fn log_since(
+        &self,
+        after: Seq,
+        limit: usize,
+        data_budget: Option<usize>,
+    ) -> Result<Vec<LogRecord>, StoreError> {
+        let head = self.head.load(Ordering::Acquire);
+        if after >= head || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let start = (after + 1).to_be_bytes();
+        let mut keys = Vec::with_capacity(limit.min((head - after) as usize));
+        let mut records = Vec::with_capacity(keys.capacity());
+        let iter = self.db.iterator_cf(
+            self.cf(CF_LOG),
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        for item in iter.take(limit) {
+            let (k, v) = item.map_err(backend)?;
+            let seq = u64::from_be_bytes(fixed(&k, "log key")?);
+            // Records above the head belong to a batch still being committed.
+            if seq > head {
+                break;
+            }
+            let (namespace, id) = decode_entry_key(&v)?;
+            records.push(LogRecord {
+                seq,
+                namespace,
+                id,
+                data: None,
+            });
+            keys.push(v);
+        }
+        let Some(budget) = data_budget else {
+            return Ok(records);
+        };
+        // Fetch bodies a chunk at a time so a small budget reads little.
+        const CHUNK: usize = 64;
+        let mut bytes = 0;
+        let mut filled = 0;
+        for chunk in keys.chunks(CHUNK) {
+            if bytes >= budget {
+                break;
+            }
+            let values = self
+                .db
+                .batched_multi_get_cf(self.cf(CF_ENTRIES), chunk, false);
+            for value in values {
+                if bytes >= budget {
+                    break;
+                }
+                let record = &mut records[filled];
+                let value = value.map_err(backend)?.ok_or_else(|| StoreError::Corrupt {
+                    what: "entries",
+                    detail: format!("log record {} names a missing entry", record.seq),
+                })?;
+                bytes += value.len();
+                record.data = Some(Bytes::copy_from_slice(&value));
+                filled += 1;
+            }
+        }
+        records.truncate(filled);
+        Ok(records)
+    }
+
+    fn log_at(&self, seq: Seq) -> Result<Option<EntryId>, StoreError> {
+        if seq == 0 || seq > self.head.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        let value = self
+            .db
+            .get_pinned_cf(self.cf(CF_LOG), seq.to_be_bytes())
+            .map_err(backend)?;
+        value
+            .map(|v| decode_entry_key(&v).map(|(_, id)| id))
+            .transpose()
+    }
+
+    fn list_ids(
+        &self,
+        ns: &Namespace,
+        after: Option<&EntryId>,
+        limit: usize,
+    ) -> Result<Vec<EntryId>, StoreError> {
+        let mut prefix = Vec::new();
+        ns.encode_key(&mut prefix);
+        let start = match after {
+            Some(id) => entry_key(ns, id),
+            None => prefix.clone(),
+        };
+        let iter = self.db.iterator_cf(
+            self.cf(CF_ENTRIES),
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        let mut ids = Vec::with_capacity(limit.min(4096));
+        for item in iter {
+            if ids.len() == limit {
+                break;
+            }
+            let (k, _) = item.map_err(backend)?;
+            let Some(rest) = k.strip_prefix(prefix.as_slice()) else {
+                break;
+            };
+            let id = EntryId::from_slice(rest).map_err(|e| StoreError::Corrupt {
+                what: "entries",
+                detail: e.to_string(),
+            })?;
+            if Some(&id) != after {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+
+    fn cursor(&self, peer: &str) -> Result<Option<PeerCursor>, StoreError> {
+        self.db
+            .get_pinned_cf(self.cf(CF_CURSORS), peer.as_bytes())
+            .map_err(backend)?
+            .map(|v| decode_cursor(&v))
+            .transpose()
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_wal(true).map_err(backend)?;
+        for cf in [CF_ENTRIES, CF_LOG, CF_META, CF_CURSORS] {
+            self.db.flush_cf(self.cf(cf)).map_err(backend)?;
+        }
+        Ok(())
+    }
+}

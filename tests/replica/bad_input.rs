@@ -1,0 +1,337 @@
+//! Bad input over real gRPC: each case gets a precise status or rejection
+//! reason, nothing is stored, and the rejection is counted.
+
+use bytes::Bytes;
+use ed25519_dalek::SigningKey;
+use mindoo_replica::bench::sample_entries;
+use mindoo_replica::config::RawNamespace;
+use mindoo_replica::entry::{Entry, Envelope, Namespace, RejectReason};
+use mindoo_replica::proto;
+use mindoo_replica::replica::PutOutcome;
+use mindoo_replica::service::convert;
+use tonic::Code;
+
+use crate::harness::*;
+
+async fn put_raw(
+    client: &mut mindoo_replica::client::StoreClient,
+    entries: Vec<proto::Entry>,
+) -> Result<proto::PutEntriesResponse, tonic::Status> {
+    let mut stream = client
+        .raw()
+        .put_entries(futures::stream::iter([proto::PutEntriesRequest {
+            entries,
+        }]))
+        .await?
+        .into_inner();
+    Ok(stream.message().await?.expect("one response per batch"))
+}
+
+fn wire(e: &Entry) -> proto::Entry {
+    proto::Entry {
+        id: convert::id_bytes(&e.id),
+        data: e.data().clone(),
+    }
+}
+
+fn reason(o: &PutOutcome) -> Option<RejectReason> {
+    match o {
+        PutOutcome::Rejected(r) => Some(r.reason),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn malformed_entries_are_rejected_counted_and_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = TestReplica::start(dir.path(), |c| c.limits.max_entry_bytes = 4096).await;
+    let mut client = replica.client().await;
+    let good = entries(1).remove(0);
+    let mut flipped = good.data().to_vec();
+    let at = flipped.len() - 80;
+    flipped[at] ^= 0xff;
+    let big = sample_entries(&ns(), &author(), 1, 5000).remove(0);
+    let cases: Vec<(proto::Entry, RejectReason, &str)> = vec![
+        (
+            proto::Entry {
+                id: Bytes::from_static(&[0; 32]),
+                data: good.data().clone(),
+            },
+            RejectReason::IdMismatch,
+            "hashes to",
+        ),
+        (
+            proto::Entry {
+                id: convert::id_bytes(&good.id),
+                data: flipped.into(),
+            },
+            RejectReason::IdMismatch,
+            "hashes to",
+        ),
+        (
+            proto::Entry {
+                id: Bytes::from_static(&[0; 5]),
+                data: good.data().clone(),
+            },
+            RejectReason::Malformed,
+            "32 bytes",
+        ),
+        (
+            proto::Entry {
+                id: convert::id_bytes(&good.id),
+                data: good.data().slice(..40),
+            },
+            RejectReason::Malformed,
+            "truncated",
+        ),
+        (
+            proto::Entry {
+                id: convert::id_bytes(&good.id),
+                data: Bytes::new(),
+            },
+            RejectReason::Malformed,
+            "truncated",
+        ),
+        (wire(&big), RejectReason::TooLarge, "limit is 4096"),
+    ];
+    for (entry, expected, detail) in cases {
+        let resp = put_raw(&mut client, vec![entry]).await.unwrap();
+        assert_eq!(resp.status, [proto::PutStatus::Rejected as i32]);
+        let r = &resp.rejections[0];
+        assert_eq!(
+            convert::reject_reason_from_proto(r.reason()),
+            Some(expected)
+        );
+        assert!(r.detail.contains(detail), "{:?} lacks {detail:?}", r.detail);
+    }
+    // A good entry in the same batch as a bad one is still stored.
+    let resp = put_raw(
+        &mut client,
+        vec![
+            wire(&good),
+            proto::Entry {
+                id: Bytes::from_static(&[0; 32]),
+                data: good.data().clone(),
+            },
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        resp.status,
+        [
+            proto::PutStatus::Stored as i32,
+            proto::PutStatus::Rejected as i32
+        ]
+    );
+    assert_eq!(resp.rejections[0].index, 1);
+    assert_eq!(client.head().await.unwrap().entry_count, 1);
+
+    let text = replica.metrics_text().await;
+    let count = |r: &str| {
+        metric(
+            &text,
+            &format!("mindoo_replica_entries_rejected_total{{reason=\"{r}\"}}"),
+        )
+    };
+    assert_eq!(count("id_mismatch"), 3.0);
+    assert_eq!(count("malformed"), 3.0);
+    assert_eq!(count("too_large"), 1.0);
+    replica.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn namespace_and_signature_policy() {
+    let trusted = author();
+    let stranger = SigningKey::from_bytes(&[7; 32]);
+    let dir = tempfile::tempdir().unwrap();
+    let replica = TestReplica::start(dir.path(), |c| {
+        c.policy.allow_unlisted = false;
+        c.policy.namespaces = vec![RawNamespace {
+            tenant: "acme".into(),
+            db: "notes".into(),
+            trusted_authors: vec![hex::encode(trusted.verifying_key().to_bytes())],
+            require_signature: false,
+        }];
+    })
+    .await;
+    let mut client = replica.client().await;
+    let other = Namespace::new("acme", "secret").unwrap();
+    let unsigned = {
+        let env = Envelope {
+            namespace: ns(),
+            author: trusted.verifying_key().to_bytes(),
+            created_ms: 1,
+            kind: "doc_change".into(),
+            doc_id: vec![],
+            deps: vec![],
+        };
+        Entry::create(env, b"ciphertext", None)
+    };
+    let bad_sig = {
+        let e = sample_entries(&ns(), &trusted, 1, 64).remove(0);
+        let mut data = e.data().to_vec();
+        let last = data.len() - 1;
+        data[last] ^= 1;
+        Entry::parse(data.into()).unwrap()
+    };
+    let batch = vec![
+        sample_entries(&ns(), &trusted, 1, 64).remove(0),
+        sample_entries(&ns(), &stranger, 1, 64).remove(0),
+        sample_entries(&other, &trusted, 1, 64).remove(0),
+        unsigned,
+        bad_sig,
+    ];
+    let out = client.put(&batch).await.unwrap();
+    let reasons: Vec<_> = out.iter().map(reason).collect();
+    assert_eq!(
+        reasons,
+        [
+            None,
+            Some(RejectReason::AuthorNotTrusted),
+            Some(RejectReason::NamespaceNotAllowed),
+            Some(RejectReason::SignatureMissing),
+            Some(RejectReason::SignatureInvalid),
+        ]
+    );
+    assert_eq!(client.head().await.unwrap().entry_count, 1);
+
+    // Reads of a namespace the replica does not serve.
+    let err = client.missing(&other, &[batch[0].id]).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("not served"), "{err}");
+    let err = client.get(&other, &[batch[0].id]).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    let text = replica.metrics_text().await;
+    for r in [
+        "author_not_trusted",
+        "namespace_not_allowed",
+        "signature_missing",
+        "signature_invalid",
+    ] {
+        let name = format!("mindoo_replica_entries_rejected_total{{reason=\"{r}\"}}");
+        assert_eq!(metric(&text, &name), 1.0, "{r}");
+    }
+    replica.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn request_limits_are_enforced_before_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = TestReplica::start(dir.path(), |c| {
+        c.limits.max_ids_per_request = 10;
+        c.limits.max_batch_entries = 5;
+        c.limits.max_page = 20;
+        c.limits.max_entry_bytes = 16 << 10;
+        c.limits.max_message_bytes = 64 << 10;
+    })
+    .await;
+    let mut client = replica.client().await;
+    let batch = entries(6);
+    let ids: Vec<_> = (0..11).map(|i| Bytes::from(vec![i as u8; 32])).collect();
+
+    let err = client.put(&batch).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(err.message().contains("entries in one batch: 6"), "{err}");
+    assert_eq!(client.head().await.unwrap().entry_count, 0);
+
+    let nsp = Some(convert::namespace_to_proto(&ns()));
+    let err = client
+        .raw()
+        .missing_ids(proto::MissingIdsRequest {
+            namespace: nsp.clone(),
+            ids: ids.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    let err = client
+        .raw()
+        .get_entries(proto::GetEntriesRequest {
+            namespace: nsp.clone(),
+            ids,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    let err = client
+        .raw()
+        .list_ids(proto::ListIdsRequest {
+            namespace: nsp.clone(),
+            page_token: Bytes::new(),
+            limit: 21,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+
+    // A message over the decode limit never reaches the handler.
+    let huge = vec![Bytes::from(vec![0u8; 32]); 3000];
+    let err = client
+        .raw()
+        .missing_ids(proto::MissingIdsRequest {
+            namespace: nsp.clone(),
+            ids: huge,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err}");
+    assert!(err.message().contains("too large"), "{err}");
+    let big = sample_entries(&ns(), &author(), 5, 15_000);
+    let err = client.put(&big).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert!(err.message().contains("too large"), "{err}");
+    assert_eq!(client.head().await.unwrap().entry_count, 0);
+    replica.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn malformed_request_fields_are_invalid_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = TestReplica::start(dir.path(), |_| {}).await;
+    let mut client = replica.client().await;
+    let good_ns = Some(convert::namespace_to_proto(&ns()));
+    let empty_tenant = Some(proto::Namespace {
+        tenant: String::new(),
+        db: "x".into(),
+    });
+    let cases = [
+        (
+            None,
+            vec![Bytes::from_static(&[0; 32])],
+            "namespace is required",
+        ),
+        (
+            empty_tenant,
+            vec![Bytes::from_static(&[0; 32])],
+            "must not be empty",
+        ),
+        (
+            good_ns.clone(),
+            vec![Bytes::from_static(&[0; 31])],
+            "got 31",
+        ),
+        (good_ns, vec![Bytes::new()], "got 0"),
+    ];
+    for (namespace, ids, detail) in cases {
+        let err = client
+            .raw()
+            .missing_ids(proto::MissingIdsRequest { namespace, ids })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains(detail), "{err}");
+    }
+    let err = client
+        .raw()
+        .list_ids(proto::ListIdsRequest {
+            namespace: Some(convert::namespace_to_proto(&ns())),
+            page_token: Bytes::from_static(b"bogus"),
+            limit: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    replica.stop().await.unwrap();
+}

@@ -1,0 +1,198 @@
+//! Restarts, graceful shutdown, health, and process-level failures.
+
+use std::process::Command;
+use std::time::Duration;
+
+use mindoo_replica::local::ReplicaProcess;
+use mindoo_replica::replica::PutOutcome;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::harness::*;
+
+const EXE: &str = env!("CARGO_BIN_EXE_mindoo-replica");
+
+#[tokio::test]
+async fn entries_and_incarnation_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let batch = entries(50);
+    let replica = TestReplica::start(dir.path(), |_| {}).await;
+    let mut client = replica.client().await;
+    client.put(&batch).await.unwrap();
+    let before = client.head().await.unwrap();
+    replica.stop().await.unwrap();
+
+    let replica = TestReplica::start(dir.path(), |_| {}).await;
+    let mut client = replica.client().await;
+    assert_eq!(client.head().await.unwrap(), before);
+    let ids: Vec<_> = batch.iter().map(|e| e.id).collect();
+    assert_eq!(client.get(&ns(), &ids).await.unwrap().len(), 50);
+    let out = client.put(&batch[..5]).await.unwrap();
+    assert!(out.iter().all(|o| *o == PutOutcome::Duplicate));
+    replica.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn graceful_shutdown_loses_no_acknowledged_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = TestReplica::start(dir.path(), |c| c.server.shutdown_delay_ms = 300).await;
+    let batch = entries(40_000);
+    let batches: Vec<Vec<_>> = batch.chunks(100).map(<[_]>::to_vec).collect();
+
+    // Stream batches and count those the replica acknowledged.
+    let mut client = replica.client().await;
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let requests = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let mut responses = client
+        .raw()
+        .put_entries(requests)
+        .await
+        .unwrap()
+        .into_inner();
+    let feeder = tokio::spawn(async move {
+        for b in batches {
+            let req = mindoo_replica::proto::PutEntriesRequest {
+                entries: b
+                    .iter()
+                    .map(|e| mindoo_replica::proto::Entry {
+                        id: bytes::Bytes::copy_from_slice(&e.id.0),
+                        data: e.data().clone(),
+                    })
+                    .collect(),
+            };
+            if tx.send(req).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let mut acked = 0;
+    while acked < 10 {
+        responses.message().await.unwrap().unwrap();
+        acked += 1;
+    }
+
+    // Health turns NOT_SERVING first, during the shutdown delay.
+    let channel = mindoo_replica::client::endpoint(&replica.addr.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let check = |h: &mut HealthClient<_>| {
+        let mut h = h.clone();
+        async move {
+            h.check(HealthCheckRequest {
+                service: "mindoo.replica.v1.Store".into(),
+            })
+            .await
+            .map(|r| r.into_inner().status())
+        }
+    };
+    assert_eq!(check(&mut health).await.unwrap(), ServingStatus::Serving);
+    replica.begin_stop();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(check(&mut health).await.unwrap(), ServingStatus::NotServing);
+
+    let end = loop {
+        match responses.message().await {
+            Ok(Some(_)) => acked += 1,
+            Ok(None) => break None,
+            Err(status) => break Some(status),
+        }
+    };
+    let end = end.expect("the put stream ends with a status");
+    assert_eq!(end.code(), tonic::Code::Unavailable, "{end}");
+    feeder.abort();
+    replica.stop().await.unwrap();
+
+    let replica = TestReplica::start(dir.path(), |_| {}).await;
+    let mut client = replica.client().await;
+    let held = client.head().await.unwrap().entry_count;
+    assert_eq!(
+        held,
+        acked * 100,
+        "every acknowledged batch, and only those"
+    );
+    let acked_ids: Vec<_> = batch[..(acked * 100) as usize]
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert!(
+        client
+            .missing(&ns(), &acked_ids[..10_000.min(acked_ids.len())])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    replica.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_locked_database_is_a_clear_startup_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = ReplicaProcess::spawn(EXE.as_ref(), dir.path(), false, &[])
+        .await
+        .unwrap();
+    let out = Command::new(EXE)
+        .arg("serve")
+        .env("MINDOO_REPLICA__SERVER__LISTEN", "127.0.0.1:0")
+        .env("MINDOO_REPLICA__SERVER__METRICS_LISTEN", "")
+        .env("MINDOO_REPLICA__STORAGE__PATH", dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("locked by another process"), "{stderr}");
+    let status = first.stop().await.unwrap();
+    assert!(status.success(), "SIGTERM exits 0, got {status}");
+}
+
+#[test]
+fn bad_configuration_exits_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("replica.toml");
+    std::fs::write(&file, "[storage]\nblock_cache_mb = \"lots\"\n").unwrap();
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            vec!["serve", "--config", file.to_str().unwrap()],
+            vec![],
+            "block_cache_mb",
+        ),
+        (
+            vec!["serve", "--config", "/nonexistent/replica.toml"],
+            vec![],
+            "does not exist",
+        ),
+        (
+            vec!["serve"],
+            vec![("MINDOO_REPLICA__SERVER__LISTEN", "not-an-address")],
+            "server.listen",
+        ),
+        (
+            vec!["config", "print"],
+            vec![("MINDOO_REPLICA__LIMITS__MAX_PAGE", "0")],
+            "limits.max_page",
+        ),
+    ];
+    for (args, env, needle) in cases {
+        let out = Command::new(EXE).args(&args).envs(env).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: {stderr:?} lacks {needle}"
+        );
+    }
+    let out = Command::new(EXE)
+        .args(["config", "print"])
+        .env("MINDOO_REPLICA__STORAGE__PATH", "/var/lib/mindoo")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("path = \"/var/lib/mindoo\""), "{text}");
+    assert!(text.contains("[limits]"), "{text}");
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests of one replica over real gRPC and real RocksDB.
+
+mod bad_input;
+mod harness;
+mod lifecycle;
+mod log;
+mod ops;
+mod store_api;
