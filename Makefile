@@ -16,7 +16,7 @@ run: deps
 test: deps
 	cargo fmt --all -- --check
 	cargo clippy $(CARGO_FLAGS) --all-targets -- -D warnings
-	cargo test $(CARGO_FLAGS)
+	cargo test $(CARGO_FLAGS) --lib --bins --tests
 
 bench: deps
 	cargo run $(CARGO_FLAGS) -- bench append
