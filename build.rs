@@ -4,7 +4,10 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/mindoo/replica/v1/store.proto"];
+    let protos = [
+        "proto/mindoo/replica/v1/store.proto",
+        "proto/mindoo/replica/v1/replication.proto",
+    ];
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(protos, ["proto"])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::entry::Namespace;
 use crate::policy::{NamespaceRules, Policy};
+use crate::replication::settings::ReplicationSettings;
 use crate::store::rocks::RocksConfig;
 
 /// Prefix of environment overrides; sections and keys are separated by `__`.
@@ -24,7 +25,7 @@ pub enum ConfigError {
     Invalid { key: String, why: String },
 }
 
-fn invalid(key: impl Into<String>, why: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: impl Into<String>, why: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         why: why.into(),
@@ -39,6 +40,7 @@ pub struct RawConfig {
     pub storage: RawStorage,
     pub limits: RawLimits,
     pub policy: RawPolicy,
+    pub replication: RawReplication,
     pub log: RawLog,
 }
 
@@ -91,6 +93,46 @@ pub struct RawNamespace {
     /// Hex ed25519 public keys; non-empty means signatures are required.
     pub trusted_authors: Vec<String>,
     pub require_signature: bool,
+}
+
+/// Who this replica pulls from. Every replica pulls from its peers, so a
+/// full mesh is every replica listing every other one (or all, itself included:
+/// the entry equal to `advertise` is dropped).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawReplication {
+    /// This replica's own address as peers reach it; removed from `peers`.
+    pub advertise: String,
+    /// `host:port` of every replica to pull from.
+    pub peers: Vec<String>,
+    /// Hub-and-spoke when non-empty: a hub pulls from every peer, any other
+    /// replica pulls only from the hubs.
+    pub hubs: Vec<String>,
+    /// A `host:port` DNS name whose every address is a peer (a headless
+    /// Service), re-resolved every `discovery_interval_ms`.
+    pub discovery: String,
+    pub discovery_interval_ms: u64,
+    /// `tenant/db` namespaces to pull; empty pulls all.
+    pub namespaces: Vec<String>,
+    pub connect_timeout_ms: u64,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+impl Default for RawReplication {
+    fn default() -> Self {
+        Self {
+            advertise: String::new(),
+            peers: Vec::new(),
+            hubs: Vec::new(),
+            discovery: String::new(),
+            discovery_interval_ms: 30_000,
+            namespaces: Vec::new(),
+            connect_timeout_ms: 5_000,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 10_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -162,6 +204,7 @@ pub struct Settings {
     pub storage: StorageSettings,
     pub limits: Limits,
     pub policy: Policy,
+    pub replication: ReplicationSettings,
     pub log: LogSettings,
 }
 
@@ -323,6 +366,7 @@ impl RawConfig {
             ));
         }
         let policy = self.policy.validate(max_entry_bytes)?;
+        let replication = ReplicationSettings::validate(&self.replication, server.listen)?;
         let log = LogSettings {
             filter: self.log.filter.clone(),
             json: match self.log.format.as_str() {
@@ -343,6 +387,7 @@ impl RawConfig {
             storage,
             limits,
             policy,
+            replication,
             log,
         })
     }

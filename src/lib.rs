@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod policy;
 pub mod proto;
 pub mod replica;
+pub mod replication;
 pub mod server;
 pub mod service;
 pub mod store;

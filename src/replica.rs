@@ -118,41 +118,58 @@ impl Replica {
         if self.shutdown.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
-        let policy = self.policy.clone();
         let received: usize = items.iter().map(|(_, d)| d.len()).sum();
         self.metrics.entry_bytes_received.inc_by(received as u64);
-        let (verified, mut outcomes) = tokio::task::spawn_blocking(move || {
-            let mut verified = Vec::with_capacity(items.len());
-            let outcomes: Vec<_> = items
-                .into_iter()
-                .map(|(id, data)| match policy.check(&id, data) {
-                    Ok(entry) => {
-                        verified.push(entry);
-                        None
-                    }
-                    Err(rejection) => Some(PutOutcome::Rejected(rejection)),
-                })
-                .collect();
-            (verified, outcomes)
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("verify task failed: {e}")))?;
-        for outcome in outcomes.iter().flatten() {
-            if let PutOutcome::Rejected(r) = outcome {
-                self.metrics.rejected(r.reason);
-                tracing::debug!(reason = %r.reason, detail = %r.detail, "entry rejected");
-            }
+        let count = items.len();
+        let (verified, rejections) = self.verify(items).await?;
+        let mut outcomes: Vec<Option<PutOutcome>> = vec![None; count];
+        for (index, rejection) in rejections {
+            outcomes[index] = Some(PutOutcome::Rejected(rejection));
         }
         let mut appended = self.ingest(verified, None).await?.into_iter();
         Ok(outcomes
-            .iter_mut()
+            .into_iter()
             .map(|o| {
-                o.take().unwrap_or_else(|| match appended.next() {
+                o.unwrap_or_else(|| match appended.next() {
                     Some(Appended::Stored(_)) => PutOutcome::Stored,
                     _ => PutOutcome::Duplicate,
                 })
             })
             .collect())
+    }
+
+    /// Checks `(claimed id, data)` pairs against the policy on the blocking
+    /// pool. Returns the entries that passed, in order, and the index and
+    /// reason of each one that did not; every rejection is counted.
+    pub async fn verify(
+        &self,
+        items: Vec<(Bytes, Bytes)>,
+    ) -> Result<(Vec<VerifiedEntry>, Vec<(usize, Rejection)>)> {
+        let policy = self.policy.clone();
+        let (verified, rejections) = tokio::task::spawn_blocking(move || {
+            let mut verified = Vec::with_capacity(items.len());
+            let mut rejections = Vec::new();
+            for (index, (id, data)) in items.into_iter().enumerate() {
+                match policy.check(&id, data) {
+                    Ok(entry) => verified.push(entry),
+                    Err(rejection) => rejections.push((index, rejection)),
+                }
+            }
+            (verified, rejections)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("verify task failed: {e}")))?;
+        for (_, r) in &rejections {
+            self.metrics.rejected(r.reason);
+            tracing::debug!(reason = %r.reason, detail = %r.detail, "entry rejected");
+        }
+        Ok((verified, rejections))
+    }
+
+    /// The persisted replication cursor into `peer`'s log.
+    pub async fn peer_cursor(&self, peer: &str) -> Result<Option<PeerCursor>> {
+        let peer = peer.to_owned();
+        self.blocking(move |s| s.cursor(&peer)).await
     }
 
     /// Stores already-verified entries, optionally with a cursor update, in one

@@ -3,10 +3,11 @@
 //! shuts down in order when the shutdown future resolves:
 //!
 //! 1. health reports NOT_SERVING (and waits `shutdown_delay` for load balancers);
-//! 2. new calls are refused, live streams end with UNAVAILABLE, PutEntries
+//! 2. the replication workers stop;
+//! 3. new calls are refused, live streams end with UNAVAILABLE, PutEntries
 //!    stops after the batch in hand;
-//! 3. in-flight calls get `drain_timeout` to finish;
-//! 4. the store is flushed, and `run` returns.
+//! 4. in-flight calls get `drain_timeout` to finish;
+//! 5. the store is flushed, and `run` returns.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,12 +20,18 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
+use tokio::sync::watch;
+
 use crate::config::{ServerSettings, Settings, StorageSettings};
 use crate::metrics::Metrics;
 use crate::metrics::layer::GrpcMetricsLayer;
 use crate::proto;
 use crate::replica::Replica;
+use crate::replication::Replicator;
+use crate::replication::settings::ReplicationSettings;
+use crate::replication::status::StatusBoard;
 use crate::service::StoreService;
+use crate::service::replication::ReplicationService;
 use crate::store::memory::MemoryStore;
 use crate::store::rocks::RocksStore;
 use crate::store::{Store, StoreError};
@@ -85,12 +92,27 @@ pub async fn run(
     serve(settings, store, listeners, shutdown).await
 }
 
-/// Serves `store` until `shutdown` resolves; see the module docs for the order.
+/// Serves `store` until `shutdown` resolves, with the replication settings
+/// fixed at start.
 pub async fn serve(
     settings: Settings,
     store: Arc<dyn Store>,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let (_keep, peers) = watch::channel(settings.replication.clone());
+    serve_with(settings, store, listeners, shutdown, peers).await
+}
+
+/// Serves `store` until `shutdown` resolves; replication follows `peers`, so
+/// a config reload can add and remove peers. See the module docs for the
+/// shutdown order.
+pub async fn serve_with(
+    settings: Settings,
+    store: Arc<dyn Store>,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send,
+    peers: watch::Receiver<ReplicationSettings>,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let stopping = CancellationToken::new();
@@ -101,6 +123,16 @@ pub async fn serve(
         metrics.clone(),
         stopping.clone(),
     ));
+
+    let board = StatusBoard::default();
+    let stop_replication = CancellationToken::new();
+    let replicator = Replicator::new(
+        replica.clone(),
+        peers,
+        board.clone(),
+        stop_replication.clone(),
+    );
+    let mut replicator = AbortOnDrop(tokio::spawn(replicator.run()));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -126,6 +158,7 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(StoreService::server(replica.clone()))
+        .add_service(ReplicationService::server(replica.clone(), board.clone()))
         .serve_with_incoming_shutdown(incoming, stopping.clone().cancelled_owned());
     tokio::pin!(grpc);
 
@@ -160,6 +193,13 @@ pub async fn serve(
         .set_service_status("", ServingStatus::NotServing)
         .await;
     tokio::time::sleep(settings.server.shutdown_delay).await;
+    stop_replication.cancel();
+    if tokio::time::timeout(settings.server.drain_timeout, &mut replicator.0)
+        .await
+        .is_err()
+    {
+        tracing::warn!("replication workers did not stop within the drain timeout");
+    }
     stopping.cancel();
     match tokio::time::timeout(settings.server.drain_timeout, &mut grpc).await {
         Ok(result) => result.context("gRPC server failed while draining")?,

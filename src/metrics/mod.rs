@@ -5,6 +5,7 @@
 //! the replica core; store gauges are refreshed on every scrape.
 
 pub mod layer;
+pub mod peer;
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -29,6 +30,7 @@ pub struct Metrics {
     store_entries: IntGauge,
     store_head_seq: IntGauge,
     store_disk_bytes: IntGauge,
+    pub peers: peer::PeerMetrics,
 }
 
 impl Metrics {
@@ -121,6 +123,7 @@ impl Metrics {
                 "store_disk_bytes",
                 "Approximate size of the database (SST files and memtables)",
             ),
+            peers: peer::PeerMetrics::new(&registry),
             registry,
         }
     }

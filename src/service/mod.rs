@@ -2,6 +2,7 @@
 //! requests (see [`convert`]), call the [`Replica`] core and shape responses.
 
 pub mod convert;
+pub mod replication;
 mod streams;
 
 use std::pin::Pin;

@@ -3,49 +3,93 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use mindoo_replica::bench::sample_entries;
 use mindoo_replica::client::StoreClient;
-use mindoo_replica::config::RawConfig;
+use mindoo_replica::config::{RawConfig, Settings};
 use mindoo_replica::entry::{Entry, Namespace};
+use mindoo_replica::replication::settings::ReplicationSettings;
 use mindoo_replica::server::{self, Listeners};
+use mindoo_replica::store::Store;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub struct TestReplica {
     pub addr: SocketAddr,
     pub metrics: SocketAddr,
+    /// Send new replication settings here to reload the peer set.
+    pub peers: watch::Sender<ReplicationSettings>,
     stop: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
 }
 
+/// Binds a listener on an ephemeral loopback port.
+pub async fn bind() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").await.unwrap()
+}
+
+/// The defaults, sized for tests, with RocksDB in `dir`.
+pub fn test_config(dir: &Path) -> RawConfig {
+    let mut raw = RawConfig::default();
+    raw.storage.path = dir.display().to_string();
+    raw.storage.block_cache_mb = 8;
+    raw.storage.write_buffer_mb = 8;
+    raw.server.drain_timeout_ms = 5_000;
+    raw.replication.backoff_initial_ms = 20;
+    raw.replication.backoff_max_ms = 300;
+    raw.replication.connect_timeout_ms = 1_000;
+    raw
+}
+
 impl TestReplica {
-    /// Starts a replica on `dir` with the default config, adjusted by `tweak`.
+    /// Starts a replica on `dir` with the test config, adjusted by `tweak`.
     pub async fn start(dir: &Path, tweak: impl FnOnce(&mut RawConfig)) -> Self {
-        let mut raw = RawConfig::default();
-        raw.storage.path = dir.display().to_string();
-        raw.storage.block_cache_mb = 8;
-        raw.storage.write_buffer_mb = 8;
-        raw.server.drain_timeout_ms = 5_000;
+        Self::start_on(dir, bind().await, tweak).await
+    }
+
+    /// Starts a replica on an already-bound gRPC listener.
+    pub async fn start_on(
+        dir: &Path,
+        grpc: TcpListener,
+        tweak: impl FnOnce(&mut RawConfig),
+    ) -> Self {
+        let mut raw = test_config(dir);
         tweak(&mut raw);
         let settings = raw.validate().expect("test config is valid");
+        let store = server::open_store(&settings.storage).await.unwrap();
+        Self::start_with_store(settings, store, grpc).await
+    }
+
+    /// Starts a replica serving `store` (for fault-injecting store wrappers).
+    pub async fn start_with_store(
+        settings: Settings,
+        store: Arc<dyn Store>,
+        grpc: TcpListener,
+    ) -> Self {
         let listeners = Listeners {
-            grpc: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-            metrics: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            grpc,
+            metrics: Some(bind().await),
         };
         let addr = listeners.grpc_addr().unwrap();
         let metrics = listeners.metrics_addr().unwrap();
         let stop = CancellationToken::new();
-        let task = tokio::spawn(server::run(
+        let (peers, peers_rx) = watch::channel(settings.replication.clone());
+        let task = tokio::spawn(server::serve_with(
             settings,
+            store,
             listeners,
             stop.clone().cancelled_owned(),
+            peers_rx,
         ));
         Self {
             addr,
             metrics,
+            peers,
             stop,
             task,
         }
@@ -61,6 +105,27 @@ impl TestReplica {
             .unwrap()
     }
 
+    pub async fn entry_count(&self) -> u64 {
+        self.client().await.head().await.unwrap().entry_count
+    }
+
+    /// Waits until this replica holds `count` entries, or panics after `secs`.
+    pub async fn wait_for_count(&self, count: u64, secs: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let held = self.entry_count().await;
+            if held == count {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "replica {} holds {held} entries, expected {count}",
+                self.addr
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Begins a graceful shutdown without waiting for it.
     pub fn begin_stop(&self) {
         self.stop.cancel();
@@ -71,6 +136,32 @@ impl TestReplica {
         self.stop.cancel();
         self.task.await?
     }
+}
+
+/// `n` replicas in a full mesh: every listener is bound first, then each
+/// replica starts with the complete peer list and its own address.
+pub async fn mesh(dirs: &[tempfile::TempDir]) -> Vec<TestReplica> {
+    let mut listeners = Vec::new();
+    for _ in dirs {
+        listeners.push(bind().await);
+    }
+    let addrs: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
+    let mut replicas = Vec::new();
+    for ((dir, listener), me) in dirs.iter().zip(listeners).zip(&addrs) {
+        let peers = addrs.clone();
+        let me = me.clone();
+        replicas.push(
+            TestReplica::start_on(dir.path(), listener, |c| {
+                c.replication.peers = peers;
+                c.replication.advertise = me;
+            })
+            .await,
+        );
+    }
+    replicas
 }
 
 pub fn ns() -> Namespace {

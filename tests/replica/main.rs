@@ -4,5 +4,6 @@ mod bad_input;
 mod harness;
 mod lifecycle;
 mod log;
+mod mesh;
 mod ops;
 mod store_api;

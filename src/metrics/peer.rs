@@ -1,0 +1,149 @@
+//! Per-peer replication metrics, labelled by the peer's address. Label values
+//! are removed when a peer leaves the topology, so the set stays bounded.
+
+use prometheus::{
+    Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+pub struct PeerMetrics {
+    entries: IntCounterVec,
+    bytes: IntCounterVec,
+    lag_entries: IntGaugeVec,
+    lag_seconds: GaugeVec,
+    last_success: GaugeVec,
+    errors: IntCounterVec,
+    sessions: IntCounterVec,
+    cursor_resets: IntCounterVec,
+    connected: IntGaugeVec,
+}
+
+/// Error kinds, the `kind` label of `peer_errors_total`.
+pub const ERROR_KINDS: [&str; 6] = ["connect", "timeout", "rpc", "data_loss", "store", "closed"];
+
+/// The metric children of one peer.
+#[derive(Clone)]
+pub struct PeerHandles {
+    pub entries: IntCounter,
+    pub bytes: IntCounter,
+    pub lag_entries: IntGauge,
+    pub lag_seconds: Gauge,
+    pub last_success: Gauge,
+    pub sessions: IntCounter,
+    pub cursor_resets: IntCounter,
+    pub connected: IntGauge,
+    errors: IntCounterVec,
+    peer: String,
+}
+
+impl PeerHandles {
+    pub fn error(&self, kind: &str) {
+        self.errors
+            .with_label_values(&[self.peer.as_str(), kind])
+            .inc();
+    }
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: T) -> T {
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+impl PeerMetrics {
+    pub fn new(registry: &Registry) -> Self {
+        let ivec = |name: &str, help: &str| {
+            register(
+                registry,
+                IntCounterVec::new(Opts::new(name, help), &["peer"]).expect("valid"),
+            )
+        };
+        let igauge = |name: &str, help: &str| {
+            register(
+                registry,
+                IntGaugeVec::new(Opts::new(name, help), &["peer"]).expect("valid"),
+            )
+        };
+        let gauge = |name: &str, help: &str| {
+            register(
+                registry,
+                GaugeVec::new(Opts::new(name, help), &["peer"]).expect("valid"),
+            )
+        };
+        Self {
+            entries: ivec(
+                "peer_entries_pulled_total",
+                "Entries pulled from a peer and newly stored",
+            ),
+            bytes: ivec(
+                "peer_bytes_pulled_total",
+                "Bytes of entry data received from a peer",
+            ),
+            lag_entries: igauge(
+                "peer_lag_entries",
+                "Log records of a peer not yet applied here",
+            ),
+            lag_seconds: gauge(
+                "peer_lag_seconds",
+                "Seconds since this replica was last caught up with a peer",
+            ),
+            last_success: gauge(
+                "peer_last_success_timestamp_seconds",
+                "Unix time of the last batch applied from (or caught up with) a peer",
+            ),
+            errors: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new("peer_errors_total", "Replication errors by peer and kind"),
+                    &["peer", "kind"],
+                )
+                .expect("valid"),
+            ),
+            sessions: ivec(
+                "peer_sessions_total",
+                "Replication sessions started with a peer",
+            ),
+            cursor_resets: ivec(
+                "peer_cursor_resets_total",
+                "Times a peer's cursor was refused (peer restored or rebuilt) and pulling started over",
+            ),
+            connected: igauge(
+                "peer_connected",
+                "1 while a replication session with the peer is streaming",
+            ),
+        }
+    }
+
+    pub fn peer(&self, peer: &str) -> PeerHandles {
+        for kind in ERROR_KINDS {
+            self.errors.with_label_values(&[peer, kind]);
+        }
+        PeerHandles {
+            entries: self.entries.with_label_values(&[peer]),
+            bytes: self.bytes.with_label_values(&[peer]),
+            lag_entries: self.lag_entries.with_label_values(&[peer]),
+            lag_seconds: self.lag_seconds.with_label_values(&[peer]),
+            last_success: self.last_success.with_label_values(&[peer]),
+            sessions: self.sessions.with_label_values(&[peer]),
+            cursor_resets: self.cursor_resets.with_label_values(&[peer]),
+            connected: self.connected.with_label_values(&[peer]),
+            errors: self.errors.clone(),
+            peer: peer.to_owned(),
+        }
+    }
+
+    /// Forgets a peer that left the topology.
+    pub fn remove(&self, peer: &str) {
+        let _ = self.entries.remove_label_values(&[peer]);
+        let _ = self.bytes.remove_label_values(&[peer]);
+        let _ = self.lag_entries.remove_label_values(&[peer]);
+        let _ = self.lag_seconds.remove_label_values(&[peer]);
+        let _ = self.last_success.remove_label_values(&[peer]);
+        let _ = self.sessions.remove_label_values(&[peer]);
+        let _ = self.cursor_resets.remove_label_values(&[peer]);
+        let _ = self.connected.remove_label_values(&[peer]);
+        for kind in ERROR_KINDS {
+            let _ = self.errors.remove_label_values(&[peer, kind]);
+        }
+    }
+}

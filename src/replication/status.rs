@@ -1,0 +1,59 @@
+//! What each pull worker reports about its peer, for `PeerStatus` and the
+//! `status` / `peers` commands.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use crate::store::Incarnation;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub peer: String,
+    pub connected: bool,
+    /// The address turned out to be this replica.
+    pub is_self: bool,
+    pub peer_incarnation: Option<Incarnation>,
+    /// The last applied position in the peer's log.
+    pub cursor_seq: u64,
+    /// The peer's head when last heard from.
+    pub peer_head_seq: u64,
+    /// Entries pulled from this peer and newly stored since start.
+    pub entries_pulled: u64,
+    pub last_success: Option<SystemTime>,
+    pub last_error: Option<String>,
+}
+
+/// The statuses of every current peer, shared by the workers and the API.
+#[derive(Clone, Default)]
+pub struct StatusBoard(Arc<Mutex<BTreeMap<String, Arc<Mutex<PeerStatus>>>>>);
+
+impl StatusBoard {
+    /// The slot a worker for `peer` writes to.
+    pub fn slot(&self, peer: &str) -> Arc<Mutex<PeerStatus>> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(peer.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(PeerStatus {
+                    peer: peer.to_owned(),
+                    ..Default::default()
+                }))
+            })
+            .clone()
+    }
+
+    pub fn remove(&self, peer: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(peer);
+    }
+
+    /// A consistent copy of every peer's status, ordered by address.
+    pub fn snapshot(&self) -> Vec<PeerStatus> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.values()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .collect()
+    }
+}

@@ -1,0 +1,61 @@
+//! The `mindoo.replica.v1.Replication` service: peer status for operators.
+
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use bytes::Bytes;
+use tonic::{Request, Response, Status};
+
+use crate::proto;
+use crate::proto::replication_server::{Replication, ReplicationServer};
+use crate::replica::Replica;
+use crate::replication::status::StatusBoard;
+
+pub struct ReplicationService {
+    replica: Arc<Replica>,
+    board: StatusBoard,
+}
+
+impl ReplicationService {
+    pub fn server(replica: Arc<Replica>, board: StatusBoard) -> ReplicationServer<Self> {
+        ReplicationServer::new(Self { replica, board })
+    }
+}
+
+#[tonic::async_trait]
+impl Replication for ReplicationService {
+    async fn peer_status(
+        &self,
+        _request: Request<proto::PeerStatusRequest>,
+    ) -> Result<Response<proto::PeerStatusResponse>, Status> {
+        let stats = self.replica.stats();
+        let peers = self
+            .board
+            .snapshot()
+            .into_iter()
+            .map(|s| proto::PeerState {
+                peer: s.peer,
+                connected: s.connected,
+                is_self: s.is_self,
+                peer_incarnation: s
+                    .peer_incarnation
+                    .map(|i| Bytes::copy_from_slice(&i.0))
+                    .unwrap_or_default(),
+                cursor_seq: s.cursor_seq,
+                peer_head_seq: s.peer_head_seq,
+                entries_pulled: s.entries_pulled,
+                last_success_unix_ms: s
+                    .last_success
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_millis() as i64),
+                last_error: s.last_error.unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(proto::PeerStatusResponse {
+            incarnation: Bytes::copy_from_slice(&self.replica.incarnation().0),
+            head_seq: stats.head_seq,
+            entry_count: stats.entries,
+            peers,
+        }))
+    }
+}

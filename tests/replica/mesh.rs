@@ -1,0 +1,377 @@
+//! Replication between real replicas: convergence, catch-up, reloads,
+//! partitions, hung and corrupt peers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use mindoo_replica::bench::sample_entries;
+use mindoo_replica::entry::{EntryId, Namespace};
+use mindoo_replica::policy::VerifiedEntry;
+use mindoo_replica::proto;
+use mindoo_replica::proto::replication_client::ReplicationClient;
+use mindoo_replica::server;
+use mindoo_replica::store::{
+    Appended, CursorUpdate, Incarnation, LogRecord, PeerCursor, Seq, Store, StoreError, StoreStats,
+};
+
+use crate::harness::*;
+
+fn dirs(n: usize) -> Vec<tempfile::TempDir> {
+    (0..n).map(|_| tempfile::tempdir().unwrap()).collect()
+}
+
+/// Every replica holds exactly the same ids.
+async fn assert_same_ids(replicas: &[TestReplica], ns: &Namespace) {
+    let mut sets = Vec::new();
+    for r in replicas {
+        let mut page = r
+            .client()
+            .await
+            .raw()
+            .list_ids(proto::ListIdsRequest {
+                namespace: Some(mindoo_replica::service::convert::namespace_to_proto(ns)),
+                page_token: Bytes::new(),
+                limit: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .ids;
+        page.sort();
+        sets.push(page);
+    }
+    assert!(sets.windows(2).all(|w| w[0] == w[1]), "replicas differ");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_converge_on_writes_to_each() {
+    let dirs = dirs(3);
+    let replicas = mesh(&dirs).await;
+    let batch = entries(600);
+    for (i, chunk) in batch.chunks(200).enumerate() {
+        replicas[i].client().await.put(chunk).await.unwrap();
+    }
+    for r in &replicas {
+        r.wait_for_count(600, 20).await;
+    }
+    assert_same_ids(&replicas, &ns()).await;
+    // Each body crossed to each replica about once: nothing was stored twice.
+    for r in &replicas {
+        let text = r.metrics_text().await;
+        assert_eq!(metric(&text, "mindoo_replica_entries_stored_total"), 600.0);
+    }
+    for r in replicas {
+        r.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_replicas_converge_and_a_stopped_one_catches_up() {
+    let dirs = dirs(5);
+    let mut replicas = mesh(&dirs).await;
+    let batch = entries(1000);
+    replicas[0].client().await.put(&batch[..500]).await.unwrap();
+    for r in &replicas {
+        r.wait_for_count(500, 20).await;
+    }
+
+    // Replica 4 goes away; the others keep taking writes.
+    let gone = replicas.pop().unwrap();
+    let addr = gone.addr;
+    gone.stop().await.unwrap();
+    replicas[1]
+        .client()
+        .await
+        .put(&batch[500..800])
+        .await
+        .unwrap();
+    replicas[3].client().await.put(&batch[800..]).await.unwrap();
+    for r in &replicas {
+        r.wait_for_count(1000, 20).await;
+    }
+
+    // It comes back on the same address and catches up from its cursors.
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let peers: Vec<String> = replicas
+        .iter()
+        .map(|r| r.addr.to_string())
+        .chain([addr.to_string()])
+        .collect();
+    let back = TestReplica::start_on(dirs[4].path(), listener, |c| {
+        c.replication.peers = peers;
+        c.replication.advertise = addr.to_string();
+    })
+    .await;
+    back.wait_for_count(1000, 20).await;
+    replicas.push(back);
+    assert_same_ids(&replicas, &ns()).await;
+    for r in replicas {
+        r.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_heals_through_a_config_reload() {
+    let dirs = dirs(2);
+    let a = TestReplica::start(dirs[0].path(), |_| {}).await;
+    // B starts isolated: no peers.
+    let b = TestReplica::start(dirs[1].path(), |_| {}).await;
+    let batch = entries(400);
+    a.client().await.put(&batch[..250]).await.unwrap();
+    b.client().await.put(&batch[150..]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(a.entry_count().await, 250);
+    assert_eq!(b.entry_count().await, 250);
+
+    // Reload both with each other as peers: no restart.
+    for (r, peer) in [(&a, b.addr), (&b, a.addr)] {
+        r.peers.send_modify(|s| s.peers = vec![peer.to_string()]);
+    }
+    a.wait_for_count(400, 20).await;
+    b.wait_for_count(400, 20).await;
+
+    // Removing the peer stops its worker and drops its metrics.
+    a.peers.send_modify(|s| s.peers.clear());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = a.metrics_text().await;
+        if !text.contains("mindoo_replica_peer_sessions_total{") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "peer metrics remain"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_peer_does_not_stall_the_others() {
+    // Accepts connections and never says a word.
+    let hung = bind().await;
+    let hung_addr = hung.local_addr().unwrap();
+    let _keep = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = hung.accept().await {
+            held.push(socket);
+        }
+    });
+    let dirs = dirs(2);
+    let source = TestReplica::start(dirs[0].path(), |_| {}).await;
+    let source_addr = source.addr.to_string();
+    let puller = TestReplica::start(dirs[1].path(), |c| {
+        c.replication.peers = vec![hung_addr.to_string(), source_addr];
+        c.replication.connect_timeout_ms = 200;
+    })
+    .await;
+    source.client().await.put(&entries(100)).await.unwrap();
+    puller.wait_for_count(100, 10).await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let name = format!("mindoo_replica_peer_errors_total{{kind=\"timeout\",peer=\"{hung_addr}\"}}");
+    while metric(&puller.metrics_text().await, &name) < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no timeout recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The status API tells the operator which peer is the problem.
+    let channel = mindoo_replica::client::endpoint(&puller.addr.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let status = ReplicationClient::new(channel)
+        .peer_status(proto::PeerStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let hung_state = status
+        .peers
+        .iter()
+        .find(|p| p.peer == hung_addr.to_string())
+        .unwrap();
+    assert!(!hung_state.connected);
+    assert!(hung_state.last_error.contains("in time"), "{hung_state:?}");
+    let ok = status
+        .peers
+        .iter()
+        .find(|p| p.peer == source.addr.to_string())
+        .unwrap();
+    assert!(ok.connected && ok.entries_pulled == 100, "{ok:?}");
+    puller.stop().await.unwrap();
+    source.stop().await.unwrap();
+}
+
+/// A store that corrupts entry data on the way out while `corrupt` is set.
+struct CorruptingStore {
+    inner: Arc<dyn Store>,
+    corrupt: Arc<AtomicBool>,
+}
+
+impl CorruptingStore {
+    fn spoil(&self, data: Bytes) -> Bytes {
+        if !self.corrupt.load(Ordering::Relaxed) {
+            return data;
+        }
+        let mut v = data.to_vec();
+        let at = v.len() / 2;
+        v[at] ^= 0x55;
+        v.into()
+    }
+}
+
+impl Store for CorruptingStore {
+    fn incarnation(&self) -> Incarnation {
+        self.inner.incarnation()
+    }
+    fn stats(&self) -> StoreStats {
+        self.inner.stats()
+    }
+    fn append(
+        &self,
+        entries: &[VerifiedEntry],
+        cursor: Option<&CursorUpdate>,
+    ) -> Result<Vec<Appended>, StoreError> {
+        self.inner.append(entries, cursor)
+    }
+    fn contains(&self, ns: &Namespace, ids: &[EntryId]) -> Result<Vec<bool>, StoreError> {
+        self.inner.contains(ns, ids)
+    }
+    fn get(&self, ns: &Namespace, ids: &[EntryId]) -> Result<Vec<Option<Bytes>>, StoreError> {
+        Ok(self
+            .inner
+            .get(ns, ids)?
+            .into_iter()
+            .map(|d| d.map(|d| self.spoil(d)))
+            .collect())
+    }
+    fn log_since(
+        &self,
+        after: Seq,
+        limit: usize,
+        data_budget: Option<usize>,
+    ) -> Result<Vec<LogRecord>, StoreError> {
+        let mut records = self.inner.log_since(after, limit, data_budget)?;
+        for r in &mut records {
+            r.data = r.data.take().map(|d| self.spoil(d));
+        }
+        Ok(records)
+    }
+    fn log_at(&self, seq: Seq) -> Result<Option<EntryId>, StoreError> {
+        self.inner.log_at(seq)
+    }
+    fn list_ids(
+        &self,
+        ns: &Namespace,
+        after: Option<&EntryId>,
+        limit: usize,
+    ) -> Result<Vec<EntryId>, StoreError> {
+        self.inner.list_ids(ns, after, limit)
+    }
+    fn cursor(&self, peer: &str) -> Result<Option<PeerCursor>, StoreError> {
+        self.inner.cursor(peer)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        self.inner.flush()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_data_from_a_peer_is_refused_and_the_pair_recovers() {
+    let dirs = dirs(2);
+    let corrupt = Arc::new(AtomicBool::new(false));
+    let settings = test_config(dirs[0].path()).validate().unwrap();
+    let inner = server::open_store(&settings.storage).await.unwrap();
+    let store = Arc::new(CorruptingStore {
+        inner,
+        corrupt: corrupt.clone(),
+    });
+    let bad = TestReplica::start_with_store(settings, store, bind().await).await;
+    bad.client().await.put(&entries(50)).await.unwrap();
+    corrupt.store(true, Ordering::Relaxed);
+
+    let peer = bad.addr.to_string();
+    let puller = TestReplica::start(dirs[1].path(), |c| c.replication.peers = vec![peer]).await;
+    let name = format!(
+        "mindoo_replica_peer_errors_total{{kind=\"data_loss\",peer=\"{}\"}}",
+        bad.addr
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metric(&puller.metrics_text().await, &name) < 2.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no data_loss recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(puller.entry_count().await, 0, "nothing corrupt is stored");
+    let text = puller.metrics_text().await;
+    assert!(
+        metric(
+            &text,
+            "mindoo_replica_entries_rejected_total{reason=\"id_mismatch\"}"
+        ) >= 2.0
+    );
+
+    // The peer is repaired: the pair recovers on its own.
+    corrupt.store(false, Ordering::Relaxed);
+    puller.wait_for_count(50, 10).await;
+    puller.stop().await.unwrap();
+    bad.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_filters_and_self_detection() {
+    let dirs = dirs(2);
+    let source = TestReplica::start(dirs[0].path(), |_| {}).await;
+    let other = Namespace::new("acme", "other").unwrap();
+    source.client().await.put(&entries(30)).await.unwrap();
+    source
+        .client()
+        .await
+        .put(&sample_entries(&other, &author(), 20, 64))
+        .await
+        .unwrap();
+
+    let listener = bind().await;
+    let me = listener.local_addr().unwrap();
+    let source_addr = source.addr.to_string();
+    // Its own address under another name: found out by incarnation.
+    let myself = format!("localhost:{}", me.port());
+    let puller = TestReplica::start_on(dirs[1].path(), listener, |c| {
+        c.replication.peers = vec![source_addr, myself.clone()];
+        c.replication.namespaces = vec!["acme/notes".into()];
+    })
+    .await;
+    puller.wait_for_count(30, 10).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(puller.entry_count().await, 30, "only acme/notes is pulled");
+
+    let channel = mindoo_replica::client::endpoint(&me.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = ReplicationClient::new(channel.clone())
+            .peer_status(proto::PeerStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if status.peers.iter().any(|p| p.peer == myself && p.is_self) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{status:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    puller.stop().await.unwrap();
+    source.stop().await.unwrap();
+}
