@@ -1,5 +1,5 @@
 # The two commands a newcomer needs:
-#   make run    start a local replica on embedded RocksDB and watch entries flow
+#   make run    start a local mesh of 3 replicas on embedded RocksDB and watch entries flow
 #   make test   format check, clippy and every test
 # Both install what a fresh Debian machine lacks first (see .ci/deps).
 
@@ -11,7 +11,7 @@ deps:
 	@bash .ci/deps
 
 run: deps
-	cargo run $(CARGO_FLAGS) -- demo
+	cargo run $(CARGO_FLAGS) -- mesh --replicas 3
 
 test: deps
 	cargo fmt --all -- --check

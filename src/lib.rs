@@ -12,10 +12,11 @@
 pub mod bench;
 pub mod client;
 pub mod config;
-pub mod demo;
 pub mod entry;
 pub mod error;
+pub mod inspect;
 pub mod local;
+pub mod mesh;
 pub mod metrics;
 pub mod policy;
 pub mod proto;

@@ -13,6 +13,81 @@ use tokio::process::{Child, Command};
 /// The line `serve` prints once its listeners are bound.
 pub const READY_PREFIX: &str = "mindoo-replica listening";
 
+/// Environment variable naming inherited listening sockets: `grpc_fd,metrics_fd`
+/// (`-` for no metrics). A parent binds the sockets, so their addresses are
+/// known, and race-free, before any child starts.
+pub const LISTEN_FDS_ENV: &str = "MINDOO_REPLICA_LISTEN_FDS";
+
+/// Sockets bound by a parent for a child replica.
+pub struct ChildListeners {
+    pub grpc: std::net::TcpListener,
+    pub metrics: Option<std::net::TcpListener>,
+}
+
+impl ChildListeners {
+    /// Binds both on ephemeral loopback ports.
+    pub fn bind_loopback() -> std::io::Result<Self> {
+        Self::bind("127.0.0.1:0", Some("127.0.0.1:0"))
+    }
+
+    pub fn bind(grpc: &str, metrics: Option<&str>) -> std::io::Result<Self> {
+        Ok(Self {
+            grpc: std::net::TcpListener::bind(grpc)?,
+            metrics: metrics.map(std::net::TcpListener::bind).transpose()?,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
+        self.grpc.local_addr()
+    }
+}
+
+/// The listeners a parent passed down through [`LISTEN_FDS_ENV`], if any.
+pub fn inherited_listeners() -> anyhow::Result<Option<crate::server::Listeners>> {
+    use std::os::fd::FromRawFd;
+    let Ok(spec) = std::env::var(LISTEN_FDS_ENV) else {
+        return Ok(None);
+    };
+    let (grpc, metrics) = spec
+        .split_once(',')
+        .with_context(|| format!("{LISTEN_FDS_ENV}={spec:?} is not grpc_fd,metrics_fd"))?;
+    let take = |fd: &str| -> anyhow::Result<tokio::net::TcpListener> {
+        let fd: i32 = fd
+            .parse()
+            .with_context(|| format!("{LISTEN_FDS_ENV}: {fd:?} is not a file descriptor"))?;
+        // SAFETY: the parent passed this descriptor for us to own; nothing
+        // else in this process refers to it.
+        let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+        listener.set_nonblocking(true)?;
+        Ok(tokio::net::TcpListener::from_std(listener)?)
+    };
+    Ok(Some(crate::server::Listeners {
+        grpc: take(grpc)?,
+        metrics: match metrics {
+            "-" => None,
+            fd => Some(take(fd)?),
+        },
+    }))
+}
+
+fn set_inheritable(fd: std::os::fd::RawFd, inheritable: bool) -> std::io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own, with valid commands.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let flags = match inheritable {
+            true => flags & !libc::FD_CLOEXEC,
+            false => flags | libc::FD_CLOEXEC,
+        };
+        if libc::fcntl(fd, libc::F_SETFD, flags) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Formats the ready line for the given addresses.
 pub fn ready_line(grpc: SocketAddr, metrics: Option<SocketAddr>) -> String {
     let metrics = metrics.map_or_else(|| "off".to_owned(), |a| a.to_string());
@@ -36,12 +111,32 @@ impl ReplicaProcess {
         extra_env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
         let mut cmd = Command::new(exe);
-        cmd.arg("serve")
-            .env("MINDOO_REPLICA__SERVER__LISTEN", "127.0.0.1:0")
+        cmd.env("MINDOO_REPLICA__SERVER__LISTEN", "127.0.0.1:0")
             .env(
                 "MINDOO_REPLICA__SERVER__METRICS_LISTEN",
                 if metrics { "127.0.0.1:0" } else { "" },
-            )
+            );
+        Self::start(cmd, data_dir, extra_env, None).await
+    }
+
+    /// Starts `exe serve` on sockets the caller has bound.
+    pub async fn spawn_on(
+        exe: &Path,
+        data_dir: &Path,
+        listeners: ChildListeners,
+        extra_env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        Self::start(Command::new(exe), data_dir, extra_env, Some(listeners)).await
+    }
+
+    async fn start(
+        mut cmd: Command,
+        data_dir: &Path,
+        extra_env: &[(&str, &str)],
+        listeners: Option<ChildListeners>,
+    ) -> anyhow::Result<Self> {
+        use std::os::fd::AsRawFd;
+        cmd.arg("serve")
             .env("MINDOO_REPLICA__STORAGE__PATH", data_dir)
             .env("MINDOO_REPLICA__LOG__FILTER", "warn")
             .stdin(Stdio::null())
@@ -51,9 +146,29 @@ impl ReplicaProcess {
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", exe.display()))?;
+        let fds: Vec<_> = listeners
+            .iter()
+            .flat_map(|l| std::iter::once(&l.grpc).chain(l.metrics.as_ref()))
+            .map(|l| l.as_raw_fd())
+            .collect();
+        if let Some(l) = &listeners {
+            let metrics = l
+                .metrics
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |m| m.as_raw_fd().to_string());
+            cmd.env(LISTEN_FDS_ENV, format!("{},{metrics}", l.grpc.as_raw_fd()));
+        }
+        // Only this child inherits these sockets: they are inheritable just
+        // for the duration of the (synchronous) spawn.
+        for &fd in &fds {
+            set_inheritable(fd, true)?;
+        }
+        let spawned = cmd.spawn();
+        for &fd in &fds {
+            set_inheritable(fd, false)?;
+        }
+        drop(listeners);
+        let mut child = spawned.context("starting the replica process")?;
         let stdout = child.stdout.take().context("child stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let line = tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line())
@@ -94,12 +209,17 @@ impl ReplicaProcess {
         Some((field("VmRSS:")?, field("VmHWM:")?))
     }
 
-    /// Sends SIGTERM and waits for a graceful exit.
-    pub async fn stop(mut self) -> anyhow::Result<std::process::ExitStatus> {
+    /// Sends SIGTERM without waiting.
+    pub fn terminate(&self) {
         if let Some(pid) = self.pid() {
             // SAFETY: kill(2) with a pid we own and a valid signal number.
             unsafe { libc::kill(pid as i32, libc::SIGTERM) };
         }
+    }
+
+    /// Sends SIGTERM and waits for a graceful exit.
+    pub async fn stop(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        self.terminate();
         Ok(self.child.wait().await?)
     }
 

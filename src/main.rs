@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use mindoo_replica::config::{ConfigError, RawConfig, Settings};
 use mindoo_replica::server::{self, Listeners};
-use mindoo_replica::{bench, demo, local, telemetry};
+use mindoo_replica::{bench, inspect, local, mesh, telemetry};
 
 #[derive(Parser)]
 #[command(name = "mindoo-replica", version, about)]
@@ -29,17 +29,30 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Start a local replica on embedded RocksDB and show entries flowing through it.
-    Demo {
-        /// Where the replica keeps its database.
-        #[arg(long, default_value = ".mindoo-demo")]
+    /// Start a local full mesh of replica processes and show entries flowing between them.
+    Mesh {
+        #[arg(long, default_value_t = 3)]
+        replicas: usize,
+        /// Where the replicas keep their databases and config files.
+        #[arg(long, default_value = ".mindoo-mesh")]
         data_dir: PathBuf,
-        /// How many entries to write.
+        /// How many entries the demo writes.
         #[arg(long, default_value_t = 1000)]
         entries: usize,
-        /// Stop after the demo instead of serving until Ctrl-C.
+        /// Stop after the demo instead of running until Ctrl-C.
         #[arg(long)]
         exit: bool,
+    },
+    /// Show a running replica's head and how its pulls from each peer are going.
+    Status {
+        /// The replica's gRPC address.
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        addr: String,
+    },
+    /// List a running replica's peers, one line each.
+    Peers {
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        addr: String,
     },
     /// Benchmarks that print their figures.
     Bench {
@@ -104,21 +117,24 @@ fn main() -> ExitCode {
             }
             Err(e) => return config_error(e),
         },
-        Command::Demo {
+        Command::Mesh {
+            replicas,
             data_dir,
             entries,
             exit,
-        } => {
-            telemetry::init(&mindoo_replica::config::LogSettings {
-                filter: "warn".into(),
-                json: false,
-            });
-            runtime.block_on(demo::run(demo::DemoOptions {
-                data_dir,
-                entries,
-                exit,
-            }))
-        }
+        } => std::env::current_exe()
+            .map_err(anyhow::Error::from)
+            .and_then(|exe| {
+                runtime.block_on(mesh::run(mesh::MeshOptions {
+                    replicas,
+                    data_dir,
+                    entries,
+                    exit,
+                    exe,
+                }))
+            }),
+        Command::Status { addr } => runtime.block_on(inspect::status(&addr, true)),
+        Command::Peers { addr } => runtime.block_on(inspect::status(&addr, false)),
         Command::Bench {
             command:
                 BenchCommand::Append {
@@ -154,7 +170,10 @@ fn config_error(e: ConfigError) -> ExitCode {
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     telemetry::init(&settings.log);
     let shutdown = shutdown_signal()?;
-    let listeners = Listeners::bind(&settings.server).await?;
+    let listeners = match local::inherited_listeners()? {
+        Some(listeners) => listeners,
+        None => Listeners::bind(&settings.server).await?,
+    };
     let store = server::open_store(&settings.storage).await?;
     // Ready: the store is open and the sockets accept connections.
     println!(

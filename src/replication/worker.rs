@@ -131,7 +131,13 @@ impl PeerWorker {
                         .lag_seconds
                         .set(progress.caught_up_at.elapsed().as_secs_f64());
                     let delay = backoff.next_delay();
-                    tracing::warn!(peer = %self.peer, error = %e, retry_in = ?delay, "replication session ended");
+                    // An unreachable peer is routine (restarts, rollouts): the
+                    // error metrics and PeerStatus carry it; logs stay quiet.
+                    if e.kind() == "connect" {
+                        tracing::info!(peer = %self.peer, error = %e, retry_in = ?delay, "peer unavailable");
+                    } else {
+                        tracing::warn!(peer = %self.peer, error = %e, retry_in = ?delay, "replication session ended");
+                    }
                     self.update(|s| s.last_error = Some(e.to_string()));
                     tokio::select! {
                         _ = self.cancel.cancelled() => break,

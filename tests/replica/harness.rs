@@ -178,10 +178,13 @@ pub fn entries(count: usize) -> Vec<Entry> {
 
 /// The value of a metric line such as `name{labels}` in a text exposition.
 pub fn metric(text: &str, name_and_labels: &str) -> f64 {
+    try_metric(text, name_and_labels)
+        .unwrap_or_else(|| panic!("metric {name_and_labels} not found"))
+}
+
+/// As [`metric`], `None` when the series does not exist (yet).
+pub fn try_metric(text: &str, name_and_labels: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("metric {name_and_labels} not found"))
-        .trim()
-        .parse()
-        .unwrap()
+        .map(|v| v.trim().parse().unwrap())
 }

@@ -174,7 +174,7 @@ async fn a_hung_peer_does_not_stall_the_others() {
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let name = format!("mindoo_replica_peer_errors_total{{kind=\"timeout\",peer=\"{hung_addr}\"}}");
-    while metric(&puller.metrics_text().await, &name) < 1.0 {
+    while try_metric(&puller.metrics_text().await, &name).unwrap_or(0.0) < 1.0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "no timeout recorded"
@@ -304,7 +304,7 @@ async fn corrupt_data_from_a_peer_is_refused_and_the_pair_recovers() {
         bad.addr
     );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while metric(&puller.metrics_text().await, &name) < 2.0 {
+    while try_metric(&puller.metrics_text().await, &name).unwrap_or(0.0) < 2.0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "no data_loss recorded"

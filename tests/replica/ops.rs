@@ -90,12 +90,12 @@ async fn reflection_lists_the_services() {
     replica.stop().await.unwrap();
 }
 
-/// The README's run command starts this demo; it must keep working.
+/// The README's run command starts this mesh demo; it must keep working.
 #[test]
-fn demo_shows_entries_flowing() {
+fn mesh_demo_shows_entries_flowing_between_replica_processes() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_mindoo-replica"))
-        .args(["demo", "--exit", "--entries", "300", "--data-dir"])
+        .args(["mesh", "--exit", "--entries", "300", "--data-dir"])
         .arg(dir.path())
         .output()
         .unwrap();
@@ -106,16 +106,20 @@ fn demo_shows_entries_flowing() {
         String::from_utf8_lossy(&out.stderr)
     );
     for needle in [
+        "replica-3  pid",
         "300 stored",
-        "10 reported as duplicates",
-        "forgery    rejected",
-        "every id re-hashed and matched",
-        "arrived on a live Watch stream",
-        "mindoo_replica_entries_stored_total 301",
+        "replica-2 holds them",
+        "replica-3 holds them",
+        "read back from replica-3; every id re-hashed and matched",
+        "forgery    refused by replica-2",
+        "appeared on replica-1's live Watch",
+        "mindoo_replica_store_entries 301",
     ] {
         assert!(
             stdout.contains(needle),
             "{needle:?} missing from:\n{stdout}"
         );
     }
+    let config = std::fs::read_to_string(dir.path().join("replica-2.toml")).unwrap();
+    assert!(config.contains("advertise = "), "{config}");
 }

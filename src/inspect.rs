@@ -1,0 +1,59 @@
+//! The `status` and `peers` commands: a running replica's view of itself and
+//! of every peer it pulls from, over the Replication API.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::client::endpoint;
+use crate::proto;
+use crate::proto::replication_client::ReplicationClient;
+
+pub async fn status(addr: &str, with_head: bool) -> anyhow::Result<()> {
+    let channel = endpoint(addr)?.connect().await?;
+    let s = ReplicationClient::new(channel)
+        .peer_status(proto::PeerStatusRequest {})
+        .await?
+        .into_inner();
+    if with_head {
+        println!(
+            "replica {addr}  incarnation {}  head_seq {}  entries {}",
+            hex::encode(&s.incarnation),
+            s.head_seq,
+            s.entry_count
+        );
+    }
+    println!(
+        "{:<28} {:<10} {:>12} {:>12} {:>10} {:>12}  last error",
+        "peer", "state", "cursor", "peer head", "lag", "last ok"
+    );
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    for p in &s.peers {
+        let state = match (p.is_self, p.connected) {
+            (true, _) => "self",
+            (false, true) => "streaming",
+            (false, false) => "down",
+        };
+        let last_ok = match p.last_success_unix_ms {
+            0 => "never".to_owned(),
+            ms => format!(
+                "{:.1}s ago",
+                now.as_millis().saturating_sub(ms as u128) as f64 / 1e3
+            ),
+        };
+        println!(
+            "{:<28} {:<10} {:>12} {:>12} {:>10} {:>12}  {}",
+            p.peer,
+            state,
+            p.cursor_seq,
+            p.peer_head_seq,
+            p.peer_head_seq.saturating_sub(p.cursor_seq),
+            last_ok,
+            p.last_error
+        );
+    }
+    if s.peers.is_empty() {
+        println!("(no peers configured)");
+    }
+    Ok(())
+}
