@@ -115,6 +115,9 @@ pub struct RawReplication {
     /// `tenant/db` namespaces to pull; empty pulls all.
     pub namespaces: Vec<String>,
     pub connect_timeout_ms: u64,
+    /// HTTP/2 keepalive PING interval on peer connections: the only traffic
+    /// of an idle pair, and how a dead peer is noticed.
+    pub keepalive_interval_ms: u64,
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
 }
@@ -129,6 +132,7 @@ impl Default for RawReplication {
             discovery_interval_ms: 30_000,
             namespaces: Vec::new(),
             connect_timeout_ms: 5_000,
+            keepalive_interval_ms: 30_000,
             backoff_initial_ms: 100,
             backoff_max_ms: 10_000,
         }
@@ -277,6 +281,10 @@ impl RawConfig {
             .prefix_separator("__")
             .separator("__")
             .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("replication.peers")
+            .with_list_parse_key("replication.hubs")
+            .with_list_parse_key("replication.namespaces")
             .source(env.map(|e| e.into_iter().collect()));
         builder = builder.add_source(env_source);
         Ok(builder.build()?.try_deserialize()?)
@@ -468,6 +476,20 @@ mod tests {
         .unwrap();
         assert_eq!(s.server.listen.port(), 1234);
         assert_eq!(s.limits.max_page, 7);
+    }
+
+    #[test]
+    fn lists_from_the_environment() {
+        let s = load(
+            "",
+            &[
+                ("MINDOO_REPLICA__REPLICATION__PEERS", "a:1,b:2"),
+                ("MINDOO_REPLICA__REPLICATION__NAMESPACES", "t/d"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.replication.peers, ["a:1", "b:2"]);
+        assert_eq!(s.replication.namespaces.len(), 1);
     }
 
     #[test]

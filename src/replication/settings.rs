@@ -20,6 +20,7 @@ pub struct ReplicationSettings {
     /// Namespaces to pull; empty pulls all.
     pub namespaces: Vec<Namespace>,
     pub connect_timeout: Duration,
+    pub keepalive_interval: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
 }
@@ -119,6 +120,11 @@ impl ReplicationSettings {
             )?,
             namespaces,
             connect_timeout: ms("replication.connect_timeout_ms", raw.connect_timeout_ms, 10)?,
+            keepalive_interval: ms(
+                "replication.keepalive_interval_ms",
+                raw.keepalive_interval_ms,
+                100,
+            )?,
             backoff_initial,
             backoff_max,
         };

@@ -95,6 +95,13 @@ impl PeerWorker {
         let channel = match crate::client::endpoint(&self.peer) {
             Ok(e) => e
                 .connect_timeout(self.settings.connect_timeout)
+                .http2_keep_alive_interval(self.settings.keepalive_interval)
+                .keep_alive_timeout(
+                    self.settings
+                        .keepalive_interval
+                        .min(Duration::from_secs(20)),
+                )
+                .keep_alive_while_idle(true)
                 .connect_lazy(),
             Err(e) => {
                 tracing::error!(peer = %self.peer, error = %e, "invalid peer address");

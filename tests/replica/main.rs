@@ -1,6 +1,7 @@
 //! End-to-end tests of one replica over real gRPC and real RocksDB.
 
 mod bad_input;
+mod crash;
 mod harness;
 mod lifecycle;
 mod log;
