@@ -83,6 +83,27 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1000)]
         batch: usize,
     },
+    /// An empty replica pulls every entry from one peer; then the idle pair's keepalive bytes.
+    Bootstrap {
+        #[arg(long, default_value_t = 1_000_000)]
+        entries: usize,
+        /// Ciphertext bytes per entry.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        /// Seconds to measure the idle pair.
+        #[arg(long, default_value_t = 10)]
+        idle_secs: u64,
+    },
+    /// Time for a new entry to reach every replica of a full mesh.
+    Propagation {
+        #[arg(long, default_value_t = 5)]
+        replicas: usize,
+        #[arg(long, default_value_t = 1000)]
+        entries: usize,
+        /// Pause between writes.
+        #[arg(long, default_value_t = 5)]
+        interval_ms: u64,
+    },
 }
 
 fn load(config: Option<&std::path::Path>) -> Result<(RawConfig, Settings), ConfigError> {
@@ -135,29 +156,59 @@ fn main() -> ExitCode {
             }),
         Command::Status { addr } => runtime.block_on(inspect::status(&addr, true)),
         Command::Peers { addr } => runtime.block_on(inspect::status(&addr, false)),
-        Command::Bench {
-            command:
-                BenchCommand::Append {
-                    entries,
-                    size,
-                    batch,
-                },
-        } => std::env::current_exe()
+        Command::Bench { command } => std::env::current_exe()
             .map_err(anyhow::Error::from)
-            .and_then(|exe| {
-                runtime.block_on(bench::append(bench::AppendOptions {
-                    entries,
-                    ciphertext_bytes: size,
-                    batch: batch.max(1),
-                    exe,
-                }))
-            }),
+            .and_then(|exe| runtime.block_on(run_bench(command, exe))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_bench(command: BenchCommand, exe: PathBuf) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Append {
+            entries,
+            size,
+            batch,
+        } => {
+            bench::append(bench::AppendOptions {
+                entries,
+                ciphertext_bytes: size,
+                batch: batch.max(1),
+                exe,
+            })
+            .await
+        }
+        BenchCommand::Bootstrap {
+            entries,
+            size,
+            idle_secs,
+        } => {
+            bench::bootstrap(bench::BootstrapOptions {
+                entries,
+                ciphertext_bytes: size,
+                idle_secs: idle_secs.max(1),
+                exe,
+            })
+            .await
+        }
+        BenchCommand::Propagation {
+            replicas,
+            entries,
+            interval_ms,
+        } => {
+            bench::propagation(bench::PropagationOptions {
+                replicas,
+                entries: entries.max(1),
+                interval_ms,
+                exe,
+            })
+            .await
         }
     }
 }

@@ -29,56 +29,89 @@ pub struct MeshOptions {
     pub exe: PathBuf,
 }
 
-/// Binds the preferred ports, or ephemeral ones when they are taken.
-fn bind(i: usize) -> anyhow::Result<ChildListeners> {
+/// Binds the preferred ports (when given), or ephemeral ones.
+fn bind(i: usize, preferred: bool) -> anyhow::Result<ChildListeners> {
     let grpc = format!("127.0.0.1:{}", 7701 + i);
     let metrics = format!("127.0.0.1:{}", 9701 + i);
-    ChildListeners::bind(&grpc, Some(&metrics))
-        .or_else(|_| ChildListeners::bind_loopback())
+    preferred
+        .then(|| ChildListeners::bind(&grpc, Some(&metrics)).ok())
+        .flatten()
+        .map_or_else(ChildListeners::bind_loopback, Ok)
         .context("binding loopback ports")
 }
 
-pub async fn run(opts: MeshOptions) -> anyhow::Result<()> {
-    anyhow::ensure!(opts.replicas >= 2, "a mesh needs at least 2 replicas");
-    std::fs::create_dir_all(&opts.data_dir)?;
-    let listeners = (0..opts.replicas)
-        .map(bind)
+/// One replica of a local mesh.
+pub struct MeshMember {
+    pub name: String,
+    pub process: ReplicaProcess,
+    pub config: PathBuf,
+}
+
+/// Starts `n` replica processes in a full mesh under `data_dir`: every
+/// socket is bound first, then each replica gets the complete peer list and
+/// its own `advertise` address, in a config file beside its database.
+pub async fn spawn_mesh(
+    exe: &std::path::Path,
+    data_dir: &std::path::Path,
+    n: usize,
+    preferred_ports: bool,
+    tweak: impl Fn(&mut RawConfig),
+) -> anyhow::Result<Vec<MeshMember>> {
+    std::fs::create_dir_all(data_dir)?;
+    let listeners = (0..n)
+        .map(|i| bind(i, preferred_ports))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let addrs: Vec<String> = listeners
         .iter()
         .map(|l| l.grpc_addr().map(|a| a.to_string()))
         .collect::<Result<_, _>>()?;
-
-    let mut replicas = Vec::new();
+    let mut members = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
         let name = format!("replica-{}", i + 1);
         let mut config = RawConfig::default();
-        config.storage.path = opts.data_dir.join(&name).display().to_string();
+        config.storage.path = data_dir.join(&name).display().to_string();
         config.replication.peers = addrs.clone();
         config.replication.advertise = addrs[i].clone();
         config.replication.backoff_max_ms = 2_000;
-        let file = opts.data_dir.join(format!("{name}.toml"));
+        tweak(&mut config);
+        let file = data_dir.join(format!("{name}.toml"));
         std::fs::write(&file, config.to_toml())?;
         let env = [(
             "MINDOO_REPLICA_CONFIG",
             file.to_str().context("utf-8 path")?,
         )];
         let db = PathBuf::from(&config.storage.path);
-        let p = ReplicaProcess::spawn_on(&opts.exe, &db, l, &env).await?;
+        let process = ReplicaProcess::spawn_on(exe, &db, l, &env).await?;
+        members.push(MeshMember {
+            name,
+            process,
+            config: file,
+        });
+    }
+    Ok(members)
+}
+
+pub async fn run(opts: MeshOptions) -> anyhow::Result<()> {
+    anyhow::ensure!(opts.replicas >= 2, "a mesh needs at least 2 replicas");
+    let members = spawn_mesh(&opts.exe, &opts.data_dir, opts.replicas, true, |_| {}).await?;
+    for m in &members {
+        let p = &m.process;
         println!(
-            "{name}  pid {:>6}  gRPC {}  metrics http://{}/metrics  config {}",
+            "{}  pid {:>6}  gRPC {}  metrics http://{}/metrics  config {}",
+            m.name,
             p.pid().unwrap_or(0),
             p.grpc,
             p.metrics.map_or_else(|| "-".into(), |m| m.to_string()),
-            file.display()
+            m.config.display()
         );
-        replicas.push(p);
     }
+    let replicas: Vec<ReplicaProcess> = members.into_iter().map(|m| m.process).collect();
 
     let result = demo(&replicas, opts.entries).await;
     if result.is_ok() && !opts.exit {
         let first = &replicas[0];
         println!("\nThe mesh keeps running. Try:");
+        println!("  mindoo-replica status --addr {}", first.grpc);
         println!(
             "  grpcurl -plaintext {} mindoo.replica.v1.Replication/PeerStatus",
             first.grpc

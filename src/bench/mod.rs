@@ -1,12 +1,20 @@
 //! Benchmarks that print their figures. Each starts real replica processes on
 //! loopback, so the numbers include gRPC, HTTP/2, RocksDB and verification.
+//! Shared here: entry generators, wire-byte counting and a counting proxy.
 
-use std::path::PathBuf;
+mod append;
+mod bootstrap;
+mod propagation;
+
+pub use append::{AppendOptions, append};
+pub use bootstrap::{BootstrapOptions, bootstrap};
+pub use propagation::{PropagationOptions, propagation};
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::SigningKey;
 use hyper_util::rt::TokioIo;
@@ -17,13 +25,30 @@ use crate::client::{StoreClient, endpoint};
 use crate::entry::{Entry, Envelope, Namespace};
 use crate::local::ReplicaProcess;
 
-/// Options of `bench append`.
-#[derive(Debug, Clone)]
-pub struct AppendOptions {
-    pub entries: usize,
-    pub ciphertext_bytes: usize,
-    pub batch: usize,
-    pub exe: PathBuf,
+/// Creates `count` unsigned entries numbered from `first`, with random
+/// ciphertext of `size` bytes (cheap enough to generate millions).
+pub fn unsigned_entries(ns: &Namespace, first: u64, count: usize, size: usize) -> Vec<Entry> {
+    let mut ciphertext = vec![0u8; size];
+    (0..count as u64)
+        .map(|i| {
+            rand::fill(&mut ciphertext[..]);
+            let envelope = Envelope {
+                namespace: ns.clone(),
+                author: [0; 32],
+                created_ms: first + i,
+                kind: "doc_change".into(),
+                doc_id: format!("doc-{}", (first + i) % 1000).into_bytes(),
+                deps: vec![],
+            };
+            Entry::create(envelope, &ciphertext, None)
+        })
+        .collect()
+}
+
+/// Resident and peak resident memory of a process, in MB, for reports.
+pub fn memory_mb(p: &ReplicaProcess) -> (f64, f64) {
+    let (rss, peak) = p.memory().unwrap_or_default();
+    (rss as f64 / 1e6, peak as f64 / 1e6)
 }
 
 /// Creates `count` signed entries with random ciphertext of `size` bytes.
@@ -48,60 +73,6 @@ pub fn sample_entries(ns: &Namespace, key: &SigningKey, count: usize, size: usiz
         .collect()
 }
 
-/// `bench append`: one client streams entries into one replica process.
-pub async fn append(opts: AppendOptions) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let replica = ReplicaProcess::spawn(&opts.exe, &dir.path().join("db"), false, &[]).await?;
-    let ns = Namespace::new("bench", "append")?;
-    let key = SigningKey::from_bytes(&rand::random());
-    let entries = sample_entries(&ns, &key, opts.entries, opts.ciphertext_bytes);
-    let entry_bytes: usize = entries.iter().map(|e| e.data().len()).sum();
-    let batches: Vec<Vec<Entry>> = entries.chunks(opts.batch).map(<[Entry]>::to_vec).collect();
-    drop(entries);
-
-    let wire = Arc::new(WireCounters::default());
-    let mut client = connect_counted(&replica.grpc.to_string(), wire.clone()).await?;
-    let before = wire.snapshot();
-    let start = Instant::now();
-    let summary = client.put_stream(futures::stream::iter(batches)).await?;
-    let secs = start.elapsed().as_secs_f64();
-    let (sent, received) = wire.since(before);
-    let (rss, peak) = replica.memory().unwrap_or_default();
-    let status = replica.stop().await?;
-
-    let n = opts.entries as f64;
-    let per_entry = entry_bytes as f64 / n;
-    println!(
-        "append: {} entries, {} B ciphertext ({per_entry:.0} B encoded entry), batches of {}",
-        opts.entries, opts.ciphertext_bytes, opts.batch
-    );
-    println!(
-        "append: stored {} duplicate {} rejected {} in {secs:.2} s",
-        summary.stored, summary.duplicate, summary.rejected
-    );
-    println!(
-        "append: {:.0} entries/s, {:.1} MB/s of entries (target >= 20000 entries/s)",
-        n / secs,
-        entry_bytes as f64 / secs / 1e6
-    );
-    println!(
-        "append: wire {:.1} B/entry client->replica = entry + {:.1} B (target <= 64 B), {:.1} B/entry replica->client",
-        sent as f64 / n,
-        sent as f64 / n - per_entry,
-        received as f64 / n
-    );
-    println!(
-        "append: replica RSS {:.1} MB (peak {:.1} MB); exit {status}",
-        rss as f64 / 1e6,
-        peak as f64 / 1e6
-    );
-    anyhow::ensure!(
-        summary.stored as usize == opts.entries,
-        "not every entry was stored"
-    );
-    Ok(())
-}
-
 /// Connects a client whose TCP bytes are counted in `wire`.
 pub async fn connect_counted(addr: &str, wire: Arc<WireCounters>) -> anyhow::Result<StoreClient> {
     let target = addr.to_owned();
@@ -119,6 +90,54 @@ pub async fn connect_counted(addr: &str, wire: Arc<WireCounters>) -> anyhow::Res
         }))
         .await?;
     Ok(StoreClient::new(channel))
+}
+
+/// A loopback TCP proxy to `target` that counts the bytes each way: `sent`
+/// is what clients sent to the target, `received` what the target sent back.
+/// Dropping it closes the listener and every proxied connection.
+pub struct CountingProxy {
+    pub addr: std::net::SocketAddr,
+    pub wire: Arc<WireCounters>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CountingProxy {
+    pub async fn start(target: std::net::SocketAddr) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let wire = Arc::new(WireCounters::default());
+        let counters = wire.clone();
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let Ok(outbound) = TcpStream::connect(target).await else {
+                    continue;
+                };
+                let _ = inbound.set_nodelay(true);
+                let _ = outbound.set_nodelay(true);
+                let mut outbound = CountingStream {
+                    inner: outbound,
+                    wire: counters.clone(),
+                };
+                connections.spawn(async move {
+                    let _ = tokio::io::copy_bidirectional_with_sizes(
+                        &mut inbound,
+                        &mut outbound,
+                        256 << 10,
+                        256 << 10,
+                    )
+                    .await;
+                });
+            }
+        });
+        Ok(Self { addr, wire, task })
+    }
+}
+
+impl Drop for CountingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// Bytes written and read on counted connections.

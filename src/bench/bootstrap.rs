@@ -1,0 +1,119 @@
+//! `bench bootstrap`: an empty replica pulls every entry from one peer.
+//! Prints entries/s, wire bytes per entry (counted by a proxy between the
+//! two), both replicas' memory, and then the bytes an idle pair exchanges
+//! per keepalive round — the figure that must not grow with the entry count.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+
+use super::{CountingProxy, memory_mb, unsigned_entries};
+use crate::client::StoreClient;
+use crate::entry::Namespace;
+use crate::local::ReplicaProcess;
+
+#[derive(Debug, Clone)]
+pub struct BootstrapOptions {
+    pub entries: usize,
+    pub ciphertext_bytes: usize,
+    /// How long to measure the idle pair.
+    pub idle_secs: u64,
+    pub exe: PathBuf,
+}
+
+const FILL_BATCH: usize = 1000;
+
+pub async fn bootstrap(opts: BootstrapOptions) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let keepalive_ms = 1000;
+    let source = ReplicaProcess::spawn(&opts.exe, &dir.path().join("source"), false, &[]).await?;
+    let ns = Namespace::new("bench", "bootstrap")?;
+
+    // Fill the source (not timed as bootstrap; reported for comparison).
+    let mut client = StoreClient::connect(&source.grpc.to_string()).await?;
+    let (ns2, size, total) = (ns.clone(), opts.ciphertext_bytes, opts.entries);
+    let batches = futures::stream::iter((0..total).step_by(FILL_BATCH)).map(move |first| {
+        unsigned_entries(&ns2, first as u64, FILL_BATCH.min(total - first), size)
+    });
+    let start = Instant::now();
+    let filled = client.put_stream(batches).await?;
+    let fill_secs = start.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        filled.stored as usize == total,
+        "fill stored {}",
+        filled.stored
+    );
+    let entry_bytes = unsigned_entries(&ns, 0, 1, size)[0].data().len();
+    println!(
+        "bootstrap: source filled with {total} entries of {size} B ciphertext ({entry_bytes} B encoded) at {:.0} entries/s",
+        total as f64 / fill_secs
+    );
+
+    let proxy = CountingProxy::start(source.grpc).await?;
+    let peer = proxy.addr.to_string();
+    let keepalive = keepalive_ms.to_string();
+    let env = [
+        ("MINDOO_REPLICA__REPLICATION__PEERS", peer.as_str()),
+        (
+            "MINDOO_REPLICA__REPLICATION__KEEPALIVE_INTERVAL_MS",
+            keepalive.as_str(),
+        ),
+    ];
+    let start = Instant::now();
+    let puller = ReplicaProcess::spawn(&opts.exe, &dir.path().join("puller"), false, &env).await?;
+    let mut pclient = StoreClient::connect(&puller.grpc.to_string()).await?;
+    let mut last_report = Instant::now();
+    loop {
+        let held = pclient.head().await?.entry_count as usize;
+        if held >= total {
+            break;
+        }
+        if last_report.elapsed() > Duration::from_secs(5) {
+            println!(
+                "bootstrap: … {held} of {total} after {:.1} s",
+                start.elapsed().as_secs_f64()
+            );
+            last_report = Instant::now();
+        }
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(1800),
+            "bootstrap stalled at {held}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let (sent, received) = proxy.wire.snapshot();
+    let (src_rss, src_peak) = memory_mb(&source);
+    let (pull_rss, pull_peak) = memory_mb(&puller);
+    let n = total as f64;
+    println!(
+        "bootstrap: {total} entries pulled in {secs:.2} s = {:.0} entries/s, {:.1} MB/s (target >= 50000 entries/s)",
+        n / secs,
+        n * entry_bytes as f64 / secs / 1e6
+    );
+    println!(
+        "bootstrap: wire {:.1} B/entry peer->puller = entry + {:.1} B (target <= 64 B); {:.1} B/entry puller->peer",
+        received as f64 / n,
+        received as f64 / n - entry_bytes as f64,
+        sent as f64 / n
+    );
+    println!(
+        "bootstrap: RSS source {src_rss:.0} MB (peak {src_peak:.0}), puller {pull_rss:.0} MB (peak {pull_peak:.0}) (target <= 256 MB)"
+    );
+
+    // Idle: nothing new on either side; only keepalives cross.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = proxy.wire.snapshot();
+    tokio::time::sleep(Duration::from_secs(opts.idle_secs)).await;
+    let (s, r) = proxy.wire.since(before);
+    let rounds = (opts.idle_secs * 1000 / keepalive_ms) as f64;
+    println!(
+        "idle: {total} entries each side, {} s: {s} B puller->peer + {r} B peer->puller = {:.1} B per keepalive round every {keepalive_ms} ms (target <= 200 B, independent of N)",
+        opts.idle_secs,
+        (s + r) as f64 / rounds
+    );
+    puller.stop().await?;
+    source.stop().await?;
+    Ok(())
+}
