@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use mindoo_replica::config::{ConfigError, RawConfig, Settings};
+use mindoo_replica::replication::settings::ReplicationSettings;
 use mindoo_replica::server::{self, Listeners};
 use mindoo_replica::{bench, inspect, local, mesh, telemetry};
 
@@ -127,7 +128,7 @@ fn main() -> ExitCode {
                 Ok((_, settings)) => settings,
                 Err(e) => return config_error(e),
             };
-            runtime.block_on(serve(settings))
+            runtime.block_on(serve(settings, config))
         }
         Command::Config {
             command: ConfigCommand::Print { config },
@@ -218,8 +219,10 @@ fn config_error(e: ConfigError) -> ExitCode {
     ExitCode::from(2)
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
+async fn serve(settings: Settings, config: Option<PathBuf>) -> anyhow::Result<()> {
     telemetry::init(&settings.log);
+    let (peers, peers_rx) = tokio::sync::watch::channel(settings.replication.clone());
+    let reload = tokio::spawn(reload_on_sighup(config, peers));
     let shutdown = shutdown_signal()?;
     let listeners = match local::inherited_listeners()? {
         Some(listeners) => listeners,
@@ -232,7 +235,34 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         local::ready_line(listeners.grpc_addr()?, listeners.metrics_addr())
     );
     std::io::stdout().flush()?;
-    server::serve(settings, store, listeners, shutdown).await
+    let result = server::serve_with(settings, store, listeners, shutdown, peers_rx).await;
+    reload.abort();
+    result
+}
+
+/// On SIGHUP, re-reads the configuration and applies its replication
+/// settings (peers, topology, filters) without a restart. Other sections need
+/// a restart; an invalid file is reported and the running settings kept.
+async fn reload_on_sighup(
+    config: Option<PathBuf>,
+    peers: tokio::sync::watch::Sender<ReplicationSettings>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot install a SIGHUP handler; config reload is off");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match load(config.as_deref()) {
+            Ok((_, settings)) => {
+                tracing::info!(peers = ?settings.replication.peers, "SIGHUP: replication settings reloaded");
+                peers.send_replace(settings.replication);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: configuration rejected; keeping the running settings")
+            }
+        }
+    }
 }
 
 /// Installs the SIGTERM and SIGINT handlers now; the future resolves on either.
