@@ -3,9 +3,10 @@
 //! HTTP/2 flow control is the backpressure, and dropping the stream (client
 //! gone, server stopping) stops the work. No task is spawned per stream.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tonic::{Status, Streaming};
 
@@ -78,48 +79,80 @@ fn limit_status(status: Status) -> Status {
     }
 }
 
-/// GetEntries: entries packed into messages of about [`MESSAGE_BUDGET`] bytes.
+/// GetEntries: entries packed into messages of at most [`MESSAGE_BUDGET`]
+/// bytes of data (a single larger entry travels alone).
 pub fn get(
     replica: Arc<Replica>,
     ns: Namespace,
     ids: Vec<EntryId>,
 ) -> ResponseStream<proto::EntryBatch> {
-    let budget = message_budget(&replica);
-    fused(futures::stream::unfold(
-        (replica, ns, ids, 0usize),
-        move |(replica, ns, ids, mut pos)| async move {
-            if pos >= ids.len() {
-                return None;
-            }
-            let mut batch = proto::EntryBatch::default();
-            let mut bytes = 0;
-            while pos < ids.len() && bytes < budget {
-                let chunk = ids[pos..]
+    let state = GetState {
+        budget: message_budget(&replica),
+        replica,
+        ns,
+        ids,
+        pos: 0,
+        fetched: VecDeque::new(),
+    };
+    fused(futures::stream::unfold(state, |mut st| async move {
+        match st.next_batch().await {
+            Ok(Some(batch)) => Some((Ok(batch), st)),
+            Ok(None) => None,
+            Err(e) => Some((Err(e.into()), st)),
+        }
+    }))
+}
+
+struct GetState {
+    replica: Arc<Replica>,
+    ns: Namespace,
+    ids: Vec<EntryId>,
+    /// Ids before `pos` have been looked up.
+    pos: usize,
+    /// Looked up, not yet sent.
+    fetched: VecDeque<(EntryId, Option<Bytes>)>,
+    budget: usize,
+}
+
+impl GetState {
+    async fn next_batch(&mut self) -> Result<Option<proto::EntryBatch>, Error> {
+        let mut batch = proto::EntryBatch::default();
+        let mut bytes = 0;
+        loop {
+            if self.fetched.is_empty() {
+                if self.pos >= self.ids.len() {
+                    break;
+                }
+                let chunk: Vec<_> = self.ids[self.pos..]
                     .iter()
                     .take(GET_CHUNK)
                     .copied()
-                    .collect::<Vec<_>>();
-                pos += chunk.len();
-                let found = match replica.get(ns.clone(), chunk.clone()).await {
-                    Ok(found) => found,
-                    Err(e) => return Some((Err(e.into()), (replica, ns, ids, pos))),
-                };
-                for (id, data) in chunk.iter().zip(found) {
-                    match data {
-                        Some(data) => {
-                            bytes += data.len() + 40;
-                            batch.entries.push(proto::Entry {
-                                id: convert::id_bytes(id),
-                                data,
-                            });
-                        }
-                        None => batch.missing.push(convert::id_bytes(id)),
-                    }
-                }
+                    .collect();
+                self.pos += chunk.len();
+                let found = self.replica.get(self.ns.clone(), chunk.clone()).await?;
+                self.fetched.extend(chunk.into_iter().zip(found));
             }
-            Some((Ok(batch), (replica, ns, ids, pos)))
-        },
-    ))
+            let Some((id, data)) = self.fetched.pop_front() else {
+                break;
+            };
+            match data {
+                Some(data) => {
+                    if !batch.entries.is_empty() && bytes + data.len() > self.budget {
+                        self.fetched.push_front((id, Some(data)));
+                        break;
+                    }
+                    bytes += data.len();
+                    batch.entries.push(proto::Entry {
+                        id: convert::id_bytes(&id),
+                        data,
+                    });
+                }
+                None => batch.missing.push(convert::id_bytes(&id)),
+            }
+        }
+        let empty = batch.entries.is_empty() && batch.missing.is_empty();
+        Ok((!empty).then_some(batch))
+    }
 }
 
 /// What a ScanSince or Watch stream sends.

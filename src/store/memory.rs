@@ -120,11 +120,12 @@ impl Store for MemoryStore {
         let mut records = Vec::new();
         let mut bytes = 0;
         for (i, (ns, id)) in inner.log.iter().enumerate().skip(start).take(limit) {
-            if data_budget.is_some_and(|budget| bytes >= budget) {
+            let data = data_budget.map(|_| inner.entries[ns][id].clone());
+            let len = data.as_ref().map_or(0, Bytes::len);
+            if !records.is_empty() && data_budget.is_some_and(|budget| bytes + len > budget) {
                 break;
             }
-            let data = data_budget.map(|_| inner.entries[ns][id].clone());
-            bytes += data.as_ref().map_or(0, Bytes::len);
+            bytes += len;
             records.push(LogRecord {
                 seq: i as Seq + 1,
                 namespace: ns.clone(),

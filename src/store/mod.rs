@@ -131,7 +131,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Up to `limit` log records with `seq > after`, in order. With
     /// `data_budget`, each record carries its entry's data, and the list ends
-    /// early once the data adds up to the budget (it always holds one record).
+    /// before the data would exceed the budget (it always holds one record).
     fn log_since(
         &self,
         after: Seq,

@@ -349,58 +349,69 @@ impl Store for RocksStore {
         if after >= head || limit == 0 {
             return Ok(Vec::new());
         }
-        let start = (after + 1).to_be_bytes();
-        let mut keys = Vec::with_capacity(limit.min((head - after) as usize));
-        let mut records = Vec::with_capacity(keys.capacity());
-        let iter = self.db.iterator_cf(
-            self.cf(CF_LOG),
-            IteratorMode::From(&start, Direction::Forward),
-        );
-        for item in iter.take(limit) {
-            let (k, v) = item.map_err(backend)?;
-            let seq = u64::from_be_bytes(fixed(&k, "log key")?);
-            // Records above the head belong to a batch still being committed.
-            if seq > head {
-                break;
-            }
-            let (namespace, id) = decode_entry_key(&v)?;
-            records.push(LogRecord {
-                seq,
-                namespace,
-                id,
-                data: None,
-            });
-            keys.push(v);
-        }
-        let Some(budget) = data_budget else {
-            return Ok(records);
+        // With data, read the log a chunk at a time and stop at the budget,
+        // so no log record is decoded that will not be sent.
+        let chunk = match data_budget {
+            Some(_) => 64,
+            None => limit,
         };
-        // Fetch bodies a chunk at a time so a small budget reads little.
-        const CHUNK: usize = 64;
+        let budget = data_budget.unwrap_or(usize::MAX);
+        let start = (after + 1).to_be_bytes();
+        let mut iter = self
+            .db
+            .iterator_cf(
+                self.cf(CF_LOG),
+                IteratorMode::From(&start, Direction::Forward),
+            )
+            .take(limit);
+        let mut records = Vec::with_capacity(limit.min(4096));
         let mut bytes = 0;
-        let mut filled = 0;
-        for chunk in keys.chunks(CHUNK) {
-            if bytes >= budget {
+        loop {
+            let first = records.len();
+            let mut keys = Vec::with_capacity(chunk.min(4096));
+            for item in iter.by_ref().take(chunk) {
+                let (k, v) = item.map_err(backend)?;
+                let seq = u64::from_be_bytes(fixed(&k, "log key")?);
+                // Records above the head belong to a batch still being committed.
+                if seq > head {
+                    break;
+                }
+                let (namespace, id) = decode_entry_key(&v)?;
+                records.push(LogRecord {
+                    seq,
+                    namespace,
+                    id,
+                    data: None,
+                });
+                keys.push(v);
+            }
+            if keys.is_empty() || data_budget.is_none() {
                 break;
             }
             let values = self
                 .db
-                .batched_multi_get_cf(self.cf(CF_ENTRIES), chunk, false);
+                .batched_multi_get_cf(self.cf(CF_ENTRIES), &keys, false);
+            let mut filled = first;
+            let mut full = false;
             for value in values {
-                if bytes >= budget {
-                    break;
-                }
                 let record = &mut records[filled];
                 let value = value.map_err(backend)?.ok_or_else(|| StoreError::Corrupt {
                     what: "entries",
                     detail: format!("log record {} names a missing entry", record.seq),
                 })?;
+                if filled > 0 && bytes + value.len() > budget {
+                    full = true;
+                    break;
+                }
                 bytes += value.len();
                 record.data = Some(Bytes::copy_from_slice(&value));
                 filled += 1;
             }
+            records.truncate(filled);
+            if full || keys.len() < chunk {
+                break;
+            }
         }
-        records.truncate(filled);
         Ok(records)
     }
 

@@ -196,3 +196,97 @@ fn bad_configuration_exits_2_naming_the_key() {
     assert!(text.contains("path = \"/var/lib/mindoo\""), "{text}");
     assert!(text.contains("[limits]"), "{text}");
 }
+
+/// Unmounts a test filesystem however the test ends.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_resource_exhausted_and_loses_nothing_acknowledged() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a small tmpfs needs root (CI runs as root)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mounting a tmpfs for the disk-full test");
+    let _unmount = Unmount(dir.path().to_owned());
+
+    let replica = TestReplica::start(dir.path(), |_| {}).await;
+    let mut client = replica.client().await;
+    let mut acked = Vec::new();
+    let mut refusal = None;
+    for _ in 0..100 {
+        let batch = mindoo_replica::bench::sample_entries(&ns(), &author(), 10, 100_000);
+        match client.put(&batch).await {
+            Ok(out) => {
+                assert!(out.iter().all(|o| *o == PutOutcome::Stored));
+                acked.extend(batch.iter().map(|e| e.id));
+            }
+            Err(status) => {
+                refusal = Some(status);
+                break;
+            }
+        }
+    }
+    let refusal = refusal.expect("a 24 MB disk fills up");
+    assert_eq!(refusal.code(), tonic::Code::ResourceExhausted, "{refusal}");
+    assert!(refusal.message().contains("no space left"), "{refusal}");
+    // Nothing partial: exactly the acknowledged entries, all readable.
+    let head = client.head().await.unwrap();
+    assert_eq!(head.entry_count, acked.len() as u64);
+    assert_eq!(client.get(&ns(), &acked).await.unwrap().len(), acked.len());
+    let text = replica.metrics_text().await;
+    let name = "mindoo_replica_grpc_requests_total{code=\"ResourceExhausted\",method=\"mindoo.replica.v1.Store/PutEntries\"}";
+    assert_eq!(metric(&text, name), 1.0);
+    // Shutting down on a full disk may fail to flush, but must not panic.
+    let _ = replica.stop().await;
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_peer_list_without_a_restart() {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let source = TestReplica::start(dirs[0].path(), |_| {}).await;
+    source.client().await.put(&entries(40)).await.unwrap();
+
+    let file = dirs[1].path().join("replica.toml");
+    std::fs::write(&file, "[replication]\npeers = []\n").unwrap();
+    let env = [("MINDOO_REPLICA_CONFIG", file.to_str().unwrap())];
+    let puller = ReplicaProcess::spawn(EXE.as_ref(), &dirs[1].path().join("db"), false, &env)
+        .await
+        .unwrap();
+    let mut client = mindoo_replica::client::StoreClient::connect(&puller.grpc.to_string())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(client.head().await.unwrap().entry_count, 0);
+
+    std::fs::write(
+        &file,
+        format!("[replication]\npeers = [\"{}\"]\n", source.addr),
+    )
+    .unwrap();
+    // SAFETY: kill(2) on our own child with a valid signal.
+    unsafe { libc::kill(puller.pid().unwrap() as i32, libc::SIGHUP) };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while client.head().await.unwrap().entry_count < 40 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reload did not add the peer"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = puller.pid();
+    assert!(puller.stop().await.unwrap().success(), "pid {pid:?}");
+    source.stop().await.unwrap();
+}

@@ -165,7 +165,11 @@ async fn a_hung_peer_does_not_stall_the_others() {
     let source = TestReplica::start(dirs[0].path(), |_| {}).await;
     let source_addr = source.addr.to_string();
     let puller = TestReplica::start(dirs[1].path(), |c| {
-        c.replication.peers = vec![hung_addr.to_string(), source_addr];
+        c.replication.peers = vec![
+            hung_addr.to_string(),
+            "no-such-replica.invalid:7700".into(),
+            source_addr,
+        ];
         c.replication.connect_timeout_ms = 200;
     })
     .await;
@@ -181,6 +185,10 @@ async fn a_hung_peer_does_not_stall_the_others() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // An unresolvable name is a connect error on its own peer only.
+    let unresolvable =
+        "mindoo_replica_peer_errors_total{kind=\"connect\",peer=\"no-such-replica.invalid:7700\"}";
+    assert!(metric(&puller.metrics_text().await, unresolvable) >= 1.0);
     // The status API tells the operator which peer is the problem.
     let channel = mindoo_replica::client::endpoint(&puller.addr.to_string())
         .unwrap()
@@ -372,6 +380,28 @@ async fn namespace_filters_and_self_detection() {
         assert!(tokio::time::Instant::now() < deadline, "{status:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    puller.stop().await.unwrap();
+    source.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_are_discovered_from_a_dns_name() {
+    let dirs = dirs(2);
+    let source = TestReplica::start(dirs[0].path(), |_| {}).await;
+    source.client().await.put(&entries(25)).await.unwrap();
+    let name = format!("localhost:{}", source.addr.port());
+    let puller = TestReplica::start(dirs[1].path(), |c| {
+        c.replication.discovery = name;
+        c.replication.discovery_interval_ms = 200;
+    })
+    .await;
+    puller.wait_for_count(25, 10).await;
+    let text = puller.metrics_text().await;
+    let series = format!(
+        "mindoo_replica_peer_entries_pulled_total{{peer=\"{}\"}}",
+        source.addr
+    );
+    assert_eq!(metric(&text, &series), 25.0);
     puller.stop().await.unwrap();
     source.stop().await.unwrap();
 }
