@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
-use super::{CountingProxy, memory_mb, unsigned_entries};
+use super::{CountingProxy, memory_mb, unsigned_entries, wait_quiet};
 use crate::client::StoreClient;
 use crate::entry::Namespace;
 use crate::local::ReplicaProcess;
@@ -50,6 +50,8 @@ pub async fn bootstrap(opts: BootstrapOptions) -> anyhow::Result<()> {
         total as f64 / fill_secs
     );
 
+    // Let the source finish compacting what the fill wrote.
+    wait_quiet(&source, Duration::from_secs(120)).await;
     let proxy = CountingProxy::start(source.grpc).await?;
     let peer = proxy.addr.to_string();
     let keepalive = keepalive_ms.to_string();

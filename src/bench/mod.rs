@@ -51,6 +51,38 @@ pub fn memory_mb(p: &ReplicaProcess) -> (f64, f64) {
     (rss as f64 / 1e6, peak as f64 / 1e6)
 }
 
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(ticks / hz)
+}
+
+/// Waits until a replica process is idle (its background flushes and
+/// compactions done), so a measurement does not pay for earlier work.
+pub async fn wait_quiet(p: &ReplicaProcess, limit: std::time::Duration) {
+    let Some(pid) = p.pid() else { return };
+    let start = std::time::Instant::now();
+    let step = std::time::Duration::from_millis(500);
+    let mut last = cpu_seconds(pid);
+    let mut quiet = 0;
+    while quiet < 2 && start.elapsed() < limit {
+        tokio::time::sleep(step).await;
+        let now = cpu_seconds(pid);
+        let busy = match (last, now) {
+            (Some(a), Some(b)) => (b - a) / step.as_secs_f64(),
+            _ => 0.0,
+        };
+        quiet = if busy < 0.05 { quiet + 1 } else { 0 };
+        last = now;
+    }
+}
+
 /// Creates `count` signed entries with random ciphertext of `size` bytes.
 pub fn sample_entries(ns: &Namespace, key: &SigningKey, count: usize, size: usize) -> Vec<Entry> {
     let now = SystemTime::now()

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
-    Direction, IteratorMode, Options, WriteBatch, WriteOptions,
+    Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions,
 };
 
 use super::{
@@ -201,6 +201,17 @@ fn load_meta(db: &DB) -> Result<(Incarnation, Seq, u64), StoreError> {
     Ok((incarnation, head, count))
 }
 
+/// Options for reading entry bodies. Block checksums are not verified: every
+/// reader re-hashes each body against its id (BLAKE3), which catches any
+/// corruption a checksum would. Bulk log scans also leave the block cache to
+/// the random reads that benefit from it.
+fn body_read_options(fill_cache: bool) -> ReadOptions {
+    let mut opts = ReadOptions::default();
+    opts.set_verify_checksums(false);
+    opts.fill_cache(fill_cache);
+    opts
+}
+
 fn entry_key(ns: &Namespace, id: &EntryId) -> Vec<u8> {
     let mut key = Vec::with_capacity(2 + 2 * 64 + ID_LEN);
     ns.encode_key(&mut key);
@@ -330,7 +341,7 @@ impl Store for RocksStore {
     fn get(&self, ns: &Namespace, ids: &[EntryId]) -> Result<Vec<Option<Bytes>>, StoreError> {
         let keys: Vec<Vec<u8>> = ids.iter().map(|id| entry_key(ns, id)).collect();
         self.db
-            .batched_multi_get_cf(self.cf(CF_ENTRIES), &keys, false)
+            .batched_multi_get_cf_opt(self.cf(CF_ENTRIES), &keys, false, &body_read_options(true))
             .into_iter()
             .map(|r| {
                 r.map(|v| v.map(|v| Bytes::copy_from_slice(&v)))
@@ -388,9 +399,12 @@ impl Store for RocksStore {
             if keys.is_empty() || data_budget.is_none() {
                 break;
             }
-            let values = self
-                .db
-                .batched_multi_get_cf(self.cf(CF_ENTRIES), &keys, false);
+            let values = self.db.batched_multi_get_cf_opt(
+                self.cf(CF_ENTRIES),
+                &keys,
+                false,
+                &body_read_options(false),
+            );
             let mut filled = first;
             let mut full = false;
             for value in values {
