@@ -123,6 +123,21 @@ impl StoreClient {
         Ok(summary)
     }
 
+    /// Follows the replica's log live from its current head: only what is
+    /// stored from now on arrives.
+    pub async fn watch_from_head(
+        &mut self,
+        include_data: bool,
+    ) -> Result<tonic::Streaming<proto::LogBatch>, Status> {
+        let head = self.inner.head(proto::HeadRequest {}).await?.into_inner();
+        let request = proto::WatchRequest {
+            cursor: head.cursor,
+            include_data,
+            namespaces: vec![],
+        };
+        Ok(self.inner.watch(request).await?.into_inner())
+    }
+
     /// The ids of `ids` the replica lacks.
     pub async fn missing(
         &mut self,

@@ -208,20 +208,7 @@ async fn demo(replicas: &[ReplicaProcess], count: usize) -> anyhow::Result<()> {
         println!("forgery    refused by replica-2: {}", r.detail);
     }
 
-    let head = clients[0]
-        .raw()
-        .head(proto::HeadRequest {})
-        .await?
-        .into_inner();
-    let mut watch = clients[0]
-        .raw()
-        .watch(proto::WatchRequest {
-            cursor: head.cursor,
-            include_data: false,
-            namespaces: vec![],
-        })
-        .await?
-        .into_inner();
+    let mut watch = clients[0].watch_from_head(false).await?;
     let fresh = sample_entries(&ns, &author, 1, 1024);
     let sent = Instant::now();
     let outcome = clients[n - 1].put(&fresh).await?;

@@ -58,16 +58,7 @@ pub async fn propagation(opts: PropagationOptions) -> anyhow::Result<()> {
     let mut watchers = tokio::task::JoinSet::new();
     for m in &members[1..] {
         let mut client = StoreClient::connect(&m.process.grpc.to_string()).await?;
-        let head = client.raw().head(proto::HeadRequest {}).await?.into_inner();
-        let mut stream = client
-            .raw()
-            .watch(proto::WatchRequest {
-                cursor: head.cursor,
-                include_data: false,
-                namespaces: vec![],
-            })
-            .await?
-            .into_inner();
+        let mut stream = client.watch_from_head(false).await?;
         let arrivals = arrivals.clone();
         watchers.spawn(async move {
             while let Ok(Some(batch)) = stream.message().await {

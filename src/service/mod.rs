@@ -123,17 +123,8 @@ impl Store for StoreService {
     ) -> Result<Response<Self::ScanSinceStream>, Status> {
         let req = request.into_inner();
         let limit = page_limit(req.limit, usize::MAX)?;
-        let opts = streams::LogOptions::new(&self.replica, req.include_data, req.namespaces)?;
-        let after = self
-            .replica
-            .resume_point(convert::cursor(req.cursor)?)
-            .await?;
-        Ok(Response::new(streams::log(
-            self.replica.clone(),
-            after,
-            Some(limit),
-            opts,
-        )))
+        self.log_stream(req.cursor, req.include_data, req.namespaces, Some(limit))
+            .await
     }
 
     async fn watch(
@@ -141,15 +132,27 @@ impl Store for StoreService {
         request: Request<proto::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let req = request.into_inner();
-        let opts = streams::LogOptions::new(&self.replica, req.include_data, req.namespaces)?;
-        let after = self
-            .replica
-            .resume_point(convert::cursor(req.cursor)?)
-            .await?;
+        self.log_stream(req.cursor, req.include_data, req.namespaces, None)
+            .await
+    }
+}
+
+impl StoreService {
+    /// ScanSince (with a limit) and Watch (without): validates the request and
+    /// the cursor, then streams the log from there.
+    async fn log_stream(
+        &self,
+        cursor: Option<proto::Cursor>,
+        include_data: bool,
+        namespaces: Vec<proto::Namespace>,
+        limit: Option<usize>,
+    ) -> Result<Response<ResponseStream<proto::LogBatch>>, Status> {
+        let opts = streams::LogOptions::new(&self.replica, include_data, namespaces)?;
+        let after = self.replica.resume_point(convert::cursor(cursor)?).await?;
         Ok(Response::new(streams::log(
             self.replica.clone(),
             after,
-            None,
+            limit,
             opts,
         )))
     }
