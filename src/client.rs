@@ -134,6 +134,7 @@ impl StoreClient {
             cursor: head.cursor,
             include_data,
             namespaces: vec![],
+            heartbeat_ms: 0,
         };
         Ok(self.inner.watch(request).await?.into_inner())
     }

@@ -118,6 +118,9 @@ pub struct RawReplication {
     /// HTTP/2 keepalive PING interval on peer connections: the only traffic
     /// of an idle pair, and how a dead peer is noticed.
     pub keepalive_interval_ms: u64,
+    /// A session with no message for this long is ended and restarted; the
+    /// peer sends a heartbeat every third of it while its log is idle.
+    pub session_idle_timeout_ms: u64,
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
 }
@@ -133,6 +136,7 @@ impl Default for RawReplication {
             namespaces: Vec::new(),
             connect_timeout_ms: 5_000,
             keepalive_interval_ms: 30_000,
+            session_idle_timeout_ms: 90_000,
             backoff_initial_ms: 100,
             backoff_max_ms: 10_000,
         }

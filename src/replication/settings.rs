@@ -21,11 +21,17 @@ pub struct ReplicationSettings {
     pub namespaces: Vec<Namespace>,
     pub connect_timeout: Duration,
     pub keepalive_interval: Duration,
+    pub session_idle_timeout: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
 }
 
 impl ReplicationSettings {
+    /// How often an idle peer is asked to send a heartbeat.
+    pub fn heartbeat(&self) -> Duration {
+        self.session_idle_timeout / 3
+    }
+
     /// Whether there is anything to pull from.
     pub fn enabled(&self) -> bool {
         !self.peers.is_empty() || self.discovery.is_some()
@@ -124,6 +130,11 @@ impl ReplicationSettings {
                 "replication.keepalive_interval_ms",
                 raw.keepalive_interval_ms,
                 100,
+            )?,
+            session_idle_timeout: ms(
+                "replication.session_idle_timeout_ms",
+                raw.session_idle_timeout_ms,
+                300,
             )?,
             backoff_initial,
             backoff_max,

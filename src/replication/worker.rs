@@ -193,6 +193,7 @@ impl PeerWorker {
             cursor: cursor
                 .map(|c| convert::cursor_to_proto(c.incarnation, c.seq, Some(&c.id_at_seq))),
             include_data: bootstrap,
+            heartbeat_ms: self.settings.heartbeat().as_millis().min(u32::MAX as u128) as u32,
             namespaces: self
                 .settings
                 .namespaces
@@ -216,9 +217,18 @@ impl PeerWorker {
             s.connected = true;
             s.last_error = None;
         });
+        let mut applied = cursor.map_or(0, |c| c.seq);
         loop {
-            let batch = stream.message().await?.ok_or(PullError::Closed)?;
-            let caught_up = self.apply(&mut client, batch, progress).await?;
+            let batch = tokio::time::timeout(self.settings.session_idle_timeout, stream.message())
+                .await
+                .map_err(|_| PullError::Timeout("a Watch message or heartbeat"))??
+                .ok_or(PullError::Closed)?;
+            if batch.records.is_empty() && batch.next.is_none() {
+                self.heartbeat(batch.head_seq, applied, progress);
+                continue;
+            }
+            let (caught_up, seq) = self.apply(&mut client, batch, progress).await?;
+            applied = seq;
             if bootstrap && caught_up {
                 return Ok(SessionEnd::Reconnect);
             }
@@ -252,14 +262,31 @@ impl PeerWorker {
         Ok(cursor)
     }
 
+    /// An idle peer's heartbeat: refreshes lag and liveness.
+    fn heartbeat(&self, head_seq: u64, applied: u64, progress: &mut Progress) {
+        let lag = head_seq.saturating_sub(applied);
+        if lag == 0 {
+            progress.caught_up_at = Instant::now();
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or(Duration::ZERO);
+            self.metrics.last_success.set(now.as_secs_f64());
+        }
+        self.metrics.lag_entries.set(lag as i64);
+        self.metrics
+            .lag_seconds
+            .set(progress.caught_up_at.elapsed().as_secs_f64());
+        self.update(|s| s.peer_head_seq = head_seq);
+    }
+
     /// Stores what a log batch has that this replica lacks, with the cursor.
-    /// Returns whether the batch reached the peer's head.
+    /// Returns whether the batch reached the peer's head, and the new cursor seq.
     async fn apply(
         &self,
         client: &mut StoreClient,
         batch: proto::LogBatch,
         progress: &mut Progress,
-    ) -> Result<bool, PullError> {
+    ) -> Result<(bool, u64), PullError> {
         let next = convert::cursor(batch.next)
             .map_err(|e| PullError::DataLoss(format!("bad cursor in a log batch: {e}")))?
             .ok_or_else(|| PullError::DataLoss("log batch without a cursor".into()))?;
@@ -334,7 +361,7 @@ impl PeerWorker {
             s.entries_pulled += stored;
             s.last_success = Some(SystemTime::now());
         });
-        Ok(caught_up)
+        Ok((caught_up, next.seq))
     }
 
     /// Fetches bodies by id in chunks the peer accepts.

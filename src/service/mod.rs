@@ -123,8 +123,8 @@ impl Store for StoreService {
     ) -> Result<Response<Self::ScanSinceStream>, Status> {
         let req = request.into_inner();
         let limit = page_limit(req.limit, usize::MAX)?;
-        self.log_stream(req.cursor, req.include_data, req.namespaces, Some(limit))
-            .await
+        let opts = streams::LogOptions::new(&self.replica, req.include_data, req.namespaces, 0)?;
+        self.log_stream(req.cursor, opts, Some(limit)).await
     }
 
     async fn watch(
@@ -132,8 +132,13 @@ impl Store for StoreService {
         request: Request<proto::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let req = request.into_inner();
-        self.log_stream(req.cursor, req.include_data, req.namespaces, None)
-            .await
+        let opts = streams::LogOptions::new(
+            &self.replica,
+            req.include_data,
+            req.namespaces,
+            req.heartbeat_ms,
+        )?;
+        self.log_stream(req.cursor, opts, None).await
     }
 }
 
@@ -143,11 +148,9 @@ impl StoreService {
     async fn log_stream(
         &self,
         cursor: Option<proto::Cursor>,
-        include_data: bool,
-        namespaces: Vec<proto::Namespace>,
+        opts: streams::LogOptions,
         limit: Option<usize>,
     ) -> Result<Response<ResponseStream<proto::LogBatch>>, Status> {
-        let opts = streams::LogOptions::new(&self.replica, include_data, namespaces)?;
         let after = self.replica.resume_point(convert::cursor(cursor)?).await?;
         Ok(Response::new(streams::log(
             self.replica.clone(),

@@ -159,6 +159,7 @@ impl GetState {
 pub struct LogOptions {
     with_data: bool,
     only: Option<HashSet<Namespace>>,
+    heartbeat: Option<std::time::Duration>,
 }
 
 impl LogOptions {
@@ -166,7 +167,17 @@ impl LogOptions {
         replica: &Replica,
         with_data: bool,
         namespaces: Vec<proto::Namespace>,
+        heartbeat_ms: u32,
     ) -> Result<Self, Error> {
+        let heartbeat = match heartbeat_ms {
+            0 => None,
+            1..100 => {
+                return Err(Error::InvalidArgument(format!(
+                    "heartbeat_ms {heartbeat_ms} is below the minimum of 100"
+                )));
+            }
+            ms => Some(std::time::Duration::from_millis(ms.into())),
+        };
         Replica::check_count(
             "namespaces in a filter",
             namespaces.len(),
@@ -182,6 +193,7 @@ impl LogOptions {
         Ok(Self {
             with_data,
             only: (!only.is_empty()).then_some(only),
+            heartbeat,
         })
     }
 }
@@ -238,10 +250,22 @@ impl LogState {
                 return Ok(None);
             }
             let after = self.after;
+            let heartbeat = async {
+                match self.opts.heartbeat {
+                    Some(every) => tokio::time::sleep(every).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = self.replica.shutdown_token().cancelled() => return Err(Error::ShuttingDown),
                 changed = self.head.wait_for(|head| *head > after) => {
                     changed.map_err(|_| Error::ShuttingDown)?;
+                }
+                _ = heartbeat => {
+                    return Ok(Some(proto::LogBatch {
+                        head_seq: self.replica.stats().head_seq,
+                        ..Default::default()
+                    }));
                 }
             }
         }

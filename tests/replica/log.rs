@@ -142,6 +142,7 @@ async fn cursors_from_elsewhere_are_rejected() {
                 cursor: Some(cursor),
                 include_data: false,
                 namespaces: vec![],
+                heartbeat_ms: 0,
             })
             .await
             .unwrap_err();
@@ -177,6 +178,7 @@ async fn watch_follows_the_log_live_and_ends_on_shutdown() {
             cursor: None,
             include_data: true,
             namespaces: vec![],
+            heartbeat_ms: 0,
         })
         .await
         .unwrap()
@@ -212,5 +214,44 @@ async fn watch_follows_the_log_live_and_ends_on_shutdown() {
         .await
         .expect("watch ends on shutdown");
     assert_eq!(end.unwrap_err().code(), Code::Unavailable);
+    replica.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_idle_watch_sends_heartbeats_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = TestReplica::start(dir.path(), |_| {}).await;
+    let mut client = replica.client().await;
+    client.put(&entries(3)).await.unwrap();
+    let err = client
+        .raw()
+        .watch(proto::WatchRequest {
+            heartbeat_ms: 50,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    let mut watch = client
+        .raw()
+        .watch(proto::WatchRequest {
+            heartbeat_ms: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.records.len(), 3);
+    for _ in 0..3 {
+        let beat = tokio::time::timeout(Duration::from_secs(2), watch.message())
+            .await
+            .expect("a heartbeat within 2 s")
+            .unwrap()
+            .unwrap();
+        assert!(beat.records.is_empty() && beat.next.is_none());
+        assert_eq!(beat.head_seq, 3);
+    }
     replica.stop().await.unwrap();
 }
