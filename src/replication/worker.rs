@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -81,6 +82,22 @@ pub struct PeerWorker {
     pub metrics: PeerHandles,
     pub status: Arc<Mutex<PeerStatus>>,
     pub cancel: CancellationToken,
+}
+
+/// A log batch fetched and verified, ready to store.
+struct Prepared {
+    verified: Vec<crate::policy::VerifiedEntry>,
+    next: PeerCursor,
+    head_seq: u64,
+    bytes: usize,
+}
+
+/// A batch being stored.
+struct Commit {
+    task: AbortOnDropHandle<Result<Vec<crate::store::Appended>, Error>>,
+    next: PeerCursor,
+    head_seq: u64,
+    bytes: usize,
 }
 
 /// Progress within one session, for metrics and backoff.
@@ -217,17 +234,34 @@ impl PeerWorker {
             s.connected = true;
             s.last_error = None;
         });
+        // Batch N is stored while batch N+1 is fetched and verified; commits
+        // stay in order because each waits for the one before.
         let mut applied = cursor.map_or(0, |c| c.seq);
+        let mut inflight: Option<Commit> = None;
         loop {
             let batch = tokio::time::timeout(self.settings.session_idle_timeout, stream.message())
                 .await
                 .map_err(|_| PullError::Timeout("a Watch message or heartbeat"))??
                 .ok_or(PullError::Closed)?;
             if batch.records.is_empty() && batch.next.is_none() {
+                if let Some(commit) = inflight.take() {
+                    applied = self.finish(commit, progress).await?.1;
+                }
                 self.heartbeat(batch.head_seq, applied, progress);
                 continue;
             }
-            let (caught_up, seq) = self.apply(&mut client, batch, progress).await?;
+            let prepared = self.prepare(&mut client, batch).await?;
+            if let Some(commit) = inflight.take() {
+                applied = self.finish(commit, progress).await?.1;
+            }
+            let at_head = prepared.next.seq >= prepared.head_seq;
+            let commit = self.commit(prepared);
+            if !at_head {
+                inflight = Some(commit);
+                continue;
+            }
+            // At the head there is nothing to overlap with: finish now.
+            let (caught_up, seq) = self.finish(commit, progress).await?;
             applied = seq;
             if bootstrap && caught_up {
                 return Ok(SessionEnd::Reconnect);
@@ -279,14 +313,13 @@ impl PeerWorker {
         self.update(|s| s.peer_head_seq = head_seq);
     }
 
-    /// Stores what a log batch has that this replica lacks, with the cursor.
-    /// Returns whether the batch reached the peer's head, and the new cursor seq.
-    async fn apply(
+    /// Turns a log batch into verified entries ready to store: fetches the
+    /// bodies this replica lacks and checks every entry like a client's.
+    async fn prepare(
         &self,
         client: &mut StoreClient,
         batch: proto::LogBatch,
-        progress: &mut Progress,
-    ) -> Result<(bool, u64), PullError> {
+    ) -> Result<Prepared, PullError> {
         let next = convert::cursor(batch.next)
             .map_err(|e| PullError::DataLoss(format!("bad cursor in a log batch: {e}")))?
             .ok_or_else(|| PullError::DataLoss("log batch without a cursor".into()))?;
@@ -325,23 +358,50 @@ impl PeerWorker {
                 return Err(PullError::DataLoss(r.to_string()));
             }
         }
-        let appended = self
-            .replica
-            .ingest(
-                verified,
-                Some(CursorUpdate {
-                    peer: self.peer.clone(),
-                    cursor: next,
-                }),
-            )
-            .await?;
+        Ok(Prepared {
+            verified,
+            next,
+            head_seq: batch.head_seq,
+            bytes,
+        })
+    }
+
+    /// Starts storing a prepared batch together with its cursor, as a task of
+    /// its own, so the next batch can be prepared meanwhile.
+    fn commit(&self, prepared: Prepared) -> Commit {
+        let replica = self.replica.clone();
+        let cursor = CursorUpdate {
+            peer: self.peer.clone(),
+            cursor: prepared.next,
+        };
+        let task =
+            tokio::spawn(async move { replica.ingest(prepared.verified, Some(cursor)).await });
+        Commit {
+            task: AbortOnDropHandle::new(task),
+            next: prepared.next,
+            head_seq: prepared.head_seq,
+            bytes: prepared.bytes,
+        }
+    }
+
+    /// Waits for a commit and records its progress. Returns whether it
+    /// reached the peer's head, and the new cursor seq.
+    async fn finish(
+        &self,
+        commit: Commit,
+        progress: &mut Progress,
+    ) -> Result<(bool, u64), PullError> {
+        let appended = commit
+            .task
+            .await
+            .map_err(|e| PullError::Store(Error::Internal(format!("store task failed: {e}"))))??;
         let stored = appended
             .iter()
             .filter(|a| matches!(a, crate::store::Appended::Stored(_)))
             .count() as u64;
         self.metrics.entries.inc_by(stored);
-        self.metrics.bytes.inc_by(bytes as u64);
-        let lag = batch.head_seq.saturating_sub(next.seq);
+        self.metrics.bytes.inc_by(commit.bytes as u64);
+        let lag = commit.head_seq.saturating_sub(commit.next.seq);
         let caught_up = lag == 0;
         if caught_up {
             progress.caught_up_at = Instant::now();
@@ -356,12 +416,12 @@ impl PeerWorker {
             .set(progress.caught_up_at.elapsed().as_secs_f64());
         self.metrics.last_success.set(now.as_secs_f64());
         self.update(|s| {
-            s.cursor_seq = next.seq;
-            s.peer_head_seq = batch.head_seq;
+            s.cursor_seq = commit.next.seq;
+            s.peer_head_seq = commit.head_seq;
             s.entries_pulled += stored;
             s.last_success = Some(SystemTime::now());
         });
-        Ok((caught_up, next.seq))
+        Ok((caught_up, commit.next.seq))
     }
 
     /// Fetches bodies by id in chunks the peer accepts.

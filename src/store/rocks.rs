@@ -99,6 +99,11 @@ impl RocksStore {
         entries.set_compression_type(DBCompressionType::None);
         entries.set_write_buffer_size(config.write_buffer_bytes);
         entries.set_max_write_buffer_number(3);
+        // A bloom filter over memtable keys: most lookups (dedup on ingest,
+        // bodies for a log scan) are for keys not in the memtable, and skip
+        // its skiplist entirely.
+        entries.set_memtable_whole_key_filtering(true);
+        entries.set_memtable_prefix_bloom_ratio(0.1);
         entries.set_target_file_size_base(64 << 20);
         // Entry bodies go to blob files (key-value separation): compactions
         // of the randomly keyed entries move small keys and blob references,
