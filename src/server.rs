@@ -16,6 +16,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
@@ -132,7 +133,7 @@ pub async fn serve_with(
         board.clone(),
         stop_replication.clone(),
     );
-    let mut replicator = AbortOnDrop(tokio::spawn(replicator.run()));
+    let mut replicator = AbortOnDropHandle::new(tokio::spawn(replicator.run()));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -166,7 +167,7 @@ pub async fn serve_with(
         let addr = listener.local_addr().ok();
         tracing::info!(?addr, "serving /metrics");
         let task = tokio::spawn(serve_metrics(listener, replica.clone()));
-        AbortOnDrop(task)
+        AbortOnDropHandle::new(task)
     });
     let stats = replica.stats();
     tracing::info!(
@@ -194,7 +195,7 @@ pub async fn serve_with(
         .await;
     tokio::time::sleep(settings.server.shutdown_delay).await;
     stop_replication.cancel();
-    if tokio::time::timeout(settings.server.drain_timeout, &mut replicator.0)
+    if tokio::time::timeout(settings.server.drain_timeout, &mut replicator)
         .await
         .is_err()
     {
@@ -212,15 +213,6 @@ pub async fn serve_with(
     replica.flush().await.context("flushing the store")?;
     tracing::info!("shutdown complete");
     Ok(())
-}
-
-/// Aborts a task when its owner goes away.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 async fn serve_metrics(listener: TcpListener, replica: Arc<Replica>) {
