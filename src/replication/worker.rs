@@ -310,7 +310,12 @@ impl PeerWorker {
         self.metrics
             .lag_seconds
             .set(progress.caught_up_at.elapsed().as_secs_f64());
-        self.update(|s| s.peer_head_seq = head_seq);
+        self.update(|s| {
+            s.peer_head_seq = head_seq;
+            if lag == 0 {
+                s.last_success = Some(SystemTime::now());
+            }
+        });
     }
 
     /// Turns a log batch into verified entries ready to store: fetches the
