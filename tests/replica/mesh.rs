@@ -405,3 +405,32 @@ async fn peers_are_discovered_from_a_dns_name() {
     puller.stop().await.unwrap();
     source.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuilt_peer_is_pulled_from_the_start_again() {
+    let dirs = dirs(3);
+    let listener = bind().await;
+    let addr = listener.local_addr().unwrap();
+    let source = TestReplica::start_on(dirs[0].path(), listener, |_| {}).await;
+    let batch = entries(120);
+    source.client().await.put(&batch[..60]).await.unwrap();
+    let peer = addr.to_string();
+    let puller = TestReplica::start(dirs[1].path(), |c| c.replication.peers = vec![peer]).await;
+    puller.wait_for_count(60, 10).await;
+
+    // The peer is rebuilt on the same address: a new database (new
+    // incarnation) holding some old entries and some new ones.
+    source.stop().await.unwrap();
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let rebuilt = TestReplica::start_on(dirs[2].path(), listener, |_| {}).await;
+    rebuilt.client().await.put(&batch[30..]).await.unwrap();
+
+    puller.wait_for_count(120, 20).await;
+    let text = puller.metrics_text().await;
+    let resets = format!("mindoo_replica_peer_cursor_resets_total{{peer=\"{addr}\"}}");
+    assert_eq!(metric(&text, &resets), 1.0);
+    // Old entries were recognised by id, not stored twice.
+    assert_eq!(metric(&text, "mindoo_replica_entries_stored_total"), 120.0);
+    puller.stop().await.unwrap();
+    rebuilt.stop().await.unwrap();
+}
