@@ -377,6 +377,24 @@ impl RawConfig {
                 ),
             ));
         }
+        // A list of ids costs at most 40 bytes per id on the wire; a full
+        // request or page must fit in one message.
+        for (key, count) in [
+            ("limits.max_ids_per_request", limits.max_ids_per_request),
+            ("limits.max_page", limits.max_page),
+        ] {
+            if count * 40 + 1024 > limits.max_message_bytes {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{count} ids do not fit in limits.max_message_bytes ({}); \
+                         allow at most {}",
+                        limits.max_message_bytes,
+                        (limits.max_message_bytes - 1024) / 40
+                    ),
+                ));
+            }
+        }
         let policy = self.policy.validate(max_entry_bytes)?;
         let replication = ReplicationSettings::validate(&self.replication, server.listen)?;
         let log = LogSettings {
@@ -516,6 +534,7 @@ mod tests {
                 "policy.namespaces[0].trusted_authors",
             ),
             ("[log]\nformat = \"xml\"\n", &[], "log.format"),
+            ("[limits]\nmax_page = 100000\n", &[], "limits.max_page"),
         ];
         for (toml, vars, key) in cases {
             let err = load(toml, vars).unwrap_err().to_string();
