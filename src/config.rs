@@ -76,6 +76,8 @@ pub struct RawLimits {
     pub max_ids_per_request: u64,
     pub max_batch_entries: u64,
     pub max_page: u64,
+    /// A PutEntries stream with no batch for this long is closed.
+    pub stream_idle_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -183,6 +185,7 @@ impl Default for RawLimits {
             max_ids_per_request: 10_000,
             max_batch_entries: 10_000,
             max_page: 10_000,
+            stream_idle_timeout_ms: 300_000,
         }
     }
 }
@@ -237,6 +240,7 @@ pub struct Limits {
     pub max_ids_per_request: usize,
     pub max_batch_entries: usize,
     pub max_page: usize,
+    pub stream_idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -247,6 +251,7 @@ impl Default for Limits {
             max_ids_per_request: raw.max_ids_per_request as usize,
             max_batch_entries: raw.max_batch_entries as usize,
             max_page: raw.max_page as usize,
+            stream_idle_timeout: Duration::from_millis(raw.stream_idle_timeout_ms),
         }
     }
 }
@@ -367,6 +372,12 @@ impl RawConfig {
             )?,
             max_batch_entries: range("limits.max_batch_entries", l.max_batch_entries, 1, 100_000)?,
             max_page: range("limits.max_page", l.max_page, 1, 100_000)?,
+            stream_idle_timeout: Duration::from_millis(range(
+                "limits.stream_idle_timeout_ms",
+                l.stream_idle_timeout_ms,
+                100,
+                86_400_000,
+            )? as u64),
         };
         if limits.max_message_bytes < max_entry_bytes + 4096 {
             return Err(invalid(

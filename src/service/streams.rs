@@ -42,7 +42,8 @@ fn fused<T: Send + 'static>(
 }
 
 /// PutEntries: one response per request batch. Stops taking batches once the
-/// replica starts shutting down; every acknowledged batch is committed.
+/// replica starts shutting down, or when the client stays silent for
+/// `limits.stream_idle_timeout_ms`; every acknowledged batch is committed.
 pub fn put(
     replica: Arc<Replica>,
     inbound: Streaming<proto::PutEntriesRequest>,
@@ -50,10 +51,16 @@ pub fn put(
     fused(futures::stream::unfold(
         (replica, inbound),
         |(replica, mut inbound)| async move {
+            let idle = replica.limits().stream_idle_timeout;
             let next = tokio::select! {
                 biased;
                 _ = replica.shutdown_token().cancelled() => Err(Error::ShuttingDown.into()),
-                m = inbound.message() => m,
+                m = tokio::time::timeout(idle, inbound.message()) => m.unwrap_or_else(|_| {
+                    Err(Status::deadline_exceeded(format!(
+                        "no batch for {} ms; the stream is closed",
+                        idle.as_millis()
+                    )))
+                }),
             };
             let batch = match next {
                 Ok(Some(batch)) => batch,

@@ -335,3 +335,32 @@ async fn malformed_request_fields_are_invalid_arguments() {
     assert_eq!(err.code(), Code::InvalidArgument);
     replica.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_silent_put_stream_is_closed_after_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = TestReplica::start(dir.path(), |c| c.limits.stream_idle_timeout_ms = 200).await;
+    let mut client = replica.client().await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<proto::PutEntriesRequest>(1);
+    let mut responses = client
+        .raw()
+        .put_entries(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(proto::PutEntriesRequest {
+        entries: vec![wire(&entries(1)[0])],
+    })
+    .await
+    .unwrap();
+    responses.message().await.unwrap().unwrap();
+    // Then nothing: the replica closes the stream, the sender stays open.
+    let err = tokio::time::timeout(std::time::Duration::from_secs(5), responses.message())
+        .await
+        .expect("closed within 5 s")
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded);
+    assert!(err.message().contains("no batch for 200 ms"), "{err}");
+    drop(tx);
+    replica.stop().await.unwrap();
+}
