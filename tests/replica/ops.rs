@@ -123,3 +123,60 @@ fn mesh_demo_shows_entries_flowing_between_replica_processes() {
     let config = std::fs::read_to_string(dir.path().join("replica-2.toml")).unwrap();
     assert!(config.contains("advertise = "), "{config}");
 }
+
+/// A real Prometheus server scrapes a replica and answers queries about it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_the_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = TestReplica::start(&dir.path().join("db"), |_| {}).await;
+    replica.client().await.put(&entries(5)).await.unwrap();
+
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: mindoo-replica\n    static_configs:\n      - targets: ['{}']\n",
+            replica.metrics
+        ),
+    )
+    .unwrap();
+    // Prometheus cannot report an ephemeral port back, so pick a free one.
+    let web = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut prometheus = tokio::process::Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address={web}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("prometheus is on PATH (make test installs it via .ci/deps)");
+
+    let query = "/api/v1/query?query=mindoo_replica_store_entries";
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Ok(body) = mindoo_replica::local::http_get(web, query).await
+            && body.contains("\"job\":\"mindoo-replica\"")
+        {
+            assert!(body.contains(",\"5\"]"), "{body}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "prometheus never scraped the replica"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let up = mindoo_replica::local::http_get(web, "/api/v1/query?query=up")
+        .await
+        .unwrap();
+    assert!(up.contains(",\"1\"]"), "{up}");
+    prometheus.kill().await.unwrap();
+    replica.stop().await.unwrap();
+}
