@@ -71,6 +71,15 @@ impl Replica {
         self.store.stats()
     }
 
+    /// The text exposition of this replica's metrics.
+    pub async fn render_metrics(&self) -> String {
+        let store = self.store.clone();
+        let disk_bytes = tokio::task::spawn_blocking(move || store.disk_bytes())
+            .await
+            .unwrap_or(0);
+        self.metrics.render(&self.stats(), disk_bytes)
+    }
+
     /// Cancelled when the replica starts shutting down.
     pub fn shutdown_token(&self) -> &CancellationToken {
         &self.shutdown

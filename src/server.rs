@@ -221,7 +221,7 @@ async fn serve_metrics(listener: TcpListener, replica: Arc<Replica>) {
         axum::routing::get(move || {
             let replica = replica.clone();
             async move {
-                let body = replica.metrics().render(&replica.stats());
+                let body = replica.render_metrics().await;
                 (
                     [(
                         http::header::CONTENT_TYPE,

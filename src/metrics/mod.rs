@@ -141,10 +141,10 @@ impl Metrics {
     }
 
     /// The text exposition of every metric, after refreshing the store gauges.
-    pub fn render(&self, stats: &StoreStats) -> String {
+    pub fn render(&self, stats: &StoreStats, disk_bytes: u64) -> String {
         self.store_entries.set(stats.entries as i64);
         self.store_head_seq.set(stats.head_seq as i64);
-        self.store_disk_bytes.set(stats.disk_bytes as i64);
+        self.store_disk_bytes.set(disk_bytes as i64);
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)

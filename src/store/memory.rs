@@ -55,8 +55,11 @@ impl Store for MemoryStore {
         StoreStats {
             head_seq: inner.log.len() as Seq,
             entries: inner.count,
-            disk_bytes: 0,
         }
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        0
     }
 
     fn append(

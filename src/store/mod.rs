@@ -84,13 +84,11 @@ pub enum Appended {
     Duplicate,
 }
 
-/// Counters a store reports for metrics and status.
+/// Counters a store keeps in memory; cheap enough for every request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreStats {
     pub head_seq: Seq,
     pub entries: u64,
-    /// Approximate bytes on disk (0 for memory).
-    pub disk_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +112,10 @@ pub trait Store: Send + Sync + 'static {
     fn incarnation(&self) -> Incarnation;
 
     fn stats(&self) -> StoreStats;
+
+    /// Approximate bytes on disk (0 for memory). Asks the engine: for
+    /// metrics, not for request paths.
+    fn disk_bytes(&self) -> u64;
 
     /// Appends a batch atomically, with an optional cursor update. Returns one
     /// outcome per entry, in order.

@@ -271,18 +271,21 @@ impl Store for RocksStore {
     }
 
     fn stats(&self) -> StoreStats {
-        let disk_bytes = [CF_ENTRIES, CF_LOG, CF_META, CF_CURSORS]
-            .iter()
-            .map(|cf| {
-                self.property(cf, "rocksdb.total-sst-files-size")
-                    + self.property(cf, "rocksdb.size-all-mem-tables")
-            })
-            .sum();
         StoreStats {
             head_seq: self.head.load(Ordering::Acquire),
             entries: self.count.load(Ordering::Acquire),
-            disk_bytes,
         }
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        [CF_ENTRIES, CF_LOG, CF_META, CF_CURSORS]
+            .iter()
+            .map(|cf| {
+                self.property(cf, "rocksdb.total-sst-files-size")
+                    + self.property(cf, "rocksdb.total-blob-file-size")
+                    + self.property(cf, "rocksdb.size-all-mem-tables")
+            })
+            .sum()
     }
 
     fn append(

@@ -242,6 +242,9 @@ impl Store for CorruptingStore {
     fn stats(&self) -> StoreStats {
         self.inner.stats()
     }
+    fn disk_bytes(&self) -> u64 {
+        self.inner.disk_bytes()
+    }
     fn append(
         &self,
         entries: &[VerifiedEntry],
