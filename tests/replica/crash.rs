@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use mindoo_replica::client::StoreClient;
 use mindoo_replica::local::ReplicaProcess;
 
 use crate::harness::*;
@@ -9,6 +10,29 @@ use crate::harness::*;
 const EXE: &str = env!("CARGO_BIN_EXE_mindoo-replica");
 /// The most entries one pulled batch can hold (the serving side's log chunk).
 const ONE_BATCH: f64 = 2048.0;
+
+async fn start(db: &std::path::Path, env: &[(&str, &str)]) -> (ReplicaProcess, StoreClient) {
+    let process = ReplicaProcess::spawn(EXE.as_ref(), db, true, env)
+        .await
+        .unwrap();
+    let client = StoreClient::connect(&process.grpc.to_string())
+        .await
+        .unwrap();
+    (process, client)
+}
+
+/// Polls every `step_ms` until the replica holds at least `count` entries.
+async fn wait_until(client: &mut StoreClient, count: u64, step_ms: u64, why: &str) -> u64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let held = client.head().await.unwrap().entry_count;
+        if held >= count {
+            return held;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{why}");
+        tokio::time::sleep(Duration::from_millis(step_ms)).await;
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_a_bootstrap_loses_nothing_and_resends_at_most_one_batch() {
@@ -31,44 +55,16 @@ async fn kill_9_during_a_bootstrap_loses_nothing_and_resends_at_most_one_batch()
     let peer = source.addr.to_string();
     let env = [("MINDOO_REPLICA__REPLICATION__PEERS", peer.as_str())];
     let db = dirs[1].path().join("db");
-    let puller = ReplicaProcess::spawn(EXE.as_ref(), &db, true, &env)
-        .await
-        .unwrap();
-    let mut client = mindoo_replica::client::StoreClient::connect(&puller.grpc.to_string())
-        .await
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let at_kill = loop {
-        let held = client.head().await.unwrap().entry_count;
-        if held >= 10_000 {
-            break held;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "bootstrap did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    };
+    let (puller, mut client) = start(&db, &env).await;
+    let at_kill = wait_until(&mut client, 10_000, 1, "bootstrap did not start").await;
     puller.kill().await.unwrap();
     assert!(
         at_kill < total,
         "killed after the bootstrap had finished ({at_kill})"
     );
 
-    let puller = ReplicaProcess::spawn(EXE.as_ref(), &db, true, &env)
-        .await
-        .unwrap();
-    let mut client = mindoo_replica::client::StoreClient::connect(&puller.grpc.to_string())
-        .await
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while client.head().await.unwrap().entry_count < total {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "restarted replica did not catch up"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (puller, mut client) = start(&db, &env).await;
+    wait_until(&mut client, total, 20, "restarted replica did not catch up").await;
     let head = client.head().await.unwrap();
     assert_eq!(
         (head.entry_count, head.head_seq),
