@@ -144,10 +144,15 @@ impl Replicator {
 /// Every address behind a DNS name, as `ip:port`; `None` (keep the old set)
 /// when resolution fails.
 async fn resolve(name: &str) -> Option<BTreeSet<String>> {
-    match tokio::net::lookup_host(name).await {
-        Ok(addrs) => Some(addrs.map(|a| a.to_string()).collect()),
-        Err(e) => {
+    let lookup = tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host(name));
+    match lookup.await {
+        Ok(Ok(addrs)) => Some(addrs.map(|a| a.to_string()).collect()),
+        Ok(Err(e)) => {
             tracing::warn!(name, error = %e, "peer discovery failed; keeping the previous peers");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(name, "peer discovery timed out; keeping the previous peers");
             None
         }
     }

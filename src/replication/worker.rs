@@ -121,7 +121,11 @@ impl PeerWorker {
                 .keep_alive_while_idle(true)
                 .connect_lazy(),
             Err(e) => {
-                tracing::error!(peer = %self.peer, error = %e, "invalid peer address");
+                // Stay idle rather than exit, so the supervisor does not
+                // restart this worker in a loop; a reload can replace it.
+                tracing::error!(peer = %self.peer, error = %e, "invalid peer address; not pulling from it");
+                self.update(|s| s.last_error = Some(format!("invalid peer address: {e}")));
+                self.cancel.cancelled().await;
                 return;
             }
         };
