@@ -437,3 +437,52 @@ async fn a_rebuilt_peer_is_pulled_from_the_start_again() {
     puller.stop().await.unwrap();
     rebuilt.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_and_spoke_routes_everything_through_the_hub() {
+    let dirs = dirs(3);
+    let mut listeners = Vec::new();
+    for _ in 0..3 {
+        listeners.push(bind().await);
+    }
+    let addrs: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
+    let hub = addrs[0].clone();
+    let mut replicas = Vec::new();
+    for ((dir, listener), me) in dirs.iter().zip(listeners).zip(&addrs) {
+        let (peers, hub, me) = (addrs.clone(), hub.clone(), me.clone());
+        replicas.push(
+            TestReplica::start_on(dir.path(), listener, |c| {
+                c.replication.peers = peers;
+                c.replication.hubs = vec![hub];
+                c.replication.advertise = me;
+            })
+            .await,
+        );
+    }
+    // Written to one spoke, read from the other: only through the hub.
+    replicas[1].client().await.put(&entries(50)).await.unwrap();
+    for r in &replicas {
+        r.wait_for_count(50, 20).await;
+    }
+    let spoke = replicas[2].metrics_text().await;
+    let from_hub = format!(
+        "mindoo_replica_peer_entries_pulled_total{{peer=\"{}\"}}",
+        addrs[0]
+    );
+    assert_eq!(metric(&spoke, &from_hub), 50.0);
+    let other_spoke = format!(
+        "mindoo_replica_peer_sessions_total{{peer=\"{}\"}}",
+        addrs[1]
+    );
+    assert_eq!(
+        try_metric(&spoke, &other_spoke),
+        None,
+        "spokes never pull from spokes"
+    );
+    for r in replicas {
+        r.stop().await.unwrap();
+    }
+}
