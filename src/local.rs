@@ -9,6 +9,7 @@ use std::process::Stdio;
 use anyhow::{Context, bail};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+use tokio_util::task::AbortOnDropHandle;
 
 /// The line `serve` prints once its listeners are bound.
 pub const READY_PREFIX: &str = "mindoo-replica listening";
@@ -99,6 +100,7 @@ pub struct ReplicaProcess {
     child: Child,
     pub grpc: SocketAddr,
     pub metrics: Option<SocketAddr>,
+    _stdout: AbortOnDropHandle<()>,
 }
 
 impl ReplicaProcess {
@@ -181,11 +183,12 @@ impl ReplicaProcess {
         let (grpc, metrics) = parse_ready(&line)
             .with_context(|| format!("unexpected first line from the replica: {line:?}"))?;
         // Keep draining stdout so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let drain = tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Ok(Self {
             child,
             grpc,
             metrics,
+            _stdout: AbortOnDropHandle::new(drain),
         })
     }
 
