@@ -134,12 +134,6 @@ impl Metrics {
             .inc();
     }
 
-    pub fn rejected_count(&self, reason: RejectReason) -> u64 {
-        self.entries_rejected
-            .with_label_values(&[reason.as_str()])
-            .get()
-    }
-
     /// The text exposition of every metric, after refreshing the store gauges.
     pub fn render(&self, stats: &StoreStats, disk_bytes: u64) -> String {
         self.store_entries.set(stats.entries as i64);

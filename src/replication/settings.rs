@@ -32,11 +32,6 @@ impl ReplicationSettings {
         self.session_idle_timeout / 3
     }
 
-    /// Whether there is anything to pull from.
-    pub fn enabled(&self) -> bool {
-        !self.peers.is_empty() || self.discovery.is_some()
-    }
-
     /// Applies the topology to a set of candidate peers (static or
     /// discovered): drops this replica and, for a spoke, every non-hub.
     pub fn select(&self, candidates: impl IntoIterator<Item = String>) -> Vec<String> {
@@ -180,7 +175,6 @@ mod tests {
         r.advertise = "b:1".into();
         let s = ReplicationSettings::validate(&r, listen()).unwrap();
         assert_eq!(s.peers, ["a:1", "c:1"]);
-        assert!(s.enabled());
     }
 
     #[test]
