@@ -217,15 +217,15 @@ impl Replica {
     /// The ids of `ids` this replica does not hold.
     pub async fn missing(&self, ns: Namespace, ids: Vec<EntryId>) -> Result<Vec<EntryId>> {
         self.check_namespace(&ns)?;
-        let held = {
-            let ids = ids.clone();
-            self.blocking(move |s| s.contains(&ns, &ids)).await?
-        };
-        Ok(ids
-            .into_iter()
-            .zip(held)
-            .filter_map(|(id, held)| (!held).then_some(id))
-            .collect())
+        self.blocking(move |s| {
+            let held = s.contains(&ns, &ids)?;
+            Ok(ids
+                .into_iter()
+                .zip(held)
+                .filter_map(|(id, held)| (!held).then_some(id))
+                .collect())
+        })
+        .await
     }
 
     /// The data of each id, if held.

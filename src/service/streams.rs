@@ -41,6 +41,16 @@ fn fused<T: Send + 'static>(
     }))
 }
 
+/// One step of a batch stream: a batch, the end, or an error (which
+/// [`fused`] makes the last item).
+fn step<S, T>(state: S, next: Result<Option<T>, Error>) -> Option<(Result<T, Status>, S)> {
+    match next {
+        Ok(Some(batch)) => Some((Ok(batch), state)),
+        Ok(None) => None,
+        Err(e) => Some((Err(e.into()), state)),
+    }
+}
+
 /// PutEntries: one response per request batch. Stops taking batches once the
 /// replica starts shutting down, or when the client stays silent for
 /// `limits.stream_idle_timeout_ms`; every acknowledged batch is committed.
@@ -102,11 +112,8 @@ pub fn get(
         fetched: VecDeque::new(),
     };
     fused(futures::stream::unfold(state, |mut st| async move {
-        match st.next_batch().await {
-            Ok(Some(batch)) => Some((Ok(batch), st)),
-            Ok(None) => None,
-            Err(e) => Some((Err(e.into()), st)),
-        }
+        let next = st.next_batch().await;
+        step(st, next)
     }))
 }
 
@@ -229,11 +236,8 @@ pub fn log(
         opts,
     };
     fused(futures::stream::unfold(state, |mut st| async move {
-        match st.next_batch().await {
-            Ok(Some(batch)) => Some((Ok(batch), st)),
-            Ok(None) => None,
-            Err(e) => Some((Err(e.into()), st)),
-        }
+        let next = st.next_batch().await;
+        step(st, next)
     }))
 }
 
