@@ -8,23 +8,16 @@ use futures::{Stream, StreamExt};
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::entry::PutOutcome;
 use crate::entry::{Entry, EntryId, Namespace};
 use crate::proto;
+use crate::proto::convert;
 use crate::proto::store_client::StoreClient as RawClient;
-use crate::replica::PutOutcome;
-use crate::service::convert;
-use crate::store::Incarnation;
 
 /// Largest message the client accepts; above any replica's configured limit.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
-/// A replica's head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Head {
-    pub incarnation: Incarnation,
-    pub head_seq: u64,
-    pub entry_count: u64,
-}
+pub use crate::replica::Head;
 
 /// Totals of a streamed put.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -75,21 +68,13 @@ impl StoreClient {
 
     pub async fn head(&mut self) -> Result<Head, Status> {
         let h = self.inner.head(proto::HeadRequest {}).await?.into_inner();
-        let incarnation = h
-            .incarnation
-            .as_ref()
-            .try_into()
-            .map_err(|_| Status::internal("replica sent a malformed incarnation"))?;
-        Ok(Head {
-            incarnation: Incarnation(incarnation),
-            head_seq: h.head_seq,
-            entry_count: h.entry_count,
-        })
+        convert::head(h)
+            .map_err(|e| Status::data_loss(format!("replica sent a malformed head: {e}")))
     }
 
     /// Puts one batch and returns the outcome of each entry.
     pub async fn put(&mut self, entries: &[Entry]) -> Result<Vec<PutOutcome>, Status> {
-        let req = to_request(entries);
+        let req = convert::put_request(entries);
         let mut responses = self
             .inner
             .put_entries(futures::stream::iter([req]))
@@ -99,7 +84,7 @@ impl StoreClient {
             .message()
             .await?
             .ok_or_else(|| Status::internal("replica closed the put stream without a response"))?;
-        Ok(outcomes(resp))
+        Ok(convert::put_outcomes(resp))
     }
 
     /// Streams batches through one PutEntries call, pipelined: the next batch
@@ -108,7 +93,7 @@ impl StoreClient {
         &mut self,
         batches: impl Stream<Item = Vec<Entry>> + Send + 'static,
     ) -> Result<PutSummary, Status> {
-        let requests = batches.map(|b| to_request(&b));
+        let requests = batches.map(|b| convert::put_request(&b));
         let mut responses = self.inner.put_entries(requests).await?.into_inner();
         let mut summary = PutSummary::default();
         while let Some(resp) = responses.message().await? {
@@ -192,38 +177,4 @@ pub fn verify(claimed: &[u8], data: Bytes) -> Result<Entry, Status> {
         )));
     }
     Ok(entry)
-}
-
-fn to_request(entries: &[Entry]) -> proto::PutEntriesRequest {
-    proto::PutEntriesRequest {
-        entries: entries
-            .iter()
-            .map(|e| proto::Entry {
-                id: convert::id_bytes(&e.id),
-                data: e.data().clone(),
-            })
-            .collect(),
-    }
-}
-
-fn outcomes(resp: proto::PutEntriesResponse) -> Vec<PutOutcome> {
-    let mut rejections = resp.rejections.into_iter().peekable();
-    resp.status
-        .iter()
-        .enumerate()
-        .map(|(i, &s)| match proto::PutStatus::try_from(s) {
-            Ok(proto::PutStatus::Stored) => PutOutcome::Stored,
-            Ok(proto::PutStatus::Duplicate) => PutOutcome::Duplicate,
-            _ => {
-                let r = rejections.next_if(|r| r.index as usize == i);
-                let reason = r
-                    .as_ref()
-                    .and_then(|r| proto::RejectReason::try_from(r.reason).ok())
-                    .and_then(convert::reject_reason_from_proto)
-                    .unwrap_or(crate::entry::RejectReason::Malformed);
-                let detail = r.map(|r| r.detail).unwrap_or_default();
-                PutOutcome::Rejected(crate::entry::Rejection::new(reason, detail))
-            }
-        })
-        .collect()
 }

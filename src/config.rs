@@ -10,9 +10,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::entry::Namespace;
+pub use crate::limits::Limits;
 use crate::policy::{NamespaceRules, Policy};
 use crate::replication::settings::ReplicationSettings;
 use crate::store::rocks::RocksConfig;
+use crate::sync::PullSettings;
 
 /// Prefix of environment overrides; sections and keys are separated by `__`.
 pub const ENV_PREFIX: &str = "MINDOO_REPLICA";
@@ -125,6 +127,13 @@ pub struct RawReplication {
     pub session_idle_timeout_ms: u64,
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
+    /// Entry data (MiB) all pulls together may hold in memory.
+    pub max_inflight_mb: u64,
+    /// Entry data (MiB) one peer's pull may hold in memory.
+    pub max_peer_inflight_mb: u64,
+    /// A cursor into a peer that left the topology is removed once it has
+    /// not moved for this long.
+    pub cursor_retention_ms: u64,
 }
 
 impl Default for RawReplication {
@@ -141,6 +150,9 @@ impl Default for RawReplication {
             session_idle_timeout_ms: 90_000,
             backoff_initial_ms: 100,
             backoff_max_ms: 10_000,
+            max_inflight_mb: 48,
+            max_peer_inflight_mb: 16,
+            cursor_retention_ms: 7 * 24 * 3600 * 1000,
         }
     }
 }
@@ -219,6 +231,26 @@ pub struct Settings {
     pub log: LogSettings,
 }
 
+impl Settings {
+    /// This replica's node identity: `replication.advertise` when set (the
+    /// name peers reach it by, stable across restarts), else this host's
+    /// name and the bound gRPC port.
+    pub fn node_name(&self, bound: SocketAddr) -> String {
+        match &self.replication.advertise {
+            Some(name) => name.clone(),
+            None => format!("{}:{}", hostname(), bound.port()),
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     pub listen: SocketAddr,
@@ -231,29 +263,6 @@ pub struct ServerSettings {
 pub enum StorageSettings {
     Rocks(RocksConfig),
     Memory,
-}
-
-/// Request limits, enforced before any work or allocation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    pub max_message_bytes: usize,
-    pub max_ids_per_request: usize,
-    pub max_batch_entries: usize,
-    pub max_page: usize,
-    pub stream_idle_timeout: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        let raw = RawLimits::default();
-        Self {
-            max_message_bytes: raw.max_message_bytes as usize,
-            max_ids_per_request: raw.max_ids_per_request as usize,
-            max_batch_entries: raw.max_batch_entries as usize,
-            max_page: raw.max_page as usize,
-            stream_idle_timeout: Duration::from_millis(raw.stream_idle_timeout_ms),
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -338,6 +347,8 @@ impl RawConfig {
                     block_cache_bytes: mb("storage.block_cache_mb", st.block_cache_mb, 1, 65536)?,
                     write_buffer_bytes: mb("storage.write_buffer_mb", st.write_buffer_mb, 1, 4096)?,
                     sync_writes: st.sync_writes,
+                    // Known once the listener is bound (see `Settings::node_name`).
+                    node: None,
                 })
             }
             "memory" => StorageSettings::Memory,
@@ -407,7 +418,7 @@ impl RawConfig {
             }
         }
         let policy = self.policy.validate(max_entry_bytes)?;
-        let replication = ReplicationSettings::validate(&self.replication, server.listen)?;
+        let replication = validate_replication(&self.replication, server.listen)?;
         let log = LogSettings {
             filter: self.log.filter.clone(),
             json: match self.log.format.as_str() {
@@ -431,6 +442,147 @@ impl RawConfig {
             replication,
             log,
         })
+    }
+}
+
+fn validate_replication(
+    raw: &RawReplication,
+    listen: SocketAddr,
+) -> Result<ReplicationSettings, ConfigError> {
+    let advertise = match raw.advertise.as_str() {
+        "" => None,
+        a => Some(peer_address("replication.advertise", a)?),
+    };
+    let mut peers = Vec::new();
+    for (i, p) in raw.peers.iter().enumerate() {
+        let key = format!("replication.peers[{i}]");
+        let p = peer_address(&key, p)?;
+        if peers.contains(&p) {
+            return Err(invalid(key, format!("{p} is listed twice")));
+        }
+        if advertise.is_none() && p.parse::<SocketAddr>().ok() == Some(listen) {
+            return Err(invalid(
+                key,
+                format!(
+                    "{p} is this replica's own server.listen address; set \
+                     replication.advertise to list every replica in one peer list"
+                ),
+            ));
+        }
+        peers.push(p);
+    }
+    let mut hubs = Vec::new();
+    for (i, h) in raw.hubs.iter().enumerate() {
+        hubs.push(peer_address(&format!("replication.hubs[{i}]"), h)?);
+    }
+    let is_hub = advertise.as_ref().is_some_and(|a| hubs.contains(a));
+    if !hubs.is_empty() && advertise.is_none() {
+        return Err(invalid(
+            "replication.advertise",
+            "hub-and-spoke needs this replica's own address to know whether it is a hub",
+        ));
+    }
+    let spoke_of = (!hubs.is_empty() && !is_hub).then_some(hubs);
+    let discovery = match raw.discovery.as_str() {
+        "" => None,
+        d => Some(peer_address("replication.discovery", d)?),
+    };
+    let mut namespaces = Vec::new();
+    for (i, n) in raw.namespaces.iter().enumerate() {
+        let key = format!("replication.namespaces[{i}]");
+        let (tenant, db) = n
+            .split_once('/')
+            .ok_or_else(|| invalid(&key, format!("{n:?} is not tenant/db")))?;
+        namespaces.push(Namespace::new(tenant, db).map_err(|e| invalid(&key, e.to_string()))?);
+    }
+    let ms = |key: &str, v: u64, min: u64| {
+        if v >= min {
+            Ok(Duration::from_millis(v))
+        } else {
+            Err(invalid(
+                key,
+                format!("{v} is below the minimum of {min} ms"),
+            ))
+        }
+    };
+    let backoff_initial = ms("replication.backoff_initial_ms", raw.backoff_initial_ms, 1)?;
+    let backoff_max = ms("replication.backoff_max_ms", raw.backoff_max_ms, 1)?;
+    if backoff_max < backoff_initial {
+        return Err(invalid(
+            "replication.backoff_max_ms",
+            "must not be below replication.backoff_initial_ms",
+        ));
+    }
+    let mib = |key: &str, v: u64, min: u64, max: u64| {
+        if (min..=max).contains(&v) {
+            Ok(v as usize * (1 << 20))
+        } else {
+            Err(invalid(key, format!("{v} is outside {min}..={max} MiB")))
+        }
+    };
+    let max_inflight_bytes = mib("replication.max_inflight_mb", raw.max_inflight_mb, 1, 4095)?;
+    let max_peer_inflight_bytes = mib(
+        "replication.max_peer_inflight_mb",
+        raw.max_peer_inflight_mb,
+        1,
+        4095,
+    )?;
+    if max_peer_inflight_bytes > max_inflight_bytes {
+        return Err(invalid(
+            "replication.max_peer_inflight_mb",
+            "must not exceed replication.max_inflight_mb",
+        ));
+    }
+    let mut settings = ReplicationSettings {
+        advertise,
+        peers: Vec::new(),
+        spoke_of,
+        discovery,
+        discovery_interval: ms(
+            "replication.discovery_interval_ms",
+            raw.discovery_interval_ms,
+            100,
+        )?,
+        keepalive_interval: ms(
+            "replication.keepalive_interval_ms",
+            raw.keepalive_interval_ms,
+            100,
+        )?,
+        pull: PullSettings {
+            namespaces,
+            connect_timeout: ms("replication.connect_timeout_ms", raw.connect_timeout_ms, 10)?,
+            session_idle_timeout: ms(
+                "replication.session_idle_timeout_ms",
+                raw.session_idle_timeout_ms,
+                300,
+            )?,
+            backoff_initial,
+            backoff_max,
+        },
+        max_inflight_bytes,
+        max_peer_inflight_bytes,
+        cursor_retention: ms(
+            "replication.cursor_retention_ms",
+            raw.cursor_retention_ms,
+            1_000,
+        )?,
+    };
+    settings.peers = settings.select(peers);
+    Ok(settings)
+}
+
+/// Normalises `host:port` (an `http://` prefix is allowed) and checks its shape.
+fn peer_address(key: &str, value: &str) -> Result<String, ConfigError> {
+    let v = value
+        .trim()
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    let ok = v
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    match ok {
+        true => Ok(v.to_owned()),
+        false => Err(invalid(key, format!("{value:?} is not host:port"))),
     }
 }
 
@@ -522,7 +674,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.replication.peers, ["a:1", "b:2"]);
-        assert_eq!(s.replication.namespaces.len(), 1);
+        assert_eq!(s.replication.pull.namespaces.len(), 1);
     }
 
     #[test]
@@ -550,6 +702,71 @@ mod tests {
         for (toml, vars, key) in cases {
             let err = load(toml, vars).unwrap_err().to_string();
             assert!(err.contains(key), "{err:?} should name {key}");
+        }
+    }
+
+    fn raw(peers: &[&str]) -> RawReplication {
+        RawReplication {
+            peers: peers.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn listen() -> SocketAddr {
+        "127.0.0.1:7700".parse().unwrap()
+    }
+
+    #[test]
+    fn full_mesh_from_one_list_drops_self() {
+        let mut r = raw(&["a:1", "b:1", "http://c:1"]);
+        r.advertise = "b:1".into();
+        let s = validate_replication(&r, listen()).unwrap();
+        assert_eq!(s.peers, ["a:1", "c:1"]);
+    }
+
+    #[test]
+    fn hub_and_spoke() {
+        let mut r = raw(&["hub:1", "s1:1", "s2:1"]);
+        r.hubs = vec!["hub:1".into()];
+        r.advertise = "s1:1".into();
+        let spoke = validate_replication(&r, listen()).unwrap();
+        assert_eq!(spoke.peers, ["hub:1"]);
+        r.advertise = "hub:1".into();
+        let hub = validate_replication(&r, listen()).unwrap();
+        assert_eq!(hub.peers, ["s1:1", "s2:1"]);
+    }
+
+    #[test]
+    fn bad_topologies_name_the_key() {
+        let cases = [
+            (raw(&["a:1", "a:1"]), "replication.peers[1]", "listed twice"),
+            (
+                raw(&["127.0.0.1:7700"]),
+                "replication.peers[0]",
+                "own server.listen",
+            ),
+            (raw(&["nohost"]), "replication.peers[0]", "not host:port"),
+            (raw(&["a:0"]), "replication.peers[0]", "not host:port"),
+            (
+                RawReplication {
+                    namespaces: vec!["x".into()],
+                    ..Default::default()
+                },
+                "replication.namespaces[0]",
+                "tenant/db",
+            ),
+            (
+                RawReplication {
+                    hubs: vec!["h:1".into()],
+                    ..Default::default()
+                },
+                "replication.advertise",
+                "hub",
+            ),
+        ];
+        for (r, key, why) in cases {
+            let err = validate_replication(&r, listen()).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(why), "{err}");
         }
     }
 }

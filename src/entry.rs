@@ -563,3 +563,20 @@ mod tests {
         assert_eq!(Namespace::decode_key(&key), Some((ns, &b"rest"[..])));
     }
 }
+
+/// An entry that passed every check of a replica's policy. Only verified
+/// entries reach a store.
+#[derive(Debug, Clone)]
+pub struct VerifiedEntry {
+    pub id: EntryId,
+    pub namespace: Namespace,
+    pub data: Bytes,
+}
+
+/// What happened to one entry of a put.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutOutcome {
+    Stored,
+    Duplicate,
+    Rejected(Rejection),
+}

@@ -15,24 +15,29 @@ pub async fn status(addr: &str, with_head: bool) -> anyhow::Result<()> {
         .into_inner();
     if with_head {
         println!(
-            "replica {addr}  incarnation {}  head_seq {}  entries {}",
+            "replica {}  at {addr}  incarnation {}  head_seq {}  entries {}",
+            s.node,
             hex::encode(&s.incarnation),
             s.head_seq,
             s.entry_count
         );
     }
     println!(
-        "{:<28} {:<10} {:>12} {:>12} {:>10} {:>12}  last error",
-        "peer", "state", "cursor", "peer head", "lag", "last ok"
+        "{:<28} {:<22} {:<12} {:>12} {:>12} {:>10} {:>12}  last error",
+        "peer", "address", "state", "cursor", "peer head", "lag", "last ok"
     );
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO);
     for p in &s.peers {
         let state = match (p.is_self, p.connected) {
-            (true, _) => "self",
-            (false, true) => "streaming",
-            (false, false) => "down",
+            (true, _) => "self".to_owned(),
+            (false, true) => p.state.clone(),
+            (false, false) => format!("down/{}", p.state),
+        };
+        let warning = match p.shares_incarnation {
+            true => "SHARES THIS REPLICA'S INCARNATION (copied data directory)  ",
+            false => "",
         };
         let last_ok = match p.last_success_unix_ms {
             0 => "never".to_owned(),
@@ -42,8 +47,9 @@ pub async fn status(addr: &str, with_head: bool) -> anyhow::Result<()> {
             ),
         };
         println!(
-            "{:<28} {:<10} {:>12} {:>12} {:>10} {:>12}  {}",
+            "{:<28} {:<22} {:<12} {:>12} {:>12} {:>10} {:>12}  {warning}{}",
             p.peer,
+            p.address,
             state,
             p.cursor_seq,
             p.peer_head_seq,

@@ -95,6 +95,14 @@ enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         idle_secs: u64,
     },
+    /// MissingIds over held ids (bodies in blob files): time and bytes read.
+    MissingIds {
+        #[arg(long, default_value_t = 10_000)]
+        entries: usize,
+        /// Ciphertext bytes per entry.
+        #[arg(long, default_value_t = 65_536)]
+        size: usize,
+    },
     /// Time for a new entry to reach every replica of a full mesh.
     Propagation {
         #[arg(long, default_value_t = 5)]
@@ -104,6 +112,12 @@ enum BenchCommand {
         /// Pause between writes.
         #[arg(long, default_value_t = 5)]
         interval_ms: u64,
+        /// Offered rates (entries/s) for the load phases; empty skips them.
+        #[arg(long, value_delimiter = ',', default_value = "1000,5000,10000")]
+        rates: Vec<u64>,
+        /// Seconds each load phase lasts.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
     },
 }
 
@@ -198,15 +212,27 @@ async fn run_bench(command: BenchCommand, exe: PathBuf) -> anyhow::Result<()> {
             })
             .await
         }
+        BenchCommand::MissingIds { entries, size } => {
+            bench::missing_ids(bench::MissingOptions {
+                entries,
+                ciphertext_bytes: size,
+                exe,
+            })
+            .await
+        }
         BenchCommand::Propagation {
             replicas,
             entries,
             interval_ms,
+            rates,
+            seconds,
         } => {
             bench::propagation(bench::PropagationOptions {
                 replicas,
                 entries: entries.max(1),
                 interval_ms,
+                rates,
+                seconds: seconds.max(1),
                 exe,
             })
             .await
@@ -228,7 +254,8 @@ async fn serve(settings: Settings, config: Option<PathBuf>) -> anyhow::Result<()
         Some(listeners) => listeners,
         None => Listeners::bind(&settings.server).await?,
     };
-    let store = server::open_store(&settings.storage).await?;
+    let node = settings.node_name(listeners.grpc_addr()?);
+    let store = server::open_store(&settings.storage, &node).await?;
     // Ready: the store is open and the sockets accept connections.
     println!(
         "{}",

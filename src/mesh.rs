@@ -14,10 +14,10 @@ use ed25519_dalek::SigningKey;
 use crate::bench::sample_entries;
 use crate::client::StoreClient;
 use crate::config::RawConfig;
+use crate::entry::PutOutcome;
 use crate::entry::{EntryId, Namespace};
 use crate::local::{ChildListeners, ReplicaProcess, http_get};
 use crate::proto;
-use crate::replica::PutOutcome;
 
 #[derive(Debug, Clone)]
 pub struct MeshOptions {

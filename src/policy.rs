@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 
-use crate::entry::{Entry, EntryId, Namespace, RejectReason, Rejection};
+use crate::entry::{Entry, EntryId, Namespace, RejectReason, Rejection, VerifiedEntry};
 
 /// Rules for one namespace.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -39,14 +39,6 @@ impl Default for Policy {
             max_entry_bytes: 1024 * 1024,
         }
     }
-}
-
-/// An entry that passed every check. Only verified entries reach a store.
-#[derive(Debug, Clone)]
-pub struct VerifiedEntry {
-    pub id: EntryId,
-    pub namespace: Namespace,
-    pub data: Bytes,
 }
 
 impl Policy {

@@ -27,15 +27,16 @@ use crate::config::{ServerSettings, Settings, StorageSettings};
 use crate::metrics::Metrics;
 use crate::metrics::layer::GrpcMetricsLayer;
 use crate::proto;
-use crate::replica::Replica;
+use crate::replica::{NodeIdentity, Replica};
 use crate::replication::Replicator;
 use crate::replication::settings::ReplicationSettings;
-use crate::replication::status::StatusBoard;
 use crate::service::StoreService;
 use crate::service::replication::ReplicationService;
 use crate::store::memory::MemoryStore;
 use crate::store::rocks::RocksStore;
 use crate::store::{Store, StoreError};
+use crate::sync::env::Env;
+use crate::sync::status::StatusBoard;
 
 /// The sockets a replica serves on, bound before it starts.
 pub struct Listeners {
@@ -69,12 +70,17 @@ impl Listeners {
     }
 }
 
-/// Opens the configured store.
-pub async fn open_store(settings: &StorageSettings) -> Result<Arc<dyn Store>, StoreError> {
+/// Opens the configured store for the replica known as `node`. A RocksDB
+/// directory last opened by another node takes a new incarnation.
+pub async fn open_store(
+    settings: &StorageSettings,
+    node: &str,
+) -> Result<Arc<dyn Store>, StoreError> {
     match settings {
         StorageSettings::Memory => Ok(Arc::new(MemoryStore::new())),
         StorageSettings::Rocks(config) => {
-            let config = config.clone();
+            let mut config = config.clone();
+            config.node = Some(node.to_owned());
             tokio::task::spawn_blocking(move || RocksStore::open(&config))
                 .await
                 .map_err(|e| StoreError::Backend(format!("open task failed: {e}")))?
@@ -89,7 +95,8 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let store = open_store(&settings.storage).await?;
+    let node = settings.node_name(listeners.grpc_addr()?);
+    let store = open_store(&settings.storage, &node).await?;
     serve(settings, store, listeners, shutdown).await
 }
 
@@ -117,8 +124,10 @@ pub async fn serve_with(
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let stopping = CancellationToken::new();
+    let identity = NodeIdentity::new(settings.node_name(listeners.grpc_addr()?));
     let replica = Arc::new(Replica::new(
         store,
+        identity,
         settings.policy.clone(),
         settings.limits,
         metrics.clone(),
@@ -131,6 +140,7 @@ pub async fn serve_with(
         replica.clone(),
         peers,
         board.clone(),
+        Env::system(),
         stop_replication.clone(),
     );
     let mut replicator = AbortOnDropHandle::new(tokio::spawn(replicator.run()));
@@ -172,6 +182,7 @@ pub async fn serve_with(
     let stats = replica.stats();
     tracing::info!(
         %grpc_addr,
+        node = %replica.identity().node,
         incarnation = %replica.incarnation(),
         head_seq = stats.head_seq,
         entries = stats.entries,

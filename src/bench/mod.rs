@@ -4,10 +4,12 @@
 
 mod append;
 mod bootstrap;
+mod missing;
 mod propagation;
 
 pub use append::{AppendOptions, append};
 pub use bootstrap::{BootstrapOptions, bootstrap};
+pub use missing::{MissingOptions, missing_ids};
 pub use propagation::{PropagationOptions, propagation};
 
 use std::pin::Pin;
@@ -52,7 +54,7 @@ pub fn memory_mb(p: &ReplicaProcess) -> (f64, f64) {
 }
 
 /// CPU seconds (user + system) a process has used so far.
-fn cpu_seconds(pid: u32) -> Option<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised command name; utime and stime are 14 and 15.
     let rest = stat.rsplit_once(')')?.1;

@@ -1,15 +1,17 @@
 //! `bench propagation`: in a full mesh of replica processes, the time from a
 //! PutEntries acknowledged by replica-1 to the entry being stored on every
-//! other replica, observed through live Watch streams. Prints p50/p99/max.
+//! other replica, observed through live Watch streams. Prints p50/p99/max:
+//! first for single entries at a fixed interval, then under load at each
+//! offered rate (entries/s, written in 1 ms batches), with the CPU all
+//! replicas used, and finally the rate at which the mesh saturates (writes
+//! as fast as replica-1 takes them).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ed25519_dalek::SigningKey;
-
-use super::sample_entries;
+use super::{cpu_seconds, unsigned_entries};
 use crate::client::{StoreClient, endpoint};
 use crate::entry::{EntryId, Namespace};
 use crate::mesh::spawn_mesh;
@@ -21,6 +23,10 @@ pub struct PropagationOptions {
     pub replicas: usize,
     pub entries: usize,
     pub interval_ms: u64,
+    /// Offered rates (entries/s) for the load phases.
+    pub rates: Vec<u64>,
+    /// Seconds each load phase lasts.
+    pub seconds: u64,
     pub exe: PathBuf,
 }
 
@@ -74,23 +80,102 @@ pub async fn propagation(opts: PropagationOptions) -> anyhow::Result<()> {
     }
 
     let ns = Namespace::new("bench", "propagation")?;
-    let key = SigningKey::from_bytes(&rand::random());
     let mut writer = StoreClient::connect(&members[0].process.grpc.to_string()).await?;
+    let mut next_id = 0u64;
+    let mut entries = |count: usize| {
+        next_id += count as u64;
+        unsigned_entries(&ns, next_id, count, 1024)
+    };
     let mut acks = Vec::with_capacity(opts.entries);
     for _ in 0..opts.entries {
-        let entry = sample_entries(&ns, &key, 1, 1024);
+        let entry = entries(1);
         writer.put(&entry).await?;
         acks.push((entry[0].id, Instant::now()));
         tokio::time::sleep(Duration::from_millis(opts.interval_ms)).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let complete = |map: &HashMap<EntryId, Vec<Instant>>| {
-        acks.iter()
-            .filter(|(id, _)| map.get(id).is_some_and(|v| v.len() >= n - 1))
-            .count()
-    };
+    let latencies = wait_all(&arrivals, &acks, n).await?;
+    println!(
+        "propagation: {n} replicas in a full mesh, {} entries of 1 KiB written to replica-1 every {} ms",
+        acks.len(),
+        opts.interval_ms
+    );
+    println!(
+        "propagation: acknowledged -> stored on all {} others: {} (target p99 <= 100 ms)",
+        n - 1,
+        summary(&latencies)
+    );
+
+    let pids: Vec<u32> = members.iter().filter_map(|m| m.process.pid()).collect();
+    let cpu = || pids.iter().filter_map(|&p| cpu_seconds(p)).sum::<f64>();
+    for &rate in &opts.rates {
+        let per_ms = (rate / 1000).max(1) as usize;
+        let ticks = opts.seconds * 1000;
+        let mut acks = Vec::with_capacity(ticks as usize * per_ms);
+        let (cpu0, start) = (cpu(), Instant::now());
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        for _ in 0..ticks {
+            tick.tick().await;
+            let batch = entries(per_ms);
+            writer.put(&batch).await?;
+            let now = Instant::now();
+            acks.extend(batch.iter().map(|e| (e.id, now)));
+        }
+        let offered = acks.len() as f64 / start.elapsed().as_secs_f64();
+        let latencies = wait_all(&arrivals, &acks, n).await?;
+        let cores = (cpu() - cpu0) / start.elapsed().as_secs_f64();
+        println!(
+            "propagation: offered {rate}/s (achieved {offered:.0}/s, {} entries): {} (target p99 <= 10 ms at 5000/s); replicas used {cores:.2} cores",
+            acks.len(),
+            summary(&latencies)
+        );
+    }
+
+    // Saturation: write as fast as replica-1 acknowledges, and count how
+    // fast entries become stored everywhere.
+    if !opts.rates.is_empty() {
+        let mut acks = Vec::new();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(opts.seconds) {
+            let batch = entries(100);
+            writer.put(&batch).await?;
+            let now = Instant::now();
+            acks.extend(batch.iter().map(|e| (e.id, now)));
+        }
+        wait_all(&arrivals, &acks, n).await?;
+        let everywhere = start.elapsed().as_secs_f64();
+        println!(
+            "propagation: saturation: {} entries written as fast as replica-1 took them reached all replicas at {:.0} entries/s",
+            acks.len(),
+            acks.len() as f64 / everywhere
+        );
+    }
+    watchers.abort_all();
+    for m in &members {
+        m.process.terminate();
+    }
+    for m in members {
+        m.process.stop().await?;
+    }
+    Ok(())
+}
+
+/// Waits until every acknowledged entry has reached the other `n - 1`
+/// replicas; returns each entry's latency in ms, sorted. Forgets the
+/// arrivals it used.
+async fn wait_all(
+    arrivals: &Arrivals,
+    acks: &[(EntryId, Instant)],
+    n: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let done = complete(&arrivals.lock().unwrap_or_else(|e| e.into_inner()));
+        let done = {
+            let map = arrivals.lock().unwrap_or_else(|e| e.into_inner());
+            acks.iter()
+                .filter(|(id, _)| map.get(id).is_some_and(|v| v.len() >= n - 1))
+                .count()
+        };
         if done == acks.len() {
             break;
         }
@@ -99,37 +184,27 @@ pub async fn propagation(opts: PropagationOptions) -> anyhow::Result<()> {
             "only {done} of {} entries reached every replica",
             acks.len()
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    watchers.abort_all();
-
-    let map = std::mem::take(&mut *arrivals.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut map = arrivals.lock().unwrap_or_else(|e| e.into_inner());
     let mut latencies: Vec<f64> = acks
         .iter()
         .map(|(id, acked)| {
-            let last = map[id].iter().max().copied().unwrap_or(*acked);
+            let times = map.remove(id).unwrap_or_default();
+            let last = times.into_iter().max().unwrap_or(*acked);
             last.saturating_duration_since(*acked).as_secs_f64() * 1e3
         })
         .collect();
     latencies.sort_by(f64::total_cmp);
-    let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
-    println!(
-        "propagation: {n} replicas in a full mesh, {} entries of 1 KiB written to replica-1 every {} ms",
-        acks.len(),
-        opts.interval_ms
-    );
-    println!(
-        "propagation: acknowledged -> stored on all {} others: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (target p99 <= 100 ms)",
-        n - 1,
+    Ok(latencies)
+}
+
+fn summary(sorted: &[f64]) -> String {
+    let pct = |p: f64| sorted[((sorted.len() - 1) as f64 * p).round() as usize];
+    format!(
+        "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         pct(0.5),
         pct(0.99),
-        latencies[latencies.len() - 1]
-    );
-    for m in &members {
-        m.process.terminate();
-    }
-    for m in members {
-        m.process.stop().await?;
-    }
-    Ok(())
+        sorted[sorted.len() - 1]
+    )
 }

@@ -30,6 +30,10 @@ pub struct Metrics {
     store_entries: IntGauge,
     store_head_seq: IntGauge,
     store_disk_bytes: IntGauge,
+    /// Replication cursors stored, counted at each clean-up pass.
+    pub peer_cursors: IntGauge,
+    /// Entry data held in memory by pulls right now.
+    pub pull_inflight_bytes: IntGauge,
     pub peers: peer::PeerMetrics,
 }
 
@@ -122,6 +126,15 @@ impl Metrics {
             store_disk_bytes: gauge(
                 "store_disk_bytes",
                 "Approximate size of the database (SST files and memtables)",
+            ),
+            peer_cursors: gauge(
+                "peer_cursors",
+                "Replication cursors stored (one per peer pulled within the retention period), \
+                 as of the last clean-up pass",
+            ),
+            pull_inflight_bytes: gauge(
+                "pull_inflight_bytes",
+                "Entry data held in memory by pulls, within replication.max_inflight_mb",
             ),
             peers: peer::PeerMetrics::new(&registry),
             registry,

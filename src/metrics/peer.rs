@@ -18,7 +18,16 @@ pub struct PeerMetrics {
 }
 
 /// Error kinds, the `kind` label of `peer_errors_total`.
-pub const ERROR_KINDS: [&str; 6] = ["connect", "timeout", "rpc", "data_loss", "store", "closed"];
+pub const ERROR_KINDS: [&str; 8] = [
+    "connect",
+    "timeout",
+    "cursor",
+    "rpc",
+    "data_loss",
+    "store",
+    "closed",
+    "duplicate",
+];
 
 /// The metric children of one peer.
 #[derive(Clone)]

@@ -1,7 +1,6 @@
 //! The `mindoo.replica.v1.Store` gRPC service: thin handlers that validate
 //! requests (see [`convert`]), call the [`Replica`] core and shape responses.
 
-pub mod convert;
 pub mod replication;
 mod streams;
 
@@ -13,6 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::Error;
 use crate::proto;
+use crate::proto::convert;
 use crate::proto::store_server::{Store, StoreServer};
 use crate::replica::Replica;
 
@@ -102,19 +102,8 @@ impl Store for StoreService {
         &self,
         _request: Request<proto::HeadRequest>,
     ) -> Result<Response<proto::HeadResponse>, Status> {
-        let stats = self.replica.stats();
-        let incarnation = self.replica.incarnation();
-        let id = self.replica.log_at(stats.head_seq).await?;
-        Ok(Response::new(proto::HeadResponse {
-            incarnation: bytes::Bytes::copy_from_slice(&incarnation.0),
-            head_seq: stats.head_seq,
-            entry_count: stats.entries,
-            cursor: Some(convert::cursor_to_proto(
-                incarnation,
-                stats.head_seq,
-                id.as_ref(),
-            )),
-        }))
+        let head = self.replica.head().await?;
+        Ok(Response::new(convert::head_to_proto(&head)))
     }
 
     async fn scan_since(
@@ -123,7 +112,7 @@ impl Store for StoreService {
     ) -> Result<Response<Self::ScanSinceStream>, Status> {
         let req = request.into_inner();
         let limit = page_limit(req.limit, usize::MAX)?;
-        let opts = streams::LogOptions::new(&self.replica, req.include_data, req.namespaces, 0)?;
+        let opts = streams::follow_options(&self.replica, req.include_data, req.namespaces, 0)?;
         self.log_stream(req.cursor, opts, Some(limit)).await
     }
 
@@ -132,7 +121,7 @@ impl Store for StoreService {
         request: Request<proto::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let req = request.into_inner();
-        let opts = streams::LogOptions::new(
+        let opts = streams::follow_options(
             &self.replica,
             req.include_data,
             req.namespaces,
@@ -148,7 +137,7 @@ impl StoreService {
     async fn log_stream(
         &self,
         cursor: Option<proto::Cursor>,
-        opts: streams::LogOptions,
+        opts: crate::replica::FollowOptions,
         limit: Option<usize>,
     ) -> Result<Response<ResponseStream<proto::LogBatch>>, Status> {
         let after = self.replica.resume_point(convert::cursor(cursor)?).await?;
@@ -165,6 +154,6 @@ impl StoreService {
 fn page_limit(requested: u32, max: usize) -> Result<usize, Error> {
     match requested as usize {
         0 => Ok(max),
-        n => Replica::check_count("requested page size", n, max).map(|_| n),
+        n => crate::limits::check_count("requested page size", n, max).map(|_| n),
     }
 }

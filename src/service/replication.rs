@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use crate::proto;
 use crate::proto::replication_server::{Replication, ReplicationServer};
 use crate::replica::Replica;
-use crate::replication::status::StatusBoard;
+use crate::sync::status::StatusBoard;
 
 pub struct ReplicationService {
     replica: Arc<Replica>,
@@ -49,9 +49,13 @@ impl Replication for ReplicationService {
                     .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                     .map_or(0, |d| d.as_millis() as i64),
                 last_error: s.last_error.unwrap_or_default(),
+                address: s.address,
+                state: s.state.to_owned(),
+                shares_incarnation: s.shares_incarnation,
             })
             .collect();
         Ok(Response::new(proto::PeerStatusResponse {
+            node: self.replica.identity().node.clone(),
             incarnation: Bytes::copy_from_slice(&self.replica.incarnation().0),
             head_seq: stats.head_seq,
             entry_count: stats.entries,

@@ -3,7 +3,7 @@
 //! HTTP/2 flow control is the backpressure, and dropping the stream (client
 //! gone, server stopping) stops the work. No task is spawned per stream.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -11,23 +11,15 @@ use futures::{Stream, StreamExt};
 use tonic::{Status, Streaming};
 
 use super::ResponseStream;
-use super::convert;
 use crate::entry::{EntryId, Namespace};
 use crate::error::Error;
 use crate::proto;
-use crate::replica::Replica;
+use crate::proto::convert;
+use crate::replica::{FollowOptions, LogFollower, Replica};
 use crate::store::Seq;
 
-/// Log records fetched per store call.
-const LOG_CHUNK: usize = 2048;
 /// Ids looked up per store call when streaming entries.
 const GET_CHUNK: usize = 64;
-/// Target size of one streamed message.
-const MESSAGE_BUDGET: usize = 1 << 20;
-
-fn message_budget(replica: &Replica) -> usize {
-    MESSAGE_BUDGET.min(replica.limits().max_message_bytes / 2)
-}
 
 /// Ends a stream after its first error.
 fn fused<T: Send + 'static>(
@@ -96,15 +88,15 @@ fn limit_status(status: Status) -> Status {
     }
 }
 
-/// GetEntries: entries packed into messages of at most [`MESSAGE_BUDGET`]
-/// bytes of data (a single larger entry travels alone).
+/// GetEntries: entries packed into messages of at most
+/// [`crate::limits::Limits::message_data_budget`] bytes of data (a single larger entry travels alone).
 pub fn get(
     replica: Arc<Replica>,
     ns: Namespace,
     ids: Vec<EntryId>,
 ) -> ResponseStream<proto::EntryBatch> {
     let state = GetState {
-        budget: message_budget(&replica),
+        budget: replica.limits().message_data_budget(),
         replica,
         ns,
         ids,
@@ -169,56 +161,39 @@ impl GetState {
     }
 }
 
-/// What a ScanSince or Watch stream sends.
-pub struct LogOptions {
+/// What a ScanSince or Watch stream sends, from the request's fields.
+pub fn follow_options(
+    replica: &Replica,
     with_data: bool,
-    only: Option<HashSet<Namespace>>,
-    heartbeat: Option<std::time::Duration>,
-}
-
-impl LogOptions {
-    pub fn new(
-        replica: &Replica,
-        with_data: bool,
-        namespaces: Vec<proto::Namespace>,
-        heartbeat_ms: u32,
-    ) -> Result<Self, Error> {
-        let heartbeat = match heartbeat_ms {
-            0 => None,
-            1..100 => {
-                return Err(Error::InvalidArgument(format!(
-                    "heartbeat_ms {heartbeat_ms} is below the minimum of 100"
-                )));
-            }
-            ms => Some(std::time::Duration::from_millis(ms.into())),
-        };
-        Replica::check_count(
-            "namespaces in a filter",
-            namespaces.len(),
-            replica.limits().max_ids_per_request,
-        )?;
-        let only = namespaces
-            .into_iter()
-            .map(|ns| convert::namespace(Some(ns)))
-            .collect::<Result<HashSet<_>, _>>()?;
-        for ns in &only {
-            replica.check_namespace(ns)?;
+    namespaces: Vec<proto::Namespace>,
+    heartbeat_ms: u32,
+) -> Result<FollowOptions, Error> {
+    let heartbeat = match heartbeat_ms {
+        0 => None,
+        1..100 => {
+            return Err(Error::InvalidArgument(format!(
+                "heartbeat_ms {heartbeat_ms} is below the minimum of 100"
+            )));
         }
-        Ok(Self {
-            with_data,
-            only: (!only.is_empty()).then_some(only),
-            heartbeat,
-        })
+        ms => Some(std::time::Duration::from_millis(ms.into())),
+    };
+    crate::limits::check_count(
+        "namespaces in a filter",
+        namespaces.len(),
+        replica.limits().max_ids_per_request,
+    )?;
+    let only = namespaces
+        .into_iter()
+        .map(|ns| convert::namespace(Some(ns)))
+        .collect::<Result<HashSet<_>, _>>()?;
+    for ns in &only {
+        replica.check_namespace(ns)?;
     }
-}
-
-struct LogState {
-    replica: Arc<Replica>,
-    after: Seq,
-    /// Records still to send; `None` follows the log forever (Watch).
-    remaining: Option<usize>,
-    opts: LogOptions,
-    head: tokio::sync::watch::Receiver<Seq>,
+    Ok(FollowOptions {
+        with_data,
+        only: (!only.is_empty()).then_some(only),
+        heartbeat,
+    })
 }
 
 /// ScanSince (`limit` set) and Watch (`limit` none): log records after `after`.
@@ -226,99 +201,12 @@ pub fn log(
     replica: Arc<Replica>,
     after: Seq,
     limit: Option<usize>,
-    opts: LogOptions,
+    opts: FollowOptions,
 ) -> ResponseStream<proto::LogBatch> {
-    let state = LogState {
-        head: replica.subscribe(),
-        replica,
-        after,
-        remaining: limit,
-        opts,
-    };
-    fused(futures::stream::unfold(state, |mut st| async move {
-        let next = st.next_batch().await;
-        step(st, next)
-    }))
-}
-
-impl LogState {
-    async fn next_batch(&mut self) -> Result<Option<proto::LogBatch>, Error> {
-        loop {
-            let limit = self.remaining.unwrap_or(usize::MAX).min(LOG_CHUNK);
-            if limit == 0 {
-                return Ok(None);
-            }
-            let budget = self.opts.with_data.then(|| message_budget(&self.replica));
-            let records = self.replica.log_since(self.after, limit, budget).await?;
-            if let Some(last) = records.last() {
-                self.after = last.seq;
-                if let Some(r) = &mut self.remaining {
-                    *r -= records.len();
-                }
-                return Ok(Some(self.batch(records)));
-            }
-            if self.remaining.is_some() {
-                return Ok(None);
-            }
-            let after = self.after;
-            let heartbeat = async {
-                match self.opts.heartbeat {
-                    Some(every) => tokio::time::sleep(every).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = self.replica.shutdown_token().cancelled() => return Err(Error::ShuttingDown),
-                changed = self.head.wait_for(|head| *head > after) => {
-                    changed.map_err(|_| Error::ShuttingDown)?;
-                }
-                _ = heartbeat => {
-                    return Ok(Some(proto::LogBatch {
-                        head_seq: self.replica.stats().head_seq,
-                        ..Default::default()
-                    }));
-                }
-            }
-        }
-    }
-
-    fn batch(&self, records: Vec<crate::store::LogRecord>) -> proto::LogBatch {
-        let last = records.last().map(|r| (r.seq, r.id));
-        let mut batch = proto::LogBatch {
-            head_seq: self.replica.stats().head_seq,
-            ..Default::default()
-        };
-        let mut index: HashMap<Namespace, u32> = HashMap::new();
-        for r in records {
-            if self
-                .opts
-                .only
-                .as_ref()
-                .is_some_and(|only| !only.contains(&r.namespace))
-            {
-                continue;
-            }
-            let next = index.len() as u32;
-            let ns = *index.entry(r.namespace.clone()).or_insert_with(|| {
-                batch
-                    .namespaces
-                    .push(convert::namespace_to_proto(&r.namespace));
-                next
-            });
-            batch.records.push(proto::LogRecord {
-                seq: r.seq,
-                namespace: ns,
-                id: convert::id_bytes(&r.id),
-                data: r.data.unwrap_or_default(),
-            });
-        }
-        if let Some((seq, id)) = last {
-            batch.next = Some(convert::cursor_to_proto(
-                self.replica.incarnation(),
-                seq,
-                Some(&id),
-            ));
-        }
-        batch
-    }
+    let follower = LogFollower::new(replica, after, limit, opts);
+    Box::pin(
+        follower
+            .into_stream()
+            .map(|batch| batch.map(convert::log_batch_to_proto).map_err(Status::from)),
+    )
 }

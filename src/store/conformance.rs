@@ -113,20 +113,62 @@ fn cursors_commit_with_the_batch(store: &dyn Store) {
         seq: 42,
         id_at_seq: EntryId([6; 32]),
     };
+    let record = CursorRecord {
+        cursor,
+        scope: 7,
+        updated_ms: 1_700_000_000_000,
+    };
     let update = CursorUpdate {
         peer: "peer-1".into(),
-        cursor,
+        record,
     };
     store.append(&[entry(&a, 1)], Some(&update)).unwrap();
-    assert_eq!(store.cursor("peer-1").unwrap(), Some(cursor));
+    assert_eq!(store.cursor("peer-1").unwrap(), Some(record));
     // A cursor advances even when the whole batch was already held.
     let later = CursorUpdate {
         peer: "peer-1".into(),
-        cursor: PeerCursor { seq: 43, ..cursor },
+        record: CursorRecord {
+            cursor: PeerCursor { seq: 43, ..cursor },
+            ..record
+        },
     };
     store.append(&[entry(&a, 1)], Some(&later)).unwrap();
-    assert_eq!(store.cursor("peer-1").unwrap().unwrap().seq, 43);
+    assert_eq!(store.cursor("peer-1").unwrap().unwrap().cursor.seq, 43);
     assert_eq!(store.cursor("peer-2").unwrap(), None);
+    // Cursors are listed and removed by peer.
+    store
+        .append(
+            &[],
+            Some(&CursorUpdate {
+                peer: "peer-2".into(),
+                record,
+            }),
+        )
+        .unwrap();
+    let peers: Vec<String> = store.cursors().unwrap().into_iter().map(|c| c.0).collect();
+    assert_eq!(peers, ["peer-1", "peer-2"]);
+    store.delete_cursor("peer-1").unwrap();
+    assert_eq!(store.cursor("peer-1").unwrap(), None);
+    assert_eq!(store.cursors().unwrap().len(), 1);
+}
+
+#[test]
+fn legacy_cursor_values_decode() {
+    let record = CursorRecord {
+        cursor: PeerCursor {
+            incarnation: Incarnation([1; 16]),
+            seq: 9,
+            id_at_seq: EntryId([2; 32]),
+        },
+        scope: 3,
+        updated_ms: 4,
+    };
+    let bytes = encode_cursor(&record);
+    assert_eq!(decode_cursor(&bytes).unwrap(), record);
+    let legacy = decode_cursor(&bytes[..56]).unwrap();
+    assert_eq!(legacy.cursor, record.cursor);
+    assert_eq!((legacy.scope, legacy.updated_ms), (0, 0));
+    assert!(decode_cursor(&bytes[..50]).is_err());
 }
 
 fn concurrent_appends_keep_the_log_dense(store: &dyn Store) {
@@ -211,6 +253,31 @@ fn rocks_persists_across_reopen() {
         store.append(&[entry(&a, 3)], None).unwrap(),
         vec![Appended::Stored(4)]
     );
+}
+
+#[test]
+fn rocks_takes_a_new_incarnation_when_another_node_opens_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = RocksConfig::new(dir.path());
+    config.node = Some("replica-0.mesh:7700".into());
+    let first = RocksStore::open(&config).unwrap().incarnation();
+    // The same node again keeps it.
+    assert_eq!(RocksStore::open(&config).unwrap().incarnation(), first);
+    // A copy of the directory opened by another node does not.
+    let copy = tempfile::tempdir().unwrap();
+    for file in std::fs::read_dir(dir.path()).unwrap() {
+        let file = file.unwrap();
+        std::fs::copy(file.path(), copy.path().join(file.file_name())).unwrap();
+    }
+    let mut other = RocksConfig::new(copy.path());
+    other.node = Some("replica-1.mesh:7700".into());
+    let store = RocksStore::open(&other).unwrap();
+    assert_ne!(store.incarnation(), first);
+    let second = store.incarnation();
+    drop(store);
+    assert_eq!(RocksStore::open(&other).unwrap().incarnation(), second);
+    // The original is unaffected.
+    assert_eq!(RocksStore::open(&config).unwrap().incarnation(), first);
 }
 
 #[test]

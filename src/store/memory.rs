@@ -7,10 +7,11 @@ use std::sync::RwLock;
 use bytes::Bytes;
 
 use super::{
-    Appended, CursorUpdate, Incarnation, LogRecord, PeerCursor, Seq, Store, StoreError, StoreStats,
+    Appended, CursorRecord, CursorUpdate, Incarnation, LogRecord, Seq, Store, StoreError,
+    StoreStats,
 };
+use crate::entry::VerifiedEntry;
 use crate::entry::{EntryId, Namespace};
-use crate::policy::VerifiedEntry;
 
 pub struct MemoryStore {
     incarnation: Incarnation,
@@ -23,7 +24,7 @@ struct Inner {
     count: u64,
     /// `log[i]` has sequence number `i + 1`.
     log: Vec<(Namespace, EntryId)>,
-    cursors: HashMap<String, PeerCursor>,
+    cursors: HashMap<String, CursorRecord>,
 }
 
 impl MemoryStore {
@@ -89,7 +90,7 @@ impl Store for MemoryStore {
             out.push(Appended::Stored(inner.log.len() as Seq));
         }
         if let Some(update) = cursor {
-            inner.cursors.insert(update.peer.clone(), update.cursor);
+            inner.cursors.insert(update.peer.clone(), update.record);
         }
         Ok(out)
     }
@@ -168,8 +169,28 @@ impl Store for MemoryStore {
         Ok(iter.take(limit).copied().collect())
     }
 
-    fn cursor(&self, peer: &str) -> Result<Option<PeerCursor>, StoreError> {
+    fn cursor(&self, peer: &str) -> Result<Option<CursorRecord>, StoreError> {
         Ok(self.read().cursors.get(peer).copied())
+    }
+
+    fn cursors(&self) -> Result<Vec<(String, CursorRecord)>, StoreError> {
+        let mut all: Vec<_> = self
+            .read()
+            .cursors
+            .iter()
+            .map(|(p, r)| (p.clone(), *r))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(all)
+    }
+
+    fn delete_cursor(&self, peer: &str) -> Result<(), StoreError> {
+        self.inner
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .cursors
+            .remove(peer);
+        Ok(())
     }
 
     fn flush(&self) -> Result<(), StoreError> {

@@ -20,8 +20,8 @@ use std::fmt;
 
 use bytes::Bytes;
 
+use crate::entry::VerifiedEntry;
 use crate::entry::{EntryId, Namespace};
-use crate::policy::VerifiedEntry;
 
 /// A local log sequence number. The first record is 1; 0 means "before the start".
 pub type Seq = u64;
@@ -67,12 +67,25 @@ pub struct PeerCursor {
     pub id_at_seq: EntryId,
 }
 
+/// A persisted cursor and what it was advanced under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CursorRecord {
+    pub cursor: PeerCursor,
+    /// Digest of the namespace filter the cursor advanced under (0: none).
+    /// When the filter changes, records the cursor already passed may now be
+    /// wanted, so the puller re-scans the peer's log for them.
+    pub scope: u64,
+    /// Unix milliseconds of the last update (0 for cursors written before
+    /// this was recorded); stale cursors of departed peers are removed by age.
+    pub updated_ms: u64,
+}
+
 /// A cursor update committed together with a batch of entries.
 #[derive(Debug, Clone)]
 pub struct CursorUpdate {
-    /// The peer's stable name (its configured address).
+    /// The peer's node identity (its advertised name), never an address.
     pub peer: String,
-    pub cursor: PeerCursor,
+    pub record: CursorRecord,
 }
 
 /// What happened to one entry of an appended batch.
@@ -153,32 +166,59 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<EntryId>, StoreError>;
 
     /// The persisted cursor into `peer`'s log.
-    fn cursor(&self, peer: &str) -> Result<Option<PeerCursor>, StoreError>;
+    fn cursor(&self, peer: &str) -> Result<Option<CursorRecord>, StoreError>;
+
+    /// Every persisted cursor, by peer.
+    fn cursors(&self) -> Result<Vec<(String, CursorRecord)>, StoreError>;
+
+    /// Forgets the cursor into `peer`'s log (a peer that left for good).
+    fn delete_cursor(&self, peer: &str) -> Result<(), StoreError>;
 
     /// Makes everything appended so far durable.
     fn flush(&self) -> Result<(), StoreError>;
 }
 
-/// Encodes a cursor as stored: incarnation ‖ seq (u64 BE) ‖ id.
-pub(crate) fn encode_cursor(c: &PeerCursor) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + 8 + 32);
-    out.extend_from_slice(&c.incarnation.0);
-    out.extend_from_slice(&c.seq.to_be_bytes());
-    out.extend_from_slice(&c.id_at_seq.0);
+/// Encodes a cursor record as stored: incarnation ‖ seq (u64 BE) ‖ id ‖
+/// updated_ms (u64 BE) ‖ scope (u64 BE).
+pub(crate) fn encode_cursor(r: &CursorRecord) -> Vec<u8> {
+    let mut out = Vec::with_capacity(CURSOR_LEN);
+    out.extend_from_slice(&r.cursor.incarnation.0);
+    out.extend_from_slice(&r.cursor.seq.to_be_bytes());
+    out.extend_from_slice(&r.cursor.id_at_seq.0);
+    out.extend_from_slice(&r.updated_ms.to_be_bytes());
+    out.extend_from_slice(&r.scope.to_be_bytes());
     out
 }
 
-pub(crate) fn decode_cursor(bytes: &[u8]) -> Result<PeerCursor, StoreError> {
+const CURSOR_LEN: usize = 16 + 8 + 32 + 8 + 8;
+/// Cursors written before `updated_ms` and `scope` were recorded.
+const LEGACY_CURSOR_LEN: usize = 16 + 8 + 32;
+
+pub(crate) fn decode_cursor(bytes: &[u8]) -> Result<CursorRecord, StoreError> {
     let corrupt = || StoreError::Corrupt {
         what: "cursors",
         detail: format!("cursor value of {} bytes", bytes.len()),
     };
-    if bytes.len() != 56 {
+    if bytes.len() != CURSOR_LEN && bytes.len() != LEGACY_CURSOR_LEN {
         return Err(corrupt());
     }
-    Ok(PeerCursor {
+    let u64_at = |at: usize| -> Result<u64, StoreError> {
+        Ok(u64::from_be_bytes(
+            bytes[at..at + 8].try_into().map_err(|_| corrupt())?,
+        ))
+    };
+    let cursor = PeerCursor {
         incarnation: Incarnation(bytes[..16].try_into().map_err(|_| corrupt())?),
-        seq: u64::from_be_bytes(bytes[16..24].try_into().map_err(|_| corrupt())?),
-        id_at_seq: EntryId(bytes[24..].try_into().map_err(|_| corrupt())?),
+        seq: u64_at(16)?,
+        id_at_seq: EntryId(bytes[24..56].try_into().map_err(|_| corrupt())?),
+    };
+    let (updated_ms, scope) = match bytes.len() {
+        CURSOR_LEN => (u64_at(56)?, u64_at(64)?),
+        _ => (0, 0),
+    };
+    Ok(CursorRecord {
+        cursor,
+        scope,
+        updated_ms,
     })
 }

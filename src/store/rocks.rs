@@ -4,14 +4,23 @@
 //!
 //! | cf        | key                     | value                                   |
 //! |-----------|-------------------------|-----------------------------------------|
-//! | `entries` | ns ‖ id                 | entry data (uncompressed: it is ciphertext) |
+//! | `entries` | ns ‖ id                 | entry data (blob files, uncompressed: it is ciphertext) |
+//! | `ids`     | ns ‖ id                 | empty: answers "is it held?" without touching a body |
 //! | `log`     | seq (u64 BE)            | ns ‖ id (lz4)                           |
-//! | `meta`    | `incarnation`, `head_seq`, `entry_count`, `schema_version` | fixed-size values |
-//! | `cursors` | peer name               | incarnation ‖ seq (u64 BE) ‖ id         |
+//! | `meta`    | `incarnation`, `node`, `head_seq`, `entry_count`, `schema_version` | small values |
+//! | `cursors` | peer node name          | see [`super::encode_cursor`]            |
 //!
 //! `ns` is [`Namespace::encode_key`], which is prefix-free, so a namespace's
 //! entries are one contiguous key range. Appends are serialised by a mutex and
 //! committed as one `WriteBatch`, which keeps the head and the count exact.
+//!
+//! Existence checks (dedup on append, `MissingIds`, `ListIds`) read only the
+//! `ids` family: with bodies in blob files, a point lookup in `entries` would
+//! read the whole body to answer yes.
+//!
+//! The database remembers the node identity that last opened it. Opened by a
+//! different node (a copied volume, a cloned or restored directory), it takes
+//! a new incarnation, so no peer mistakes its log for the original's.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -24,22 +33,25 @@ use rocksdb::{
 };
 
 use super::{
-    Appended, CursorUpdate, Incarnation, LogRecord, PeerCursor, Seq, Store, StoreError, StoreStats,
-    decode_cursor, encode_cursor,
+    Appended, CursorRecord, CursorUpdate, Incarnation, LogRecord, Seq, Store, StoreError,
+    StoreStats, decode_cursor, encode_cursor,
 };
+use crate::entry::VerifiedEntry;
 use crate::entry::{EntryId, ID_LEN, Namespace};
-use crate::policy::VerifiedEntry;
 
 const CF_ENTRIES: &str = "entries";
 const CF_LOG: &str = "log";
 const CF_META: &str = "meta";
 const CF_CURSORS: &str = "cursors";
+const CF_IDS: &str = "ids";
 
 const KEY_INCARNATION: &[u8] = b"incarnation";
 const KEY_HEAD: &[u8] = b"head_seq";
 const KEY_COUNT: &[u8] = b"entry_count";
 const KEY_SCHEMA: &[u8] = b"schema_version";
-const SCHEMA_VERSION: u32 = 1;
+const KEY_NODE: &[u8] = b"node";
+/// 2 added the `ids` family; a version-1 database is upgraded on open.
+const SCHEMA_VERSION: u32 = 2;
 
 /// Tuning for the RocksDB backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +63,9 @@ pub struct RocksConfig {
     pub write_buffer_bytes: usize,
     /// fsync the WAL on every batch (survives power loss, slower).
     pub sync_writes: bool,
+    /// The node identity opening the database; a database last opened by
+    /// another node gets a new incarnation. `None` skips the check.
+    pub node: Option<String>,
 }
 
 impl RocksConfig {
@@ -60,6 +75,7 @@ impl RocksConfig {
             block_cache_bytes: 64 << 20,
             write_buffer_bytes: 32 << 20,
             sync_writes: false,
+            node: None,
         }
     }
 }
@@ -119,6 +135,12 @@ impl RocksStore {
         log.set_write_buffer_size(config.write_buffer_bytes / 4);
         let mut small = Options::default();
         small.set_block_based_table_factory(&table(false));
+        let mut ids = Options::default();
+        ids.set_block_based_table_factory(&table(true));
+        ids.set_compression_type(DBCompressionType::Lz4);
+        ids.set_write_buffer_size(config.write_buffer_bytes / 4);
+        ids.set_memtable_whole_key_filtering(true);
+        ids.set_memtable_prefix_bloom_ratio(0.1);
 
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
@@ -133,10 +155,11 @@ impl RocksStore {
             ColumnFamilyDescriptor::new(CF_LOG, log),
             ColumnFamilyDescriptor::new(CF_META, small.clone()),
             ColumnFamilyDescriptor::new(CF_CURSORS, small),
+            ColumnFamilyDescriptor::new(CF_IDS, ids),
         ];
         let db = DB::open_cf_descriptors(&db_opts, &config.path, cfs)
             .map_err(|e| map_err(&config.path, e))?;
-        let (incarnation, head, count) = load_meta(&db)?;
+        let (incarnation, head, count) = load_meta(&db, config.node.as_deref())?;
         Ok(Self {
             db,
             incarnation,
@@ -162,8 +185,16 @@ impl RocksStore {
     }
 }
 
-/// Reads the incarnation, head and count, or creates them for a new database.
-fn load_meta(db: &DB) -> Result<(Incarnation, Seq, u64), StoreError> {
+fn synced() -> WriteOptions {
+    let mut opts = WriteOptions::default();
+    opts.set_sync(true);
+    opts
+}
+
+/// Reads the incarnation, head and count, or creates them for a new
+/// database; upgrades an older schema and takes a new incarnation when the
+/// database was last opened by another node.
+fn load_meta(db: &DB, node: Option<&str>) -> Result<(Incarnation, Seq, u64), StoreError> {
     let meta = db
         .cf_handle(CF_META)
         .expect("column families are created on open");
@@ -176,17 +207,22 @@ fn load_meta(db: &DB) -> Result<(Incarnation, Seq, u64), StoreError> {
         batch.put_cf(meta, KEY_INCARNATION, incarnation.0);
         batch.put_cf(meta, KEY_HEAD, 0u64.to_be_bytes());
         batch.put_cf(meta, KEY_COUNT, 0u64.to_be_bytes());
-        let mut opts = WriteOptions::default();
-        opts.set_sync(true);
-        db.write_opt(batch, &opts).map_err(backend)?;
+        if let Some(node) = node {
+            batch.put_cf(meta, KEY_NODE, node.as_bytes());
+        }
+        db.write_opt(batch, &synced()).map_err(backend)?;
         return Ok((incarnation, 0, 0));
     };
     let found = u32::from_be_bytes(fixed(&version, "meta schema_version")?);
-    if found != SCHEMA_VERSION {
-        return Err(StoreError::Schema {
-            found,
-            expected: SCHEMA_VERSION,
-        });
+    match found {
+        SCHEMA_VERSION => {}
+        1 => upgrade_from_v1(db)?,
+        _ => {
+            return Err(StoreError::Schema {
+                found,
+                expected: SCHEMA_VERSION,
+            });
+        }
     }
     let read = |key: &[u8], what| -> Result<Vec<u8>, StoreError> {
         get(key)?.ok_or_else(|| StoreError::Corrupt {
@@ -194,16 +230,62 @@ fn load_meta(db: &DB) -> Result<(Incarnation, Seq, u64), StoreError> {
             detail: "missing".into(),
         })
     };
-    let incarnation = Incarnation(fixed(
+    let mut incarnation = Incarnation(fixed(
         &read(KEY_INCARNATION, "meta incarnation")?,
         "meta incarnation",
     )?);
+    if let Some(node) = node {
+        let last = get(KEY_NODE)?;
+        if last.as_deref() != Some(node.as_bytes()) {
+            let mut batch = WriteBatch::default();
+            if let Some(last) = &last {
+                let fresh = Incarnation::random();
+                tracing::warn!(
+                    last_node = %String::from_utf8_lossy(last),
+                    node,
+                    old_incarnation = %incarnation,
+                    new_incarnation = %fresh,
+                    "this database was last opened by another node (a copied or restored \
+                     directory): taking a new incarnation so peers re-check their cursors"
+                );
+                incarnation = fresh;
+                batch.put_cf(meta, KEY_INCARNATION, incarnation.0);
+            }
+            batch.put_cf(meta, KEY_NODE, node.as_bytes());
+            db.write_opt(batch, &synced()).map_err(backend)?;
+        }
+    }
     let head = u64::from_be_bytes(fixed(&read(KEY_HEAD, "meta head_seq")?, "meta head_seq")?);
     let count = u64::from_be_bytes(fixed(
         &read(KEY_COUNT, "meta entry_count")?,
         "meta entry_count",
     )?);
     Ok((incarnation, head, count))
+}
+
+/// Builds the `ids` family of a version-1 database from its log (which
+/// names every entry without touching a body), then records version 2.
+fn upgrade_from_v1(db: &DB) -> Result<(), StoreError> {
+    let cf = |name| {
+        db.cf_handle(name)
+            .expect("column families are created on open")
+    };
+    let (log, ids, meta) = (cf(CF_LOG), cf(CF_IDS), cf(CF_META));
+    tracing::info!("upgrading the database to schema version {SCHEMA_VERSION}: indexing entry ids");
+    let mut batch = WriteBatch::default();
+    let mut indexed = 0u64;
+    for item in db.iterator_cf(log, IteratorMode::Start) {
+        let (_, key) = item.map_err(backend)?;
+        batch.put_cf(ids, key, []);
+        indexed += 1;
+        if batch.len() >= 10_000 {
+            db.write(std::mem::take(&mut batch)).map_err(backend)?;
+        }
+    }
+    batch.put_cf(meta, KEY_SCHEMA, SCHEMA_VERSION.to_be_bytes());
+    db.write_opt(batch, &synced()).map_err(backend)?;
+    tracing::info!(indexed, "schema upgrade done");
+    Ok(())
 }
 
 /// Options for reading entry bodies. Block checksums are not verified: every
@@ -278,7 +360,7 @@ impl Store for RocksStore {
     }
 
     fn disk_bytes(&self) -> u64 {
-        [CF_ENTRIES, CF_LOG, CF_META, CF_CURSORS]
+        [CF_ENTRIES, CF_IDS, CF_LOG, CF_META, CF_CURSORS]
             .iter()
             .map(|cf| {
                 self.property(cf, "rocksdb.total-sst-files-size")
@@ -293,14 +375,18 @@ impl Store for RocksStore {
         entries: &[VerifiedEntry],
         cursor: Option<&CursorUpdate>,
     ) -> Result<Vec<Appended>, StoreError> {
-        let (cf_entries, cf_log, cf_meta) =
-            (self.cf(CF_ENTRIES), self.cf(CF_LOG), self.cf(CF_META));
+        let (cf_entries, cf_ids, cf_log, cf_meta) = (
+            self.cf(CF_ENTRIES),
+            self.cf(CF_IDS),
+            self.cf(CF_LOG),
+            self.cf(CF_META),
+        );
         let keys: Vec<Vec<u8>> = entries
             .iter()
             .map(|e| entry_key(&e.namespace, &e.id))
             .collect();
         let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let held = self.db.batched_multi_get_cf(cf_entries, &keys, false);
+        let held = self.db.batched_multi_get_cf(cf_ids, &keys, false);
         let mut seen = std::collections::HashSet::with_capacity(keys.len());
         let mut head = self.head.load(Ordering::Acquire);
         let mut count = self.count.load(Ordering::Acquire);
@@ -314,6 +400,7 @@ impl Store for RocksStore {
             head += 1;
             count += 1;
             batch.put_cf(cf_entries, key, &entry.data);
+            batch.put_cf(cf_ids, key, []);
             batch.put_cf(cf_log, head.to_be_bytes(), key);
             out.push(Appended::Stored(head));
         }
@@ -321,7 +408,7 @@ impl Store for RocksStore {
             batch.put_cf(
                 self.cf(CF_CURSORS),
                 update.peer.as_bytes(),
-                encode_cursor(&update.cursor),
+                encode_cursor(&update.record),
             );
         }
         if batch.is_empty() {
@@ -340,7 +427,7 @@ impl Store for RocksStore {
     fn contains(&self, ns: &Namespace, ids: &[EntryId]) -> Result<Vec<bool>, StoreError> {
         let keys: Vec<Vec<u8>> = ids.iter().map(|id| entry_key(ns, id)).collect();
         self.db
-            .batched_multi_get_cf(self.cf(CF_ENTRIES), &keys, false)
+            .batched_multi_get_cf(self.cf(CF_IDS), &keys, false)
             .into_iter()
             .map(|r| r.map(|v| v.is_some()).map_err(backend))
             .collect()
@@ -463,7 +550,7 @@ impl Store for RocksStore {
             None => prefix.clone(),
         };
         let iter = self.db.iterator_cf(
-            self.cf(CF_ENTRIES),
+            self.cf(CF_IDS),
             IteratorMode::From(&start, Direction::Forward),
         );
         let mut ids = Vec::with_capacity(limit.min(4096));
@@ -476,7 +563,7 @@ impl Store for RocksStore {
                 break;
             };
             let id = EntryId::from_slice(rest).map_err(|e| StoreError::Corrupt {
-                what: "entries",
+                what: "ids",
                 detail: e.to_string(),
             })?;
             if Some(&id) != after {
@@ -486,7 +573,7 @@ impl Store for RocksStore {
         Ok(ids)
     }
 
-    fn cursor(&self, peer: &str) -> Result<Option<PeerCursor>, StoreError> {
+    fn cursor(&self, peer: &str) -> Result<Option<CursorRecord>, StoreError> {
         self.db
             .get_pinned_cf(self.cf(CF_CURSORS), peer.as_bytes())
             .map_err(backend)?
@@ -494,11 +581,149 @@ impl Store for RocksStore {
             .transpose()
     }
 
+    fn cursors(&self) -> Result<Vec<(String, CursorRecord)>, StoreError> {
+        self.db
+            .iterator_cf(self.cf(CF_CURSORS), IteratorMode::Start)
+            .map(|item| {
+                let (k, v) = item.map_err(backend)?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), decode_cursor(&v)?))
+            })
+            .collect()
+    }
+
+    fn delete_cursor(&self, peer: &str) -> Result<(), StoreError> {
+        self.db
+            .delete_cf_opt(self.cf(CF_CURSORS), peer.as_bytes(), &synced())
+            .map_err(backend)
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush_wal(true).map_err(backend)?;
-        for cf in [CF_ENTRIES, CF_LOG, CF_META, CF_CURSORS] {
+        for cf in [CF_ENTRIES, CF_IDS, CF_LOG, CF_META, CF_CURSORS] {
             self.db.flush_cf(self.cf(cf)).map_err(backend)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::{Entry, Envelope};
+
+    fn entry(ns: &Namespace, n: u32) -> VerifiedEntry {
+        let env = Envelope {
+            namespace: ns.clone(),
+            author: [0; 32],
+            created_ms: n as u64,
+            kind: "doc_change".into(),
+            doc_id: vec![],
+            deps: vec![],
+        };
+        let e = Entry::create(env, &[n as u8; 600], None);
+        VerifiedEntry {
+            id: e.id,
+            namespace: ns.clone(),
+            data: e.data().clone(),
+        }
+    }
+
+    /// Bytes this thread has read through read calls, page cache included.
+    fn thread_rchar() -> u64 {
+        std::fs::read_to_string("/proc/thread-self/io")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("rchar:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn existence_checks_do_not_read_bodies() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = RocksConfig::new(dir.path());
+        let ns = Namespace::new("t", "d").unwrap();
+        let big = |n: u32| {
+            let env = Envelope {
+                namespace: ns.clone(),
+                author: [0; 32],
+                created_ms: n as u64,
+                kind: "doc_change".into(),
+                doc_id: vec![],
+                deps: vec![],
+            };
+            let e = Entry::create(env, &vec![n as u8; 64 << 10], None);
+            VerifiedEntry {
+                id: e.id,
+                namespace: ns.clone(),
+                data: e.data().clone(),
+            }
+        };
+        let batch: Vec<_> = (0..200).map(big).collect();
+        let ids: Vec<EntryId> = batch.iter().map(|e| e.id).collect();
+        {
+            let store = RocksStore::open(&config).unwrap();
+            store.append(&batch, None).unwrap();
+            store.flush().unwrap();
+        }
+        // Reopened: every body is in a blob file, none in a memtable.
+        let store = RocksStore::open(&config).unwrap();
+        let body_bytes = 200 * (64 << 10) as u64;
+        let before = thread_rchar();
+        assert!(store.contains(&ns, &ids).unwrap().into_iter().all(|h| h));
+        assert_eq!(store.list_ids(&ns, None, 500).unwrap().len(), 200);
+        assert!(
+            store
+                .append(&batch, None)
+                .unwrap()
+                .iter()
+                .all(|a| *a == Appended::Duplicate)
+        );
+        let read = thread_rchar() - before;
+        assert!(
+            read < body_bytes / 10,
+            "existence checks read {read} bytes; the bodies are {body_bytes}"
+        );
+        // Reading the bodies themselves does read them: the measure works.
+        let before = thread_rchar();
+        assert_eq!(store.get(&ns, &ids).unwrap().len(), 200);
+        assert!(thread_rchar() - before >= body_bytes);
+    }
+
+    #[test]
+    fn a_version_1_database_gets_its_id_index_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = RocksConfig::new(dir.path());
+        let ns = Namespace::new("t", "d").unwrap();
+        let batch: Vec<_> = (0..50).map(|i| entry(&ns, i)).collect();
+        {
+            // Make a version-1 database: entries and log, no `ids` rows.
+            let store = RocksStore::open(&config).unwrap();
+            store.append(&batch, None).unwrap();
+            let ids_cf = store.cf(CF_IDS);
+            for e in &batch {
+                store
+                    .db
+                    .delete_cf(ids_cf, entry_key(&e.namespace, &e.id))
+                    .unwrap();
+            }
+            store
+                .db
+                .put_cf(store.cf(CF_META), KEY_SCHEMA, 1u32.to_be_bytes())
+                .unwrap();
+            assert_eq!(store.contains(&ns, &[batch[0].id]).unwrap(), [false]);
+        }
+        let store = RocksStore::open(&config).unwrap();
+        let ids: Vec<EntryId> = batch.iter().map(|e| e.id).collect();
+        assert!(store.contains(&ns, &ids).unwrap().into_iter().all(|h| h));
+        assert_eq!(store.list_ids(&ns, None, 100).unwrap().len(), 50);
+        assert_eq!(
+            store.append(&batch[..1], None).unwrap(),
+            [Appended::Duplicate]
+        );
+        let version = store.db.get_cf(store.cf(CF_META), KEY_SCHEMA).unwrap();
+        assert_eq!(version.unwrap(), SCHEMA_VERSION.to_be_bytes());
     }
 }

@@ -5,10 +5,10 @@ use bytes::Bytes;
 use ed25519_dalek::SigningKey;
 use mindoo_replica::bench::sample_entries;
 use mindoo_replica::config::RawNamespace;
+use mindoo_replica::entry::PutOutcome;
 use mindoo_replica::entry::{Entry, Envelope, Namespace, RejectReason};
 use mindoo_replica::proto;
-use mindoo_replica::replica::PutOutcome;
-use mindoo_replica::service::convert;
+use mindoo_replica::proto::convert;
 use tonic::Code;
 
 use crate::harness::*;

@@ -59,9 +59,12 @@ impl TestReplica {
         tweak: impl FnOnce(&mut RawConfig),
     ) -> Self {
         let mut raw = test_config(dir);
+        // Like a deployed replica, each advertises the name it is reached by.
+        raw.replication.advertise = grpc.local_addr().unwrap().to_string();
         tweak(&mut raw);
         let settings = raw.validate().expect("test config is valid");
-        let store = server::open_store(&settings.storage).await.unwrap();
+        let node = settings.node_name(grpc.local_addr().unwrap());
+        let store = server::open_store(&settings.storage, &node).await.unwrap();
         Self::start_with_store(settings, store, grpc).await
     }
 

@@ -3,8 +3,8 @@
 use std::process::Command;
 use std::time::Duration;
 
+use mindoo_replica::entry::PutOutcome;
 use mindoo_replica::local::ReplicaProcess;
-use mindoo_replica::replica::PutOutcome;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -23,9 +23,18 @@ async fn entries_and_incarnation_survive_a_restart() {
     let before = client.head().await.unwrap();
     replica.stop().await.unwrap();
 
-    let replica = TestReplica::start(dir.path(), |_| {}).await;
+    // Same node identity, another port: the database keeps its incarnation.
+    let replica = TestReplica::start(dir.path(), |c| {
+        c.replication.advertise = before.node.clone()
+    })
+    .await;
     let mut client = replica.client().await;
-    assert_eq!(client.head().await.unwrap(), before);
+    let after = client.head().await.unwrap();
+    assert_eq!(
+        (after.incarnation, after.head_seq, after.entry_count),
+        (before.incarnation, before.head_seq, before.entry_count)
+    );
+    assert_ne!(after.instance, before.instance, "a new process");
     let ids: Vec<_> = batch.iter().map(|e| e.id).collect();
     assert_eq!(client.get(&ns(), &ids).await.unwrap().len(), 50);
     let out = client.put(&batch[..5]).await.unwrap();
@@ -209,10 +218,11 @@ impl Drop for Unmount {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_is_resource_exhausted_and_loses_nothing_acknowledged() {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: mounting a small tmpfs needs root (CI runs as root)");
-        return;
-    }
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test mounts a small tmpfs and needs root (CI runs as root)"
+    );
     let dir = tempfile::tempdir().unwrap();
     let mounted = Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])

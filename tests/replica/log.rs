@@ -6,7 +6,7 @@ use bytes::Bytes;
 use mindoo_replica::bench::sample_entries;
 use mindoo_replica::entry::Namespace;
 use mindoo_replica::proto;
-use mindoo_replica::service::convert;
+use mindoo_replica::proto::convert;
 use tonic::Code;
 
 use crate::harness::*;

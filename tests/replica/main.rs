@@ -8,3 +8,4 @@ mod log;
 mod mesh;
 mod ops;
 mod store_api;
+mod sync;

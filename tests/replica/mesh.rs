@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use mindoo_replica::bench::sample_entries;
+use mindoo_replica::entry::VerifiedEntry;
 use mindoo_replica::entry::{EntryId, Namespace};
-use mindoo_replica::policy::VerifiedEntry;
 use mindoo_replica::proto;
 use mindoo_replica::proto::replication_client::ReplicationClient;
 use mindoo_replica::server;
 use mindoo_replica::store::{
-    Appended, CursorUpdate, Incarnation, LogRecord, PeerCursor, Seq, Store, StoreError, StoreStats,
+    Appended, CursorRecord, CursorUpdate, Incarnation, LogRecord, Seq, Store, StoreError,
+    StoreStats,
 };
 
 use crate::harness::*;
@@ -31,7 +32,7 @@ async fn assert_same_ids(replicas: &[TestReplica], ns: &Namespace) {
             .await
             .raw()
             .list_ids(proto::ListIdsRequest {
-                namespace: Some(mindoo_replica::service::convert::namespace_to_proto(ns)),
+                namespace: Some(mindoo_replica::proto::convert::namespace_to_proto(ns)),
                 page_token: Bytes::new(),
                 limit: 0,
             })
@@ -57,10 +58,24 @@ async fn three_replicas_converge_on_writes_to_each() {
         r.wait_for_count(600, 20).await;
     }
     assert_same_ids(&replicas, &ns()).await;
-    // Each body crossed to each replica about once: nothing was stored twice.
-    for r in &replicas {
+    // Each body crossed to each replica about once: count the bytes each
+    // received from its peers against the bytes it lacked.
+    let size = |chunk: &[mindoo_replica::entry::Entry]| -> f64 {
+        chunk.iter().map(|e| e.data().len() as f64).sum()
+    };
+    let total = size(&batch);
+    for (i, r) in replicas.iter().enumerate() {
+        let lacked = total - size(&batch[i * 200..(i + 1) * 200]);
         let text = r.metrics_text().await;
-        assert_eq!(metric(&text, "mindoo_replica_entries_stored_total"), 600.0);
+        let received: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("mindoo_replica_peer_bytes_pulled_total{"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum();
+        assert!(
+            received >= lacked && received <= lacked * 1.5,
+            "replica {i} received {received} bytes for {lacked} it lacked"
+        );
     }
     for r in replicas {
         r.stop().await.unwrap();
@@ -286,8 +301,14 @@ impl Store for CorruptingStore {
     ) -> Result<Vec<EntryId>, StoreError> {
         self.inner.list_ids(ns, after, limit)
     }
-    fn cursor(&self, peer: &str) -> Result<Option<PeerCursor>, StoreError> {
+    fn cursor(&self, peer: &str) -> Result<Option<CursorRecord>, StoreError> {
         self.inner.cursor(peer)
+    }
+    fn cursors(&self) -> Result<Vec<(String, CursorRecord)>, StoreError> {
+        self.inner.cursors()
+    }
+    fn delete_cursor(&self, peer: &str) -> Result<(), StoreError> {
+        self.inner.delete_cursor(peer)
     }
     fn flush(&self) -> Result<(), StoreError> {
         self.inner.flush()
@@ -298,13 +319,17 @@ impl Store for CorruptingStore {
 async fn corrupt_data_from_a_peer_is_refused_and_the_pair_recovers() {
     let dirs = dirs(2);
     let corrupt = Arc::new(AtomicBool::new(false));
-    let settings = test_config(dirs[0].path()).validate().unwrap();
-    let inner = server::open_store(&settings.storage).await.unwrap();
+    let listener = bind().await;
+    let mut raw = test_config(dirs[0].path());
+    raw.replication.advertise = listener.local_addr().unwrap().to_string();
+    let settings = raw.validate().unwrap();
+    let node = settings.node_name(listener.local_addr().unwrap());
+    let inner = server::open_store(&settings.storage, &node).await.unwrap();
     let store = Arc::new(CorruptingStore {
         inner,
         corrupt: corrupt.clone(),
     });
-    let bad = TestReplica::start_with_store(settings, store, bind().await).await;
+    let bad = TestReplica::start_with_store(settings, store, listener).await;
     bad.client().await.put(&entries(50)).await.unwrap();
     corrupt.store(true, Ordering::Relaxed);
 

@@ -1,8 +1,8 @@
 //! The happy paths of the Store API.
 
+use mindoo_replica::entry::PutOutcome;
 use mindoo_replica::proto;
-use mindoo_replica::replica::PutOutcome;
-use mindoo_replica::service::convert;
+use mindoo_replica::proto::convert;
 
 use crate::harness::*;
 

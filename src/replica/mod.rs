@@ -3,6 +3,12 @@
 //! so every entry, from a client or a peer, is checked the same way.
 //!
 //! Store calls run on tokio's blocking pool, never on the async executor.
+//! A commit wakes watchers and counts its entries from the blocking task that
+//! made it, so a caller that goes away mid-commit cannot lose the wakeup.
+
+mod follow;
+
+pub use follow::{FollowOptions, LogBatch, LogFollower};
 
 use std::sync::Arc;
 
@@ -10,35 +16,74 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Limits;
-use crate::entry::{EntryId, Namespace, Rejection};
+use crate::entry::{EntryId, Namespace, PutOutcome, Rejection, VerifiedEntry};
 use crate::error::{Error, Result};
+use crate::limits::{Limits, check_count};
 use crate::metrics::Metrics;
-use crate::policy::{Policy, VerifiedEntry};
+use crate::policy::Policy;
 use crate::store::{
-    Appended, CursorUpdate, Incarnation, LogRecord, PeerCursor, Seq, Store, StoreError, StoreStats,
+    Appended, CursorRecord, CursorUpdate, Incarnation, LogRecord, PeerCursor, Seq, Store,
+    StoreError, StoreStats,
 };
 
-/// What happened to one entry of a put.
+/// Who this replica process is. `node` is stable (the advertised name);
+/// `instance` is new for every process start.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PutOutcome {
-    Stored,
-    Duplicate,
-    Rejected(Rejection),
+pub struct NodeIdentity {
+    pub node: String,
+    pub instance: [u8; 16],
+}
+
+/// A replica's head: who it is, where its log ends, and the limits its
+/// requests must fit. What a puller asks first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub node: String,
+    pub instance: [u8; 16],
+    pub incarnation: Incarnation,
+    pub head_seq: Seq,
+    /// The id logged at `head_seq` (none for an empty log).
+    pub head_id: Option<EntryId>,
+    pub entry_count: u64,
+    pub max_ids_per_request: usize,
+    pub max_message_bytes: usize,
+}
+
+impl Head {
+    /// A cursor at the head: following from it yields only what comes next.
+    pub fn cursor(&self) -> Option<PeerCursor> {
+        self.head_id.map(|id| PeerCursor {
+            incarnation: self.incarnation,
+            seq: self.head_seq,
+            id_at_seq: id,
+        })
+    }
+}
+
+impl NodeIdentity {
+    /// `node` with a fresh random instance.
+    pub fn new(node: impl Into<String>) -> Self {
+        Self {
+            node: node.into(),
+            instance: rand::random(),
+        }
+    }
 }
 
 pub struct Replica {
     store: Arc<dyn Store>,
+    identity: NodeIdentity,
     policy: Arc<Policy>,
     limits: Limits,
     metrics: Arc<Metrics>,
-    head: watch::Sender<Seq>,
+    head: Arc<watch::Sender<Seq>>,
     shutdown: CancellationToken,
 }
 
 impl Replica {
     pub fn new(
         store: Arc<dyn Store>,
+        identity: NodeIdentity,
         policy: Policy,
         limits: Limits,
         metrics: Arc<Metrics>,
@@ -47,12 +92,17 @@ impl Replica {
         let (head, _) = watch::channel(store.stats().head_seq);
         Self {
             store,
+            identity,
             policy: Arc::new(policy),
             limits,
             metrics,
-            head,
+            head: Arc::new(head),
             shutdown,
         }
+    }
+
+    pub fn identity(&self) -> &NodeIdentity {
+        &self.identity
     }
 
     pub fn limits(&self) -> &Limits {
@@ -69,6 +119,22 @@ impl Replica {
 
     pub fn stats(&self) -> StoreStats {
         self.store.stats()
+    }
+
+    /// This replica's head.
+    pub async fn head(&self) -> Result<Head> {
+        let stats = self.stats();
+        let head_id = self.log_at(stats.head_seq).await?;
+        Ok(Head {
+            node: self.identity.node.clone(),
+            instance: self.identity.instance,
+            incarnation: self.incarnation(),
+            head_seq: stats.head_seq,
+            head_id,
+            entry_count: stats.entries,
+            max_ids_per_request: self.limits.max_ids_per_request,
+            max_message_bytes: self.limits.max_message_bytes,
+        })
     }
 
     /// The text exposition of this replica's metrics.
@@ -109,17 +175,9 @@ impl Replica {
         }
     }
 
-    /// Rejects a list longer than `limit`, before anything is allocated for it.
-    pub fn check_count(what: &'static str, got: usize, limit: usize) -> Result<()> {
-        match got <= limit {
-            true => Ok(()),
-            false => Err(Error::LimitExceeded { what, got, limit }),
-        }
-    }
-
     /// Verifies and stores a batch of `(claimed id, data)` pairs from a client.
     pub async fn put(&self, items: Vec<(Bytes, Bytes)>) -> Result<Vec<PutOutcome>> {
-        Self::check_count(
+        check_count(
             "entries in one batch",
             items.len(),
             self.limits.max_batch_entries,
@@ -176,13 +234,26 @@ impl Replica {
     }
 
     /// The persisted replication cursor into `peer`'s log.
-    pub async fn peer_cursor(&self, peer: &str) -> Result<Option<PeerCursor>> {
+    pub async fn peer_cursor(&self, peer: &str) -> Result<Option<CursorRecord>> {
         let peer = peer.to_owned();
         self.blocking(move |s| s.cursor(&peer)).await
     }
 
+    /// Every persisted replication cursor, by peer.
+    pub async fn peer_cursors(&self) -> Result<Vec<(String, CursorRecord)>> {
+        self.blocking(|s| s.cursors()).await
+    }
+
+    /// Forgets the cursor into `peer`'s log.
+    pub async fn forget_peer_cursor(&self, peer: &str) -> Result<()> {
+        let peer = peer.to_owned();
+        self.blocking(move |s| s.delete_cursor(&peer)).await
+    }
+
     /// Stores already-verified entries, optionally with a cursor update, in one
-    /// atomic batch, and wakes live watchers.
+    /// atomic batch. Watchers are woken and the entries counted by the
+    /// blocking task that commits, so this holds even when the caller is
+    /// dropped while the commit runs.
     pub async fn ingest(
         &self,
         entries: Vec<VerifiedEntry>,
@@ -191,27 +262,27 @@ impl Replica {
         if entries.is_empty() && cursor.is_none() {
             return Ok(Vec::new());
         }
-        let out = self
-            .blocking(move |s| s.append(&entries, cursor.as_ref()))
-            .await?;
-        let stored = out
-            .iter()
-            .filter(|a| matches!(a, Appended::Stored(_)))
-            .count() as u64;
-        self.metrics.entries_stored.inc_by(stored);
-        self.metrics
-            .entries_duplicate
-            .inc_by(out.len() as u64 - stored);
-        if let Some(Appended::Stored(last)) =
-            out.iter().rev().find(|a| matches!(a, Appended::Stored(_)))
-        {
-            self.head.send_if_modified(|head| {
-                let newer = *last > *head;
-                *head = (*head).max(*last);
-                newer
-            });
-        }
-        Ok(out)
+        let (head, metrics) = (self.head.clone(), self.metrics.clone());
+        self.blocking(move |s| {
+            let out = s.append(&entries, cursor.as_ref())?;
+            let stored = out
+                .iter()
+                .filter(|a| matches!(a, Appended::Stored(_)))
+                .count() as u64;
+            metrics.entries_stored.inc_by(stored);
+            metrics.entries_duplicate.inc_by(out.len() as u64 - stored);
+            if let Some(Appended::Stored(last)) =
+                out.iter().rev().find(|a| matches!(a, Appended::Stored(_)))
+            {
+                head.send_if_modified(|head| {
+                    let newer = *last > *head;
+                    *head = (*head).max(*last);
+                    newer
+                });
+            }
+            Ok(out)
+        })
+        .await
     }
 
     /// The ids of `ids` this replica does not hold.

@@ -9,7 +9,12 @@ use crate::store::Incarnation;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerStatus {
+    /// The peer's node identity once it has answered, else its address.
     pub peer: String,
+    /// Where the peer is reached.
+    pub address: String,
+    /// The engine's state for this peer (`connect`, `bootstrap`, `follow`, …).
+    pub state: &'static str,
     pub connected: bool,
     /// The address turned out to be this replica.
     pub is_self: bool,
@@ -22,9 +27,12 @@ pub struct PeerStatus {
     pub entries_pulled: u64,
     pub last_success: Option<SystemTime>,
     pub last_error: Option<String>,
+    /// The peer is another process with this replica's incarnation: one
+    /// data directory was copied to both.
+    pub shares_incarnation: bool,
 }
 
-/// The statuses of every current peer, shared by the workers and the API.
+/// The statuses of every current peer by address, shared by the workers and the API.
 #[derive(Clone, Default)]
 pub struct StatusBoard(Arc<Mutex<BTreeMap<String, Arc<Mutex<PeerStatus>>>>>);
 
@@ -36,6 +44,8 @@ impl StatusBoard {
             .or_insert_with(|| {
                 Arc::new(Mutex::new(PeerStatus {
                     peer: peer.to_owned(),
+                    address: peer.to_owned(),
+                    state: "connect",
                     ..Default::default()
                 }))
             })

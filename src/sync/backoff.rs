@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use super::env::Env;
+
 #[derive(Debug, Clone)]
 pub struct Backoff {
     initial: Duration,
@@ -20,14 +22,14 @@ impl Backoff {
         }
     }
 
-    /// The delay before the next attempt.
-    pub fn next_delay(&mut self) -> Duration {
+    /// The delay before the next attempt, drawn from `env`.
+    pub fn next_delay(&mut self, env: &Env) -> Duration {
         let ceiling = self
             .initial
             .saturating_mul(1u32 << self.attempt.min(20))
             .min(self.max);
         self.attempt = self.attempt.saturating_add(1);
-        ceiling.mul_f64(rand::random::<f64>())
+        env.jitter(ceiling)
     }
 
     /// Call after a success: the next failure starts from `initial` again.
@@ -43,12 +45,31 @@ mod tests {
     #[test]
     fn grows_to_the_ceiling_and_resets() {
         let (initial, max) = (Duration::from_millis(10), Duration::from_millis(100));
+        let env = Env::new(std::sync::Arc::new(super::super::env::SystemClock), 7);
         let mut b = Backoff::new(initial, max);
         for n in 0..10 {
             let ceiling = (initial * 2u32.pow(n)).min(max);
-            assert!(b.next_delay() <= ceiling);
+            assert!(b.next_delay(&env) <= ceiling);
         }
         b.reset();
-        assert!(b.next_delay() <= initial);
+        assert!(b.next_delay(&env) <= initial);
+    }
+}
+
+#[cfg(test)]
+mod replay {
+    use super::*;
+    use crate::sync::env::SystemClock;
+    use std::sync::Arc;
+
+    #[test]
+    fn the_same_seed_gives_the_same_delays() {
+        let delays = |seed| {
+            let env = Env::new(Arc::new(SystemClock), seed);
+            let mut b = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
+            (0..8).map(|_| b.next_delay(&env)).collect::<Vec<_>>()
+        };
+        assert_eq!(delays(1), delays(1));
+        assert_ne!(delays(1), delays(2));
     }
 }

@@ -1,0 +1,272 @@
+//! Conversions between protobuf messages and domain types. Every request field
+//! is validated here, before a handler does any work.
+
+use bytes::Bytes;
+
+use crate::entry::PutOutcome;
+use crate::entry::{Entry, EntryId, Namespace, RejectReason, Rejection};
+use crate::error::{Error, Result};
+use crate::limits::check_count;
+use crate::proto;
+use crate::replica::{Head, LogBatch};
+use crate::store::{Incarnation, LogRecord, PeerCursor};
+
+pub fn namespace(ns: Option<proto::Namespace>) -> Result<Namespace> {
+    let ns = ns.ok_or_else(|| Error::InvalidArgument("namespace is required".into()))?;
+    Ok(Namespace::new(ns.tenant, ns.db)?)
+}
+
+pub fn namespace_to_proto(ns: &Namespace) -> proto::Namespace {
+    proto::Namespace {
+        tenant: ns.tenant().to_owned(),
+        db: ns.db().to_owned(),
+    }
+}
+
+/// Parses a list of ids, refusing more than `limit` of them.
+pub fn ids(ids: Vec<Bytes>, limit: usize) -> Result<Vec<EntryId>> {
+    check_count("ids in one request", ids.len(), limit)?;
+    ids.iter()
+        .map(|id| EntryId::from_slice(id).map_err(Error::from))
+        .collect()
+}
+
+pub fn id_bytes(id: &EntryId) -> Bytes {
+    Bytes::copy_from_slice(&id.0)
+}
+
+/// The zero cursor (or none) means the start of the log.
+pub fn cursor(c: Option<proto::Cursor>) -> Result<Option<PeerCursor>> {
+    let Some(c) = c else { return Ok(None) };
+    if c.incarnation.is_empty() && c.seq == 0 && c.id_at_seq.is_empty() {
+        return Ok(None);
+    }
+    let incarnation = c.incarnation.as_ref().try_into().map_err(|_| {
+        Error::InvalidArgument(format!(
+            "cursor incarnation is 16 bytes, got {}",
+            c.incarnation.len()
+        ))
+    })?;
+    let id_at_seq = match (c.seq, c.id_at_seq.is_empty()) {
+        (0, true) => EntryId([0; 32]),
+        _ => EntryId::from_slice(&c.id_at_seq)?,
+    };
+    Ok(Some(PeerCursor {
+        incarnation: Incarnation(incarnation),
+        seq: c.seq,
+        id_at_seq,
+    }))
+}
+
+pub fn cursor_to_proto(incarnation: Incarnation, seq: u64, id: Option<&EntryId>) -> proto::Cursor {
+    proto::Cursor {
+        incarnation: Bytes::copy_from_slice(&incarnation.0),
+        seq,
+        id_at_seq: id.map(id_bytes).unwrap_or_default(),
+    }
+}
+
+pub fn put_entries(req: proto::PutEntriesRequest) -> Vec<(Bytes, Bytes)> {
+    req.entries.into_iter().map(|e| (e.id, e.data)).collect()
+}
+
+pub fn put_response(outcomes: Vec<PutOutcome>, head_seq: u64) -> proto::PutEntriesResponse {
+    let mut status = Vec::with_capacity(outcomes.len());
+    let mut rejections = Vec::new();
+    for (index, outcome) in outcomes.into_iter().enumerate() {
+        let s = match outcome {
+            PutOutcome::Stored => proto::PutStatus::Stored,
+            PutOutcome::Duplicate => proto::PutStatus::Duplicate,
+            PutOutcome::Rejected(r) => {
+                rejections.push(proto::Rejection {
+                    index: index as u32,
+                    reason: reject_reason_to_proto(r.reason) as i32,
+                    detail: r.detail,
+                });
+                proto::PutStatus::Rejected
+            }
+        };
+        status.push(s as i32);
+    }
+    proto::PutEntriesResponse {
+        status,
+        rejections,
+        head_seq,
+    }
+}
+
+pub fn reject_reason_to_proto(r: RejectReason) -> proto::RejectReason {
+    use proto::RejectReason as P;
+    match r {
+        RejectReason::IdMismatch => P::IdMismatch,
+        RejectReason::Malformed => P::Malformed,
+        RejectReason::TooLarge => P::TooLarge,
+        RejectReason::NamespaceNotAllowed => P::NamespaceNotAllowed,
+        RejectReason::SignatureMissing => P::SignatureMissing,
+        RejectReason::SignatureInvalid => P::SignatureInvalid,
+        RejectReason::AuthorNotTrusted => P::AuthorNotTrusted,
+    }
+}
+
+pub fn reject_reason_from_proto(r: proto::RejectReason) -> Option<RejectReason> {
+    RejectReason::ALL
+        .into_iter()
+        .find(|&reason| reject_reason_to_proto(reason) == r)
+}
+
+pub fn head_to_proto(h: &Head) -> proto::HeadResponse {
+    proto::HeadResponse {
+        incarnation: Bytes::copy_from_slice(&h.incarnation.0),
+        head_seq: h.head_seq,
+        entry_count: h.entry_count,
+        cursor: Some(cursor_to_proto(
+            h.incarnation,
+            h.head_seq,
+            h.head_id.as_ref(),
+        )),
+        node: h.node.clone(),
+        instance: Bytes::copy_from_slice(&h.instance),
+        max_ids_per_request: h.max_ids_per_request.min(u32::MAX as usize) as u32,
+        max_message_bytes: h.max_message_bytes as u64,
+    }
+}
+
+/// A head as a replica sent it. Replicas from before node identities and
+/// limits were announced send none: the node is then unknown (empty), and
+/// the limits default to the smallest valid ones.
+pub fn head(h: proto::HeadResponse) -> Result<Head> {
+    let incarnation = h.incarnation.as_ref().try_into().map_err(|_| {
+        Error::InvalidArgument(format!(
+            "head incarnation is 16 bytes, got {}",
+            h.incarnation.len()
+        ))
+    })?;
+    let instance = match h.instance.len() {
+        0 => [0; 16],
+        _ => h.instance.as_ref().try_into().map_err(|_| {
+            Error::InvalidArgument(format!(
+                "head instance is 16 bytes, got {}",
+                h.instance.len()
+            ))
+        })?,
+    };
+    let head_id = match cursor(h.cursor)? {
+        Some(c) if c.seq > 0 => Some(c.id_at_seq),
+        _ => None,
+    };
+    Ok(Head {
+        node: h.node,
+        instance,
+        incarnation: Incarnation(incarnation),
+        head_seq: h.head_seq,
+        head_id,
+        entry_count: h.entry_count,
+        max_ids_per_request: (h.max_ids_per_request as usize).max(1),
+        max_message_bytes: usize::try_from(h.max_message_bytes)
+            .unwrap_or(usize::MAX)
+            .max(64 << 10),
+    })
+}
+
+pub fn log_batch_to_proto(b: LogBatch) -> proto::LogBatch {
+    let mut out = proto::LogBatch {
+        head_seq: b.head_seq,
+        next: b
+            .next
+            .map(|c| cursor_to_proto(c.incarnation, c.seq, Some(&c.id_at_seq))),
+        ..Default::default()
+    };
+    let mut index: std::collections::HashMap<Namespace, u32> = Default::default();
+    for r in b.records {
+        let next = index.len() as u32;
+        let ns = *index.entry(r.namespace.clone()).or_insert_with(|| {
+            out.namespaces.push(namespace_to_proto(&r.namespace));
+            next
+        });
+        out.records.push(proto::LogRecord {
+            seq: r.seq,
+            namespace: ns,
+            id: id_bytes(&r.id),
+            data: r.data.unwrap_or_default(),
+        });
+    }
+    out
+}
+
+/// A log batch as a replica sent it, every field checked.
+pub fn log_batch(b: proto::LogBatch) -> Result<LogBatch> {
+    let namespaces = b
+        .namespaces
+        .into_iter()
+        .map(|ns| namespace(Some(ns)))
+        .collect::<Result<Vec<_>>>()?;
+    let records = b
+        .records
+        .into_iter()
+        .map(|r| {
+            let namespace = namespaces
+                .get(r.namespace as usize)
+                .ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "record {} names namespace #{} of {}",
+                        r.seq,
+                        r.namespace,
+                        namespaces.len()
+                    ))
+                })?
+                .clone();
+            Ok(LogRecord {
+                seq: r.seq,
+                namespace,
+                id: EntryId::from_slice(&r.id)?,
+                data: (!r.data.is_empty()).then_some(r.data),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let next = cursor(b.next)?;
+    if next.is_none() && !records.is_empty() {
+        return Err(Error::InvalidArgument(
+            "a log batch with records has no cursor".into(),
+        ));
+    }
+    Ok(LogBatch {
+        records,
+        next,
+        head_seq: b.head_seq,
+    })
+}
+
+pub fn put_request(entries: &[Entry]) -> proto::PutEntriesRequest {
+    proto::PutEntriesRequest {
+        entries: entries
+            .iter()
+            .map(|e| proto::Entry {
+                id: id_bytes(&e.id),
+                data: e.data().clone(),
+            })
+            .collect(),
+    }
+}
+
+/// The outcome of each entry of a put, from a replica's response.
+pub fn put_outcomes(resp: proto::PutEntriesResponse) -> Vec<PutOutcome> {
+    let mut rejections = resp.rejections.into_iter().peekable();
+    resp.status
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| match proto::PutStatus::try_from(s) {
+            Ok(proto::PutStatus::Stored) => PutOutcome::Stored,
+            Ok(proto::PutStatus::Duplicate) => PutOutcome::Duplicate,
+            _ => {
+                let r = rejections.next_if(|r| r.index as usize == i);
+                let reason = r
+                    .as_ref()
+                    .and_then(|r| proto::RejectReason::try_from(r.reason).ok())
+                    .and_then(reject_reason_from_proto)
+                    .unwrap_or(RejectReason::Malformed);
+                let detail = r.map(|r| r.detail).unwrap_or_default();
+                PutOutcome::Rejected(Rejection::new(reason, detail))
+            }
+        })
+        .collect()
+}

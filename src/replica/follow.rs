@@ -1,0 +1,153 @@
+//! Reading the local log forward from a position, in domain types: what a
+//! ScanSince or Watch stream sends, and what a peer in this process is
+//! pulled through. Each batch is read from the store only when the reader
+//! asks for it, so a slow reader holds back the work, not a queue.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::sync::watch;
+
+use super::Replica;
+use crate::entry::Namespace;
+use crate::error::{Error, Result};
+use crate::store::{LogRecord, PeerCursor, Seq};
+
+/// One step of a log stream. A batch with no records and no `next` is a
+/// heartbeat: the log is idle and the serving replica's head is `head_seq`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogBatch {
+    /// Records after the reader's position, in log order, filtered by
+    /// namespace when asked.
+    pub records: Vec<LogRecord>,
+    /// The position just after this batch. With a namespace filter it can
+    /// move past records that were not sent; a reader resumes from here.
+    pub next: Option<PeerCursor>,
+    /// The serving replica's head when this batch was read.
+    pub head_seq: Seq,
+}
+
+impl LogBatch {
+    pub fn is_heartbeat(&self) -> bool {
+        self.records.is_empty() && self.next.is_none()
+    }
+}
+
+/// What a follower sends.
+#[derive(Debug, Clone, Default)]
+pub struct FollowOptions {
+    /// Records carry their entry's data.
+    pub with_data: bool,
+    /// Only these namespaces; `None` sends all.
+    pub only: Option<HashSet<Namespace>>,
+    /// Send a heartbeat after this long without records (Watch only).
+    pub heartbeat: Option<Duration>,
+}
+
+/// Reads the log after a position: up to a number of records (ScanSince),
+/// or forever, waiting for new records at the head (Watch).
+pub struct LogFollower {
+    replica: Arc<Replica>,
+    after: Seq,
+    /// Records still to send; `None` follows the log forever.
+    remaining: Option<usize>,
+    opts: FollowOptions,
+    head: watch::Receiver<Seq>,
+}
+
+impl LogFollower {
+    /// Follows from `after`, an already checked resume point (see
+    /// [`Replica::resume_point`]).
+    pub fn new(
+        replica: Arc<Replica>,
+        after: Seq,
+        limit: Option<usize>,
+        opts: FollowOptions,
+    ) -> Self {
+        Self {
+            head: replica.subscribe(),
+            replica,
+            after,
+            remaining: limit,
+            opts,
+        }
+    }
+
+    /// The follower as a stream that ends after its first error.
+    pub fn into_stream(self) -> impl Stream<Item = Result<LogBatch>> + Send + 'static {
+        futures::stream::unfold((self, false), |(mut f, failed)| async move {
+            if failed {
+                return None;
+            }
+            match f.next_batch().await {
+                Ok(Some(batch)) => Some((Ok(batch), (f, false))),
+                Ok(None) => None,
+                Err(e) => Some((Err(e), (f, true))),
+            }
+        })
+    }
+
+    /// The next batch, a heartbeat, or `None` once a ScanSince is done.
+    pub async fn next_batch(&mut self) -> Result<Option<LogBatch>> {
+        let limits = *self.replica.limits();
+        loop {
+            let limit = self
+                .remaining
+                .unwrap_or(usize::MAX)
+                .min(limits.log_records_per_message());
+            if limit == 0 {
+                return Ok(None);
+            }
+            let budget = self.opts.with_data.then(|| limits.message_data_budget());
+            let records = self.replica.log_since(self.after, limit, budget).await?;
+            if let Some(last) = records.last() {
+                self.after = last.seq;
+                if let Some(r) = &mut self.remaining {
+                    *r -= records.len();
+                }
+                return Ok(Some(self.batch(records)));
+            }
+            if self.remaining.is_some() {
+                return Ok(None);
+            }
+            let after = self.after;
+            let heartbeat = async {
+                match self.opts.heartbeat {
+                    Some(every) => tokio::time::sleep(every).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = self.replica.shutdown_token().cancelled() => return Err(Error::ShuttingDown),
+                changed = self.head.wait_for(|head| *head > after) => {
+                    changed.map_err(|_| Error::ShuttingDown)?;
+                }
+                _ = heartbeat => {
+                    return Ok(Some(LogBatch {
+                        records: Vec::new(),
+                        next: None,
+                        head_seq: self.replica.stats().head_seq,
+                    }));
+                }
+            }
+        }
+    }
+
+    fn batch(&self, mut records: Vec<LogRecord>) -> LogBatch {
+        let next = records.last().map(|r| PeerCursor {
+            incarnation: self.replica.incarnation(),
+            seq: r.seq,
+            id_at_seq: r.id,
+        });
+        if let Some(only) = &self.opts.only {
+            records.retain(|r| only.contains(&r.namespace));
+        }
+        LogBatch {
+            records,
+            next,
+            head_seq: self.replica.stats().head_seq,
+        }
+    }
+}

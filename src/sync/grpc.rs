@@ -1,0 +1,180 @@
+//! The gRPC adapter of [`Peer`]: a replica reached over the network.
+//! Protobuf stops here; everything it returns is validated domain data.
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use super::peer::{EntryChunk, EntryStream, FollowRequest, LogStream, Peer, PeerError};
+use crate::client::{MAX_MESSAGE_BYTES, endpoint};
+use crate::entry::{Entry, EntryId, Namespace, PutOutcome};
+use crate::proto::convert;
+use crate::proto::{self, store_client::StoreClient as RawClient};
+use crate::replica::{Head, LogBatch};
+
+/// How a [`GrpcPeer`] connects.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectOptions {
+    pub connect_timeout: std::time::Duration,
+    pub keepalive_interval: std::time::Duration,
+}
+
+pub struct GrpcPeer {
+    address: String,
+    client: RawClient<Channel>,
+}
+
+impl GrpcPeer {
+    /// A peer at `address` (`host:port`); connects on first use and
+    /// reconnects as needed.
+    pub fn lazy(address: &str, options: ConnectOptions) -> Result<Self, PeerError> {
+        let channel = endpoint(address)
+            .map_err(|e| PeerError::Unavailable(format!("invalid peer address: {e}")))?
+            .connect_timeout(options.connect_timeout)
+            .http2_keep_alive_interval(options.keepalive_interval)
+            .keep_alive_timeout(
+                options
+                    .keepalive_interval
+                    .min(std::time::Duration::from_secs(20)),
+            )
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        Ok(Self {
+            address: address.to_owned(),
+            client: RawClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        })
+    }
+}
+
+/// What a status from a peer means to the engine.
+pub fn peer_error(status: tonic::Status) -> PeerError {
+    let message = status.message().to_owned();
+    match status.code() {
+        Code::Unavailable | Code::Unknown | Code::Cancelled => PeerError::Unavailable(message),
+        Code::DeadlineExceeded => PeerError::Timeout("a call"),
+        Code::FailedPrecondition | Code::OutOfRange => PeerError::CursorRefused(message),
+        Code::DataLoss => PeerError::DataLoss(message),
+        code => PeerError::Refused {
+            code: format!("{code:?}"),
+            message,
+        },
+    }
+}
+
+fn corrupt(e: impl std::fmt::Display) -> PeerError {
+    PeerError::DataLoss(e.to_string())
+}
+
+#[async_trait]
+impl Peer for GrpcPeer {
+    fn address(&self) -> &str {
+        &self.address
+    }
+
+    async fn head(&self) -> Result<Head, PeerError> {
+        let response = self
+            .client
+            .clone()
+            .head(proto::HeadRequest {})
+            .await
+            .map_err(peer_error)?;
+        convert::head(response.into_inner()).map_err(corrupt)
+    }
+
+    async fn follow(&self, request: FollowRequest) -> Result<LogStream, PeerError> {
+        let heartbeat_ms = request
+            .heartbeat
+            .map_or(0, |h| h.as_millis().clamp(100, u32::MAX as u128) as u32);
+        let watch = proto::WatchRequest {
+            cursor: request
+                .from
+                .map(|c| convert::cursor_to_proto(c.incarnation, c.seq, Some(&c.id_at_seq))),
+            include_data: request.with_data,
+            namespaces: request
+                .namespaces
+                .iter()
+                .map(convert::namespace_to_proto)
+                .collect(),
+            heartbeat_ms,
+        };
+        let stream = self
+            .client
+            .clone()
+            .watch(watch)
+            .await
+            .map_err(peer_error)?
+            .into_inner();
+        Ok(stream
+            .map(|item| -> Result<LogBatch, PeerError> {
+                convert::log_batch(item.map_err(peer_error)?).map_err(corrupt)
+            })
+            .boxed())
+    }
+
+    async fn missing(&self, ns: &Namespace, ids: Vec<EntryId>) -> Result<Vec<EntryId>, PeerError> {
+        let response = self
+            .client
+            .clone()
+            .missing_ids(proto::MissingIdsRequest {
+                namespace: Some(convert::namespace_to_proto(ns)),
+                ids: ids.iter().map(convert::id_bytes).collect(),
+            })
+            .await
+            .map_err(peer_error)?;
+        response
+            .into_inner()
+            .missing
+            .iter()
+            .map(|id| EntryId::from_slice(id).map_err(corrupt))
+            .collect()
+    }
+
+    async fn get(&self, ns: &Namespace, ids: Vec<EntryId>) -> Result<EntryStream, PeerError> {
+        let stream = self
+            .client
+            .clone()
+            .get_entries(proto::GetEntriesRequest {
+                namespace: Some(convert::namespace_to_proto(ns)),
+                ids: ids.iter().map(convert::id_bytes).collect(),
+            })
+            .await
+            .map_err(peer_error)?
+            .into_inner();
+        Ok(stream
+            .map(|item| -> Result<EntryChunk, PeerError> {
+                let batch = item.map_err(peer_error)?;
+                let entries = batch
+                    .entries
+                    .into_iter()
+                    .map(|e| Ok((EntryId::from_slice(&e.id).map_err(corrupt)?, e.data)))
+                    .collect::<Result<_, PeerError>>()?;
+                let missing = batch
+                    .missing
+                    .iter()
+                    .map(|id| EntryId::from_slice(id).map_err(corrupt))
+                    .collect::<Result<_, PeerError>>()?;
+                Ok(EntryChunk { entries, missing })
+            })
+            .boxed())
+    }
+
+    async fn put(&self, entries: Vec<Entry>) -> Result<Vec<PutOutcome>, PeerError> {
+        let request = convert::put_request(&entries);
+        let mut responses = self
+            .client
+            .clone()
+            .put_entries(futures::stream::iter([request]))
+            .await
+            .map_err(peer_error)?
+            .into_inner();
+        let response = responses
+            .message()
+            .await
+            .map_err(peer_error)?
+            .ok_or(PeerError::Closed)?;
+        Ok(convert::put_outcomes(response))
+    }
+}

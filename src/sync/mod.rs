@@ -1,0 +1,123 @@
+//! The sync engine: moves entries from a peer into a local replica core,
+//! whatever the peer is. One engine serves every pair: replica ↔ replica
+//! over gRPC today, device ↔ replica and store ↔ store through the same
+//! [`peer::Peer`] interface.
+//!
+//! - [`peer`]: the interface, in domain types; [`grpc`] and [`local`] adapt it.
+//! - [`puller`]: one worker per peer, an explicit state machine.
+//! - [`budget`]: the byte budget every pull draws from.
+//! - [`env`]: the clock and random source, injectable for replay.
+//! - [`status`]: what each worker reports, for `PeerStatus`.
+//!
+//! Peers are known by their node identity (the name they advertise), never
+//! by the address they are reached at: cursors, metrics and status follow a
+//! peer across restarts and address changes.
+
+pub mod backoff;
+pub mod budget;
+pub mod env;
+pub mod grpc;
+pub mod local;
+pub mod peer;
+pub mod puller;
+pub mod status;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::entry::Namespace;
+
+/// What a pull worker follows; reloadable while it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullSettings {
+    /// Namespaces to pull; empty pulls all.
+    pub namespaces: Vec<Namespace>,
+    pub connect_timeout: Duration,
+    pub session_idle_timeout: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for PullSettings {
+    fn default() -> Self {
+        Self {
+            namespaces: Vec::new(),
+            connect_timeout: Duration::from_secs(5),
+            session_idle_timeout: Duration::from_secs(90),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+        }
+    }
+}
+
+impl PullSettings {
+    /// How often an idle peer is asked for a heartbeat.
+    pub fn heartbeat(&self) -> Duration {
+        (self.session_idle_timeout / 3).max(Duration::from_millis(100))
+    }
+
+    /// A digest of the namespace filter, stored with each cursor: 0 for no
+    /// filter. When it changes, records the cursor passed may now be wanted.
+    pub fn scope(&self) -> u64 {
+        if self.namespaces.is_empty() {
+            return 0;
+        }
+        let mut names: Vec<String> = self.namespaces.iter().map(|n| n.to_string()).collect();
+        names.sort();
+        names.dedup();
+        let digest = blake3::hash(names.join("\n").as_bytes());
+        let bytes: [u8; 8] = digest.as_bytes()[..8].try_into().expect("8 bytes");
+        u64::from_be_bytes(bytes) | 1
+    }
+}
+
+/// Which worker pulls each peer node right now. Two addresses can lead to
+/// one node for a while (a pod restarted with a new address while the old
+/// one is still listed); only one worker pulls it, so its cursor has one
+/// writer.
+#[derive(Clone, Default)]
+pub struct Claims(Arc<Mutex<HashMap<String, String>>>);
+
+/// Releases a node's claim when dropped.
+pub struct Claim {
+    claims: Claims,
+    node: String,
+}
+
+impl Claims {
+    /// Claims `node` for the worker at `address`; fails with the address of
+    /// the worker that holds it.
+    pub fn claim(&self, node: &str, address: &str) -> Result<Claim, String> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(node) {
+            Some(holder) if holder != address => Err(holder.clone()),
+            _ => {
+                map.insert(node.to_owned(), address.to_owned());
+                Ok(Claim {
+                    claims: self.clone(),
+                    node: node.to_owned(),
+                })
+            }
+        }
+    }
+
+    /// Nodes being pulled right now.
+    pub fn nodes(&self) -> Vec<String> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.keys().cloned().collect()
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.claims
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.node);
+    }
+}
+
+#[cfg(test)]
+mod tests;

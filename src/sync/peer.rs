@@ -1,0 +1,92 @@
+//! The peer interface the sync engine pulls and pushes through, in domain
+//! types only: a replica over gRPC ([`super::grpc::GrpcPeer`]) and a store
+//! in this process ([`super::local::LocalPeer`]) look the same to it.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+use crate::entry::{Entry, EntryId, Namespace, PutOutcome};
+use crate::replica::{Head, LogBatch};
+use crate::store::PeerCursor;
+
+/// What to follow of a peer's log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FollowRequest {
+    /// Resume after this position; `None` is the start of the log.
+    pub from: Option<PeerCursor>,
+    /// Records carry their entry's data.
+    pub with_data: bool,
+    /// Only these namespaces; empty follows all.
+    pub namespaces: Vec<Namespace>,
+    /// Ask for a heartbeat after this long without records.
+    pub heartbeat: Option<Duration>,
+}
+
+/// Part of a [`Peer::get`] answer: entries found, and ids the peer does not hold.
+#[derive(Debug, Clone, Default)]
+pub struct EntryChunk {
+    pub entries: Vec<(EntryId, Bytes)>,
+    pub missing: Vec<EntryId>,
+}
+
+pub type LogStream = BoxStream<'static, Result<LogBatch, PeerError>>;
+pub type EntryStream = BoxStream<'static, Result<EntryChunk, PeerError>>;
+
+/// Why a call to a peer failed, in terms the engine acts on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    #[error("cannot reach the peer: {0}")]
+    Unavailable(String),
+    #[error("the peer did not answer {0} in time")]
+    Timeout(&'static str),
+    /// The peer does not recognise the cursor (restored or rebuilt).
+    #[error("the peer refused the cursor: {0}")]
+    CursorRefused(String),
+    #[error("the peer answered {code}: {message}")]
+    Refused { code: String, message: String },
+    #[error("the peer sent corrupt data: {0}")]
+    DataLoss(String),
+    #[error("the peer closed the stream")]
+    Closed,
+}
+
+impl PeerError {
+    /// The `kind` label of `peer_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Unavailable(_) => "connect",
+            Self::Timeout(_) => "timeout",
+            Self::CursorRefused(_) => "cursor",
+            Self::Refused { .. } => "rpc",
+            Self::DataLoss(_) => "data_loss",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+/// A replica or store the engine syncs with. Calls carry no timeouts of
+/// their own: the engine bounds each one.
+#[async_trait]
+pub trait Peer: Send + Sync + 'static {
+    /// Where the peer is reached: an address, or a name for one in this process.
+    fn address(&self) -> &str;
+
+    /// Who the peer is and where its log ends.
+    async fn head(&self) -> Result<Head, PeerError>;
+
+    /// The peer's log after `request.from`, then live.
+    async fn follow(&self, request: FollowRequest) -> Result<LogStream, PeerError>;
+
+    /// The ids of `ids` the peer lacks.
+    async fn missing(&self, ns: &Namespace, ids: Vec<EntryId>) -> Result<Vec<EntryId>, PeerError>;
+
+    /// Entries by id, in chunks as they arrive. At most the peer's
+    /// `max_ids_per_request` ids per call.
+    async fn get(&self, ns: &Namespace, ids: Vec<EntryId>) -> Result<EntryStream, PeerError>;
+
+    /// Stores entries at the peer; one outcome per entry.
+    async fn put(&self, entries: Vec<Entry>) -> Result<Vec<PutOutcome>, PeerError>;
+}

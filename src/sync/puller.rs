@@ -1,0 +1,778 @@
+//! One pull worker per peer: an explicit state machine that moves the
+//! peer's entries into the local replica core, each batch committed together
+//! with the advanced cursor.
+//!
+//! ```text
+//!            ┌──────────── backoff ◄──────────── any error ──┐
+//!            ▼                                                │
+//!         connect ──► check cursor ──► bootstrap ──► follow ──┤
+//!            │             │  │  └──────► rescan ──► follow   │
+//!            ▼             │  └─────────► reset ──► bootstrap │ or follow
+//!         paused (self)    └────────────► follow ─────────────┘
+//! ```
+//!
+//! - **connect** asks the peer's head: who it is (its node identity, which
+//!   keys the cursor, metrics and status), and whether the address leads back
+//!   to this very process (its instance), which pauses the worker.
+//! - **check cursor** compares the persisted cursor with the head.
+//! - **bootstrap** streams the log with data while this replica lacks most
+//!   of it; **follow** streams ids only and fetches just the missing bodies,
+//!   so in a mesh each body crosses to each replica about once.
+//! - **rescan** walks the log again (ids only) when the namespace filter
+//!   changed, so entries the cursor passed under the old filter arrive.
+//! - **reset** starts over when the peer refuses the cursor (restored or
+//!   rebuilt); nothing held is fetched again.
+//!
+//! Entry data held by a pull is bounded by a [`PeerBudget`]; commits overlap
+//! with fetching the next chunk, one at a time, in log order.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+use tracing::Instrument;
+
+use super::backoff::Backoff;
+use super::budget::{BytePermit, PeerBudget};
+use super::env::Env;
+use super::peer::{FollowRequest, Peer, PeerError};
+use super::status::PeerStatus;
+use super::{Claim, Claims, PullSettings};
+use crate::entry::{EntryId, Namespace, RejectReason};
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::metrics::peer::PeerHandles;
+use crate::replica::{Head, Replica};
+use crate::store::{Appended, CursorRecord, CursorUpdate, PeerCursor, Seq};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+    #[error("storing pulled entries failed: {0}")]
+    Store(#[from] Error),
+    #[error("node {node} is already being pulled through {holder}")]
+    Duplicate { node: String, holder: String },
+}
+
+impl PullError {
+    /// The `kind` label of `peer_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Peer(e) => e.kind(),
+            Self::Store(_) => "store",
+            Self::Duplicate { .. } => "duplicate",
+        }
+    }
+}
+
+/// Everything a worker needs; the supervisor builds one per peer address.
+pub struct Puller {
+    pub local: Arc<Replica>,
+    pub peer: Arc<dyn Peer>,
+    pub settings: watch::Receiver<PullSettings>,
+    pub budget: PeerBudget,
+    pub claims: Claims,
+    pub metrics: Arc<Metrics>,
+    pub status: Arc<Mutex<PeerStatus>>,
+    pub env: Env,
+    pub cancel: CancellationToken,
+}
+
+/// A session with one peer node, from its head onwards.
+struct Link {
+    head: Head,
+    node: String,
+    settings: PullSettings,
+    _claim: Claim,
+    span: tracing::Span,
+}
+
+enum State {
+    Connect,
+    CheckCursor(Link),
+    Bootstrap(Link, Option<PeerCursor>),
+    Follow(Link, Option<PeerCursor>),
+    Rescan(Link, PeerCursor),
+    Reset(Link, String),
+    Backoff(PullError),
+    Paused(String),
+}
+
+impl State {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::CheckCursor(_) => "check_cursor",
+            Self::Bootstrap(..) => "bootstrap",
+            Self::Follow(..) => "follow",
+            Self::Rescan(..) => "rescan",
+            Self::Reset(..) => "reset",
+            Self::Backoff(_) => "backoff",
+            Self::Paused(_) => "paused",
+        }
+    }
+}
+
+/// How a streaming phase ended without error.
+enum End {
+    /// Bootstrap reached the peer's head at this position.
+    CaughtUp(Option<PeerCursor>),
+    /// A rescan reached the position it was to reach.
+    Reached,
+    /// The namespace filter changed: check the cursor again.
+    Refiltered(PullSettings),
+}
+
+enum Mode {
+    Bootstrap,
+    Follow,
+    Rescan(PeerCursor),
+}
+
+impl Puller {
+    /// Runs until cancelled.
+    pub async fn run(self) {
+        let worker = Worker {
+            label: self.peer.address().to_owned(),
+            handles: self.metrics.peers.peer(self.peer.address()),
+            progressed: false,
+            caught_up_at: Arc::new(Mutex::new(Instant::now())),
+            backoff: {
+                let s = self.settings.borrow();
+                Backoff::new(s.backoff_initial, s.backoff_max)
+            },
+            p: self,
+        };
+        worker.run().await;
+    }
+}
+
+struct Worker {
+    p: Puller,
+    /// The `peer` label of this worker's metrics: the address until the
+    /// peer has said who it is, then its node identity.
+    label: String,
+    handles: PeerHandles,
+    progressed: bool,
+    caught_up_at: Arc<Mutex<Instant>>,
+    backoff: Backoff,
+}
+
+impl Worker {
+    async fn run(mut self) {
+        let cancel = self.p.cancel.clone();
+        let mut state = State::Connect;
+        loop {
+            let name = state.name();
+            self.update(|s| s.state = name);
+            state = tokio::select! {
+                _ = cancel.cancelled() => break,
+                next = self.step(state) => next,
+            };
+        }
+        self.update(|s| s.connected = false);
+        self.p.metrics.peers.remove(&self.label);
+        tracing::debug!(peer = %self.p.peer.address(), "pull worker stopped");
+    }
+
+    fn update(&self, f: impl FnOnce(&mut PeerStatus)) {
+        f(&mut self.p.status.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    fn settings(&self) -> PullSettings {
+        self.p.settings.borrow().clone()
+    }
+
+    async fn step(&mut self, state: State) -> State {
+        match state {
+            State::Connect => match self.connect().await {
+                Ok(Ok(link)) => State::CheckCursor(link),
+                Ok(Err(reason)) => State::Paused(reason),
+                Err(e) => State::Backoff(e),
+            },
+            State::CheckCursor(link) => {
+                let span = link.span.clone();
+                span.record("state", "check_cursor");
+                self.check_cursor(link)
+                    .instrument(span)
+                    .await
+                    .unwrap_or_else(State::Backoff)
+            }
+            State::Bootstrap(link, from) => match self.stream(&link, from, Mode::Bootstrap).await {
+                Ok(End::CaughtUp(at)) => State::Follow(link, at),
+                Ok(End::Refiltered(s)) => self.refilter(link, s),
+                Ok(End::Reached) => State::Follow(link, from),
+                Err(e) => self.on_error(link, e),
+            },
+            State::Follow(link, from) => match self.stream(&link, from, Mode::Follow).await {
+                Ok(End::Refiltered(s)) => self.refilter(link, s),
+                Ok(_) => State::CheckCursor(link),
+                Err(e) => self.on_error(link, e),
+            },
+            State::Rescan(link, until) => {
+                match self.stream(&link, None, Mode::Rescan(until)).await {
+                    Ok(End::Refiltered(s)) => self.refilter(link, s),
+                    Ok(_) => match self.finish_rescan(&link, until).await {
+                        Ok(()) => State::Follow(link, Some(until)),
+                        Err(e) => State::Backoff(e),
+                    },
+                    Err(e) => self.on_error(link, e),
+                }
+            }
+            State::Reset(link, reason) => {
+                let span = link.span.clone();
+                span.record("state", "reset");
+                self.reset(link, &reason)
+                    .instrument(span)
+                    .await
+                    .unwrap_or_else(State::Backoff)
+            }
+            State::Backoff(e) => {
+                self.back_off(e).await;
+                State::Connect
+            }
+            State::Paused(reason) => {
+                tracing::info!(peer = %self.p.peer.address(), %reason, "not pulling from this peer");
+                self.update(|s| s.is_self = true);
+                self.p.cancel.cancelled().await;
+                State::Paused(reason)
+            }
+        }
+    }
+
+    fn on_error(&self, link: Link, e: PullError) -> State {
+        match e {
+            PullError::Peer(PeerError::CursorRefused(why)) => State::Reset(link, why),
+            e => State::Backoff(e),
+        }
+    }
+
+    fn refilter(&self, mut link: Link, settings: PullSettings) -> State {
+        tracing::info!(parent: &link.span, namespaces = ?settings.namespaces, "namespace filter changed");
+        link.settings = settings;
+        State::CheckCursor(link)
+    }
+
+    /// Connect: asks the head. `Ok(Err(reason))` pauses the worker.
+    async fn connect(&mut self) -> Result<Result<Link, String>, PullError> {
+        let settings = self.settings();
+        self.handles.sessions.inc();
+        let head = tokio::time::timeout(settings.connect_timeout, self.p.peer.head())
+            .await
+            .map_err(|_| PeerError::Timeout("Head"))??;
+        let me = self.p.local.identity();
+        if head.instance == me.instance {
+            return Ok(Err("the address leads back to this replica".into()));
+        }
+        let address = self.p.peer.address().to_owned();
+        let node = match head.node.is_empty() {
+            true => address.clone(),
+            false => head.node.clone(),
+        };
+        let claim =
+            self.p
+                .claims
+                .claim(&node, &address)
+                .map_err(|holder| PullError::Duplicate {
+                    node: node.clone(),
+                    holder,
+                })?;
+        if node != self.label {
+            self.p.metrics.peers.remove(&self.label);
+            self.label = node.clone();
+            self.handles = self.p.metrics.peers.peer(&node);
+        }
+        let span = tracing::info_span!(
+            "pull",
+            peer = %node,
+            address = %address,
+            state = tracing::field::Empty
+        );
+        let shares = head.incarnation == self.p.local.incarnation();
+        if shares {
+            tracing::error!(
+                parent: &span,
+                incarnation = %head.incarnation,
+                "this peer is another process with this replica's incarnation: one data \
+                 directory was copied to both. Replicating anyway; restart one of them on a \
+                 fresh or properly restored directory"
+            );
+        }
+        self.update(|s| {
+            s.peer = node.clone();
+            s.peer_incarnation = Some(head.incarnation);
+            s.peer_head_seq = head.head_seq;
+            s.shares_incarnation = shares;
+            s.is_self = false;
+        });
+        Ok(Ok(Link {
+            head,
+            node,
+            settings,
+            _claim: claim,
+            span,
+        }))
+    }
+
+    /// Bootstrap with data while this replica lacks most of the peer's log;
+    /// otherwise ids only, fetching just what is missing.
+    async fn start_over(&self, link: Link) -> State {
+        let held = self.p.local.stats().entries;
+        match held.saturating_mul(2) < link.head.entry_count {
+            true => State::Bootstrap(link, None),
+            false => State::Follow(link, None),
+        }
+    }
+
+    async fn check_cursor(&self, link: Link) -> Result<State, PullError> {
+        let stored = self.p.local.peer_cursor(&link.node).await?;
+        Ok(match stored {
+            Some(r) if r.cursor.incarnation != link.head.incarnation => {
+                State::Reset(link, "the peer's incarnation changed".into())
+            }
+            Some(r) if r.cursor.seq > 0 && r.scope != link.settings.scope() => {
+                State::Rescan(link, r.cursor)
+            }
+            Some(r) if r.cursor.seq > 0 => State::Follow(link, Some(r.cursor)),
+            _ => self.start_over(link).await,
+        })
+    }
+
+    /// Persists a cursor at the start of the peer's log, then starts over.
+    async fn reset(&self, link: Link, reason: &str) -> Result<State, PullError> {
+        tracing::warn!(
+            reason,
+            "cursor refused; pulling this peer's log from the start"
+        );
+        self.handles.cursor_resets.inc();
+        let record = self.record(
+            PeerCursor {
+                incarnation: link.head.incarnation,
+                seq: 0,
+                id_at_seq: EntryId([0; 32]),
+            },
+            &link.settings,
+        );
+        self.p
+            .local
+            .ingest(
+                Vec::new(),
+                Some(CursorUpdate {
+                    peer: link.node.clone(),
+                    record,
+                }),
+            )
+            .await?;
+        Ok(self.start_over(link).await)
+    }
+
+    /// A rescan is done: the cursor is where it was, now under the new filter.
+    async fn finish_rescan(&self, link: &Link, at: PeerCursor) -> Result<(), PullError> {
+        let record = self.record(at, &link.settings);
+        self.p
+            .local
+            .ingest(
+                Vec::new(),
+                Some(CursorUpdate {
+                    peer: link.node.clone(),
+                    record,
+                }),
+            )
+            .await?;
+        tracing::info!(parent: &link.span, seq = at.seq, "rescan under the new namespace filter done");
+        Ok(())
+    }
+
+    fn record(&self, cursor: PeerCursor, settings: &PullSettings) -> CursorRecord {
+        CursorRecord {
+            cursor,
+            scope: settings.scope(),
+            updated_ms: self.p.env.unix_ms(),
+        }
+    }
+
+    async fn back_off(&mut self, e: PullError) {
+        self.handles.connected.set(0);
+        self.update(|s| s.connected = false);
+        if std::mem::take(&mut self.progressed) {
+            self.backoff.reset();
+        }
+        self.handles.error(e.kind());
+        let lag = self
+            .caught_up_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed();
+        self.handles.lag_seconds.set(lag.as_secs_f64());
+        let delay = self.backoff.next_delay(&self.p.env);
+        // An unreachable peer is routine (restarts, rollouts): the error
+        // metrics and PeerStatus carry it; logs stay quiet.
+        match e.kind() {
+            "connect" => {
+                tracing::info!(peer = %self.p.peer.address(), error = %e, retry_in = ?delay, "peer unavailable")
+            }
+            _ => {
+                tracing::warn!(peer = %self.p.peer.address(), error = %e, retry_in = ?delay, "replication session ended")
+            }
+        }
+        self.update(|s| s.last_error = Some(e.to_string()));
+        tokio::time::sleep(delay).await;
+    }
+
+    /// Streams the peer's log in one mode until it ends or fails.
+    async fn stream(
+        &mut self,
+        link: &Link,
+        from: Option<PeerCursor>,
+        mode: Mode,
+    ) -> Result<End, PullError> {
+        let name = match mode {
+            Mode::Bootstrap => "bootstrap",
+            Mode::Follow => "follow",
+            Mode::Rescan(_) => "rescan",
+        };
+        link.span.record("state", name);
+        let span = link.span.clone();
+        let result = self.stream_inner(link, from, mode).instrument(span).await;
+        self.handles.connected.set(0);
+        self.update(|s| s.connected = false);
+        result
+    }
+
+    async fn stream_inner(
+        &mut self,
+        link: &Link,
+        from: Option<PeerCursor>,
+        mode: Mode,
+    ) -> Result<End, PullError> {
+        let request = FollowRequest {
+            from,
+            with_data: matches!(mode, Mode::Bootstrap),
+            namespaces: link.settings.namespaces.clone(),
+            heartbeat: Some(link.settings.heartbeat()),
+        };
+        let open = self.p.peer.follow(request);
+        let mut stream = tokio::time::timeout(link.settings.connect_timeout, open)
+            .await
+            .map_err(|_| PeerError::Timeout("Watch"))??;
+        self.handles.connected.set(1);
+        self.update(|s| {
+            s.connected = true;
+            s.last_error = None;
+        });
+        let until = match mode {
+            Mode::Rescan(until) => Some(until),
+            _ => None,
+        };
+        let mut sink = Sink {
+            local: self.p.local.clone(),
+            budget: self.p.budget.clone(),
+            handles: self.handles.clone(),
+            inflight_gauge: self.p.metrics.pull_inflight_bytes.clone(),
+            status: self.p.status.clone(),
+            caught_up_at: self.caught_up_at.clone(),
+            env: self.p.env.clone(),
+            node: link.node.clone(),
+            scope: link.settings.scope(),
+            chunk_bytes: (self.p.budget.cap() / 4).max(1),
+            pending: Vec::new(),
+            permit: BytePermit::empty(),
+            inflight: None,
+            applied: until.or(from).map_or(0, |c| c.seq),
+            progressed: false,
+        };
+        let mut settings = self.p.settings.clone();
+        settings.mark_unchanged();
+        let mut last = from;
+        let result = loop {
+            let idle = settings.borrow().session_idle_timeout;
+            let next = tokio::select! {
+                changed = settings.changed() => {
+                    if changed.is_err() {
+                        continue;
+                    }
+                    let new = settings.borrow_and_update().clone();
+                    if new.namespaces != link.settings.namespaces {
+                        break sink.drain().await.map(|_| End::Refiltered(new));
+                    }
+                    continue;
+                }
+                next = tokio::time::timeout(idle, stream.next()) => next,
+            };
+            let batch = match next {
+                Err(_) => break Err(PeerError::Timeout("a Watch message or heartbeat").into()),
+                Ok(None) => break Err(PeerError::Closed.into()),
+                Ok(Some(Err(e))) => break Err(e.into()),
+                Ok(Some(Ok(batch))) => batch,
+            };
+            if batch.is_heartbeat() {
+                if let Err(e) = sink.drain().await {
+                    break Err(e);
+                }
+                let caught_up = sink.heartbeat(batch.head_seq);
+                if caught_up && matches!(mode, Mode::Bootstrap) {
+                    break Ok(End::CaughtUp(last));
+                }
+                continue;
+            }
+            let Some(next) = batch.next else {
+                break Err(PeerError::DataLoss("log batch without a cursor".into()).into());
+            };
+            let mut records = batch.records;
+            let reached = until.is_some_and(|u| next.seq >= u.seq);
+            if let Some(u) = until {
+                records.retain(|r| r.seq <= u.seq);
+            }
+            let cursor = match until {
+                Some(_) => None,
+                None => Some(next),
+            };
+            if let Err(e) = self.fetch_and_store(link, &mut sink, records).await {
+                break Err(e);
+            }
+            let at_head = next.seq >= batch.head_seq;
+            if let Err(e) = sink.seal(cursor, batch.head_seq).await {
+                break Err(e);
+            }
+            last = cursor.or(last);
+            if at_head || reached {
+                // Nothing to overlap with: finish now.
+                if let Err(e) = sink.drain().await {
+                    break Err(e);
+                }
+            }
+            if reached {
+                break Ok(End::Reached);
+            }
+            if at_head && matches!(mode, Mode::Bootstrap) {
+                break Ok(End::CaughtUp(Some(next)));
+            }
+        };
+        let drained = sink.drain().await;
+        self.progressed |= sink.progressed;
+        let end = result?;
+        drained?;
+        Ok(end)
+    }
+
+    /// Adds a batch's entries to the sink: data that came with the records,
+    /// and the bodies of the ids this replica lacks, fetched in requests
+    /// the peer accepts.
+    async fn fetch_and_store(
+        &self,
+        link: &Link,
+        sink: &mut Sink,
+        records: Vec<crate::store::LogRecord>,
+    ) -> Result<(), PullError> {
+        let mut wanted: BTreeMap<Namespace, Vec<EntryId>> = BTreeMap::new();
+        for r in records {
+            match r.data {
+                Some(data) => sink.add(r.id, data).await?,
+                None => wanted.entry(r.namespace).or_default().push(r.id),
+            }
+        }
+        let per_request = link
+            .head
+            .max_ids_per_request
+            .min(self.p.local.limits().max_ids_per_request)
+            .clamp(1, 4096);
+        let timeout = link.settings.connect_timeout;
+        for (ns, ids) in wanted {
+            let missing = match self.p.local.missing(ns.clone(), ids).await {
+                Ok(missing) => missing,
+                // Not served here: the entries would be rejected anyway.
+                Err(Error::NamespaceNotAllowed(_)) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            for chunk in missing.chunks(per_request) {
+                let get = self.p.peer.get(&ns, chunk.to_vec());
+                let mut parts = tokio::time::timeout(timeout, get)
+                    .await
+                    .map_err(|_| PeerError::Timeout("GetEntries"))??;
+                let mut got = 0;
+                loop {
+                    let idle = self.p.settings.borrow().session_idle_timeout;
+                    let part = tokio::time::timeout(idle, parts.next())
+                        .await
+                        .map_err(|_| PeerError::Timeout("GetEntries"))?;
+                    let Some(part) = part else { break };
+                    let part = part?;
+                    if let Some(id) = part.missing.first() {
+                        return Err(PeerError::DataLoss(format!(
+                            "the peer logged {id} but cannot serve it"
+                        ))
+                        .into());
+                    }
+                    got += part.entries.len();
+                    for (id, data) in part.entries {
+                        sink.add(id, data).await?;
+                    }
+                }
+                if got != chunk.len() {
+                    return Err(PeerError::DataLoss(format!(
+                        "asked for {} entries, got {got}",
+                        chunk.len()
+                    ))
+                    .into());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Entries on their way into the store: collected up to a chunk, verified,
+/// then committed while the next chunk is collected. Holds permits for every
+/// byte it keeps.
+struct Sink {
+    local: Arc<Replica>,
+    budget: PeerBudget,
+    handles: PeerHandles,
+    inflight_gauge: prometheus::IntGauge,
+    status: Arc<Mutex<PeerStatus>>,
+    caught_up_at: Arc<Mutex<Instant>>,
+    env: Env,
+    node: String,
+    scope: u64,
+    chunk_bytes: usize,
+    pending: Vec<(Bytes, Bytes)>,
+    permit: BytePermit,
+    inflight: Option<Commit>,
+    /// The peer log position stored so far.
+    applied: Seq,
+    progressed: bool,
+}
+
+struct Commit {
+    task: AbortOnDropHandle<Result<Vec<Appended>, Error>>,
+    /// Released when the commit is done.
+    _permit: BytePermit,
+    cursor: Option<(PeerCursor, Seq)>,
+}
+
+impl Sink {
+    /// Takes one received entry. Waits for budget when needed, after
+    /// storing everything held, so a waiting worker holds nothing.
+    async fn add(&mut self, id: EntryId, data: Bytes) -> Result<(), PullError> {
+        self.handles.bytes.inc_by(data.len() as u64);
+        let permit = match self.budget.try_acquire(data.len()) {
+            Some(p) => p,
+            None => {
+                self.seal(None, 0).await?;
+                self.drain().await?;
+                self.budget.acquire(data.len()).await
+            }
+        };
+        self.permit.merge(permit);
+        self.inflight_gauge.set(self.budget.total_in_use() as i64);
+        self.pending.push((Bytes::copy_from_slice(&id.0), data));
+        if self.permit.bytes() >= self.chunk_bytes {
+            self.seal(None, 0).await?;
+        }
+        Ok(())
+    }
+
+    /// Verifies what is pending and starts committing it, with `cursor`
+    /// (and the peer's head then) when the batch is complete.
+    async fn seal(&mut self, cursor: Option<PeerCursor>, head_seq: Seq) -> Result<(), PullError> {
+        if self.pending.is_empty() && cursor.is_none() {
+            return Ok(());
+        }
+        let items = std::mem::take(&mut self.pending);
+        let permit = std::mem::replace(&mut self.permit, BytePermit::empty());
+        let (verified, rejections) = self.local.verify(items).await?;
+        for (_, r) in &rejections {
+            if matches!(r.reason, RejectReason::IdMismatch | RejectReason::Malformed) {
+                return Err(PeerError::DataLoss(r.to_string()).into());
+            }
+        }
+        // Commits stay in log order: each waits for the one before.
+        self.drain().await?;
+        let update = cursor.map(|c| CursorUpdate {
+            peer: self.node.clone(),
+            record: CursorRecord {
+                cursor: c,
+                scope: self.scope,
+                updated_ms: self.env.unix_ms(),
+            },
+        });
+        let local = self.local.clone();
+        let task = tokio::spawn(async move { local.ingest(verified, update).await });
+        self.inflight = Some(Commit {
+            task: AbortOnDropHandle::new(task),
+            _permit: permit,
+            cursor: cursor.map(|c| (c, head_seq)),
+        });
+        Ok(())
+    }
+
+    /// Waits for the commit in flight, if any, and records its progress.
+    async fn drain(&mut self) -> Result<(), PullError> {
+        let Some(commit) = self.inflight.take() else {
+            return Ok(());
+        };
+        let Commit {
+            task,
+            _permit: permit,
+            cursor,
+        } = commit;
+        let appended = task
+            .await
+            .map_err(|e| Error::Internal(format!("store task failed: {e}")))??;
+        drop(permit);
+        self.inflight_gauge.set(self.budget.total_in_use() as i64);
+        let stored = appended
+            .iter()
+            .filter(|a| matches!(a, Appended::Stored(_)))
+            .count() as u64;
+        self.handles.entries.inc_by(stored);
+        self.progressed = true;
+        let now = self.env.now();
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        status.entries_pulled += stored;
+        if let Some((cursor, head_seq)) = cursor {
+            self.applied = cursor.seq;
+            status.cursor_seq = cursor.seq;
+            status.peer_head_seq = head_seq;
+            status.last_success = Some(now);
+            drop(status);
+            self.record_lag(head_seq);
+        }
+        Ok(())
+    }
+
+    /// An idle peer's heartbeat: refreshes lag and liveness. Returns whether
+    /// this replica has everything up to the peer's head.
+    fn heartbeat(&mut self, head_seq: Seq) -> bool {
+        {
+            let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+            status.peer_head_seq = head_seq;
+            if head_seq <= self.applied {
+                status.last_success = Some(self.env.now());
+            }
+        }
+        self.record_lag(head_seq)
+    }
+
+    fn record_lag(&self, head_seq: Seq) -> bool {
+        let lag = head_seq.saturating_sub(self.applied);
+        let mut caught_up_at = self.caught_up_at.lock().unwrap_or_else(|e| e.into_inner());
+        if lag == 0 {
+            *caught_up_at = Instant::now();
+            self.handles
+                .last_success
+                .set(self.env.unix_ms() as f64 / 1000.0);
+        }
+        self.handles.lag_entries.set(lag as i64);
+        self.handles
+            .lag_seconds
+            .set(caught_up_at.elapsed().as_secs_f64());
+        lag == 0
+    }
+}

@@ -1,0 +1,386 @@
+//! The engine driven over the in-process adapter: two replica cores on
+//! memory stores, no network, store decorators that fail or stall commits.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ed25519_dalek::SigningKey;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::budget::ByteBudget;
+use super::env::{Env, SystemClock};
+use super::local::LocalPeer;
+use super::puller::Puller;
+use super::status::StatusBoard;
+use super::{Claims, PullSettings};
+use crate::entry::{Entry, EntryId, Namespace, VerifiedEntry};
+use crate::limits::Limits;
+use crate::metrics::Metrics;
+use crate::policy::Policy;
+use crate::replica::{NodeIdentity, Replica};
+use crate::store::memory::MemoryStore;
+use crate::store::{
+    Appended, CursorRecord, CursorUpdate, Incarnation, LogRecord, Seq, Store, StoreError,
+    StoreStats,
+};
+
+fn ns(db: &str) -> Namespace {
+    Namespace::new("acme", db).unwrap()
+}
+
+fn entries(ns: &Namespace, count: usize, size: usize) -> Vec<Entry> {
+    crate::bench::sample_entries(ns, &SigningKey::from_bytes(&[7; 32]), count, size)
+}
+
+fn replica(name: &str, store: Arc<dyn Store>) -> Arc<Replica> {
+    Arc::new(Replica::new(
+        store,
+        NodeIdentity::new(name),
+        Policy::default(),
+        Limits::default(),
+        Arc::new(Metrics::new()),
+        CancellationToken::new(),
+    ))
+}
+
+async fn put(r: &Replica, batch: &[Entry]) {
+    let items = batch
+        .iter()
+        .map(|e| (Bytes::copy_from_slice(&e.id.0), e.data().clone()))
+        .collect();
+    r.put(items).await.unwrap();
+}
+
+fn fast() -> PullSettings {
+    PullSettings {
+        backoff_initial: Duration::from_millis(5),
+        backoff_max: Duration::from_millis(50),
+        ..Default::default()
+    }
+}
+
+/// A pull worker from `source` into `local`, running until the guard drops.
+struct Pulling {
+    settings: watch::Sender<PullSettings>,
+    budget: ByteBudget,
+    board: StatusBoard,
+    cancel: CancellationToken,
+    _task: tokio_util::task::AbortOnDropHandle<()>,
+}
+
+impl Drop for Pulling {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+fn pull(
+    local: &Arc<Replica>,
+    source: &Arc<Replica>,
+    settings: PullSettings,
+    budget_bytes: usize,
+) -> Pulling {
+    let (tx, rx) = watch::channel(settings);
+    let budget = ByteBudget::new(budget_bytes);
+    let board = StatusBoard::default();
+    let cancel = CancellationToken::new();
+    let puller = Puller {
+        local: local.clone(),
+        peer: Arc::new(LocalPeer::new(source.clone())),
+        settings: rx,
+        budget: budget.for_peer(budget_bytes),
+        claims: Claims::default(),
+        metrics: local.metrics().clone(),
+        status: board.slot("source"),
+        env: Env::new(Arc::new(SystemClock), 1),
+        cancel: cancel.clone(),
+    };
+    Pulling {
+        settings: tx,
+        budget,
+        board,
+        cancel,
+        _task: tokio_util::task::AbortOnDropHandle::new(tokio::spawn(puller.run())),
+    }
+}
+
+async fn wait_for(r: &Replica, count: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while r.stats().entries < count {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "holds {} entries, expected {count}",
+            r.stats().entries
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(r.stats().entries, count);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstraps_then_follows_through_the_in_process_adapter() {
+    let source = replica("source", Arc::new(MemoryStore::new()));
+    let local = replica("local", Arc::new(MemoryStore::new()));
+    put(&source, &entries(&ns("a"), 500, 100)).await;
+    let pulling = pull(&local, &source, fast(), 1 << 20);
+    wait_for(&local, 500).await;
+    // Live entries follow.
+    put(&source, &entries(&ns("a"), 50, 100)).await;
+    wait_for(&local, 550).await;
+    let status = pulling.board.snapshot().remove(0);
+    assert_eq!(status.peer, "source", "keyed by node identity");
+    assert_eq!(status.state, "follow");
+    assert_eq!(status.cursor_seq, 550);
+    let cursor = local.peer_cursor("source").await.unwrap().unwrap();
+    assert_eq!(cursor.cursor.seq, 550);
+    drop(pulling);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_is_this_process_pauses_the_worker() {
+    let local = replica("local", Arc::new(MemoryStore::new()));
+    let pulling = pull(&local, &local, fast(), 1 << 20);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = pulling.board.snapshot().remove(0);
+        if s.is_self && s.state == "paused" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{s:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_with_one_incarnation_still_replicate() {
+    // The same store under two node identities: one data directory copied
+    // to two processes. Neither may take the other for itself.
+    let shared: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let a = replica("a", shared.clone());
+    let b_store = Arc::new(Faulty {
+        incarnation: Some(shared.incarnation()),
+        ..Faulty::new()
+    });
+    let b = replica("b", b_store);
+    assert_eq!(a.incarnation(), b.incarnation());
+    put(&a, &entries(&ns("a"), 20, 64)).await;
+    let pulling = pull(&b, &a, fast(), 1 << 20);
+    wait_for(&b, 20).await;
+    let s = pulling.board.snapshot().remove(0);
+    assert!(!s.is_self && s.shares_incarnation, "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_widened_filter_brings_entries_the_cursor_already_passed() {
+    let source = replica("source", Arc::new(MemoryStore::new()));
+    let local = replica("local", Arc::new(MemoryStore::new()));
+    // Interleaved, so the cursor passes `b` records while pulling `a`.
+    for _ in 0..5 {
+        put(&source, &entries(&ns("a"), 20, 64)).await;
+        put(&source, &entries(&ns("b"), 10, 64)).await;
+    }
+    let only_a = PullSettings {
+        namespaces: vec![ns("a")],
+        ..fast()
+    };
+    let pulling = pull(&local, &source, only_a, 1 << 20);
+    wait_for(&local, 100).await;
+    let passed = local.peer_cursor("source").await.unwrap().unwrap();
+    assert_eq!(passed.cursor.seq, 150, "the cursor passed every record");
+
+    // A reload adds `b`: what the cursor passed must arrive too.
+    pulling.settings.send_modify(|s| s.namespaces.push(ns("b")));
+    wait_for(&local, 150).await;
+    // And the cursor remembers the new filter, so a restart does not rescan.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let record = local.peer_cursor("source").await.unwrap().unwrap();
+        let now = pulling.settings.borrow().scope();
+        if record.scope == now {
+            assert_eq!(record.cursor.seq, 150);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_commits_back_off_and_the_pull_recovers() {
+    let source = replica("source", Arc::new(MemoryStore::new()));
+    let failures = Arc::new(AtomicUsize::new(3));
+    let store = Arc::new(Faulty {
+        fail_appends: failures.clone(),
+        ..Faulty::new()
+    });
+    let local = replica("local", store);
+    put(&source, &entries(&ns("a"), 200, 64)).await;
+    let _pulling = pull(&local, &source, fast(), 1 << 20);
+    wait_for(&local, 200).await;
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "every failure was hit");
+    let text = local.metrics().render(&local.stats(), 0);
+    assert!(
+        text.contains("mindoo_replica_peer_errors_total{kind=\"store\",peer=\"source\"} 3"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entry_data_held_by_a_pull_stays_within_the_budget() {
+    let source = replica("source", Arc::new(MemoryStore::new()));
+    let store = Arc::new(Faulty::new());
+    let local = replica("local", store.clone());
+    // Caught up first, so the rest arrives as ids only and bodies are fetched.
+    put(&source, &entries(&ns("a"), 1, 64)).await;
+    let budget = 1 << 20;
+    let pulling = pull(&local, &source, fast(), budget);
+    *store.budget.lock().unwrap() = Some(pulling.budget.clone());
+    wait_for(&local, 1).await;
+    // 64 entries of 256 KiB: 16 MiB through a 1 MiB budget.
+    put(&source, &entries(&ns("a"), 64, 256 << 10)).await;
+    wait_for(&local, 65).await;
+    let peak = store.max_in_use.load(Ordering::Relaxed);
+    assert!(peak > 0, "the budget was in use while committing");
+    assert!(peak <= budget, "held {peak} bytes, budget {budget}");
+    assert_eq!(pulling.budget.in_use(), 0, "everything given back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_dropped_mid_commit_still_wakes_watchers() {
+    let stall = Arc::new(Stall::default());
+    let store = Arc::new(Faulty {
+        stall: stall.clone(),
+        ..Faulty::new()
+    });
+    let r = replica("r", store);
+    let mut head = r.subscribe();
+    stall.armed.store(true, Ordering::SeqCst);
+    let batch = entries(&ns("a"), 3, 64);
+    let call = {
+        let r = r.clone();
+        tokio::spawn(async move { put(&r, &batch).await })
+    };
+    // The commit is inside the store; the caller goes away.
+    while !stall.entered.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    call.abort();
+    let _ = call.await;
+    stall.armed.store(false, Ordering::SeqCst);
+    tokio::time::timeout(Duration::from_secs(5), head.wait_for(|h| *h == 3))
+        .await
+        .expect("watchers are woken by the commit itself")
+        .unwrap();
+    let text = r.metrics().render(&r.stats(), 0);
+    assert!(
+        text.contains("mindoo_replica_entries_stored_total 3"),
+        "{text}"
+    );
+}
+
+/// Holds an append inside the store while `armed`.
+#[derive(Default)]
+struct Stall {
+    armed: AtomicBool,
+    entered: AtomicBool,
+}
+
+/// A memory store that fails the next `fail_appends` appends, stalls appends
+/// while armed, and records the pull budget in use during each append.
+struct Faulty {
+    inner: MemoryStore,
+    /// Reported instead of the inner store's: a copy of another store.
+    incarnation: Option<Incarnation>,
+    fail_appends: Arc<AtomicUsize>,
+    stall: Arc<Stall>,
+    budget: Mutex<Option<ByteBudget>>,
+    max_in_use: AtomicUsize,
+}
+
+impl Faulty {
+    fn new() -> Self {
+        Self {
+            inner: MemoryStore::new(),
+            incarnation: None,
+            fail_appends: Arc::new(AtomicUsize::new(0)),
+            stall: Arc::new(Stall::default()),
+            budget: Mutex::new(None),
+            max_in_use: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Store for Faulty {
+    fn incarnation(&self) -> Incarnation {
+        self.incarnation.unwrap_or_else(|| self.inner.incarnation())
+    }
+    fn stats(&self) -> StoreStats {
+        self.inner.stats()
+    }
+    fn disk_bytes(&self) -> u64 {
+        0
+    }
+    fn append(
+        &self,
+        entries: &[VerifiedEntry],
+        cursor: Option<&CursorUpdate>,
+    ) -> Result<Vec<Appended>, StoreError> {
+        if let Some(b) = &*self.budget.lock().unwrap() {
+            self.max_in_use.fetch_max(b.in_use(), Ordering::Relaxed);
+        }
+        if self
+            .fail_appends
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(StoreError::Backend("injected failure".into()));
+        }
+        if self.stall.armed.load(Ordering::SeqCst) {
+            self.stall.entered.store(true, Ordering::SeqCst);
+            while self.stall.armed.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        self.inner.append(entries, cursor)
+    }
+    fn contains(&self, ns: &Namespace, ids: &[EntryId]) -> Result<Vec<bool>, StoreError> {
+        self.inner.contains(ns, ids)
+    }
+    fn get(&self, ns: &Namespace, ids: &[EntryId]) -> Result<Vec<Option<Bytes>>, StoreError> {
+        self.inner.get(ns, ids)
+    }
+    fn log_since(
+        &self,
+        after: Seq,
+        limit: usize,
+        data_budget: Option<usize>,
+    ) -> Result<Vec<LogRecord>, StoreError> {
+        self.inner.log_since(after, limit, data_budget)
+    }
+    fn log_at(&self, seq: Seq) -> Result<Option<EntryId>, StoreError> {
+        self.inner.log_at(seq)
+    }
+    fn list_ids(
+        &self,
+        ns: &Namespace,
+        after: Option<&EntryId>,
+        limit: usize,
+    ) -> Result<Vec<EntryId>, StoreError> {
+        self.inner.list_ids(ns, after, limit)
+    }
+    fn cursor(&self, peer: &str) -> Result<Option<CursorRecord>, StoreError> {
+        self.inner.cursor(peer)
+    }
+    fn cursors(&self) -> Result<Vec<(String, CursorRecord)>, StoreError> {
+        self.inner.cursors()
+    }
+    fn delete_cursor(&self, peer: &str) -> Result<(), StoreError> {
+        self.inner.delete_cursor(peer)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
