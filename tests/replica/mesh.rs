@@ -67,11 +67,7 @@ async fn three_replicas_converge_on_writes_to_each() {
     for (i, r) in replicas.iter().enumerate() {
         let lacked = total - size(&batch[i * 200..(i + 1) * 200]);
         let text = r.metrics_text().await;
-        let received: f64 = text
-            .lines()
-            .filter(|l| l.starts_with("mindoo_replica_peer_bytes_pulled_total{"))
-            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-            .sum();
+        let received = metric_sum(&text, "mindoo_replica_peer_bytes_pulled_total");
         assert!(
             received >= lacked && received <= lacked * 1.5,
             "replica {i} received {received} bytes for {lacked} it lacked"

@@ -98,8 +98,9 @@ async fn a_peer_back_at_a_new_address_is_not_pulled_again() {
     })
     .await;
     puller.wait_for_count(100, 20).await;
-    let bytes = format!("mindoo_replica_peer_bytes_pulled_total{{peer=\"{node}\"}}");
-    let before = metric(&puller.metrics_text().await, &bytes);
+    // Bytes received from the peer, under whatever name the puller knows it by.
+    let bytes = "mindoo_replica_peer_bytes_pulled_total";
+    let before = metric_sum(&puller.metrics_text().await, bytes);
     assert!(before >= 100.0 * 1024.0, "{before}");
 
     // The pod restarts elsewhere: same data, same name, new address.
@@ -111,7 +112,10 @@ async fn a_peer_back_at_a_new_address_is_not_pulled_again() {
         .peers
         .send_modify(|s| s.discovery = Some(discover(source.addr.port())));
     puller.wait_for_count(105, 20).await;
-    let after = metric(&puller.metrics_text().await, &bytes);
+    let after = metric_sum(&puller.metrics_text().await, bytes);
+    // Known by its node identity, not by either address.
+    let series = format!("{bytes}{{peer=\"{node}\"}}");
+    assert_eq!(metric(&puller.metrics_text().await, &series), after);
     let moved = after - before;
     assert!(
         moved <= 6.0 * 1300.0,
@@ -161,6 +165,16 @@ async fn cursors_of_peers_that_left_are_removed_after_the_retention() {
     source.stop().await.unwrap();
 }
 
+/// The smallest limits a replica accepts: one id per request, one entry per
+/// batch, 64 KiB messages.
+fn smallest_limits(c: &mut mindoo_replica::config::RawConfig) {
+    c.limits.max_message_bytes = 64 << 10;
+    c.limits.max_ids_per_request = 1;
+    c.limits.max_batch_entries = 1;
+    c.limits.max_page = 1;
+    c.limits.max_entry_bytes = 60 << 10;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mesh_with_the_smallest_valid_limits_converges() {
     let dirs = dirs(3);
@@ -173,34 +187,39 @@ async fn a_mesh_with_the_smallest_valid_limits_converges() {
         .map(|l| l.local_addr().unwrap().to_string())
         .collect();
     let mut replicas = Vec::new();
-    for (dir, listener) in dirs.iter().zip(listeners) {
-        let peers = addrs.clone();
+    for (i, (dir, listener)) in dirs.iter().zip(listeners).enumerate() {
+        // The third joins later.
+        let peers = match i {
+            2 => Vec::new(),
+            _ => addrs.clone(),
+        };
         replicas.push(
             TestReplica::start_on(dir.path(), listener, |c| {
                 c.replication.peers = peers;
-                c.limits.max_message_bytes = 64 << 10;
-                c.limits.max_ids_per_request = 1;
-                c.limits.max_batch_entries = 1;
-                c.limits.max_page = 1;
-                c.limits.max_entry_bytes = 60 << 10;
+                smallest_limits(c);
             })
             .await,
         );
     }
-    // Entries big enough that only a few fit in one message.
-    let batch = sample_entries(&ns(), &author(), 45, 12 << 10);
-    for (i, e) in batch.iter().enumerate() {
-        let out = replicas[i % 3]
-            .client()
-            .await
-            .put(std::slice::from_ref(e))
-            .await
-            .unwrap();
-        assert_eq!(out.len(), 1);
+    // More log records than fit in one message, and entries big enough that
+    // only a few fit in one.
+    let mut batch = sample_entries(&ns(), &author(), 1500, 16);
+    batch.extend(sample_entries(&ns(), &author(), 12, 12 << 10));
+    let mut writer = replicas[0].client().await;
+    for e in &batch {
+        writer.put(std::slice::from_ref(e)).await.unwrap();
     }
-    for r in &replicas {
-        r.wait_for_count(45, 30).await;
+    replicas[1].wait_for_count(batch.len() as u64, 60).await;
+    // The third already holds most of them, so it walks the others' logs for
+    // ids and fetches the rest one id per request.
+    let mut seed = replicas[2].client().await;
+    for e in &batch[..1200] {
+        seed.put(std::slice::from_ref(e)).await.unwrap();
     }
+    replicas[2]
+        .peers
+        .send_modify(|s| s.peers = vec![addrs[0].clone(), addrs[1].clone()]);
+    replicas[2].wait_for_count(batch.len() as u64, 60).await;
     for r in replicas {
         r.stop().await.unwrap();
     }
@@ -213,53 +232,68 @@ async fn pulls_of_large_entries_from_several_peers_stay_within_the_memory_budget
     for dir in &dirs[..3] {
         sources.push(TestReplica::start(dir.path(), |_| {}).await);
     }
+    for s in &sources {
+        s.client().await.put(&entries(100)).await.unwrap();
+    }
     let peers = sources
         .iter()
         .map(|s| s.addr.to_string())
         .collect::<Vec<_>>()
         .join(",");
-    let listeners = ChildListeners::bind_loopback().unwrap();
-    let puller = ReplicaProcess::spawn_on(
-        EXE.as_ref(),
-        dirs[3].path(),
-        listeners,
-        &[
-            ("MINDOO_REPLICA__REPLICATION__PEERS", &peers),
-            ("MINDOO_REPLICA__REPLICATION__MAX_INFLIGHT_MB", "16"),
-            ("MINDOO_REPLICA__REPLICATION__MAX_PEER_INFLIGHT_MB", "8"),
-            ("MINDOO_REPLICA__STORAGE__BLOCK_CACHE_MB", "8"),
-            ("MINDOO_REPLICA__STORAGE__WRITE_BUFFER_MB", "8"),
-        ],
-    )
-    .await
-    .unwrap();
-    let mut client = mindoo_replica::client::StoreClient::connect(&puller.grpc.to_string())
+    let env = [
+        ("MINDOO_REPLICA__REPLICATION__PEERS", peers.as_str()),
+        ("MINDOO_REPLICA__REPLICATION__MAX_INFLIGHT_MB", "16"),
+        ("MINDOO_REPLICA__REPLICATION__MAX_PEER_INFLIGHT_MB", "8"),
+        ("MINDOO_REPLICA__STORAGE__BLOCK_CACHE_MB", "8"),
+        ("MINDOO_REPLICA__STORAGE__WRITE_BUFFER_MB", "8"),
+    ];
+    let start = || async {
+        let puller = ReplicaProcess::spawn_on(
+            EXE.as_ref(),
+            dirs[3].path(),
+            ChildListeners::bind_loopback().unwrap(),
+            &env,
+        )
         .await
         .unwrap();
-    let (_, baseline) = puller.memory().unwrap();
-
-    // Caught up and following ids only; then each peer gets 80 MiB of 1 MiB
-    // entries at once.
+        let client = mindoo_replica::client::StoreClient::connect(&puller.grpc.to_string())
+            .await
+            .unwrap();
+        (puller, client)
+    };
+    let wait = |client: &mut mindoo_replica::client::StoreClient, count: u64| {
+        let mut client = client.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+            while client.head().await.unwrap().entry_count < count {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "did not reach {count}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    // The puller holds everything, so it follows ids only...
+    let (puller, mut client) = start().await;
+    wait(&mut client, 300).await;
+    puller.stop().await.unwrap();
+    // ...and comes back to find 80 MiB of 1 MiB entries at each peer: one
+    // log batch names them all.
     for s in &sources {
         let batch = sample_entries(&ns(), &author(), 80, 1000 << 10);
         for chunk in batch.chunks(2) {
             s.client().await.put(chunk).await.unwrap();
         }
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while client.head().await.unwrap().entry_count < 240 {
-        assert!(tokio::time::Instant::now() < deadline, "did not converge");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (puller, mut client) = start().await;
+    wait(&mut client, 540).await;
     let (_, peak) = puller.memory().unwrap();
-    let grown_mb = peak.saturating_sub(baseline) as f64 / 1e6;
-    // 16 MiB of pull budget, 8 MiB of block cache, up to 3 × 8 MiB of
-    // memtables, per-connection HTTP/2 windows; 240 MiB passed through.
-    assert!(
-        grown_mb < 140.0,
-        "peak RSS grew by {grown_mb:.0} MB (baseline {:.0} MB)",
-        baseline as f64 / 1e6
-    );
+    let peak_mb = peak as f64 / 1e6;
+    // 16 MiB of pull budget, 8 MiB of block cache, memtables of 8 MiB, and
+    // per-connection HTTP/2 windows; 240 MiB passed through.
+    eprintln!("puller peak RSS {peak_mb:.0} MB");
+    assert!(peak_mb < 200.0, "peak RSS {peak_mb:.0} MB");
     puller.stop().await.unwrap();
     for s in sources {
         s.stop().await.unwrap();
