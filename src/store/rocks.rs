@@ -111,13 +111,15 @@ impl RocksStore {
         };
 
         let mut entries = Options::default();
-        entries.set_block_based_table_factory(&table(true));
+        // No bloom filter: every lookup here is for an entry known to exist
+        // (existence is asked of `ids`), so a filter would only cost reads.
+        entries.set_block_based_table_factory(&table(false));
         entries.set_compression_type(DBCompressionType::None);
         entries.set_write_buffer_size(config.write_buffer_bytes);
         entries.set_max_write_buffer_number(3);
-        // A bloom filter over memtable keys: most lookups (dedup on ingest,
-        // bodies for a log scan) are for keys not in the memtable, and skip
-        // its skiplist entirely.
+        // A bloom filter over memtable keys: most body lookups (a log scan,
+        // GetEntries) are for keys not in the memtable, and skip its
+        // skiplist entirely.
         entries.set_memtable_whole_key_filtering(true);
         entries.set_memtable_prefix_bloom_ratio(0.1);
         entries.set_target_file_size_base(64 << 20);
@@ -290,12 +292,13 @@ fn upgrade_from_v1(db: &DB) -> Result<(), StoreError> {
 
 /// Options for reading entry bodies. Block checksums are not verified: every
 /// reader re-hashes each body against its id (BLAKE3), which catches any
-/// corruption a checksum would. Bulk log scans also leave the block cache to
-/// the random reads that benefit from it.
-fn body_read_options(fill_cache: bool) -> ReadOptions {
+/// corruption a checksum would. The blocks read are small (keys and blob
+/// references; bodies live in blob files, outside the cache), so they are
+/// cached: a log scan would otherwise read the same index blocks from the
+/// file again for every chunk.
+fn body_read_options() -> ReadOptions {
     let mut opts = ReadOptions::default();
     opts.set_verify_checksums(false);
-    opts.fill_cache(fill_cache);
     opts
 }
 
@@ -436,7 +439,7 @@ impl Store for RocksStore {
     fn get(&self, ns: &Namespace, ids: &[EntryId]) -> Result<Vec<Option<Bytes>>, StoreError> {
         let keys: Vec<Vec<u8>> = ids.iter().map(|id| entry_key(ns, id)).collect();
         self.db
-            .batched_multi_get_cf_opt(self.cf(CF_ENTRIES), &keys, false, &body_read_options(true))
+            .batched_multi_get_cf_opt(self.cf(CF_ENTRIES), &keys, false, &body_read_options())
             .into_iter()
             .map(|r| {
                 r.map(|v| v.map(|v| Bytes::copy_from_slice(&v)))
@@ -498,7 +501,7 @@ impl Store for RocksStore {
                 self.cf(CF_ENTRIES),
                 &keys,
                 false,
-                &body_read_options(false),
+                &body_read_options(),
             );
             let mut filled = first;
             let mut full = false;

@@ -26,12 +26,12 @@
 //! Entry data held by a pull is bounded by a [`PeerBudget`]; commits overlap
 //! with fetching the next chunk, one at a time, in log order.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
@@ -483,7 +483,8 @@ impl Worker {
             chunk_bytes: (self.p.budget.cap() / 4).max(1),
             pending: Vec::new(),
             permit: BytePermit::empty(),
-            inflight: None,
+            inflight: VecDeque::new(),
+            last_done: None,
             applied: until.or(from).map_or(0, |c| c.seq),
             progressed: false,
         };
@@ -643,14 +644,20 @@ struct Sink {
     chunk_bytes: usize,
     pending: Vec<(Bytes, Bytes)>,
     permit: BytePermit,
-    inflight: Option<Commit>,
+    inflight: VecDeque<Commit>,
+    /// Resolves once the newest chunk in flight is committed; dropped
+    /// unresolved when it fails.
+    last_done: Option<oneshot::Receiver<()>>,
     /// The peer log position stored so far.
     applied: Seq,
     progressed: bool,
 }
 
+/// Chunks verified or committed at once by one pull.
+const COMMIT_DEPTH: usize = 2;
+
 struct Commit {
-    task: AbortOnDropHandle<Result<Vec<Appended>, Error>>,
+    task: AbortOnDropHandle<Result<Vec<Appended>, PullError>>,
     /// Released when the commit is done.
     _permit: BytePermit,
     cursor: Option<(PeerCursor, Seq)>,
@@ -678,22 +685,20 @@ impl Sink {
         Ok(())
     }
 
-    /// Verifies what is pending and starts committing it, with `cursor`
-    /// (and the peer's head then) when the batch is complete.
+    /// Starts verifying and committing what is pending, with `cursor` (and
+    /// the peer's head then) when the batch is complete. Up to
+    /// [`COMMIT_DEPTH`] chunks are in flight: one verifies while the one
+    /// before commits. Commits land in log order, and none lands after one
+    /// that failed, so a cursor never passes entries that were not stored.
     async fn seal(&mut self, cursor: Option<PeerCursor>, head_seq: Seq) -> Result<(), PullError> {
         if self.pending.is_empty() && cursor.is_none() {
             return Ok(());
         }
+        while self.inflight.len() >= COMMIT_DEPTH {
+            self.finish_oldest().await?;
+        }
         let items = std::mem::take(&mut self.pending);
         let permit = std::mem::replace(&mut self.permit, BytePermit::empty());
-        let (verified, rejections) = self.local.verify(items).await?;
-        for (_, r) in &rejections {
-            if matches!(r.reason, RejectReason::IdMismatch | RejectReason::Malformed) {
-                return Err(PeerError::DataLoss(r.to_string()).into());
-            }
-        }
-        // Commits stay in log order: each waits for the one before.
-        self.drain().await?;
         let update = cursor.map(|c| CursorUpdate {
             peer: self.node.clone(),
             record: CursorRecord {
@@ -702,9 +707,29 @@ impl Sink {
                 updated_ms: self.env.unix_ms(),
             },
         });
+        let previous = self.last_done.take();
+        let (done, done_rx) = oneshot::channel();
+        self.last_done = Some(done_rx);
         let local = self.local.clone();
-        let task = tokio::spawn(async move { local.ingest(verified, update).await });
-        self.inflight = Some(Commit {
+        let task = tokio::spawn(async move {
+            let (verified, rejections) = local.verify(items).await?;
+            for (_, r) in &rejections {
+                if matches!(r.reason, RejectReason::IdMismatch | RejectReason::Malformed) {
+                    return Err(PeerError::DataLoss(r.to_string()).into());
+                }
+            }
+            if let Some(previous) = previous
+                && previous.await.is_err()
+            {
+                return Err(PullError::Store(Error::Internal(
+                    "an earlier commit of this pull failed".into(),
+                )));
+            }
+            let appended = local.ingest(verified, update).await?;
+            let _ = done.send(());
+            Ok(appended)
+        });
+        self.inflight.push_back(Commit {
             task: AbortOnDropHandle::new(task),
             _permit: permit,
             cursor: cursor.map(|c| (c, head_seq)),
@@ -712,9 +737,17 @@ impl Sink {
         Ok(())
     }
 
-    /// Waits for the commit in flight, if any, and records its progress.
+    /// Waits for every chunk in flight and records their progress.
     async fn drain(&mut self) -> Result<(), PullError> {
-        let Some(commit) = self.inflight.take() else {
+        while !self.inflight.is_empty() {
+            self.finish_oldest().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the oldest chunk in flight and records its progress.
+    async fn finish_oldest(&mut self) -> Result<(), PullError> {
+        let Some(commit) = self.inflight.pop_front() else {
             return Ok(());
         };
         let Commit {
