@@ -4,23 +4,29 @@
 //!
 //! | cf        | key                     | value                                   |
 //! |-----------|-------------------------|-----------------------------------------|
-//! | `entries` | ns ‖ id                 | entry data (blob files, uncompressed: it is ciphertext) |
-//! | `ids`     | ns ‖ id                 | empty: answers "is it held?" without touching a body |
 //! | `log`     | seq (u64 BE)            | ns ‖ id (lz4)                           |
+//! | `bodies`  | seq (u64 BE)            | entry data (blob files, uncompressed: it is ciphertext) |
+//! | `ids`     | ns ‖ id                 | seq (u64 BE)                            |
 //! | `meta`    | `incarnation`, `node`, `head_seq`, `entry_count`, `schema_version` | small values |
 //! | `cursors` | peer node name          | see [`super::encode_cursor`]            |
 //!
-//! `ns` is [`Namespace::encode_key`], which is prefix-free, so a namespace's
-//! entries are one contiguous key range. Appends are serialised by a mutex and
-//! committed as one `WriteBatch`, which keeps the head and the count exact.
+//! Bodies are kept in log order: a log scan with data (how a peer
+//! bootstraps) reads `log` and `bodies` with two sequential iterators, and
+//! their keys only ever grow, so flushes never overlap and compactions move
+//! files rather than rewrite them. `ids` indexes them by entry id: existence
+//! checks (dedup on append, `MissingIds`, `ListIds`) read only this small
+//! family, never a body, and `GetEntries` looks up the seq there first.
 //!
-//! Existence checks (dedup on append, `MissingIds`, `ListIds`) read only the
-//! `ids` family: with bodies in blob files, a point lookup in `entries` would
-//! read the whole body to answer yes.
+//! `ns` is [`Namespace::encode_key`], which is prefix-free, so a namespace's
+//! ids are one contiguous key range. Appends are serialised by a mutex and
+//! committed as one `WriteBatch`, which keeps the head and the count exact.
 //!
 //! The database remembers the node identity that last opened it. Opened by a
 //! different node (a copied volume, a cloned or restored directory), it takes
 //! a new incarnation, so no peer mistakes its log for the original's.
+//!
+//! Schema version 1 kept bodies keyed by ns ‖ id in an `entries` family; it
+//! is rewritten to this layout once, on open.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -39,7 +45,9 @@ use super::{
 use crate::entry::VerifiedEntry;
 use crate::entry::{EntryId, ID_LEN, Namespace};
 
-const CF_ENTRIES: &str = "entries";
+/// Version 1's bodies by ns ‖ id; only read while upgrading.
+const CF_ENTRIES_V1: &str = "entries";
+const CF_BODIES: &str = "bodies";
 const CF_LOG: &str = "log";
 const CF_META: &str = "meta";
 const CF_CURSORS: &str = "cursors";
@@ -50,8 +58,10 @@ const KEY_HEAD: &[u8] = b"head_seq";
 const KEY_COUNT: &[u8] = b"entry_count";
 const KEY_SCHEMA: &[u8] = b"schema_version";
 const KEY_NODE: &[u8] = b"node";
-/// 2 added the `ids` family; a version-1 database is upgraded on open.
+/// 2 keeps bodies by seq and ids in an index; 1 is upgraded on open.
 const SCHEMA_VERSION: u32 = 2;
+/// Families of the current layout.
+const FAMILIES: [&str; 5] = [CF_LOG, CF_BODIES, CF_IDS, CF_META, CF_CURSORS];
 
 /// Tuning for the RocksDB backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,27 +120,19 @@ impl RocksStore {
             t
         };
 
-        let mut entries = Options::default();
-        // No bloom filter: every lookup here is for an entry known to exist
-        // (existence is asked of `ids`), so a filter would only cost reads.
-        entries.set_block_based_table_factory(&table(false));
-        entries.set_compression_type(DBCompressionType::None);
-        entries.set_write_buffer_size(config.write_buffer_bytes);
-        entries.set_max_write_buffer_number(3);
-        // A bloom filter over memtable keys: most body lookups (a log scan,
-        // GetEntries) are for keys not in the memtable, and skip its
-        // skiplist entirely.
-        entries.set_memtable_whole_key_filtering(true);
-        entries.set_memtable_prefix_bloom_ratio(0.1);
-        entries.set_target_file_size_base(64 << 20);
-        // Entry bodies go to blob files (key-value separation): compactions
-        // of the randomly keyed entries move small keys and blob references,
-        // not ciphertext, which keeps write amplification low during bulk
-        // ingest. Entries are immutable, so blob garbage never builds up.
-        entries.set_enable_blob_files(true);
-        entries.set_min_blob_size(256);
-        entries.set_blob_file_size(256 << 20);
-        entries.set_blob_compression_type(DBCompressionType::None);
+        let mut bodies = Options::default();
+        bodies.set_block_based_table_factory(&table(false));
+        bodies.set_compression_type(DBCompressionType::None);
+        bodies.set_write_buffer_size(config.write_buffer_bytes);
+        bodies.set_max_write_buffer_number(3);
+        bodies.set_target_file_size_base(64 << 20);
+        // Bodies go to blob files (key-value separation): the SST files
+        // hold seqs and blob references only. Entries are immutable, so blob
+        // garbage never builds up.
+        bodies.set_enable_blob_files(true);
+        bodies.set_min_blob_size(256);
+        bodies.set_blob_file_size(256 << 20);
+        bodies.set_blob_compression_type(DBCompressionType::None);
         let mut log = Options::default();
         log.set_block_based_table_factory(&table(false));
         log.set_compression_type(DBCompressionType::Lz4);
@@ -141,6 +143,8 @@ impl RocksStore {
         ids.set_block_based_table_factory(&table(true));
         ids.set_compression_type(DBCompressionType::Lz4);
         ids.set_write_buffer_size(config.write_buffer_bytes / 4);
+        // A bloom filter over memtable keys: most lookups (dedup on ingest)
+        // are for ids not in the memtable, and skip its skiplist entirely.
         ids.set_memtable_whole_key_filtering(true);
         ids.set_memtable_prefix_bloom_ratio(0.1);
 
@@ -152,16 +156,22 @@ impl RocksStore {
         db_opts.set_keep_log_file_num(3);
         db_opts.set_max_total_wal_size(256 << 20);
 
-        let cfs = vec![
-            ColumnFamilyDescriptor::new(CF_ENTRIES, entries),
+        let mut cfs = vec![
             ColumnFamilyDescriptor::new(CF_LOG, log),
-            ColumnFamilyDescriptor::new(CF_META, small.clone()),
-            ColumnFamilyDescriptor::new(CF_CURSORS, small),
+            ColumnFamilyDescriptor::new(CF_BODIES, bodies),
             ColumnFamilyDescriptor::new(CF_IDS, ids),
+            ColumnFamilyDescriptor::new(CF_META, small.clone()),
+            ColumnFamilyDescriptor::new(CF_CURSORS, small.clone()),
         ];
+        // A version-1 database still has its `entries` family until upgraded.
+        let existing = DB::list_cf(&db_opts, &config.path).unwrap_or_default();
+        if existing.iter().any(|cf| cf == CF_ENTRIES_V1) {
+            cfs.push(ColumnFamilyDescriptor::new(CF_ENTRIES_V1, small));
+        }
         let db = DB::open_cf_descriptors(&db_opts, &config.path, cfs)
             .map_err(|e| map_err(&config.path, e))?;
-        let (incarnation, head, count) = load_meta(&db, config.node.as_deref())?;
+        let mut db = db;
+        let (incarnation, head, count) = load_meta(&mut db, config.node.as_deref())?;
         Ok(Self {
             db,
             incarnation,
@@ -196,12 +206,32 @@ fn synced() -> WriteOptions {
 /// Reads the incarnation, head and count, or creates them for a new
 /// database; upgrades an older schema and takes a new incarnation when the
 /// database was last opened by another node.
-fn load_meta(db: &DB, node: Option<&str>) -> Result<(Incarnation, Seq, u64), StoreError> {
+fn load_meta(db: &mut DB, node: Option<&str>) -> Result<(Incarnation, Seq, u64), StoreError> {
+    let version = {
+        let meta = db
+            .cf_handle(CF_META)
+            .expect("column families are created on open");
+        db.get_cf(meta, KEY_SCHEMA).map_err(backend)?
+    };
+    if let Some(version) = &version {
+        let found = u32::from_be_bytes(fixed(version, "meta schema_version")?);
+        match found {
+            SCHEMA_VERSION => {}
+            1 => upgrade_from_v1(db)?,
+            _ => {
+                return Err(StoreError::Schema {
+                    found,
+                    expected: SCHEMA_VERSION,
+                });
+            }
+        }
+    }
+    let db = &*db;
     let meta = db
         .cf_handle(CF_META)
         .expect("column families are created on open");
     let get = |key: &[u8]| db.get_cf(meta, key).map_err(backend);
-    let Some(version) = get(KEY_SCHEMA)? else {
+    let Some(_) = version else {
         // A new database: everything is created in one batch.
         let incarnation = Incarnation::random();
         let mut batch = WriteBatch::default();
@@ -215,17 +245,6 @@ fn load_meta(db: &DB, node: Option<&str>) -> Result<(Incarnation, Seq, u64), Sto
         db.write_opt(batch, &synced()).map_err(backend)?;
         return Ok((incarnation, 0, 0));
     };
-    let found = u32::from_be_bytes(fixed(&version, "meta schema_version")?);
-    match found {
-        SCHEMA_VERSION => {}
-        1 => upgrade_from_v1(db)?,
-        _ => {
-            return Err(StoreError::Schema {
-                found,
-                expected: SCHEMA_VERSION,
-            });
-        }
-    }
     let read = |key: &[u8], what| -> Result<Vec<u8>, StoreError> {
         get(key)?.ok_or_else(|| StoreError::Corrupt {
             what,
@@ -265,28 +284,61 @@ fn load_meta(db: &DB, node: Option<&str>) -> Result<(Incarnation, Seq, u64), Sto
     Ok((incarnation, head, count))
 }
 
-/// Builds the `ids` family of a version-1 database from its log (which
-/// names every entry without touching a body), then records version 2.
-fn upgrade_from_v1(db: &DB) -> Result<(), StoreError> {
+/// Rewrites a version-1 database (bodies keyed by ns ‖ id) to this layout:
+/// bodies by seq and the `ids` index, in log order, a chunk at a time. Safe
+/// to interrupt: it starts over, and the version changes only at the end.
+fn upgrade_from_v1(db: &mut DB) -> Result<(), StoreError> {
+    copy_v1_bodies(db)?;
+    db.drop_cf(CF_ENTRIES_V1).map_err(backend)?;
+    Ok(())
+}
+
+fn copy_v1_bodies(db: &DB) -> Result<(), StoreError> {
     let cf = |name| {
         db.cf_handle(name)
             .expect("column families are created on open")
     };
-    let (log, ids, meta) = (cf(CF_LOG), cf(CF_IDS), cf(CF_META));
-    tracing::info!("upgrading the database to schema version {SCHEMA_VERSION}: indexing entry ids");
-    let mut batch = WriteBatch::default();
-    let mut indexed = 0u64;
+    let (log, bodies, ids, meta) = (cf(CF_LOG), cf(CF_BODIES), cf(CF_IDS), cf(CF_META));
+    let old = db
+        .cf_handle(CF_ENTRIES_V1)
+        .ok_or_else(|| StoreError::Corrupt {
+            what: "meta schema_version",
+            detail: "version 1 without its entries family".into(),
+        })?;
+    tracing::info!(
+        "upgrading the database to schema version {SCHEMA_VERSION}: bodies in log order"
+    );
+    let mut moved = 0u64;
+    // (seq, ns ‖ id) log records whose bodies are to move.
+    type Records = Vec<(Box<[u8]>, Box<[u8]>)>;
+    let mut chunk: Records = Vec::with_capacity(1024);
+    let flush = |chunk: &mut Records| -> Result<u64, StoreError> {
+        let keys: Vec<&[u8]> = chunk.iter().map(|(_, key)| &key[..]).collect();
+        let values = db.batched_multi_get_cf(old, &keys, false);
+        let mut batch = WriteBatch::default();
+        for ((seq, key), value) in chunk.iter().zip(values) {
+            let value = value.map_err(backend)?.ok_or_else(|| StoreError::Corrupt {
+                what: "entries",
+                detail: format!("log record {} names a missing entry", hex::encode(seq)),
+            })?;
+            batch.put_cf(bodies, seq, &value);
+            batch.put_cf(ids, key, seq);
+        }
+        db.write(batch).map_err(backend)?;
+        let n = chunk.len() as u64;
+        chunk.clear();
+        Ok(n)
+    };
     for item in db.iterator_cf(log, IteratorMode::Start) {
-        let (_, key) = item.map_err(backend)?;
-        batch.put_cf(ids, key, []);
-        indexed += 1;
-        if batch.len() >= 10_000 {
-            db.write(std::mem::take(&mut batch)).map_err(backend)?;
+        chunk.push(item.map_err(backend)?);
+        if chunk.len() == 1024 {
+            moved += flush(&mut chunk)?;
         }
     }
-    batch.put_cf(meta, KEY_SCHEMA, SCHEMA_VERSION.to_be_bytes());
-    db.write_opt(batch, &synced()).map_err(backend)?;
-    tracing::info!(indexed, "schema upgrade done");
+    moved += flush(&mut chunk)?;
+    db.put_cf_opt(meta, KEY_SCHEMA, SCHEMA_VERSION.to_be_bytes(), &synced())
+        .map_err(backend)?;
+    tracing::info!(moved, "schema upgrade done");
     Ok(())
 }
 
@@ -363,7 +415,7 @@ impl Store for RocksStore {
     }
 
     fn disk_bytes(&self) -> u64 {
-        [CF_ENTRIES, CF_IDS, CF_LOG, CF_META, CF_CURSORS]
+        FAMILIES
             .iter()
             .map(|cf| {
                 self.property(cf, "rocksdb.total-sst-files-size")
@@ -378,8 +430,8 @@ impl Store for RocksStore {
         entries: &[VerifiedEntry],
         cursor: Option<&CursorUpdate>,
     ) -> Result<Vec<Appended>, StoreError> {
-        let (cf_entries, cf_ids, cf_log, cf_meta) = (
-            self.cf(CF_ENTRIES),
+        let (cf_bodies, cf_ids, cf_log, cf_meta) = (
+            self.cf(CF_BODIES),
             self.cf(CF_IDS),
             self.cf(CF_LOG),
             self.cf(CF_META),
@@ -402,9 +454,10 @@ impl Store for RocksStore {
             }
             head += 1;
             count += 1;
-            batch.put_cf(cf_entries, key, &entry.data);
-            batch.put_cf(cf_ids, key, []);
-            batch.put_cf(cf_log, head.to_be_bytes(), key);
+            let seq = head.to_be_bytes();
+            batch.put_cf(cf_bodies, seq, &entry.data);
+            batch.put_cf(cf_ids, key, seq);
+            batch.put_cf(cf_log, seq, key);
             out.push(Appended::Stored(head));
         }
         if let Some(update) = cursor {
@@ -438,12 +491,27 @@ impl Store for RocksStore {
 
     fn get(&self, ns: &Namespace, ids: &[EntryId]) -> Result<Vec<Option<Bytes>>, StoreError> {
         let keys: Vec<Vec<u8>> = ids.iter().map(|id| entry_key(ns, id)).collect();
-        self.db
-            .batched_multi_get_cf_opt(self.cf(CF_ENTRIES), &keys, false, &body_read_options())
+        // Where each id is in the log, then the bodies there.
+        let seqs = self
+            .db
+            .batched_multi_get_cf(self.cf(CF_IDS), &keys, false)
             .into_iter()
-            .map(|r| {
-                r.map(|v| v.map(|v| Bytes::copy_from_slice(&v)))
-                    .map_err(backend)
+            .map(|r| r.map_err(backend))
+            .collect::<Result<Vec<_>, _>>()?;
+        let held: Vec<&[u8]> = seqs.iter().flatten().map(|s| &s[..]).collect();
+        let mut bodies = self
+            .db
+            .batched_multi_get_cf_opt(self.cf(CF_BODIES), &held, false, &body_read_options())
+            .into_iter();
+        seqs.iter()
+            .map(|seq| {
+                let Some(seq) = seq else { return Ok(None) };
+                let body = bodies.next().expect("one body per held id");
+                let body = body.map_err(backend)?.ok_or_else(|| StoreError::Corrupt {
+                    what: "bodies",
+                    detail: format!("no body at seq {}", hex::encode(&seq[..])),
+                })?;
+                Ok(Some(Bytes::copy_from_slice(&body)))
             })
             .collect()
     }
@@ -458,71 +526,51 @@ impl Store for RocksStore {
         if after >= head || limit == 0 {
             return Ok(Vec::new());
         }
-        // With data, read the log a chunk at a time and stop at the budget,
-        // so no log record is decoded that will not be sent.
-        let chunk = match data_budget {
-            Some(_) => 64,
-            None => limit,
-        };
-        let budget = data_budget.unwrap_or(usize::MAX);
         let start = (after + 1).to_be_bytes();
-        let mut iter = self
-            .db
-            .iterator_cf(
-                self.cf(CF_LOG),
-                IteratorMode::From(&start, Direction::Forward),
-            )
-            .take(limit);
+        let from = IteratorMode::From(&start, Direction::Forward);
+        let log = self.db.iterator_cf(self.cf(CF_LOG), from);
+        // Bodies share the log's keys: with data, both are read in step.
+        let mut bodies = data_budget.map(|_| {
+            self.db
+                .iterator_cf_opt(self.cf(CF_BODIES), body_read_options(), from)
+        });
+        let budget = data_budget.unwrap_or(usize::MAX);
         let mut records = Vec::with_capacity(limit.min(4096));
         let mut bytes = 0;
-        loop {
-            let first = records.len();
-            let mut keys = Vec::with_capacity(chunk.min(4096));
-            for item in iter.by_ref().take(chunk) {
-                let (k, v) = item.map_err(backend)?;
-                let seq = u64::from_be_bytes(fixed(&k, "log key")?);
-                // Records above the head belong to a batch still being committed.
-                if seq > head {
-                    break;
-                }
-                let (namespace, id) = decode_entry_key(&v)?;
-                records.push(LogRecord {
-                    seq,
-                    namespace,
-                    id,
-                    data: None,
-                });
-                keys.push(v);
-            }
-            if keys.is_empty() || data_budget.is_none() {
+        for item in log.take(limit) {
+            let (k, v) = item.map_err(backend)?;
+            let seq = u64::from_be_bytes(fixed(&k, "log key")?);
+            // Records above the head belong to a batch still being committed.
+            if seq > head {
                 break;
             }
-            let values = self.db.batched_multi_get_cf_opt(
-                self.cf(CF_ENTRIES),
-                &keys,
-                false,
-                &body_read_options(),
-            );
-            let mut filled = first;
-            let mut full = false;
-            for value in values {
-                let record = &mut records[filled];
-                let value = value.map_err(backend)?.ok_or_else(|| StoreError::Corrupt {
-                    what: "entries",
-                    detail: format!("log record {} names a missing entry", record.seq),
-                })?;
-                if filled > 0 && bytes + value.len() > budget {
-                    full = true;
-                    break;
+            let (namespace, id) = decode_entry_key(&v)?;
+            let data = match bodies.as_mut() {
+                None => None,
+                Some(bodies) => {
+                    let body = bodies.next().transpose().map_err(backend)?;
+                    let body = match body {
+                        Some((key, body)) if *key == *k => body,
+                        _ => {
+                            return Err(StoreError::Corrupt {
+                                what: "bodies",
+                                detail: format!("no body at seq {seq}"),
+                            });
+                        }
+                    };
+                    if !records.is_empty() && bytes + body.len() > budget {
+                        break;
+                    }
+                    bytes += body.len();
+                    Some(Bytes::from(body.into_vec()))
                 }
-                bytes += value.len();
-                record.data = Some(Bytes::copy_from_slice(&value));
-                filled += 1;
-            }
-            records.truncate(filled);
-            if full || keys.len() < chunk {
-                break;
-            }
+            };
+            records.push(LogRecord {
+                seq,
+                namespace,
+                id,
+                data,
+            });
         }
         Ok(records)
     }
@@ -602,7 +650,7 @@ impl Store for RocksStore {
 
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush_wal(true).map_err(backend)?;
-        for cf in [CF_ENTRIES, CF_IDS, CF_LOG, CF_META, CF_CURSORS] {
+        for cf in FAMILIES {
             self.db.flush_cf(self.cf(cf)).map_err(backend)?;
         }
         Ok(())
@@ -696,37 +744,64 @@ mod tests {
     }
 
     #[test]
-    fn a_version_1_database_gets_its_id_index_on_open() {
+    fn a_version_1_database_is_upgraded_on_open() {
         let dir = tempfile::tempdir().unwrap();
-        let config = RocksConfig::new(dir.path());
         let ns = Namespace::new("t", "d").unwrap();
         let batch: Vec<_> = (0..50).map(|i| entry(&ns, i)).collect();
         {
-            // Make a version-1 database: entries and log, no `ids` rows.
-            let store = RocksStore::open(&config).unwrap();
-            store.append(&batch, None).unwrap();
-            let ids_cf = store.cf(CF_IDS);
-            for e in &batch {
-                store
-                    .db
-                    .delete_cf(ids_cf, entry_key(&e.namespace, &e.id))
+            // The version-1 layout: bodies keyed by ns ‖ id, no index.
+            let mut opts = Options::default();
+            opts.create_if_missing(true);
+            opts.create_missing_column_families(true);
+            let db = DB::open_cf(
+                &opts,
+                dir.path(),
+                [CF_ENTRIES_V1, CF_LOG, CF_META, CF_CURSORS],
+            )
+            .unwrap();
+            let cf = |n| db.cf_handle(n).unwrap();
+            for (i, e) in batch.iter().enumerate() {
+                let key = entry_key(&e.namespace, &e.id);
+                db.put_cf(cf(CF_ENTRIES_V1), &key, &e.data).unwrap();
+                db.put_cf(cf(CF_LOG), (i as u64 + 1).to_be_bytes(), &key)
                     .unwrap();
             }
-            store
-                .db
-                .put_cf(store.cf(CF_META), KEY_SCHEMA, 1u32.to_be_bytes())
-                .unwrap();
-            assert_eq!(store.contains(&ns, &[batch[0].id]).unwrap(), [false]);
+            let meta = cf(CF_META);
+            db.put_cf(meta, KEY_SCHEMA, 1u32.to_be_bytes()).unwrap();
+            db.put_cf(meta, KEY_INCARNATION, [9u8; 16]).unwrap();
+            db.put_cf(meta, KEY_HEAD, 50u64.to_be_bytes()).unwrap();
+            db.put_cf(meta, KEY_COUNT, 50u64.to_be_bytes()).unwrap();
         }
-        let store = RocksStore::open(&config).unwrap();
+        let store = RocksStore::open(&RocksConfig::new(dir.path())).unwrap();
+        assert_eq!(store.incarnation(), Incarnation([9; 16]));
         let ids: Vec<EntryId> = batch.iter().map(|e| e.id).collect();
         assert!(store.contains(&ns, &ids).unwrap().into_iter().all(|h| h));
+        let got = store.get(&ns, &ids).unwrap();
+        assert!(
+            got.iter()
+                .zip(&batch)
+                .all(|(g, e)| g.as_ref() == Some(&e.data))
+        );
+        let log = store.log_since(0, 100, Some(usize::MAX)).unwrap();
+        assert_eq!(log.len(), 50);
+        assert!(
+            log.iter()
+                .zip(&batch)
+                .all(|(r, e)| r.id == e.id && r.data.as_ref() == Some(&e.data))
+        );
         assert_eq!(store.list_ids(&ns, None, 100).unwrap().len(), 50);
         assert_eq!(
             store.append(&batch[..1], None).unwrap(),
             [Appended::Duplicate]
         );
+        assert_eq!(
+            store.append(&[entry(&ns, 99)], None).unwrap(),
+            [Appended::Stored(51)]
+        );
         let version = store.db.get_cf(store.cf(CF_META), KEY_SCHEMA).unwrap();
         assert_eq!(version.unwrap(), SCHEMA_VERSION.to_be_bytes());
+        drop(store);
+        let families = DB::list_cf(&Options::default(), dir.path()).unwrap();
+        assert!(!families.iter().any(|f| f == CF_ENTRIES_V1), "{families:?}");
     }
 }
