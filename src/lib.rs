@@ -9,15 +9,11 @@
 //!
 //! [`server`] wires them into a process; [`client`] is the client library.
 
-pub mod bench;
 pub mod client;
 pub mod config;
 pub mod entry;
 pub mod error;
-pub mod inspect;
 pub mod limits;
-pub mod local;
-pub mod mesh;
 pub mod metrics;
 pub mod policy;
 pub mod proto;
@@ -28,3 +24,5 @@ pub mod service;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
+#[cfg(feature = "tools")]
+pub mod tools;

@@ -8,7 +8,8 @@ use clap::{Parser, Subcommand};
 use mindoo_replica::config::{ConfigError, RawConfig, Settings};
 use mindoo_replica::replication::settings::ReplicationSettings;
 use mindoo_replica::server::{self, Listeners};
-use mindoo_replica::{bench, inspect, local, mesh, telemetry};
+use mindoo_replica::telemetry;
+use mindoo_replica::tools::{bench, inspect, mesh};
 
 #[derive(Parser)]
 #[command(name = "mindoo-replica", version, about)]
@@ -250,7 +251,7 @@ async fn serve(settings: Settings, config: Option<PathBuf>) -> anyhow::Result<()
     let (peers, peers_rx) = tokio::sync::watch::channel(settings.replication.clone());
     let reload = tokio::spawn(reload_on_sighup(config, peers));
     let shutdown = shutdown_signal()?;
-    let listeners = match local::inherited_listeners()? {
+    let listeners = match server::inherited_listeners()? {
         Some(listeners) => listeners,
         None => Listeners::bind(&settings.server).await?,
     };
@@ -259,7 +260,7 @@ async fn serve(settings: Settings, config: Option<PathBuf>) -> anyhow::Result<()
     // Ready: the store is open and the sockets accept connections.
     println!(
         "{}",
-        local::ready_line(listeners.grpc_addr()?, listeners.metrics_addr())
+        server::ready_line(listeners.grpc_addr()?, listeners.metrics_addr())
     );
     std::io::stdout().flush()?;
     let result = server::serve_with(settings, store, listeners, shutdown, peers_rx).await;

@@ -70,6 +70,48 @@ impl Listeners {
     }
 }
 
+/// The line `serve` prints once its listeners are bound.
+pub const READY_PREFIX: &str = "mindoo-replica listening";
+
+/// Environment variable naming inherited listening sockets: `grpc_fd,metrics_fd`
+/// (`-` for no metrics). A parent binds the sockets, so their addresses are
+/// known, and race-free, before any child starts.
+pub const LISTEN_FDS_ENV: &str = "MINDOO_REPLICA_LISTEN_FDS";
+
+/// The listeners a parent passed down through [`LISTEN_FDS_ENV`], if any.
+pub fn inherited_listeners() -> anyhow::Result<Option<Listeners>> {
+    use std::os::fd::FromRawFd;
+    let Ok(spec) = std::env::var(LISTEN_FDS_ENV) else {
+        return Ok(None);
+    };
+    let (grpc, metrics) = spec
+        .split_once(',')
+        .with_context(|| format!("{LISTEN_FDS_ENV}={spec:?} is not grpc_fd,metrics_fd"))?;
+    let take = |fd: &str| -> anyhow::Result<tokio::net::TcpListener> {
+        let fd: i32 = fd
+            .parse()
+            .with_context(|| format!("{LISTEN_FDS_ENV}: {fd:?} is not a file descriptor"))?;
+        // SAFETY: the parent passed this descriptor for us to own; nothing
+        // else in this process refers to it.
+        let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+        listener.set_nonblocking(true)?;
+        Ok(tokio::net::TcpListener::from_std(listener)?)
+    };
+    Ok(Some(Listeners {
+        grpc: take(grpc)?,
+        metrics: match metrics {
+            "-" => None,
+            fd => Some(take(fd)?),
+        },
+    }))
+}
+
+/// Formats the ready line for the given addresses.
+pub fn ready_line(grpc: SocketAddr, metrics: Option<SocketAddr>) -> String {
+    let metrics = metrics.map_or_else(|| "off".to_owned(), |a| a.to_string());
+    format!("{READY_PREFIX} grpc={grpc} metrics={metrics}")
+}
+
 /// Opens the configured store for the replica known as `node`. A RocksDB
 /// directory last opened by another node takes a new incarnation.
 pub async fn open_store(

@@ -34,8 +34,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
-    Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions,
+    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB,
+    DBCompressionType, Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions,
 };
 
 use super::{
@@ -109,13 +109,21 @@ impl RocksStore {
             )
         })?;
         let cache = Cache::new_lru_cache(config.block_cache_bytes);
+        // Index and filter blocks are partitioned into blocks of a few KiB
+        // with a small pinned top level: whole-file filters and indexes of
+        // large files would not fit a cache shard, and would be read from
+        // the file again on every lookup, slower as the store grows.
         let table = |bloom: bool| {
             let mut t = BlockBasedOptions::default();
             t.set_block_cache(&cache);
             t.set_cache_index_and_filter_blocks(true);
             t.set_pin_l0_filter_and_index_blocks_in_cache(true);
+            t.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+            t.set_metadata_block_size(4096);
+            t.set_pin_top_level_index_and_filter(true);
             if bloom {
                 t.set_bloom_filter(10.0, false);
+                t.set_partition_filters(true);
             }
             t
         };
@@ -155,6 +163,9 @@ impl RocksStore {
         db_opts.set_bytes_per_sync(1 << 20);
         db_opts.set_keep_log_file_num(3);
         db_opts.set_max_total_wal_size(256 << 20);
+        // All memtables together stay within twice the bodies' memtable, so
+        // memory does not grow with the number of families written at once.
+        db_opts.set_db_write_buffer_size(2 * config.write_buffer_bytes);
 
         let mut cfs = vec![
             ColumnFamilyDescriptor::new(CF_LOG, log),

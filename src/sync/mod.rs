@@ -119,5 +119,6 @@ impl Drop for Claim {
     }
 }
 
-#[cfg(test)]
+// The engine tests use the entry fixtures of the tools.
+#[cfg(all(test, feature = "tools"))]
 mod tests;

@@ -32,7 +32,7 @@ fn ns(db: &str) -> Namespace {
 }
 
 fn entries(ns: &Namespace, count: usize, size: usize) -> Vec<Entry> {
-    crate::bench::sample_entries(ns, &SigningKey::from_bytes(&[7; 32]), count, size)
+    crate::tools::fixtures::sample_entries(ns, &SigningKey::from_bytes(&[7; 32]), count, size)
 }
 
 fn replica(name: &str, store: Arc<dyn Store>) -> Arc<Replica> {

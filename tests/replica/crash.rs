@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use mindoo_replica::client::StoreClient;
-use mindoo_replica::local::ReplicaProcess;
+use mindoo_replica::tools::child::ReplicaProcess;
 
 use crate::harness::*;
 
@@ -39,7 +39,8 @@ async fn kill_9_during_a_bootstrap_loses_nothing_and_resends_at_most_one_batch()
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let source = TestReplica::start(dirs[0].path(), |_| {}).await;
     let total = 100_000u64;
-    let batch = mindoo_replica::bench::sample_entries(&ns(), &author(), total as usize, 1024);
+    let batch =
+        mindoo_replica::tools::fixtures::sample_entries(&ns(), &author(), total as usize, 1024);
     let ids: Vec<_> = batch.iter().map(|e| e.id).collect();
     let summary = source
         .client()
@@ -77,7 +78,7 @@ async fn kill_9_during_a_bootstrap_loses_nothing_and_resends_at_most_one_batch()
             "nothing lost"
         );
     }
-    let text = mindoo_replica::local::http_get(puller.metrics.unwrap(), "/metrics")
+    let text = mindoo_replica::tools::child::http_get(puller.metrics.unwrap(), "/metrics")
         .await
         .unwrap();
     let resent = metric(&text, "mindoo_replica_entries_duplicate_total");

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
-use mindoo_replica::bench::sample_entries;
 use mindoo_replica::client::StoreClient;
 use mindoo_replica::config::{RawConfig, Settings};
 use mindoo_replica::entry::{Entry, Namespace};
 use mindoo_replica::replication::settings::ReplicationSettings;
 use mindoo_replica::server::{self, Listeners};
 use mindoo_replica::store::Store;
+use mindoo_replica::tools::fixtures::sample_entries;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -103,7 +103,7 @@ impl TestReplica {
     }
 
     pub async fn metrics_text(&self) -> String {
-        mindoo_replica::local::http_get(self.metrics, "/metrics")
+        mindoo_replica::tools::child::http_get(self.metrics, "/metrics")
             .await
             .unwrap()
     }

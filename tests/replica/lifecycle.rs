@@ -4,7 +4,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use mindoo_replica::entry::PutOutcome;
-use mindoo_replica::local::ReplicaProcess;
+use mindoo_replica::tools::child::ReplicaProcess;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -237,7 +237,7 @@ async fn a_full_disk_is_resource_exhausted_and_loses_nothing_acknowledged() {
     let mut acked = Vec::new();
     let mut refusal = None;
     for _ in 0..100 {
-        let batch = mindoo_replica::bench::sample_entries(&ns(), &author(), 10, 100_000);
+        let batch = mindoo_replica::tools::fixtures::sample_entries(&ns(), &author(), 10, 100_000);
         match client.put(&batch).await {
             Ok(out) => {
                 assert!(out.iter().all(|o| *o == PutOutcome::Stored));

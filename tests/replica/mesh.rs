@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use mindoo_replica::bench::sample_entries;
 use mindoo_replica::entry::VerifiedEntry;
 use mindoo_replica::entry::{EntryId, Namespace};
 use mindoo_replica::proto;
@@ -16,6 +15,7 @@ use mindoo_replica::store::{
     Appended, CursorRecord, CursorUpdate, Incarnation, LogRecord, Seq, Store, StoreError,
     StoreStats,
 };
+use mindoo_replica::tools::fixtures::sample_entries;
 
 use crate::harness::*;
 

@@ -161,7 +161,7 @@ async fn a_real_prometheus_scrapes_the_replica() {
     let query = "/api/v1/query?query=mindoo_replica_store_entries";
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        if let Ok(body) = mindoo_replica::local::http_get(web, query).await
+        if let Ok(body) = mindoo_replica::tools::child::http_get(web, query).await
             && body.contains("\"job\":\"mindoo-replica\"")
         {
             assert!(body.contains(",\"5\"]"), "{body}");
@@ -173,7 +173,7 @@ async fn a_real_prometheus_scrapes_the_replica() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
-    let up = mindoo_replica::local::http_get(web, "/api/v1/query?query=up")
+    let up = mindoo_replica::tools::child::http_get(web, "/api/v1/query?query=up")
         .await
         .unwrap();
     assert!(up.contains(",\"1\"]"), "{up}");

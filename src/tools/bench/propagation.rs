@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use super::{cpu_seconds, unsigned_entries};
 use crate::client::{StoreClient, endpoint};
 use crate::entry::{EntryId, Namespace};
-use crate::mesh::spawn_mesh;
 use crate::proto;
 use crate::proto::replication_client::ReplicationClient;
+use crate::tools::mesh::spawn_mesh;
 
 #[derive(Debug, Clone)]
 pub struct PropagationOptions {

@@ -11,7 +11,7 @@ use std::time::Instant;
 use super::{unsigned_entries, wait_quiet};
 use crate::client::StoreClient;
 use crate::entry::{EntryId, Namespace};
-use crate::local::ReplicaProcess;
+use crate::tools::child::ReplicaProcess;
 
 /// Options of `bench missing-ids`.
 #[derive(Debug, Clone)]

@@ -1,6 +1,7 @@
 //! Replica processes on this machine, for the demo, benchmarks and tests: a
 //! child `mindoo-replica serve` configured through environment variables,
-//! the way a container is, which reports its bound addresses on stdout.
+//! the way a container is, which reports its bound addresses on stdout
+//! (see [`crate::server::ready_line`]).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -11,13 +12,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio_util::task::AbortOnDropHandle;
 
-/// The line `serve` prints once its listeners are bound.
-pub const READY_PREFIX: &str = "mindoo-replica listening";
-
-/// Environment variable naming inherited listening sockets: `grpc_fd,metrics_fd`
-/// (`-` for no metrics). A parent binds the sockets, so their addresses are
-/// known, and race-free, before any child starts.
-pub const LISTEN_FDS_ENV: &str = "MINDOO_REPLICA_LISTEN_FDS";
+#[cfg(test)]
+use crate::server::ready_line;
+use crate::server::{LISTEN_FDS_ENV, READY_PREFIX};
 
 /// Sockets bound by a parent for a child replica.
 pub struct ChildListeners {
@@ -43,34 +40,6 @@ impl ChildListeners {
     }
 }
 
-/// The listeners a parent passed down through [`LISTEN_FDS_ENV`], if any.
-pub fn inherited_listeners() -> anyhow::Result<Option<crate::server::Listeners>> {
-    use std::os::fd::FromRawFd;
-    let Ok(spec) = std::env::var(LISTEN_FDS_ENV) else {
-        return Ok(None);
-    };
-    let (grpc, metrics) = spec
-        .split_once(',')
-        .with_context(|| format!("{LISTEN_FDS_ENV}={spec:?} is not grpc_fd,metrics_fd"))?;
-    let take = |fd: &str| -> anyhow::Result<tokio::net::TcpListener> {
-        let fd: i32 = fd
-            .parse()
-            .with_context(|| format!("{LISTEN_FDS_ENV}: {fd:?} is not a file descriptor"))?;
-        // SAFETY: the parent passed this descriptor for us to own; nothing
-        // else in this process refers to it.
-        let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
-        listener.set_nonblocking(true)?;
-        Ok(tokio::net::TcpListener::from_std(listener)?)
-    };
-    Ok(Some(crate::server::Listeners {
-        grpc: take(grpc)?,
-        metrics: match metrics {
-            "-" => None,
-            fd => Some(take(fd)?),
-        },
-    }))
-}
-
 fn set_inheritable(fd: std::os::fd::RawFd, inheritable: bool) -> std::io::Result<()> {
     // SAFETY: fcntl on a descriptor we own, with valid commands.
     unsafe {
@@ -87,12 +56,6 @@ fn set_inheritable(fd: std::os::fd::RawFd, inheritable: bool) -> std::io::Result
         }
     }
     Ok(())
-}
-
-/// Formats the ready line for the given addresses.
-pub fn ready_line(grpc: SocketAddr, metrics: Option<SocketAddr>) -> String {
-    let metrics = metrics.map_or_else(|| "off".to_owned(), |a| a.to_string());
-    format!("{READY_PREFIX} grpc={grpc} metrics={metrics}")
 }
 
 /// A running child replica. Killed (SIGKILL) if dropped while still running.

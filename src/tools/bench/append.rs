@@ -11,10 +11,10 @@ use ed25519_dalek::SigningKey;
 
 use super::{WireCounters, connect_counted, sample_entries};
 use crate::entry::{Entry, Namespace};
-use crate::local::ReplicaProcess;
 use crate::policy::Policy;
 use crate::store::Store;
 use crate::store::rocks::{RocksConfig, RocksStore};
+use crate::tools::child::ReplicaProcess;
 
 /// Options of `bench append`.
 #[derive(Debug, Clone)]

@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use ed25519_dalek::SigningKey;
 
-use crate::bench::sample_entries;
 use crate::client::StoreClient;
 use crate::config::RawConfig;
 use crate::entry::PutOutcome;
 use crate::entry::{EntryId, Namespace};
-use crate::local::{ChildListeners, ReplicaProcess, http_get};
 use crate::proto;
+use crate::tools::bench::sample_entries;
+use crate::tools::child::{ChildListeners, ReplicaProcess, http_get};
 
 #[derive(Debug, Clone)]
 pub struct MeshOptions {

@@ -16,36 +16,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use ed25519_dalek::SigningKey;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::child::ReplicaProcess;
+pub use super::fixtures::{sample_entries, unsigned_entries};
 use crate::client::{StoreClient, endpoint};
-use crate::entry::{Entry, Envelope, Namespace};
-use crate::local::ReplicaProcess;
-
-/// Creates `count` unsigned entries numbered from `first`, with random
-/// ciphertext of `size` bytes (cheap enough to generate millions).
-pub fn unsigned_entries(ns: &Namespace, first: u64, count: usize, size: usize) -> Vec<Entry> {
-    let mut ciphertext = vec![0u8; size];
-    (0..count as u64)
-        .map(|i| {
-            rand::fill(&mut ciphertext[..]);
-            let envelope = Envelope {
-                namespace: ns.clone(),
-                author: [0; 32],
-                created_ms: first + i,
-                kind: "doc_change".into(),
-                doc_id: format!("doc-{}", (first + i) % 1000).into_bytes(),
-                deps: vec![],
-            };
-            Entry::create(envelope, &ciphertext, None)
-        })
-        .collect()
-}
 
 /// Resident and peak resident memory of a process, in MB, for reports.
 pub fn memory_mb(p: &ReplicaProcess) -> (f64, f64) {
@@ -83,28 +61,6 @@ pub async fn wait_quiet(p: &ReplicaProcess, limit: std::time::Duration) {
         quiet = if busy < 0.05 { quiet + 1 } else { 0 };
         last = now;
     }
-}
-
-/// Creates `count` signed entries with random ciphertext of `size` bytes.
-pub fn sample_entries(ns: &Namespace, key: &SigningKey, count: usize, size: usize) -> Vec<Entry> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    let mut ciphertext = vec![0u8; size];
-    (0..count)
-        .map(|i| {
-            rand::fill(&mut ciphertext[..]);
-            let envelope = Envelope {
-                namespace: ns.clone(),
-                author: [0; 32],
-                created_ms: now + i as u64,
-                kind: "doc_change".into(),
-                doc_id: format!("doc-{}", i % 100).into_bytes(),
-                deps: vec![],
-            };
-            Entry::create(envelope, &ciphertext, Some(key))
-        })
-        .collect()
 }
 
 /// Connects a client whose TCP bytes are counted in `wire`.

@@ -1,0 +1,51 @@
+//! Entries for demos, benchmarks and tests: valid, with random ciphertext
+//! (a replica cannot tell it from real ciphertext, and neither can
+//! compression).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::SigningKey;
+
+use crate::entry::{Entry, Envelope, Namespace};
+
+/// Creates `count` unsigned entries numbered from `first`, with random
+/// ciphertext of `size` bytes (cheap enough to generate millions).
+pub fn unsigned_entries(ns: &Namespace, first: u64, count: usize, size: usize) -> Vec<Entry> {
+    let mut ciphertext = vec![0u8; size];
+    (0..count as u64)
+        .map(|i| {
+            rand::fill(&mut ciphertext[..]);
+            let envelope = Envelope {
+                namespace: ns.clone(),
+                author: [0; 32],
+                created_ms: first + i,
+                kind: "doc_change".into(),
+                doc_id: format!("doc-{}", (first + i) % 1000).into_bytes(),
+                deps: vec![],
+            };
+            Entry::create(envelope, &ciphertext, None)
+        })
+        .collect()
+}
+
+/// Creates `count` signed entries with random ciphertext of `size` bytes.
+pub fn sample_entries(ns: &Namespace, key: &SigningKey, count: usize, size: usize) -> Vec<Entry> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut ciphertext = vec![0u8; size];
+    (0..count)
+        .map(|i| {
+            rand::fill(&mut ciphertext[..]);
+            let envelope = Envelope {
+                namespace: ns.clone(),
+                author: [0; 32],
+                created_ms: now + i as u64,
+                kind: "doc_change".into(),
+                doc_id: format!("doc-{}", i % 100).into_bytes(),
+                deps: vec![],
+            };
+            Entry::create(envelope, &ciphertext, Some(key))
+        })
+        .collect()
+}
