@@ -30,7 +30,7 @@ use crate::sync::env::Env;
 use crate::sync::grpc::{ConnectOptions, GrpcPeer};
 use crate::sync::puller::Puller;
 use crate::sync::status::StatusBoard;
-use crate::sync::{Claims, PullSettings};
+use crate::sync::{Claims, PullSettings, Shared};
 use settings::ReplicationSettings;
 
 pub struct Replicator {
@@ -68,7 +68,7 @@ impl Replicator {
         let first = self.settings.borrow().clone();
         let budget = ByteBudget::new(first.max_inflight_bytes);
         let (pull_tx, pull_rx) = watch::channel::<PullSettings>(first.pull.clone());
-        let claims = Claims::default();
+        let shared = Shared::default();
         let mut workers: HashMap<String, Running> = HashMap::new();
         let mut tasks: JoinSet<()> = JoinSet::new();
         let mut discovered: BTreeSet<String> = BTreeSet::new();
@@ -120,7 +120,7 @@ impl Replicator {
                             peer: Arc::new(peer),
                             settings: pull_rx.clone(),
                             budget: budget.for_peer(settings.max_peer_inflight_bytes),
-                            claims: claims.clone(),
+                            shared: shared.clone(),
                             metrics: self.replica.metrics().clone(),
                             status,
                             env: self.env.clone(),
@@ -161,7 +161,7 @@ impl Replicator {
                 }
                 _ = tokio::time::sleep_until(next_cleanup) => {
                     next_cleanup = tokio::time::Instant::now() + cleanup_every;
-                    self.remove_stale_cursors(&claims, &settings).await;
+                    self.remove_stale_cursors(&shared.claims, &settings).await;
                 }
                 Some(joined) = tasks.join_next_with_id() => {
                     let id = match &joined {

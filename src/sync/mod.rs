@@ -17,6 +17,7 @@ pub mod backoff;
 pub mod budget;
 pub mod env;
 pub mod grpc;
+pub mod inflight;
 pub mod local;
 pub mod peer;
 pub mod puller;
@@ -69,6 +70,39 @@ impl PullSettings {
         let digest = blake3::hash(names.join("\n").as_bytes());
         let bytes: [u8; 8] = digest.as_bytes()[..8].try_into().expect("8 bytes");
         u64::from_be_bytes(bytes) | 1
+    }
+}
+
+/// What the pull workers of one replica share.
+#[derive(Clone)]
+pub struct Shared {
+    pub claims: Claims,
+    pub in_flight: inflight::InFlight,
+    /// One bootstrap with data at a time: bodies streamed from several
+    /// peers at once would cross several times. A worker that would
+    /// bootstrap waits for a running bootstrap to end, then usually finds
+    /// it has most entries and follows ids only.
+    bootstrap: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self {
+            claims: Claims::default(),
+            in_flight: inflight::InFlight::default(),
+            bootstrap: Arc::new(tokio::sync::Semaphore::new(1)),
+        }
+    }
+}
+
+impl Shared {
+    /// The right to bootstrap with data, once no other worker has it.
+    pub async fn bootstrap(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.bootstrap
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the bootstrap semaphore is never closed")
     }
 }
 

@@ -26,7 +26,7 @@
 //! Entry data held by a pull is bounded by a [`PeerBudget`]; commits overlap
 //! with fetching the next chunk, one at a time, in log order.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -40,9 +40,10 @@ use tracing::Instrument;
 use super::backoff::Backoff;
 use super::budget::{BytePermit, PeerBudget};
 use super::env::Env;
+use super::inflight::{self, Fetching};
 use super::peer::{FollowRequest, Peer, PeerError};
 use super::status::PeerStatus;
-use super::{Claim, Claims, PullSettings};
+use super::{Claim, PullSettings, Shared};
 use crate::entry::{EntryId, Namespace, RejectReason};
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -77,7 +78,7 @@ pub struct Puller {
     pub peer: Arc<dyn Peer>,
     pub settings: watch::Receiver<PullSettings>,
     pub budget: PeerBudget,
-    pub claims: Claims,
+    pub shared: Shared,
     pub metrics: Arc<Metrics>,
     pub status: Arc<Mutex<PeerStatus>>,
     pub env: Env,
@@ -87,6 +88,8 @@ pub struct Puller {
 /// A session with one peer node, from its head onwards.
 struct Link {
     head: Head,
+    /// Held while bootstrapping with data (see [`Shared::try_bootstrap`]).
+    bootstrap: Option<tokio::sync::OwnedSemaphorePermit>,
     node: String,
     settings: PullSettings,
     _claim: Claim,
@@ -204,12 +207,18 @@ impl Worker {
                     .await
                     .unwrap_or_else(State::Backoff)
             }
-            State::Bootstrap(link, from) => match self.stream(&link, from, Mode::Bootstrap).await {
-                Ok(End::CaughtUp(at)) => State::Follow(link, at),
-                Ok(End::Refiltered(s)) => self.refilter(link, s),
-                Ok(End::Reached) => State::Follow(link, from),
-                Err(e) => self.on_error(link, e),
-            },
+            State::Bootstrap(mut link, from) => {
+                match self.stream(&link, from, Mode::Bootstrap).await {
+                    Ok(End::CaughtUp(at)) => {
+                        // Another worker may bootstrap now.
+                        link.bootstrap = None;
+                        State::Follow(link, at)
+                    }
+                    Ok(End::Refiltered(s)) => self.refilter(link, s),
+                    Ok(End::Reached) => State::Follow(link, from),
+                    Err(e) => self.on_error(link, e),
+                }
+            }
             State::Follow(link, from) => match self.stream(&link, from, Mode::Follow).await {
                 Ok(End::Refiltered(s)) => self.refilter(link, s),
                 Ok(_) => State::CheckCursor(link),
@@ -275,14 +284,15 @@ impl Worker {
             true => address.clone(),
             false => head.node.clone(),
         };
-        let claim =
-            self.p
-                .claims
-                .claim(&node, &address)
-                .map_err(|holder| PullError::Duplicate {
-                    node: node.clone(),
-                    holder,
-                })?;
+        let claim = self
+            .p
+            .shared
+            .claims
+            .claim(&node, &address)
+            .map_err(|holder| PullError::Duplicate {
+                node: node.clone(),
+                holder,
+            })?;
         if node != self.label {
             self.p.metrics.peers.remove(&self.label);
             self.label = node.clone();
@@ -313,6 +323,7 @@ impl Worker {
         });
         Ok(Ok(Link {
             head,
+            bootstrap: None,
             node,
             settings,
             _claim: claim,
@@ -320,14 +331,20 @@ impl Worker {
         }))
     }
 
-    /// Bootstrap with data while this replica lacks most of the peer's log;
-    /// otherwise ids only, fetching just what is missing.
-    async fn start_over(&self, link: Link) -> State {
-        let held = self.p.local.stats().entries;
-        match held.saturating_mul(2) < link.head.entry_count {
-            true => State::Bootstrap(link, None),
-            false => State::Follow(link, None),
+    /// Bootstrap with data while this replica lacks most of the peer's log
+    /// (one worker at a time: a worker that would bootstrap first waits for
+    /// a running one to end); otherwise ids only, fetching just what is
+    /// missing.
+    async fn start_over(&self, mut link: Link) -> State {
+        let lacks_most = |r: &Replica| r.stats().entries.saturating_mul(2) < link.head.entry_count;
+        if lacks_most(&self.p.local) {
+            let permit = self.p.shared.bootstrap().await;
+            if lacks_most(&self.p.local) {
+                link.bootstrap = Some(permit);
+                return State::Bootstrap(link, None);
+            }
         }
+        State::Follow(link, None)
     }
 
     async fn check_cursor(&self, link: Link) -> Result<State, PullError> {
@@ -484,6 +501,7 @@ impl Worker {
             pending: Vec::new(),
             permit: BytePermit::empty(),
             inflight: VecDeque::new(),
+            claims: Vec::new(),
             last_done: None,
             applied: until.or(from).map_or(0, |c| c.seq),
             progressed: false,
@@ -562,66 +580,113 @@ impl Worker {
         Ok(end)
     }
 
-    /// Adds a batch's entries to the sink: data that came with the records,
-    /// and the bodies of the ids this replica lacks, fetched in requests
-    /// the peer accepts.
+    /// Adds a batch's entries to the sink: those this replica lacks and no
+    /// other worker is fetching, from the data that came with the records
+    /// or fetched in requests the peer accepts. Entries another worker is
+    /// fetching are waited for (and fetched here only if that fails), so
+    /// the cursor never passes an entry that is not stored.
     async fn fetch_and_store(
         &self,
         link: &Link,
         sink: &mut Sink,
         records: Vec<crate::store::LogRecord>,
     ) -> Result<(), PullError> {
-        let mut wanted: BTreeMap<Namespace, Vec<EntryId>> = BTreeMap::new();
+        let mut groups: BTreeMap<Namespace, Vec<(EntryId, Option<Bytes>)>> = BTreeMap::new();
         for r in records {
-            match r.data {
-                Some(data) => sink.add(r.id, data).await?,
-                None => wanted.entry(r.namespace).or_default().push(r.id),
+            groups.entry(r.namespace).or_default().push((r.id, r.data));
+        }
+        for (ns, records) in groups {
+            let ids: Vec<EntryId> = records.iter().map(|(id, _)| *id).collect();
+            let mut came_with: HashMap<EntryId, Bytes> = records
+                .into_iter()
+                .filter_map(|(id, data)| Some((id, data?)))
+                .collect();
+            let mut missing = match self.p.local.missing(ns.clone(), ids).await {
+                Ok(missing) => missing,
+                // Not served here: the entries would be rejected anyway.
+                Err(Error::NamespaceNotAllowed(_)) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            while !missing.is_empty() {
+                let (mine, theirs) = self.p.shared.in_flight.claim(&ns, &missing);
+                let mut to_fetch = Vec::new();
+                for id in missing.iter().filter(|id| mine.owns(&ns, id)) {
+                    match came_with.remove(id) {
+                        Some(data) => sink.add(*id, data).await?,
+                        None => to_fetch.push(*id),
+                    }
+                }
+                self.fetch(link, sink, &ns, &to_fetch).await?;
+                // Claims ride with the commit that stores their entries.
+                sink.claimed(mine);
+                if theirs.is_empty() {
+                    break;
+                }
+                // Store (and so release) everything held before waiting on
+                // another worker, which may be waiting for budget.
+                sink.seal(None, 0).await?;
+                sink.drain().await?;
+                let idle = self.p.settings.borrow().session_idle_timeout;
+                let mut failed = Vec::new();
+                for (id, outcome) in theirs {
+                    let stored = tokio::time::timeout(idle, inflight::stored(outcome)).await;
+                    if !stored.unwrap_or(false) {
+                        failed.push(id);
+                    }
+                }
+                missing = match failed.is_empty() {
+                    true => Vec::new(),
+                    false => self.p.local.missing(ns.clone(), failed).await?,
+                };
             }
         }
+        Ok(())
+    }
+
+    /// Fetches bodies by id into the sink, in requests the peer accepts.
+    async fn fetch(
+        &self,
+        link: &Link,
+        sink: &mut Sink,
+        ns: &Namespace,
+        ids: &[EntryId],
+    ) -> Result<(), PullError> {
         let per_request = link
             .head
             .max_ids_per_request
             .min(self.p.local.limits().max_ids_per_request)
             .clamp(1, 4096);
         let timeout = link.settings.connect_timeout;
-        for (ns, ids) in wanted {
-            let missing = match self.p.local.missing(ns.clone(), ids).await {
-                Ok(missing) => missing,
-                // Not served here: the entries would be rejected anyway.
-                Err(Error::NamespaceNotAllowed(_)) => continue,
-                Err(e) => return Err(e.into()),
-            };
-            for chunk in missing.chunks(per_request) {
-                let get = self.p.peer.get(&ns, chunk.to_vec());
-                let mut parts = tokio::time::timeout(timeout, get)
+        for chunk in ids.chunks(per_request) {
+            let get = self.p.peer.get(ns, chunk.to_vec());
+            let mut parts = tokio::time::timeout(timeout, get)
+                .await
+                .map_err(|_| PeerError::Timeout("GetEntries"))??;
+            let mut got = 0;
+            loop {
+                let idle = self.p.settings.borrow().session_idle_timeout;
+                let part = tokio::time::timeout(idle, parts.next())
                     .await
-                    .map_err(|_| PeerError::Timeout("GetEntries"))??;
-                let mut got = 0;
-                loop {
-                    let idle = self.p.settings.borrow().session_idle_timeout;
-                    let part = tokio::time::timeout(idle, parts.next())
-                        .await
-                        .map_err(|_| PeerError::Timeout("GetEntries"))?;
-                    let Some(part) = part else { break };
-                    let part = part?;
-                    if let Some(id) = part.missing.first() {
-                        return Err(PeerError::DataLoss(format!(
-                            "the peer logged {id} but cannot serve it"
-                        ))
-                        .into());
-                    }
-                    got += part.entries.len();
-                    for (id, data) in part.entries {
-                        sink.add(id, data).await?;
-                    }
-                }
-                if got != chunk.len() {
+                    .map_err(|_| PeerError::Timeout("GetEntries"))?;
+                let Some(part) = part else { break };
+                let part = part?;
+                if let Some(id) = part.missing.first() {
                     return Err(PeerError::DataLoss(format!(
-                        "asked for {} entries, got {got}",
-                        chunk.len()
+                        "the peer logged {id} but cannot serve it"
                     ))
                     .into());
                 }
+                got += part.entries.len();
+                for (id, data) in part.entries {
+                    sink.add(id, data).await?;
+                }
+            }
+            if got != chunk.len() {
+                return Err(PeerError::DataLoss(format!(
+                    "asked for {} entries, got {got}",
+                    chunk.len()
+                ))
+                .into());
             }
         }
         Ok(())
@@ -645,6 +710,8 @@ struct Sink {
     pending: Vec<(Bytes, Bytes)>,
     permit: BytePermit,
     inflight: VecDeque<Commit>,
+    /// Claims on entries pending here (see [`super::inflight`]).
+    claims: Vec<Fetching>,
     /// Resolves once the newest chunk in flight is committed; dropped
     /// unresolved when it fails.
     last_done: Option<oneshot::Receiver<()>>,
@@ -658,6 +725,9 @@ const COMMIT_DEPTH: usize = 2;
 
 struct Commit {
     task: AbortOnDropHandle<Result<Vec<Appended>, PullError>>,
+    /// Claims on entries this commit (and those before it) store; reported
+    /// stored when it lands, failed if it is dropped.
+    fetching: Vec<Fetching>,
     /// Released when the commit is done.
     _permit: BytePermit,
     cursor: Option<(PeerCursor, Seq)>,
@@ -691,7 +761,7 @@ impl Sink {
     /// before commits. Commits land in log order, and none lands after one
     /// that failed, so a cursor never passes entries that were not stored.
     async fn seal(&mut self, cursor: Option<PeerCursor>, head_seq: Seq) -> Result<(), PullError> {
-        if self.pending.is_empty() && cursor.is_none() {
+        if self.pending.is_empty() && cursor.is_none() && self.claims.is_empty() {
             return Ok(());
         }
         while self.inflight.len() >= COMMIT_DEPTH {
@@ -731,10 +801,19 @@ impl Sink {
         });
         self.inflight.push_back(Commit {
             task: AbortOnDropHandle::new(task),
+            fetching: std::mem::take(&mut self.claims),
             _permit: permit,
             cursor: cursor.map(|c| (c, head_seq)),
         });
         Ok(())
+    }
+
+    /// Holds claims on entries added to this sink; they are reported stored
+    /// with the commit that stores those entries.
+    fn claimed(&mut self, claims: Fetching) {
+        if !claims.is_empty() {
+            self.claims.push(claims);
+        }
     }
 
     /// Waits for every chunk in flight and records their progress.
@@ -752,6 +831,7 @@ impl Sink {
         };
         let Commit {
             task,
+            fetching,
             _permit: permit,
             cursor,
         } = commit;
@@ -759,6 +839,7 @@ impl Sink {
             .await
             .map_err(|e| Error::Internal(format!("store task failed: {e}")))??;
         drop(permit);
+        fetching.into_iter().for_each(Fetching::stored);
         self.inflight_gauge.set(self.budget.total_in_use() as i64);
         let stored = appended
             .iter()

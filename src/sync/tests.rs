@@ -15,7 +15,7 @@ use super::env::{Env, SystemClock};
 use super::local::LocalPeer;
 use super::puller::Puller;
 use super::status::StatusBoard;
-use super::{Claims, PullSettings};
+use super::{PullSettings, Shared};
 use crate::entry::{Entry, EntryId, Namespace, VerifiedEntry};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
@@ -83,6 +83,16 @@ fn pull(
     settings: PullSettings,
     budget_bytes: usize,
 ) -> Pulling {
+    pull_shared(local, source, settings, budget_bytes, Shared::default())
+}
+
+fn pull_shared(
+    local: &Arc<Replica>,
+    source: &Arc<Replica>,
+    settings: PullSettings,
+    budget_bytes: usize,
+    shared: Shared,
+) -> Pulling {
     let (tx, rx) = watch::channel(settings);
     let budget = ByteBudget::new(budget_bytes);
     let board = StatusBoard::default();
@@ -92,7 +102,7 @@ fn pull(
         peer: Arc::new(LocalPeer::new(source.clone())),
         settings: rx,
         budget: budget.for_peer(budget_bytes),
-        claims: Claims::default(),
+        shared,
         metrics: local.metrics().clone(),
         status: board.slot("source"),
         env: Env::new(Arc::new(SystemClock), 1),
@@ -137,6 +147,48 @@ async fn bootstraps_then_follows_through_the_in_process_adapter() {
     let cursor = local.peer_cursor("source").await.unwrap().unwrap();
     assert_eq!(cursor.cursor.seq, 550);
     drop(pulling);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_three_peers_moves_each_body_once() {
+    // Three peers that all hold the same 300 entries.
+    let batch = entries(&ns("a"), 300, 200);
+    let mut sources = Vec::new();
+    for name in ["p1", "p2", "p3"] {
+        let source = replica(name, Arc::new(MemoryStore::new()));
+        put(&source, &batch).await;
+        sources.push(source);
+    }
+    let local = replica("local", Arc::new(MemoryStore::new()));
+    let shared = Shared::default();
+    let pullings: Vec<Pulling> = sources
+        .iter()
+        .map(|s| pull_shared(&local, s, fast(), 1 << 20, shared.clone()))
+        .collect();
+    wait_for(&local, 300).await;
+    let body_bytes: usize = batch.iter().map(|e| e.data().len()).sum();
+    // Every worker is past the entries (its cursor is at the peer's head).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for p in &pullings {
+        while p.board.snapshot()[0].cursor_seq < 300 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{:?}",
+                pullings
+                    .iter()
+                    .map(|p| p.board.snapshot())
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let text = local.metrics().render(&local.stats(), 0);
+    let received: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("mindoo_replica_peer_bytes_pulled_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(received as usize, body_bytes, "each body crossed once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
