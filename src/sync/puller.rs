@@ -26,7 +26,7 @@
 //! Entry data held by a pull is bounded by a [`PeerBudget`]; commits overlap
 //! with fetching the next chunk, one at a time, in log order.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -580,27 +580,27 @@ impl Worker {
         Ok(end)
     }
 
-    /// Adds a batch's entries to the sink: those this replica lacks and no
-    /// other worker is fetching, from the data that came with the records
-    /// or fetched in requests the peer accepts. Entries another worker is
-    /// fetching are waited for (and fetched here only if that fails), so
-    /// the cursor never passes an entry that is not stored.
+    /// Adds a batch's entries to the sink. Data that came with the records
+    /// (a bootstrap, one worker at a time) goes straight in; the store
+    /// drops what it already holds. For ids alone, fetches those this
+    /// replica lacks and no other worker is fetching, in requests the peer
+    /// accepts; entries another worker is fetching are waited for (and
+    /// fetched here only if that fails), so a body crosses once and the
+    /// cursor never passes an entry that is not stored.
     async fn fetch_and_store(
         &self,
         link: &Link,
         sink: &mut Sink,
         records: Vec<crate::store::LogRecord>,
     ) -> Result<(), PullError> {
-        let mut groups: BTreeMap<Namespace, Vec<(EntryId, Option<Bytes>)>> = BTreeMap::new();
+        let mut wanted: BTreeMap<Namespace, Vec<EntryId>> = BTreeMap::new();
         for r in records {
-            groups.entry(r.namespace).or_default().push((r.id, r.data));
+            match r.data {
+                Some(data) => sink.add(r.id, data).await?,
+                None => wanted.entry(r.namespace).or_default().push(r.id),
+            }
         }
-        for (ns, records) in groups {
-            let ids: Vec<EntryId> = records.iter().map(|(id, _)| *id).collect();
-            let mut came_with: HashMap<EntryId, Bytes> = records
-                .into_iter()
-                .filter_map(|(id, data)| Some((id, data?)))
-                .collect();
+        for (ns, ids) in wanted {
             let mut missing = match self.p.local.missing(ns.clone(), ids).await {
                 Ok(missing) => missing,
                 // Not served here: the entries would be rejected anyway.
@@ -609,13 +609,11 @@ impl Worker {
             };
             while !missing.is_empty() {
                 let (mine, theirs) = self.p.shared.in_flight.claim(&ns, &missing);
-                let mut to_fetch = Vec::new();
-                for id in missing.iter().filter(|id| mine.owns(&ns, id)) {
-                    match came_with.remove(id) {
-                        Some(data) => sink.add(*id, data).await?,
-                        None => to_fetch.push(*id),
-                    }
-                }
+                let to_fetch: Vec<EntryId> = missing
+                    .iter()
+                    .filter(|id| mine.owns(&ns, id))
+                    .copied()
+                    .collect();
                 self.fetch(link, sink, &ns, &to_fetch).await?;
                 // Claims ride with the commit that stores their entries.
                 sink.claimed(mine);
