@@ -502,6 +502,7 @@ impl Worker {
             permit: BytePermit::empty(),
             inflight: VecDeque::new(),
             claims: Vec::new(),
+            added: 0,
             last_done: None,
             applied: until.or(from).map_or(0, |c| c.seq),
             progressed: false,
@@ -509,11 +510,25 @@ impl Worker {
         let mut settings = self.p.settings.clone();
         settings.mark_unchanged();
         let mut last = from;
+        let mut settings_open = true;
+        // A batch that stores nothing moves the cursor in memory only; it is
+        // persisted with the next batch that stores something, or after
+        // CURSOR_PERSIST_INTERVAL. (A crash then re-reads a second of ids.)
+        let mut unsaved: Option<(PeerCursor, Seq)> = None;
+        let mut persist_at = tokio::time::Instant::now();
         let result = loop {
             let idle = settings.borrow().session_idle_timeout;
             let next = tokio::select! {
-                changed = settings.changed() => {
+                _ = tokio::time::sleep_until(persist_at), if unsaved.is_some() => {
+                    let (cursor, head_seq) = unsaved.take().expect("checked");
+                    if let Err(e) = sink.seal(Some(cursor), head_seq).await {
+                        break Err(e);
+                    }
+                    continue;
+                }
+                changed = settings.changed(), if settings_open => {
                     if changed.is_err() {
+                        settings_open = false;
                         continue;
                     }
                     let new = settings.borrow_and_update().clone();
@@ -531,6 +546,11 @@ impl Worker {
                 Ok(Some(Ok(batch))) => batch,
             };
             if batch.is_heartbeat() {
+                if let Some((cursor, head_seq)) = unsaved.take()
+                    && let Err(e) = sink.seal(Some(cursor), head_seq).await
+                {
+                    break Err(e);
+                }
                 if let Err(e) = sink.drain().await {
                     break Err(e);
                 }
@@ -552,12 +572,26 @@ impl Worker {
                 Some(_) => None,
                 None => Some(next),
             };
+            let added = sink.added;
             if let Err(e) = self.fetch_and_store(link, &mut sink, records).await {
                 break Err(e);
             }
             let at_head = next.seq >= batch.head_seq;
-            if let Err(e) = sink.seal(cursor, batch.head_seq).await {
-                break Err(e);
+            let stores = sink.added > added || sink.has_claims();
+            match cursor {
+                Some(c) if !stores && !reached => {
+                    if unsaved.is_none() {
+                        persist_at = tokio::time::Instant::now() + CURSOR_PERSIST_INTERVAL;
+                    }
+                    unsaved = Some((c, batch.head_seq));
+                    sink.advance(c, batch.head_seq);
+                }
+                _ => {
+                    unsaved = None;
+                    if let Err(e) = sink.seal(cursor, batch.head_seq).await {
+                        break Err(e);
+                    }
+                }
             }
             last = cursor.or(last);
             if at_head || reached {
@@ -573,7 +607,13 @@ impl Worker {
                 break Ok(End::CaughtUp(Some(next)));
             }
         };
-        let drained = sink.drain().await;
+        // Whatever ended the stream, what is stored so far stays, and so
+        // does the cursor that passed it.
+        let saved = match unsaved {
+            Some((cursor, head_seq)) => sink.seal(Some(cursor), head_seq).await,
+            None => Ok(()),
+        };
+        let drained = sink.drain().await.and(saved);
         self.progressed |= sink.progressed;
         let end = result?;
         drained?;
@@ -710,6 +750,8 @@ struct Sink {
     inflight: VecDeque<Commit>,
     /// Claims on entries pending here (see [`super::inflight`]).
     claims: Vec<Fetching>,
+    /// Entries taken so far.
+    added: u64,
     /// Resolves once the newest chunk in flight is committed; dropped
     /// unresolved when it fails.
     last_done: Option<oneshot::Receiver<()>>,
@@ -717,6 +759,9 @@ struct Sink {
     applied: Seq,
     progressed: bool,
 }
+
+/// How long a cursor moved by batches that stored nothing may go unsaved.
+const CURSOR_PERSIST_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Chunks verified or committed at once by one pull.
 const COMMIT_DEPTH: usize = 2;
@@ -745,6 +790,7 @@ impl Sink {
             }
         };
         self.permit.merge(permit);
+        self.added += 1;
         self.inflight_gauge.set(self.budget.total_in_use() as i64);
         self.pending.push((Bytes::copy_from_slice(&id.0), data));
         if self.permit.bytes() >= self.chunk_bytes {
@@ -804,6 +850,23 @@ impl Sink {
             cursor: cursor.map(|c| (c, head_seq)),
         });
         Ok(())
+    }
+
+    fn has_claims(&self) -> bool {
+        !self.claims.is_empty()
+    }
+
+    /// The peer's log passed `cursor` with nothing to store: lag and status
+    /// move on; the cursor is persisted later.
+    fn advance(&mut self, cursor: PeerCursor, head_seq: Seq) {
+        self.applied = cursor.seq;
+        {
+            let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+            status.cursor_seq = cursor.seq;
+            status.peer_head_seq = head_seq;
+            status.last_success = Some(self.env.now());
+        }
+        self.record_lag(head_seq);
     }
 
     /// Holds claims on entries added to this sink; they are reported stored
