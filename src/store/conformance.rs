@@ -10,6 +10,11 @@ fn ns(db: &str) -> Namespace {
 }
 
 fn entry(ns: &Namespace, n: u32) -> VerifiedEntry {
+    entry_with(ns, n, &n.to_be_bytes())
+}
+
+/// Entry number `n` of `ns`, with the given ciphertext.
+pub(super) fn entry_with(ns: &Namespace, n: u32, ciphertext: &[u8]) -> VerifiedEntry {
     let env = Envelope {
         namespace: ns.clone(),
         author: [0; 32],
@@ -18,7 +23,7 @@ fn entry(ns: &Namespace, n: u32) -> VerifiedEntry {
         doc_id: vec![],
         deps: vec![],
     };
-    let e = Entry::create(env, &n.to_be_bytes(), None);
+    let e = Entry::create(env, ciphertext, None);
     VerifiedEntry {
         id: e.id,
         namespace: ns.clone(),

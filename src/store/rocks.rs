@@ -671,23 +671,10 @@ impl Store for RocksStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entry::{Entry, Envelope};
+    use crate::store::conformance::entry_with;
 
     fn entry(ns: &Namespace, n: u32) -> VerifiedEntry {
-        let env = Envelope {
-            namespace: ns.clone(),
-            author: [0; 32],
-            created_ms: n as u64,
-            kind: "doc_change".into(),
-            doc_id: vec![],
-            deps: vec![],
-        };
-        let e = Entry::create(env, &[n as u8; 600], None);
-        VerifiedEntry {
-            id: e.id,
-            namespace: ns.clone(),
-            data: e.data().clone(),
-        }
+        entry_with(ns, n, &[n as u8; 600])
     }
 
     /// Bytes this thread has read through read calls, page cache included.
@@ -707,22 +694,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = RocksConfig::new(dir.path());
         let ns = Namespace::new("t", "d").unwrap();
-        let big = |n: u32| {
-            let env = Envelope {
-                namespace: ns.clone(),
-                author: [0; 32],
-                created_ms: n as u64,
-                kind: "doc_change".into(),
-                doc_id: vec![],
-                deps: vec![],
-            };
-            let e = Entry::create(env, &vec![n as u8; 64 << 10], None);
-            VerifiedEntry {
-                id: e.id,
-                namespace: ns.clone(),
-                data: e.data().clone(),
-            }
-        };
+        let big = |n: u32| entry_with(&ns, n, &vec![n as u8; 64 << 10]);
         let batch: Vec<_> = (0..200).map(big).collect();
         let ids: Vec<EntryId> = batch.iter().map(|e| e.id).collect();
         {

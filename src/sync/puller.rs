@@ -368,50 +368,34 @@ impl Worker {
             "cursor refused; pulling this peer's log from the start"
         );
         self.handles.cursor_resets.inc();
-        let record = self.record(
-            PeerCursor {
-                incarnation: link.head.incarnation,
-                seq: 0,
-                id_at_seq: EntryId([0; 32]),
-            },
-            &link.settings,
-        );
-        self.p
-            .local
-            .ingest(
-                Vec::new(),
-                Some(CursorUpdate {
-                    peer: link.node.clone(),
-                    record,
-                }),
-            )
-            .await?;
+        let start = PeerCursor {
+            incarnation: link.head.incarnation,
+            seq: 0,
+            id_at_seq: EntryId([0; 32]),
+        };
+        self.persist_cursor(&link, start).await?;
         Ok(self.start_over(link).await)
     }
 
     /// A rescan is done: the cursor is where it was, now under the new filter.
     async fn finish_rescan(&self, link: &Link, at: PeerCursor) -> Result<(), PullError> {
-        let record = self.record(at, &link.settings);
-        self.p
-            .local
-            .ingest(
-                Vec::new(),
-                Some(CursorUpdate {
-                    peer: link.node.clone(),
-                    record,
-                }),
-            )
-            .await?;
+        self.persist_cursor(link, at).await?;
         tracing::info!(parent: &link.span, seq = at.seq, "rescan under the new namespace filter done");
         Ok(())
     }
 
-    fn record(&self, cursor: PeerCursor, settings: &PullSettings) -> CursorRecord {
-        CursorRecord {
-            cursor,
-            scope: settings.scope(),
-            updated_ms: self.p.env.unix_ms(),
-        }
+    /// Stores `cursor` for the link's peer, under the link's filter.
+    async fn persist_cursor(&self, link: &Link, cursor: PeerCursor) -> Result<(), PullError> {
+        let update = CursorUpdate {
+            peer: link.node.clone(),
+            record: CursorRecord {
+                cursor,
+                scope: link.settings.scope(),
+                updated_ms: self.p.env.unix_ms(),
+            },
+        };
+        self.p.local.ingest(Vec::new(), Some(update)).await?;
+        Ok(())
     }
 
     async fn back_off(&mut self, e: PullError) {
