@@ -13,10 +13,11 @@ use tokio_util::sync::CancellationToken;
 use super::budget::ByteBudget;
 use super::env::{Env, SystemClock};
 use super::local::LocalPeer;
+use super::peer::{EntryStream, FollowRequest, LogStream, Peer, PeerError};
 use super::puller::Puller;
 use super::status::StatusBoard;
 use super::{PullSettings, Shared};
-use crate::entry::{Entry, EntryId, Namespace, VerifiedEntry};
+use crate::entry::{Entry, EntryId, Namespace, PutOutcome, VerifiedEntry};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
@@ -93,13 +94,29 @@ fn pull_shared(
     budget_bytes: usize,
     shared: Shared,
 ) -> Pulling {
+    pull_from(
+        local,
+        Arc::new(LocalPeer::new(source.clone())),
+        settings,
+        budget_bytes,
+        shared,
+    )
+}
+
+fn pull_from(
+    local: &Arc<Replica>,
+    peer: Arc<dyn Peer>,
+    settings: PullSettings,
+    budget_bytes: usize,
+    shared: Shared,
+) -> Pulling {
     let (tx, rx) = watch::channel(settings);
     let budget = ByteBudget::new(budget_bytes);
     let board = StatusBoard::default();
     let cancel = CancellationToken::new();
     let puller = Puller {
         local: local.clone(),
-        peer: Arc::new(LocalPeer::new(source.clone())),
+        peer,
         settings: rx,
         budget: budget.for_peer(budget_bytes),
         shared,
@@ -189,6 +206,61 @@ async fn joining_three_peers_moves_each_body_once() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert_eq!(received as usize, body_bytes, "each body crossed once");
+}
+
+/// A peer that answers its head and then streams nothing, ever.
+struct Silent(LocalPeer);
+
+#[async_trait::async_trait]
+impl Peer for Silent {
+    fn address(&self) -> &str {
+        self.0.address()
+    }
+    async fn head(&self) -> Result<crate::replica::Head, PeerError> {
+        self.0.head().await
+    }
+    async fn follow(&self, _: FollowRequest) -> Result<LogStream, PeerError> {
+        Ok(Box::pin(futures::stream::pending()))
+    }
+    async fn missing(&self, ns: &Namespace, ids: Vec<EntryId>) -> Result<Vec<EntryId>, PeerError> {
+        self.0.missing(ns, ids).await
+    }
+    async fn get(&self, ns: &Namespace, ids: Vec<EntryId>) -> Result<EntryStream, PeerError> {
+        self.0.get(ns, ids).await
+    }
+    async fn put(&self, entries: Vec<Entry>) -> Result<Vec<PutOutcome>, PeerError> {
+        self.0.put(entries).await
+    }
+}
+
+/// Simulated time: a silent session is given up after exactly the idle
+/// timeout, then retried after the backoff, without waiting in real time.
+#[tokio::test(start_paused = true)]
+async fn a_silent_peer_is_given_up_after_the_idle_timeout_in_simulated_time() {
+    let source = replica("source", Arc::new(MemoryStore::new()));
+    let local = replica("local", Arc::new(MemoryStore::new()));
+    let settings = PullSettings {
+        session_idle_timeout: Duration::from_secs(90),
+        ..fast()
+    };
+    let peer = Arc::new(Silent(LocalPeer::new(source.clone())));
+    let _pulling = pull_from(&local, peer, settings, 1 << 20, Shared::default());
+    let timeouts = || {
+        let text = local.metrics().render(&local.stats(), 0);
+        let line = "mindoo_replica_peer_errors_total{kind=\"timeout\",peer=\"source\"} ";
+        text.lines()
+            .find_map(|l| l.strip_prefix(line))
+            .map_or(0, |v| v.parse::<u64>().unwrap())
+    };
+    let started = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(89)).await;
+    assert_eq!(timeouts(), 0, "still within the idle timeout");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(timeouts(), 1, "given up once, at 90 s");
+    // Retried after at most the backoff ceiling, and given up again 90 s later.
+    tokio::time::sleep(Duration::from_secs(90)).await;
+    assert_eq!(timeouts(), 2);
+    assert!(started.elapsed() >= Duration::from_secs(181));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
