@@ -7,6 +7,7 @@
 //! made it, so a caller that goes away mid-commit cannot lose the wakeup.
 
 mod follow;
+mod recent;
 
 pub use follow::{FollowOptions, LogBatch, LogFollower};
 
@@ -77,8 +78,12 @@ pub struct Replica {
     limits: Limits,
     metrics: Arc<Metrics>,
     head: Arc<watch::Sender<Seq>>,
+    recent: Arc<recent::RecentIds>,
     shutdown: CancellationToken,
 }
+
+/// Ids remembered as recently stored (about 3 MB).
+const RECENT_IDS: usize = 65_536;
 
 impl Replica {
     pub fn new(
@@ -97,6 +102,7 @@ impl Replica {
             limits,
             metrics,
             head: Arc::new(head),
+            recent: Arc::new(recent::RecentIds::new(RECENT_IDS)),
             shutdown,
         }
     }
@@ -262,9 +268,12 @@ impl Replica {
         if entries.is_empty() && cursor.is_none() {
             return Ok(Vec::new());
         }
-        let (head, metrics) = (self.head.clone(), self.metrics.clone());
+        let (head, metrics, recent) =
+            (self.head.clone(), self.metrics.clone(), self.recent.clone());
         self.blocking(move |s| {
             let out = s.append(&entries, cursor.as_ref())?;
+            // Stored now, or already: either way held.
+            recent.insert(entries.iter().map(|e| e.id));
             let stored = out
                 .iter()
                 .filter(|a| matches!(a, Appended::Stored(_)))
@@ -288,6 +297,10 @@ impl Replica {
     /// The ids of `ids` this replica does not hold.
     pub async fn missing(&self, ns: Namespace, ids: Vec<EntryId>) -> Result<Vec<EntryId>> {
         self.check_namespace(&ns)?;
+        let ids = self.recent.unknown(ids);
+        if ids.is_empty() {
+            return Ok(ids);
+        }
         self.blocking(move |s| {
             let held = s.contains(&ns, &ids)?;
             Ok(ids
