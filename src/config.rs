@@ -191,13 +191,14 @@ impl Default for RawStorage {
 
 impl Default for RawLimits {
     fn default() -> Self {
+        let l = Limits::default();
         Self {
             max_entry_bytes: 1 << 20,
-            max_message_bytes: 2 << 20,
-            max_ids_per_request: 10_000,
-            max_batch_entries: 10_000,
-            max_page: 10_000,
-            stream_idle_timeout_ms: 300_000,
+            max_message_bytes: l.max_message_bytes as u64,
+            max_ids_per_request: l.max_ids_per_request as u64,
+            max_batch_entries: l.max_batch_entries as u64,
+            max_page: l.max_page as u64,
+            stream_idle_timeout_ms: l.stream_idle_timeout.as_millis() as u64,
         }
     }
 }
@@ -335,17 +336,15 @@ impl RawConfig {
                 if st.path.is_empty() {
                     return Err(invalid("storage.path", "must not be empty"));
                 }
-                let mb = |key: &str, v: u64, min: u64, max: u64| {
-                    if (min..=max).contains(&v) {
-                        Ok(v as usize * (1 << 20))
-                    } else {
-                        Err(invalid(key, format!("{v} is outside {min}..={max} MiB")))
-                    }
-                };
                 StorageSettings::Rocks(RocksConfig {
                     path: PathBuf::from(&st.path),
-                    block_cache_bytes: mb("storage.block_cache_mb", st.block_cache_mb, 1, 65536)?,
-                    write_buffer_bytes: mb("storage.write_buffer_mb", st.write_buffer_mb, 1, 4096)?,
+                    block_cache_bytes: mib("storage.block_cache_mb", st.block_cache_mb, 1, 65536)?,
+                    write_buffer_bytes: mib(
+                        "storage.write_buffer_mb",
+                        st.write_buffer_mb,
+                        1,
+                        4096,
+                    )?,
                     sync_writes: st.sync_writes,
                     // Known once the listener is bound (see `Settings::node_name`).
                     node: None,
@@ -445,6 +444,15 @@ impl RawConfig {
     }
 }
 
+/// A size given in MiB, checked against its range, in bytes.
+fn mib(key: &str, v: u64, min: u64, max: u64) -> Result<usize, ConfigError> {
+    if (min..=max).contains(&v) {
+        Ok(v as usize * (1 << 20))
+    } else {
+        Err(invalid(key, format!("{v} is outside {min}..={max} MiB")))
+    }
+}
+
 fn validate_replication(
     raw: &RawReplication,
     listen: SocketAddr,
@@ -513,13 +521,6 @@ fn validate_replication(
             "must not be below replication.backoff_initial_ms",
         ));
     }
-    let mib = |key: &str, v: u64, min: u64, max: u64| {
-        if (min..=max).contains(&v) {
-            Ok(v as usize * (1 << 20))
-        } else {
-            Err(invalid(key, format!("{v} is outside {min}..={max} MiB")))
-        }
-    };
     let max_inflight_bytes = mib("replication.max_inflight_mb", raw.max_inflight_mb, 1, 4095)?;
     let max_peer_inflight_bytes = mib(
         "replication.max_peer_inflight_mb",

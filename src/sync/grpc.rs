@@ -124,12 +124,7 @@ impl Peer for GrpcPeer {
             })
             .await
             .map_err(peer_error)?;
-        response
-            .into_inner()
-            .missing
-            .iter()
-            .map(|id| EntryId::from_slice(id).map_err(corrupt))
-            .collect()
+        convert::ids(response.into_inner().missing, usize::MAX).map_err(corrupt)
     }
 
     async fn get(&self, ns: &Namespace, ids: Vec<EntryId>) -> Result<EntryStream, PeerError> {
@@ -151,11 +146,7 @@ impl Peer for GrpcPeer {
                     .into_iter()
                     .map(|e| Ok((EntryId::from_slice(&e.id).map_err(corrupt)?, e.data)))
                     .collect::<Result<_, PeerError>>()?;
-                let missing = batch
-                    .missing
-                    .iter()
-                    .map(|id| EntryId::from_slice(id).map_err(corrupt))
-                    .collect::<Result<_, PeerError>>()?;
+                let missing = convert::ids(batch.missing, usize::MAX).map_err(corrupt)?;
                 Ok(EntryChunk { entries, missing })
             })
             .boxed())

@@ -5,7 +5,8 @@
 //!
 //! - [`peer`]: the interface, in domain types; [`grpc`] and [`local`] adapt it.
 //! - [`puller`]: one worker per peer, an explicit state machine.
-//! - [`budget`]: the byte budget every pull draws from.
+//! - [`budget`]: the byte budget every pull draws from; `sink`: where a
+//!   pull's entries are verified and committed.
 //! - [`env`]: the clock and random source, injectable for replay.
 //! - [`status`]: what each worker reports, for `PeerStatus`.
 //!
@@ -21,6 +22,7 @@ pub mod inflight;
 pub mod local;
 pub mod peer;
 pub mod puller;
+mod sink;
 pub mod status;
 
 use std::collections::HashMap;

@@ -23,33 +23,32 @@
 //! - **reset** starts over when the peer refuses the cursor (restored or
 //!   rebuilt); nothing held is fetched again.
 //!
-//! Entry data held by a pull is bounded by a [`PeerBudget`]; commits overlap
-//! with fetching the next chunk, one at a time, in log order.
+//! Entry data held by a pull is bounded by a [`PeerBudget`]; the sink
+//! (`super::sink`) verifies and commits it in log order.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use futures::StreamExt;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
 use super::backoff::Backoff;
-use super::budget::{BytePermit, PeerBudget};
+use super::budget::PeerBudget;
 use super::env::Env;
-use super::inflight::{self, Fetching};
+use super::inflight;
 use super::peer::{FollowRequest, Peer, PeerError};
+use super::sink::{Report, Sink};
 use super::status::PeerStatus;
 use super::{Claim, PullSettings, Shared};
-use crate::entry::{EntryId, Namespace, RejectReason};
+use crate::entry::{EntryId, Namespace};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::metrics::peer::PeerHandles;
 use crate::replica::{Head, Replica};
-use crate::store::{Appended, CursorRecord, CursorUpdate, PeerCursor, Seq};
+use crate::store::{CursorRecord, CursorUpdate, PeerCursor, Seq};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
@@ -471,26 +470,21 @@ impl Worker {
             Mode::Rescan(until) => Some(until),
             _ => None,
         };
-        let mut sink = Sink {
-            local: self.p.local.clone(),
-            budget: self.p.budget.clone(),
+        let report = Report {
             handles: self.handles.clone(),
             inflight_gauge: self.p.metrics.pull_inflight_bytes.clone(),
             status: self.p.status.clone(),
             caught_up_at: self.caught_up_at.clone(),
             env: self.p.env.clone(),
-            node: link.node.clone(),
-            scope: link.settings.scope(),
-            chunk_bytes: (self.p.budget.cap() / 4).max(1),
-            pending: Vec::new(),
-            permit: BytePermit::empty(),
-            inflight: VecDeque::new(),
-            claims: Vec::new(),
-            added: 0,
-            last_done: None,
-            applied: until.or(from).map_or(0, |c| c.seq),
-            progressed: false,
         };
+        let mut sink = Sink::new(
+            self.p.local.clone(),
+            self.p.budget.clone(),
+            report,
+            link.node.clone(),
+            link.settings.scope(),
+            until.or(from).map_or(0, |c| c.seq),
+        );
         let mut settings = self.p.settings.clone();
         settings.mark_unchanged();
         let mut last = from;
@@ -556,12 +550,12 @@ impl Worker {
                 Some(_) => None,
                 None => Some(next),
             };
-            let added = sink.added;
+            let added = sink.added();
             if let Err(e) = self.fetch_and_store(link, &mut sink, records).await {
                 break Err(e);
             }
             let at_head = next.seq >= batch.head_seq;
-            let stores = sink.added > added || sink.has_claims();
+            let stores = sink.added() > added || sink.has_claims();
             match cursor {
                 Some(c) if !stores && !reached => {
                     if unsaved.is_none() {
@@ -598,7 +592,7 @@ impl Worker {
             None => Ok(()),
         };
         let drained = sink.drain().await.and(saved);
-        self.progressed |= sink.progressed;
+        self.progressed |= sink.progressed();
         let end = result?;
         drained?;
         Ok(end)
@@ -715,223 +709,5 @@ impl Worker {
     }
 }
 
-/// Entries on their way into the store: collected up to a chunk, verified,
-/// then committed while the next chunk is collected. Holds permits for every
-/// byte it keeps.
-struct Sink {
-    local: Arc<Replica>,
-    budget: PeerBudget,
-    handles: PeerHandles,
-    inflight_gauge: prometheus::IntGauge,
-    status: Arc<Mutex<PeerStatus>>,
-    caught_up_at: Arc<Mutex<Instant>>,
-    env: Env,
-    node: String,
-    scope: u64,
-    chunk_bytes: usize,
-    pending: Vec<(Bytes, Bytes)>,
-    permit: BytePermit,
-    inflight: VecDeque<Commit>,
-    /// Claims on entries pending here (see [`super::inflight`]).
-    claims: Vec<Fetching>,
-    /// Entries taken so far.
-    added: u64,
-    /// Resolves once the newest chunk in flight is committed; dropped
-    /// unresolved when it fails.
-    last_done: Option<oneshot::Receiver<()>>,
-    /// The peer log position stored so far.
-    applied: Seq,
-    progressed: bool,
-}
-
 /// How long a cursor moved by batches that stored nothing may go unsaved.
 const CURSOR_PERSIST_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Chunks verified or committed at once by one pull.
-const COMMIT_DEPTH: usize = 2;
-
-struct Commit {
-    task: AbortOnDropHandle<Result<Vec<Appended>, PullError>>,
-    /// Claims on entries this commit (and those before it) store; reported
-    /// stored when it lands, failed if it is dropped.
-    fetching: Vec<Fetching>,
-    /// Released when the commit is done.
-    _permit: BytePermit,
-    cursor: Option<(PeerCursor, Seq)>,
-}
-
-impl Sink {
-    /// Takes one received entry. Waits for budget when needed, after
-    /// storing everything held, so a waiting worker holds nothing.
-    async fn add(&mut self, id: EntryId, data: Bytes) -> Result<(), PullError> {
-        self.handles.bytes.inc_by(data.len() as u64);
-        let permit = match self.budget.try_acquire(data.len()) {
-            Some(p) => p,
-            None => {
-                self.seal(None, 0).await?;
-                self.drain().await?;
-                self.budget.acquire(data.len()).await
-            }
-        };
-        self.permit.merge(permit);
-        self.added += 1;
-        self.inflight_gauge.set(self.budget.total_in_use() as i64);
-        self.pending.push((Bytes::copy_from_slice(&id.0), data));
-        if self.permit.bytes() >= self.chunk_bytes {
-            self.seal(None, 0).await?;
-        }
-        Ok(())
-    }
-
-    /// Starts verifying and committing what is pending, with `cursor` (and
-    /// the peer's head then) when the batch is complete. Up to
-    /// [`COMMIT_DEPTH`] chunks are in flight: one verifies while the one
-    /// before commits. Commits land in log order, and none lands after one
-    /// that failed, so a cursor never passes entries that were not stored.
-    async fn seal(&mut self, cursor: Option<PeerCursor>, head_seq: Seq) -> Result<(), PullError> {
-        if self.pending.is_empty() && cursor.is_none() && self.claims.is_empty() {
-            return Ok(());
-        }
-        while self.inflight.len() >= COMMIT_DEPTH {
-            self.finish_oldest().await?;
-        }
-        let items = std::mem::take(&mut self.pending);
-        let permit = std::mem::replace(&mut self.permit, BytePermit::empty());
-        let update = cursor.map(|c| CursorUpdate {
-            peer: self.node.clone(),
-            record: CursorRecord {
-                cursor: c,
-                scope: self.scope,
-                updated_ms: self.env.unix_ms(),
-            },
-        });
-        let previous = self.last_done.take();
-        let (done, done_rx) = oneshot::channel();
-        self.last_done = Some(done_rx);
-        let local = self.local.clone();
-        let task = tokio::spawn(async move {
-            let (verified, rejections) = local.verify(items).await?;
-            for (_, r) in &rejections {
-                if matches!(r.reason, RejectReason::IdMismatch | RejectReason::Malformed) {
-                    return Err(PeerError::DataLoss(r.to_string()).into());
-                }
-            }
-            if let Some(previous) = previous
-                && previous.await.is_err()
-            {
-                return Err(PullError::Store(Error::Internal(
-                    "an earlier commit of this pull failed".into(),
-                )));
-            }
-            let appended = local.ingest(verified, update).await?;
-            let _ = done.send(());
-            Ok(appended)
-        });
-        self.inflight.push_back(Commit {
-            task: AbortOnDropHandle::new(task),
-            fetching: std::mem::take(&mut self.claims),
-            _permit: permit,
-            cursor: cursor.map(|c| (c, head_seq)),
-        });
-        Ok(())
-    }
-
-    fn has_claims(&self) -> bool {
-        !self.claims.is_empty()
-    }
-
-    /// The peer's log passed `cursor` with nothing to store: lag and status
-    /// move on; the cursor is persisted later.
-    fn advance(&mut self, cursor: PeerCursor, head_seq: Seq) {
-        self.applied = cursor.seq;
-        {
-            let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
-            status.cursor_seq = cursor.seq;
-            status.peer_head_seq = head_seq;
-            status.last_success = Some(self.env.now());
-        }
-        self.record_lag(head_seq);
-    }
-
-    /// Holds claims on entries added to this sink; they are reported stored
-    /// with the commit that stores those entries.
-    fn claimed(&mut self, claims: Fetching) {
-        if !claims.is_empty() {
-            self.claims.push(claims);
-        }
-    }
-
-    /// Waits for every chunk in flight and records their progress.
-    async fn drain(&mut self) -> Result<(), PullError> {
-        while !self.inflight.is_empty() {
-            self.finish_oldest().await?;
-        }
-        Ok(())
-    }
-
-    /// Waits for the oldest chunk in flight and records its progress.
-    async fn finish_oldest(&mut self) -> Result<(), PullError> {
-        let Some(commit) = self.inflight.pop_front() else {
-            return Ok(());
-        };
-        let Commit {
-            task,
-            fetching,
-            _permit: permit,
-            cursor,
-        } = commit;
-        let appended = task
-            .await
-            .map_err(|e| Error::Internal(format!("store task failed: {e}")))??;
-        drop(permit);
-        fetching.into_iter().for_each(Fetching::stored);
-        self.inflight_gauge.set(self.budget.total_in_use() as i64);
-        let stored = appended
-            .iter()
-            .filter(|a| matches!(a, Appended::Stored(_)))
-            .count() as u64;
-        self.handles.entries.inc_by(stored);
-        self.progressed = true;
-        let now = self.env.now();
-        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
-        status.entries_pulled += stored;
-        if let Some((cursor, head_seq)) = cursor {
-            self.applied = cursor.seq;
-            status.cursor_seq = cursor.seq;
-            status.peer_head_seq = head_seq;
-            status.last_success = Some(now);
-            drop(status);
-            self.record_lag(head_seq);
-        }
-        Ok(())
-    }
-
-    /// An idle peer's heartbeat: refreshes lag and liveness. Returns whether
-    /// this replica has everything up to the peer's head.
-    fn heartbeat(&mut self, head_seq: Seq) -> bool {
-        {
-            let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
-            status.peer_head_seq = head_seq;
-            if head_seq <= self.applied {
-                status.last_success = Some(self.env.now());
-            }
-        }
-        self.record_lag(head_seq)
-    }
-
-    fn record_lag(&self, head_seq: Seq) -> bool {
-        let lag = head_seq.saturating_sub(self.applied);
-        let mut caught_up_at = self.caught_up_at.lock().unwrap_or_else(|e| e.into_inner());
-        if lag == 0 {
-            *caught_up_at = Instant::now();
-            self.handles
-                .last_success
-                .set(self.env.unix_ms() as f64 / 1000.0);
-        }
-        self.handles.lag_entries.set(lag as i64);
-        self.handles
-            .lag_seconds
-            .set(caught_up_at.elapsed().as_secs_f64());
-        lag == 0
-    }
-}
