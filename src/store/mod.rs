@@ -13,6 +13,8 @@
 
 #[cfg(test)]
 mod conformance;
+#[cfg(any(test, feature = "tools"))]
+pub mod decorated;
 pub mod memory;
 pub mod rocks;
 

@@ -17,16 +17,14 @@ use super::peer::{EntryStream, FollowRequest, LogStream, Peer, PeerError};
 use super::puller::Puller;
 use super::status::StatusBoard;
 use super::{PullSettings, Shared};
-use crate::entry::{Entry, EntryId, Namespace, PutOutcome, VerifiedEntry};
+use crate::entry::{Entry, EntryId, Namespace, PutOutcome};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::replica::{NodeIdentity, Replica};
+use crate::store::decorated::{Decorated, Hooks};
 use crate::store::memory::MemoryStore;
-use crate::store::{
-    Appended, CursorRecord, CursorUpdate, Incarnation, LogRecord, Seq, Store, StoreError,
-    StoreStats,
-};
+use crate::store::{Incarnation, Store, StoreError};
 
 fn ns(db: &str) -> Namespace {
     Namespace::new("acme", db).unwrap()
@@ -284,10 +282,11 @@ async fn two_processes_with_one_incarnation_still_replicate() {
     // to two processes. Neither may take the other for itself.
     let shared: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let a = replica("a", shared.clone());
-    let b_store = Arc::new(Faulty {
+    let b_store = Faulty {
         incarnation: Some(shared.incarnation()),
         ..Faulty::new()
-    });
+    }
+    .store();
     let b = replica("b", b_store);
     assert_eq!(a.incarnation(), b.incarnation());
     put(&a, &entries(&ns("a"), 20, 64)).await;
@@ -349,10 +348,11 @@ async fn a_widened_filter_brings_entries_the_cursor_already_passed() {
 async fn failing_commits_back_off_and_the_pull_recovers() {
     let source = replica("source", Arc::new(MemoryStore::new()));
     let failures = Arc::new(AtomicUsize::new(3));
-    let store = Arc::new(Faulty {
+    let store = Faulty {
         fail_appends: failures.clone(),
         ..Faulty::new()
-    });
+    }
+    .store();
     let local = replica("local", store);
     put(&source, &entries(&ns("a"), 200, 64)).await;
     let _pulling = pull(&local, &source, fast(), 1 << 20);
@@ -368,18 +368,18 @@ async fn failing_commits_back_off_and_the_pull_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entry_data_held_by_a_pull_stays_within_the_budget() {
     let source = replica("source", Arc::new(MemoryStore::new()));
-    let store = Arc::new(Faulty::new());
+    let store = Faulty::new().store();
     let local = replica("local", store.clone());
     // Caught up first, so the rest arrives as ids only and bodies are fetched.
     put(&source, &entries(&ns("a"), 1, 64)).await;
     let budget = 1 << 20;
     let pulling = pull(&local, &source, fast(), budget);
-    *store.budget.lock().unwrap() = Some(pulling.budget.clone());
+    *store.hooks.budget.lock().unwrap() = Some(pulling.budget.clone());
     wait_for(&local, 1).await;
     // 64 entries of 256 KiB: 16 MiB through a 1 MiB budget.
     put(&source, &entries(&ns("a"), 64, 256 << 10)).await;
     wait_for(&local, 65).await;
-    let peak = store.max_in_use.load(Ordering::Relaxed);
+    let peak = store.hooks.max_in_use.load(Ordering::Relaxed);
     assert!(peak > 0, "the budget was in use while committing");
     assert!(peak <= budget, "held {peak} bytes, budget {budget}");
     assert_eq!(pulling.budget.in_use(), 0, "everything given back");
@@ -388,10 +388,11 @@ async fn entry_data_held_by_a_pull_stays_within_the_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_dropped_mid_commit_still_wakes_watchers() {
     let stall = Arc::new(Stall::default());
-    let store = Arc::new(Faulty {
+    let store = Faulty {
         stall: stall.clone(),
         ..Faulty::new()
-    });
+    }
+    .store();
     let r = replica("r", store);
     let mut head = r.subscribe();
     stall.armed.store(true, Ordering::SeqCst);
@@ -425,10 +426,10 @@ struct Stall {
     entered: AtomicBool,
 }
 
-/// A memory store that fails the next `fail_appends` appends, stalls appends
-/// while armed, and records the pull budget in use during each append.
+/// Hooks on a memory store: fail the next `fail_appends` appends, stall
+/// appends while armed, record the pull budget in use at each append, and
+/// report another store's incarnation.
 struct Faulty {
-    inner: MemoryStore,
     /// Reported instead of the inner store's: a copy of another store.
     incarnation: Option<Incarnation>,
     fail_appends: Arc<AtomicUsize>,
@@ -440,7 +441,6 @@ struct Faulty {
 impl Faulty {
     fn new() -> Self {
         Self {
-            inner: MemoryStore::new(),
             incarnation: None,
             fail_appends: Arc::new(AtomicUsize::new(0)),
             stall: Arc::new(Stall::default()),
@@ -448,23 +448,21 @@ impl Faulty {
             max_in_use: AtomicUsize::new(0),
         }
     }
+
+    fn store(self) -> Arc<Decorated<Faulty>> {
+        Arc::new(Decorated {
+            inner: Arc::new(MemoryStore::new()),
+            hooks: self,
+        })
+    }
 }
 
-impl Store for Faulty {
-    fn incarnation(&self) -> Incarnation {
-        self.incarnation.unwrap_or_else(|| self.inner.incarnation())
+impl Hooks for Faulty {
+    fn incarnation(&self, inner: Incarnation) -> Incarnation {
+        self.incarnation.unwrap_or(inner)
     }
-    fn stats(&self) -> StoreStats {
-        self.inner.stats()
-    }
-    fn disk_bytes(&self) -> u64 {
-        0
-    }
-    fn append(
-        &self,
-        entries: &[VerifiedEntry],
-        cursor: Option<&CursorUpdate>,
-    ) -> Result<Vec<Appended>, StoreError> {
+
+    fn before_append(&self) -> Result<(), StoreError> {
         if let Some(b) = &*self.budget.lock().unwrap() {
             self.max_in_use.fetch_max(b.in_use(), Ordering::Relaxed);
         }
@@ -481,43 +479,6 @@ impl Store for Faulty {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
-        self.inner.append(entries, cursor)
-    }
-    fn contains(&self, ns: &Namespace, ids: &[EntryId]) -> Result<Vec<bool>, StoreError> {
-        self.inner.contains(ns, ids)
-    }
-    fn get(&self, ns: &Namespace, ids: &[EntryId]) -> Result<Vec<Option<Bytes>>, StoreError> {
-        self.inner.get(ns, ids)
-    }
-    fn log_since(
-        &self,
-        after: Seq,
-        limit: usize,
-        data_budget: Option<usize>,
-    ) -> Result<Vec<LogRecord>, StoreError> {
-        self.inner.log_since(after, limit, data_budget)
-    }
-    fn log_at(&self, seq: Seq) -> Result<Option<EntryId>, StoreError> {
-        self.inner.log_at(seq)
-    }
-    fn list_ids(
-        &self,
-        ns: &Namespace,
-        after: Option<&EntryId>,
-        limit: usize,
-    ) -> Result<Vec<EntryId>, StoreError> {
-        self.inner.list_ids(ns, after, limit)
-    }
-    fn cursor(&self, peer: &str) -> Result<Option<CursorRecord>, StoreError> {
-        self.inner.cursor(peer)
-    }
-    fn cursors(&self) -> Result<Vec<(String, CursorRecord)>, StoreError> {
-        self.inner.cursors()
-    }
-    fn delete_cursor(&self, peer: &str) -> Result<(), StoreError> {
-        self.inner.delete_cursor(peer)
-    }
-    fn flush(&self) -> Result<(), StoreError> {
         Ok(())
     }
 }

@@ -6,15 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use mindoo_replica::entry::VerifiedEntry;
-use mindoo_replica::entry::{EntryId, Namespace};
+use mindoo_replica::entry::Namespace;
 use mindoo_replica::proto;
 use mindoo_replica::proto::replication_client::ReplicationClient;
 use mindoo_replica::server;
-use mindoo_replica::store::{
-    Appended, CursorRecord, CursorUpdate, Incarnation, LogRecord, Seq, Store, StoreError,
-    StoreStats,
-};
+use mindoo_replica::store::decorated::{Decorated, Hooks};
 use mindoo_replica::tools::fixtures::sample_entries;
 
 use crate::harness::*;
@@ -232,86 +228,18 @@ async fn a_hung_peer_does_not_stall_the_others() {
     source.stop().await.unwrap();
 }
 
-/// A store that corrupts entry data on the way out while `corrupt` is set.
-struct CorruptingStore {
-    inner: Arc<dyn Store>,
-    corrupt: Arc<AtomicBool>,
-}
+/// Corrupts entry data on the way out while `corrupt` is set.
+struct Corrupting(Arc<AtomicBool>);
 
-impl CorruptingStore {
-    fn spoil(&self, data: Bytes) -> Bytes {
-        if !self.corrupt.load(Ordering::Relaxed) {
+impl Hooks for Corrupting {
+    fn data_out(&self, data: Bytes) -> Bytes {
+        if !self.0.load(Ordering::Relaxed) {
             return data;
         }
         let mut v = data.to_vec();
         let at = v.len() / 2;
         v[at] ^= 0x55;
         v.into()
-    }
-}
-
-impl Store for CorruptingStore {
-    fn incarnation(&self) -> Incarnation {
-        self.inner.incarnation()
-    }
-    fn stats(&self) -> StoreStats {
-        self.inner.stats()
-    }
-    fn disk_bytes(&self) -> u64 {
-        self.inner.disk_bytes()
-    }
-    fn append(
-        &self,
-        entries: &[VerifiedEntry],
-        cursor: Option<&CursorUpdate>,
-    ) -> Result<Vec<Appended>, StoreError> {
-        self.inner.append(entries, cursor)
-    }
-    fn contains(&self, ns: &Namespace, ids: &[EntryId]) -> Result<Vec<bool>, StoreError> {
-        self.inner.contains(ns, ids)
-    }
-    fn get(&self, ns: &Namespace, ids: &[EntryId]) -> Result<Vec<Option<Bytes>>, StoreError> {
-        Ok(self
-            .inner
-            .get(ns, ids)?
-            .into_iter()
-            .map(|d| d.map(|d| self.spoil(d)))
-            .collect())
-    }
-    fn log_since(
-        &self,
-        after: Seq,
-        limit: usize,
-        data_budget: Option<usize>,
-    ) -> Result<Vec<LogRecord>, StoreError> {
-        let mut records = self.inner.log_since(after, limit, data_budget)?;
-        for r in &mut records {
-            r.data = r.data.take().map(|d| self.spoil(d));
-        }
-        Ok(records)
-    }
-    fn log_at(&self, seq: Seq) -> Result<Option<EntryId>, StoreError> {
-        self.inner.log_at(seq)
-    }
-    fn list_ids(
-        &self,
-        ns: &Namespace,
-        after: Option<&EntryId>,
-        limit: usize,
-    ) -> Result<Vec<EntryId>, StoreError> {
-        self.inner.list_ids(ns, after, limit)
-    }
-    fn cursor(&self, peer: &str) -> Result<Option<CursorRecord>, StoreError> {
-        self.inner.cursor(peer)
-    }
-    fn cursors(&self) -> Result<Vec<(String, CursorRecord)>, StoreError> {
-        self.inner.cursors()
-    }
-    fn delete_cursor(&self, peer: &str) -> Result<(), StoreError> {
-        self.inner.delete_cursor(peer)
-    }
-    fn flush(&self) -> Result<(), StoreError> {
-        self.inner.flush()
     }
 }
 
@@ -325,9 +253,9 @@ async fn corrupt_data_from_a_peer_is_refused_and_the_pair_recovers() {
     let settings = raw.validate().unwrap();
     let node = settings.node_name(listener.local_addr().unwrap());
     let inner = server::open_store(&settings.storage, &node).await.unwrap();
-    let store = Arc::new(CorruptingStore {
+    let store = Arc::new(Decorated {
         inner,
-        corrupt: corrupt.clone(),
+        hooks: Corrupting(corrupt.clone()),
     });
     let bad = TestReplica::start_with_store(settings, store, listener).await;
     bad.client().await.put(&entries(50)).await.unwrap();

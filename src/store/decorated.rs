@@ -1,0 +1,102 @@
+//! A store wrapped with hooks, for tests that inject faults: a different
+//! incarnation, appends that fail or stall, data corrupted on the way out.
+//! Everything else passes through to the inner store.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{
+    Appended, CursorRecord, CursorUpdate, Incarnation, LogRecord, Seq, Store, StoreError,
+    StoreStats,
+};
+use crate::entry::{EntryId, Namespace, VerifiedEntry};
+
+/// What a [`Decorated`] store does besides passing calls through.
+pub trait Hooks: Send + Sync + 'static {
+    /// Reported instead of the inner store's incarnation.
+    fn incarnation(&self, inner: Incarnation) -> Incarnation {
+        inner
+    }
+
+    /// Runs before every append; an error fails the append.
+    fn before_append(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Entry data on its way out (`get`, `log_since`).
+    fn data_out(&self, data: Bytes) -> Bytes {
+        data
+    }
+}
+
+pub struct Decorated<H> {
+    pub inner: Arc<dyn Store>,
+    pub hooks: H,
+}
+
+impl<H: Hooks> Store for Decorated<H> {
+    fn incarnation(&self) -> Incarnation {
+        self.hooks.incarnation(self.inner.incarnation())
+    }
+    fn stats(&self) -> StoreStats {
+        self.inner.stats()
+    }
+    fn disk_bytes(&self) -> u64 {
+        self.inner.disk_bytes()
+    }
+    fn append(
+        &self,
+        entries: &[VerifiedEntry],
+        cursor: Option<&CursorUpdate>,
+    ) -> Result<Vec<Appended>, StoreError> {
+        self.hooks.before_append()?;
+        self.inner.append(entries, cursor)
+    }
+    fn contains(&self, ns: &Namespace, ids: &[EntryId]) -> Result<Vec<bool>, StoreError> {
+        self.inner.contains(ns, ids)
+    }
+    fn get(&self, ns: &Namespace, ids: &[EntryId]) -> Result<Vec<Option<Bytes>>, StoreError> {
+        Ok(self
+            .inner
+            .get(ns, ids)?
+            .into_iter()
+            .map(|d| d.map(|d| self.hooks.data_out(d)))
+            .collect())
+    }
+    fn log_since(
+        &self,
+        after: Seq,
+        limit: usize,
+        data_budget: Option<usize>,
+    ) -> Result<Vec<LogRecord>, StoreError> {
+        let mut records = self.inner.log_since(after, limit, data_budget)?;
+        for r in &mut records {
+            r.data = r.data.take().map(|d| self.hooks.data_out(d));
+        }
+        Ok(records)
+    }
+    fn log_at(&self, seq: Seq) -> Result<Option<EntryId>, StoreError> {
+        self.inner.log_at(seq)
+    }
+    fn list_ids(
+        &self,
+        ns: &Namespace,
+        after: Option<&EntryId>,
+        limit: usize,
+    ) -> Result<Vec<EntryId>, StoreError> {
+        self.inner.list_ids(ns, after, limit)
+    }
+    fn cursor(&self, peer: &str) -> Result<Option<CursorRecord>, StoreError> {
+        self.inner.cursor(peer)
+    }
+    fn cursors(&self) -> Result<Vec<(String, CursorRecord)>, StoreError> {
+        self.inner.cursors()
+    }
+    fn delete_cursor(&self, peer: &str) -> Result<(), StoreError> {
+        self.inner.delete_cursor(peer)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        self.inner.flush()
+    }
+}
