@@ -485,8 +485,10 @@ impl Worker {
             link.settings.scope(),
             until.or(from).map_or(0, |c| c.seq),
         );
+        // Compared with the link's filter before the first record: a change
+        // made since the link was set up (between two sessions) counts too.
         let mut settings = self.p.settings.clone();
-        settings.mark_unchanged();
+        settings.mark_changed();
         let mut last = from;
         let mut settings_open = true;
         // A batch that stores nothing moves the cursor in memory only; it is

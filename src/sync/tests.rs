@@ -206,6 +206,67 @@ async fn joining_three_peers_moves_each_body_once() {
     assert_eq!(received as usize, body_bytes, "each body crossed once");
 }
 
+/// A peer whose second `follow` call (the session after bootstrap) waits
+/// until the test lets it go: a window to change settings in exactly
+/// between two sessions.
+struct HeldSecondFollow {
+    inner: LocalPeer,
+    calls: AtomicUsize,
+    arrived: Arc<tokio::sync::Notify>,
+    go: Arc<tokio::sync::Notify>,
+}
+
+#[async_trait::async_trait]
+impl Peer for HeldSecondFollow {
+    fn address(&self) -> &str {
+        self.inner.address()
+    }
+    async fn head(&self) -> Result<crate::replica::Head, PeerError> {
+        self.inner.head().await
+    }
+    async fn follow(&self, request: FollowRequest) -> Result<LogStream, PeerError> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) == 1 {
+            self.arrived.notify_one();
+            self.go.notified().await;
+        }
+        self.inner.follow(request).await
+    }
+    async fn missing(&self, ns: &Namespace, ids: Vec<EntryId>) -> Result<Vec<EntryId>, PeerError> {
+        self.inner.missing(ns, ids).await
+    }
+    async fn get(&self, ns: &Namespace, ids: Vec<EntryId>) -> Result<EntryStream, PeerError> {
+        self.inner.get(ns, ids).await
+    }
+    async fn put(&self, entries: Vec<Entry>) -> Result<Vec<PutOutcome>, PeerError> {
+        self.inner.put(entries).await
+    }
+}
+
+/// A filter change that lands while a worker passes from one session to
+/// the next (here: bootstrap done, follow opening) still reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_change_between_two_sessions_is_not_lost() {
+    let source = replica("source", Arc::new(MemoryStore::new()));
+    let local = replica("local", Arc::new(MemoryStore::new()));
+    put(&source, &entries(&ns("a"), 20, 64)).await;
+    put(&source, &entries(&ns("b"), 10, 64)).await;
+    let peer = Arc::new(HeldSecondFollow {
+        inner: LocalPeer::new(source.clone()),
+        calls: AtomicUsize::new(0),
+        arrived: Arc::default(),
+        go: Arc::default(),
+    });
+    let only_a = PullSettings {
+        namespaces: vec![ns("a")],
+        ..fast()
+    };
+    let pulling = pull_from(&local, peer.clone(), only_a, 1 << 20, Shared::default());
+    peer.arrived.notified().await;
+    pulling.settings.send_modify(|s| s.namespaces.push(ns("b")));
+    peer.go.notify_one();
+    wait_for(&local, 30).await;
+}
+
 /// A peer that answers its head and then streams nothing, ever.
 struct Silent(LocalPeer);
 
