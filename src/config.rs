@@ -68,6 +68,8 @@ pub struct RawStorage {
     pub block_cache_mb: u64,
     pub write_buffer_mb: u64,
     pub sync_writes: bool,
+    /// The newest log records kept in memory with their data (0: none).
+    pub log_tail_mb: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -185,6 +187,7 @@ impl Default for RawStorage {
             block_cache_mb: 64,
             write_buffer_mb: 32,
             sync_writes: false,
+            log_tail_mb: 8,
         }
     }
 }
@@ -226,6 +229,8 @@ impl Default for RawLog {
 pub struct Settings {
     pub server: ServerSettings,
     pub storage: StorageSettings,
+    /// Bytes of the newest log records kept in memory (see `replica::tail`).
+    pub log_tail_bytes: usize,
     pub limits: Limits,
     pub policy: Policy,
     pub replication: ReplicationSettings,
@@ -436,6 +441,7 @@ impl RawConfig {
         Ok(Settings {
             server,
             storage,
+            log_tail_bytes: mib("storage.log_tail_mb", st.log_tail_mb, 0, 1024)?,
             limits,
             policy,
             replication,

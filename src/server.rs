@@ -172,6 +172,7 @@ pub async fn serve_with(
         identity,
         settings.policy.clone(),
         settings.limits,
+        settings.log_tail_bytes,
         metrics.clone(),
         stopping.clone(),
     ));

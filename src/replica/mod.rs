@@ -8,6 +8,7 @@
 
 mod follow;
 mod recent;
+mod tail;
 
 pub use follow::{FollowOptions, LogBatch, LogFollower};
 
@@ -79,6 +80,10 @@ pub struct Replica {
     metrics: Arc<Metrics>,
     head: Arc<watch::Sender<Seq>>,
     recent: Arc<recent::RecentIds>,
+    tail: Arc<tail::LogTail>,
+    /// Held by each commit from its store append until its records are in
+    /// the tail, so the tail sees them in log order.
+    committing: Arc<std::sync::Mutex<()>>,
     shutdown: CancellationToken,
 }
 
@@ -91,10 +96,12 @@ impl Replica {
         identity: NodeIdentity,
         policy: Policy,
         limits: Limits,
+        log_tail_bytes: usize,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Self {
-        let (head, _) = watch::channel(store.stats().head_seq);
+        let head_seq = store.stats().head_seq;
+        let (head, _) = watch::channel(head_seq);
         Self {
             store,
             identity,
@@ -103,6 +110,8 @@ impl Replica {
             metrics,
             head: Arc::new(head),
             recent: Arc::new(recent::RecentIds::new(RECENT_IDS)),
+            tail: Arc::new(tail::LogTail::new(head_seq, log_tail_bytes)),
+            committing: Arc::default(),
             shutdown,
         }
     }
@@ -270,8 +279,15 @@ impl Replica {
         }
         let (head, metrics, recent) =
             (self.head.clone(), self.metrics.clone(), self.recent.clone());
+        let (tail, committing) = (self.tail.clone(), self.committing.clone());
         self.blocking(move |s| {
+            let order = committing.lock().unwrap_or_else(|e| e.into_inner());
             let out = s.append(&entries, cursor.as_ref())?;
+            tail.push(out.iter().zip(&entries).filter_map(|(a, e)| match a {
+                Appended::Stored(seq) => Some((*seq, e)),
+                Appended::Duplicate => None,
+            }));
+            drop(order);
             // Stored now, or already: either way held.
             recent.insert(entries.iter().map(|e| e.id));
             let stored = out
@@ -315,7 +331,10 @@ impl Replica {
     /// The data of each id, if held.
     pub async fn get(&self, ns: Namespace, ids: Vec<EntryId>) -> Result<Vec<Option<Bytes>>> {
         self.check_namespace(&ns)?;
-        let out = self.blocking(move |s| s.get(&ns, &ids)).await?;
+        let out = match self.tail.get(&ns, &ids) {
+            Some(out) => out,
+            None => self.blocking(move |s| s.get(&ns, &ids)).await?,
+        };
         let sent: usize = out.iter().flatten().map(Bytes::len).sum();
         self.metrics.entry_bytes_sent.inc_by(sent as u64);
         Ok(out)
@@ -339,9 +358,13 @@ impl Replica {
         limit: usize,
         data_budget: Option<usize>,
     ) -> Result<Vec<LogRecord>> {
-        let out = self
-            .blocking(move |s| s.log_since(after, limit, data_budget))
-            .await?;
+        let out = match self.tail.since(after, limit, data_budget) {
+            Some(out) => out,
+            None => {
+                self.blocking(move |s| s.log_since(after, limit, data_budget))
+                    .await?
+            }
+        };
         let sent: usize = out
             .iter()
             .filter_map(|r| r.data.as_ref())

@@ -35,11 +35,16 @@ fn entries(ns: &Namespace, count: usize, size: usize) -> Vec<Entry> {
 }
 
 fn replica(name: &str, store: Arc<dyn Store>) -> Arc<Replica> {
+    replica_with_tail(name, store, 8 << 20)
+}
+
+fn replica_with_tail(name: &str, store: Arc<dyn Store>, log_tail_bytes: usize) -> Arc<Replica> {
     Arc::new(Replica::new(
         store,
         NodeIdentity::new(name),
         Policy::default(),
         Limits::default(),
+        log_tail_bytes,
         Arc::new(Metrics::new()),
         CancellationToken::new(),
     ))
@@ -265,6 +270,43 @@ async fn a_filter_change_between_two_sessions_is_not_lost() {
     pulling.settings.send_modify(|s| s.namespaces.push(ns("b")));
     peer.go.notify_one();
     wait_for(&local, 30).await;
+}
+
+/// Counts entry data read out of the store.
+#[derive(Clone, Default)]
+struct CountsReads(Arc<AtomicUsize>);
+
+impl Hooks for CountsReads {
+    fn data_out(&self, data: Bytes) -> Bytes {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        data
+    }
+}
+
+/// Entries a peer pulls live, just after they were stored, come from the
+/// log tail in memory, not from the store; with the tail off, from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_entries_are_served_from_memory() {
+    for (tail, from_store) in [(8 << 20, false), (0, true)] {
+        let reads = CountsReads::default();
+        let store = Arc::new(Decorated {
+            inner: Arc::new(MemoryStore::new()) as Arc<dyn Store>,
+            hooks: reads.clone(),
+        });
+        let source = replica_with_tail("source", store, tail);
+        let local = replica("local", Arc::new(MemoryStore::new()));
+        let _pulling = pull(&local, &source, fast(), 1 << 20);
+        for round in 1..=5 {
+            put(&source, &entries(&ns("a"), 20, 64)).await;
+            wait_for(&local, round * 20).await;
+        }
+        let read = reads.0.load(Ordering::Relaxed);
+        assert_eq!(
+            read > 0,
+            from_store,
+            "tail {tail}: {read} bodies read from the store"
+        );
+    }
 }
 
 /// A peer that answers its head and then streams nothing, ever.

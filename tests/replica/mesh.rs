@@ -250,6 +250,8 @@ async fn corrupt_data_from_a_peer_is_refused_and_the_pair_recovers() {
     let listener = bind().await;
     let mut raw = test_config(dirs[0].path());
     raw.replication.advertise = listener.local_addr().unwrap().to_string();
+    // The data rots in the store: nothing is served from memory.
+    raw.storage.log_tail_mb = 0;
     let settings = raw.validate().unwrap();
     let node = settings.node_name(listener.local_addr().unwrap());
     let inner = server::open_store(&settings.storage, &node).await.unwrap();

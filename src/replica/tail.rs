@@ -1,0 +1,244 @@
+//! The newest records of the log, with their data, in memory. In a mesh
+//! every stored entry is read back at once: each peer's live Watch reads
+//! the new log records and then fetches the bodies it lacks. Answering
+//! those reads from here spares a trip to the store (and a hop to the
+//! blocking pool) per read. Bounded by bytes; entries larger than an
+//! eighth of the bound are logged here without their data.
+//!
+//! The tail covers every record after `before`, in log order; records are
+//! pushed by the commit, in the order the store assigned their sequence
+//! numbers.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+
+use crate::entry::{EntryId, Namespace, VerifiedEntry};
+use crate::store::{LogRecord, Seq};
+
+pub struct LogTail {
+    max_bytes: usize,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Every record after this sequence number is in `records`.
+    before: Seq,
+    records: VecDeque<Held>,
+    /// The data of records held with it, and their sequence numbers.
+    data: HashMap<EntryId, (Seq, Bytes)>,
+    bytes: usize,
+}
+
+struct Held {
+    seq: Seq,
+    namespace: Namespace,
+    id: EntryId,
+}
+
+/// What one record costs beyond its data (keys, map slots).
+const RECORD_OVERHEAD: usize = 160;
+
+impl LogTail {
+    /// An empty tail after `head`, holding at most `max_bytes`.
+    pub fn new(head: Seq, max_bytes: usize) -> Self {
+        Self {
+            max_bytes,
+            inner: Mutex::new(Inner {
+                before: head,
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// Adds records just committed at `seq` onwards, in log order. A gap
+    /// (records stored some other way) starts the tail afresh.
+    pub fn push<'a>(&self, stored: impl IntoIterator<Item = (Seq, &'a VerifiedEntry)>) {
+        if self.max_bytes == 0 {
+            return;
+        }
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        for (seq, entry) in stored {
+            let last = inner.records.back().map_or(inner.before, |r| r.seq);
+            if seq != last + 1 {
+                inner.clear(seq - 1);
+            }
+            let keep_data = entry.data.len() <= self.max_bytes / 8;
+            if keep_data {
+                // A copy: the entry may share a large request buffer.
+                let data = Bytes::copy_from_slice(&entry.data);
+                inner.bytes += data.len();
+                inner.data.insert(entry.id, (seq, data));
+            }
+            inner.bytes += RECORD_OVERHEAD;
+            inner.records.push_back(Held {
+                seq,
+                namespace: entry.namespace.clone(),
+                id: entry.id,
+            });
+            while inner.bytes > self.max_bytes {
+                inner.evict_oldest();
+            }
+        }
+    }
+
+    /// The records after `after` (up to `limit`, and with data within
+    /// `data_budget` bytes, at least one record), or `None` when the tail
+    /// does not reach back to `after` or lacks data asked for.
+    pub fn since(
+        &self,
+        after: Seq,
+        limit: usize,
+        data_budget: Option<usize>,
+    ) -> Option<Vec<LogRecord>> {
+        if self.max_bytes == 0 {
+            return None;
+        }
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if after < inner.before {
+            return None;
+        }
+        let skip = (after - inner.before) as usize;
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for held in inner.records.iter().skip(skip).take(limit) {
+            let data = match data_budget {
+                None => None,
+                Some(budget) => {
+                    let (_, data) = inner.data.get(&held.id)?;
+                    if !out.is_empty() && bytes + data.len() > budget {
+                        break;
+                    }
+                    bytes += data.len();
+                    Some(data.clone())
+                }
+            };
+            out.push(LogRecord {
+                seq: held.seq,
+                namespace: held.namespace.clone(),
+                id: held.id,
+                data,
+            });
+        }
+        Some(out)
+    }
+
+    /// The data of each id held here in `ns`, or `None` when any is not.
+    pub fn get(&self, ns: &Namespace, ids: &[EntryId]) -> Option<Vec<Option<Bytes>>> {
+        if self.max_bytes == 0 {
+            return None;
+        }
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        ids.iter()
+            .map(|id| {
+                let (seq, data) = inner.data.get(id)?;
+                let held = &inner.records[(seq - inner.before - 1) as usize];
+                // Held in another namespace is not held in `ns`.
+                Some((held.namespace == *ns).then(|| data.clone()))
+            })
+            .collect()
+    }
+}
+
+impl Inner {
+    fn clear(&mut self, before: Seq) {
+        *self = Inner {
+            before,
+            ..Default::default()
+        };
+    }
+
+    fn evict_oldest(&mut self) {
+        if let Some(old) = self.records.pop_front() {
+            self.before = old.seq;
+            self.bytes -= RECORD_OVERHEAD;
+            if let Some((_, data)) = self.data.remove(&old.id) {
+                self.bytes -= data.len();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(ns: &str, n: u8, size: usize) -> VerifiedEntry {
+        VerifiedEntry {
+            id: EntryId([n; 32]),
+            namespace: Namespace::new("t", ns).unwrap(),
+            data: Bytes::from(vec![n; size]),
+        }
+    }
+
+    fn seqs(records: &[LogRecord]) -> Vec<Seq> {
+        records.iter().map(|r| r.seq).collect()
+    }
+
+    #[test]
+    fn serves_what_follows_a_position_it_reaches_back_to() {
+        let tail = LogTail::new(10, 1 << 20);
+        let batch = [entry("a", 1, 10), entry("a", 2, 10), entry("b", 3, 10)];
+        tail.push((11..).zip(&batch));
+        assert_eq!(seqs(&tail.since(10, 100, None).unwrap()), [11, 12, 13]);
+        assert_eq!(seqs(&tail.since(12, 100, None).unwrap()), [13]);
+        assert_eq!(tail.since(13, 100, None).unwrap(), []);
+        assert_eq!(seqs(&tail.since(10, 2, None).unwrap()), [11, 12]);
+        // Before the tail starts: the store answers.
+        assert_eq!(tail.since(9, 100, None), None);
+        // Data within the budget, at least one record.
+        let with = tail.since(10, 100, Some(15)).unwrap();
+        assert_eq!(seqs(&with), [11]);
+        assert_eq!(with[0].data.as_deref(), Some(&[1u8; 10][..]));
+        assert_eq!(seqs(&tail.since(10, 100, Some(1)).unwrap()), [11]);
+    }
+
+    #[test]
+    fn forgets_the_oldest_beyond_its_bytes_and_keeps_large_data_out() {
+        let max = 4 * (RECORD_OVERHEAD + 100);
+        let tail = LogTail::new(0, max);
+        let batch: Vec<_> = (1..=6).map(|n| entry("a", n, 100)).collect();
+        tail.push((1..).zip(&batch));
+        assert_eq!(tail.since(1, 100, None), None, "the oldest are gone");
+        assert_eq!(seqs(&tail.since(2, 100, None).unwrap()), [3, 4, 5, 6]);
+        // Too large to keep: logged, but its data comes from the store.
+        let big = entry("a", 7, max / 8 + 1);
+        tail.push([(7, &big)]);
+        assert_eq!(seqs(&tail.since(6, 100, None).unwrap()), [7]);
+        assert_eq!(tail.since(6, 100, Some(1 << 20)), None);
+        let ns = Namespace::new("t", "a").unwrap();
+        assert_eq!(tail.get(&ns, &[big.id]), None);
+    }
+
+    #[test]
+    fn a_gap_starts_afresh() {
+        let tail = LogTail::new(0, 1 << 20);
+        let batch = [entry("a", 1, 10), entry("a", 2, 10)];
+        tail.push([(1, &batch[0])]);
+        tail.push([(5, &batch[1])]);
+        assert_eq!(tail.since(0, 100, None), None);
+        assert_eq!(seqs(&tail.since(4, 100, None).unwrap()), [5]);
+    }
+
+    #[test]
+    fn gets_data_only_in_its_own_namespace_and_only_when_all_is_held() {
+        let tail = LogTail::new(0, 1 << 20);
+        let batch = [entry("a", 1, 10), entry("b", 2, 10)];
+        tail.push((1..).zip(&batch));
+        let a = Namespace::new("t", "a").unwrap();
+        let got = tail.get(&a, &[batch[0].id, batch[1].id]).unwrap();
+        assert_eq!(got[0].as_deref(), Some(&[1u8; 10][..]));
+        assert_eq!(got[1], None, "held in another namespace");
+        assert_eq!(tail.get(&a, &[EntryId([9; 32])]), None);
+    }
+
+    #[test]
+    fn holds_nothing_when_turned_off() {
+        let tail = LogTail::new(0, 0);
+        tail.push([(1, &entry("a", 1, 10))]);
+        assert_eq!(tail.since(0, 100, None), None, "the store answers");
+        assert_eq!(tail.since(1, 100, None), None);
+    }
+}
