@@ -3,16 +3,16 @@
 //! so every entry, from a client or a peer, is checked the same way.
 //!
 //! Store calls run on tokio's blocking pool, never on the async executor.
-//! A commit wakes watchers and counts its entries from the blocking task that
-//! made it, so a caller that goes away mid-commit cannot lose the wakeup.
 
+mod commit;
 mod follow;
 mod recent;
 mod tail;
 
+pub use commit::Checked;
 pub use follow::{FollowOptions, LogBatch, LogFollower};
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::watch;
@@ -75,15 +75,10 @@ impl NodeIdentity {
 pub struct Replica {
     store: Arc<dyn Store>,
     identity: NodeIdentity,
-    policy: Arc<Policy>,
     limits: Limits,
     metrics: Arc<Metrics>,
-    head: Arc<watch::Sender<Seq>>,
-    recent: Arc<recent::RecentIds>,
-    tail: Arc<tail::LogTail>,
-    /// Held by each commit from its store append until its records are in
-    /// the tail, so the tail sees them in log order.
-    committing: Arc<std::sync::Mutex<()>>,
+    /// The write path and what it keeps in memory.
+    commit: Arc<commit::Committer>,
     shutdown: CancellationToken,
 }
 
@@ -102,16 +97,21 @@ impl Replica {
     ) -> Self {
         let head_seq = store.stats().head_seq;
         let (head, _) = watch::channel(head_seq);
+        let commit = Arc::new(commit::Committer {
+            store: store.clone(),
+            policy,
+            metrics: metrics.clone(),
+            head,
+            recent: recent::RecentIds::new(RECENT_IDS),
+            tail: tail::LogTail::new(head_seq, log_tail_bytes),
+            order: Mutex::new(()),
+        });
         Self {
             store,
             identity,
-            policy: Arc::new(policy),
             limits,
             metrics,
-            head: Arc::new(head),
-            recent: Arc::new(recent::RecentIds::new(RECENT_IDS)),
-            tail: Arc::new(tail::LogTail::new(head_seq, log_tail_bytes)),
-            committing: Arc::default(),
+            commit,
             shutdown,
         }
     }
@@ -168,7 +168,7 @@ impl Replica {
 
     /// Follows the head sequence number as entries are stored.
     pub fn subscribe(&self) -> watch::Receiver<Seq> {
-        self.head.subscribe()
+        self.commit.head.subscribe()
     }
 
     async fn blocking<T: Send + 'static>(
@@ -184,7 +184,7 @@ impl Replica {
 
     /// Rejects a namespace this replica does not serve.
     pub fn check_namespace(&self, ns: &Namespace) -> Result<()> {
-        match self.policy.serves(ns) {
+        match self.commit.policy.serves(ns) {
             true => Ok(()),
             false => Err(Error::NamespaceNotAllowed(ns.clone())),
         }
@@ -203,12 +203,12 @@ impl Replica {
         let received: usize = items.iter().map(|(_, d)| d.len()).sum();
         self.metrics.entry_bytes_received.inc_by(received as u64);
         let count = items.len();
-        let (verified, rejections) = self.verify(items).await?;
+        let (rejections, appended) = self.verify_and_ingest(items, None, |_| false).await?;
         let mut outcomes: Vec<Option<PutOutcome>> = vec![None; count];
         for (index, rejection) in rejections {
             outcomes[index] = Some(PutOutcome::Rejected(rejection));
         }
-        let mut appended = self.ingest(verified, None).await?.into_iter();
+        let mut appended = appended.unwrap_or_default().into_iter();
         Ok(outcomes
             .into_iter()
             .map(|o| {
@@ -223,29 +223,49 @@ impl Replica {
     /// Checks `(claimed id, data)` pairs against the policy on the blocking
     /// pool. Returns the entries that passed, in order, and the index and
     /// reason of each one that did not; every rejection is counted.
-    pub async fn verify(
-        &self,
-        items: Vec<(Bytes, Bytes)>,
-    ) -> Result<(Vec<VerifiedEntry>, Vec<(usize, Rejection)>)> {
-        let policy = self.policy.clone();
-        let (verified, rejections) = tokio::task::spawn_blocking(move || {
-            let mut verified = Vec::with_capacity(items.len());
-            let mut rejections = Vec::new();
-            for (index, (id, data)) in items.into_iter().enumerate() {
-                match policy.check(&id, data) {
-                    Ok(entry) => verified.push(entry),
-                    Err(rejection) => rejections.push((index, rejection)),
-                }
-            }
-            (verified, rejections)
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("verify task failed: {e}")))?;
-        for (_, r) in &rejections {
+    pub async fn verify(&self, items: Vec<(Bytes, Bytes)>) -> Result<Checked> {
+        let commit = self.commit.clone();
+        let (verified, rejections) = tokio::task::spawn_blocking(move || commit.verify(items))
+            .await
+            .map_err(|e| Error::Internal(format!("verify task failed: {e}")))?;
+        self.count_rejections(&rejections);
+        Ok((verified, rejections))
+    }
+
+    fn count_rejections(&self, rejections: &[(usize, Rejection)]) {
+        for (_, r) in rejections {
             self.metrics.rejected(r.reason);
             tracing::debug!(reason = %r.reason, detail = %r.detail, "entry rejected");
         }
-        Ok((verified, rejections))
+    }
+
+    /// [`Self::verify`] then [`Self::ingest`] in one trip to the blocking
+    /// pool: the entries that pass are stored, with `cursor`, unless a
+    /// rejection is `fatal`, in which case nothing is. Returns the
+    /// rejections, and what the store did with the rest when it was asked.
+    pub async fn verify_and_ingest(
+        &self,
+        items: Vec<(Bytes, Bytes)>,
+        cursor: Option<CursorUpdate>,
+        fatal: fn(&Rejection) -> bool,
+    ) -> Result<(Vec<(usize, Rejection)>, Option<Vec<Appended>>)> {
+        let commit = self.commit.clone();
+        let (rejections, appended) = tokio::task::spawn_blocking(move || {
+            let (verified, rejections) = commit.verify(items);
+            if rejections.iter().any(|(_, r)| fatal(r)) {
+                return Ok((rejections, None));
+            }
+            let appended = match verified.is_empty() && cursor.is_none() {
+                true => Vec::new(),
+                false => commit.commit(&verified, cursor.as_ref())?,
+            };
+            Ok((rejections, Some(appended)))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("store task failed: {e}")))?
+        .map_err(|e: StoreError| Error::from(e))?;
+        self.count_rejections(&rejections);
+        Ok((rejections, appended))
     }
 
     /// The persisted replication cursor into `peer`'s log.
@@ -277,43 +297,17 @@ impl Replica {
         if entries.is_empty() && cursor.is_none() {
             return Ok(Vec::new());
         }
-        let (head, metrics, recent) =
-            (self.head.clone(), self.metrics.clone(), self.recent.clone());
-        let (tail, committing) = (self.tail.clone(), self.committing.clone());
-        self.blocking(move |s| {
-            let order = committing.lock().unwrap_or_else(|e| e.into_inner());
-            let out = s.append(&entries, cursor.as_ref())?;
-            tail.push(out.iter().zip(&entries).filter_map(|(a, e)| match a {
-                Appended::Stored(seq) => Some((*seq, e)),
-                Appended::Duplicate => None,
-            }));
-            drop(order);
-            // Stored now, or already: either way held.
-            recent.insert(entries.iter().map(|e| e.id));
-            let stored = out
-                .iter()
-                .filter(|a| matches!(a, Appended::Stored(_)))
-                .count() as u64;
-            metrics.entries_stored.inc_by(stored);
-            metrics.entries_duplicate.inc_by(out.len() as u64 - stored);
-            if let Some(Appended::Stored(last)) =
-                out.iter().rev().find(|a| matches!(a, Appended::Stored(_)))
-            {
-                head.send_if_modified(|head| {
-                    let newer = *last > *head;
-                    *head = (*head).max(*last);
-                    newer
-                });
-            }
-            Ok(out)
-        })
-        .await
+        let commit = self.commit.clone();
+        tokio::task::spawn_blocking(move || commit.commit(&entries, cursor.as_ref()))
+            .await
+            .map_err(|e| Error::Internal(format!("store task failed: {e}")))?
+            .map_err(Error::from)
     }
 
     /// The ids of `ids` this replica does not hold.
     pub async fn missing(&self, ns: Namespace, ids: Vec<EntryId>) -> Result<Vec<EntryId>> {
         self.check_namespace(&ns)?;
-        let ids = self.recent.unknown(ids);
+        let ids = self.commit.recent.unknown(ids);
         if ids.is_empty() {
             return Ok(ids);
         }
@@ -331,7 +325,7 @@ impl Replica {
     /// The data of each id, if held.
     pub async fn get(&self, ns: Namespace, ids: Vec<EntryId>) -> Result<Vec<Option<Bytes>>> {
         self.check_namespace(&ns)?;
-        let out = match self.tail.get(&ns, &ids) {
+        let out = match self.commit.tail.get(&ns, &ids) {
             Some(out) => out,
             None => self.blocking(move |s| s.get(&ns, &ids)).await?,
         };
@@ -358,7 +352,7 @@ impl Replica {
         limit: usize,
         data_budget: Option<usize>,
     ) -> Result<Vec<LogRecord>> {
-        let out = match self.tail.since(after, limit, data_budget) {
+        let out = match self.commit.tail.since(after, limit, data_budget) {
             Some(out) => out,
             None => {
                 self.blocking(move |s| s.log_since(after, limit, data_budget))

@@ -17,7 +17,7 @@ use super::inflight::Fetching;
 use super::peer::PeerError;
 use super::puller::PullError;
 use super::status::PeerStatus;
-use crate::entry::{EntryId, RejectReason};
+use crate::entry::{EntryId, RejectReason, Rejection};
 use crate::error::Error;
 use crate::metrics::peer::PeerHandles;
 use crate::replica::Replica;
@@ -46,6 +46,17 @@ pub(super) struct Sink {
     /// The peer log position stored so far.
     applied: Seq,
     progressed: bool,
+}
+
+/// An entry a peer logged but sent wrong: the peer's data, not this
+/// replica's policy, is at fault.
+fn is_fatal(r: &Rejection) -> bool {
+    matches!(r.reason, RejectReason::IdMismatch | RejectReason::Malformed)
+}
+
+fn data_loss(rejections: &[(usize, Rejection)]) -> PullError {
+    let first = rejections.iter().map(|(_, r)| r).find(|r| is_fatal(r));
+    PeerError::DataLoss(first.map_or_else(String::new, |r| r.to_string())).into()
 }
 
 /// Chunks verified or committed at once by one pull.
@@ -160,25 +171,36 @@ impl Sink {
                 updated_ms: self.report.env.unix_ms(),
             },
         });
-        let previous = self.last_done.take();
+        // Only a chunk still in flight is waited for.
+        let previous = self.last_done.take().filter(|_| !self.inflight.is_empty());
         let (done, done_rx) = oneshot::channel();
         self.last_done = Some(done_rx);
         let local = self.local.clone();
         let task = tokio::spawn(async move {
-            let (verified, rejections) = local.verify(items).await?;
-            for (_, r) in &rejections {
-                if matches!(r.reason, RejectReason::IdMismatch | RejectReason::Malformed) {
-                    return Err(PeerError::DataLoss(r.to_string()).into());
+            let appended = match previous {
+                // Nothing to overlap with: verify and commit in one go.
+                None => {
+                    let (rejections, appended) =
+                        local.verify_and_ingest(items, update, is_fatal).await?;
+                    match appended {
+                        Some(appended) => appended,
+                        None => return Err(data_loss(&rejections)),
+                    }
                 }
-            }
-            if let Some(previous) = previous
-                && previous.await.is_err()
-            {
-                return Err(PullError::Store(Error::Internal(
-                    "an earlier commit of this pull failed".into(),
-                )));
-            }
-            let appended = local.ingest(verified, update).await?;
+                // Verify while the chunk before commits.
+                Some(previous) => {
+                    let (verified, rejections) = local.verify(items).await?;
+                    if rejections.iter().any(|(_, r)| is_fatal(r)) {
+                        return Err(data_loss(&rejections));
+                    }
+                    if previous.await.is_err() {
+                        return Err(PullError::Store(Error::Internal(
+                            "an earlier commit of this pull failed".into(),
+                        )));
+                    }
+                    local.ingest(verified, update).await?
+                }
+            };
             let _ = done.send(());
             Ok(appended)
         });

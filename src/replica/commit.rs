@@ -1,0 +1,84 @@
+//! The write path, run on the blocking pool: checking entries against the
+//! policy and committing them to the store, then everything a commit makes
+//! known (the log tail, the recent ids, counters, the head signal), in that
+//! order and from the thread that committed, so a caller that goes away
+//! mid-commit cannot lose a wakeup.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use super::recent::RecentIds;
+use super::tail::LogTail;
+use crate::entry::{Rejection, VerifiedEntry};
+use crate::metrics::Metrics;
+use crate::policy::Policy;
+use crate::store::{Appended, CursorUpdate, Seq, Store, StoreError};
+
+/// The entries of a batch that passed the policy, in order, and the index
+/// and reason of each one that did not.
+pub type Checked = (Vec<VerifiedEntry>, Vec<(usize, Rejection)>);
+
+pub(super) struct Committer {
+    pub store: Arc<dyn Store>,
+    pub policy: Policy,
+    pub metrics: Arc<Metrics>,
+    pub head: watch::Sender<Seq>,
+    pub recent: RecentIds,
+    pub tail: LogTail,
+    /// Held by each commit from its store append until its records are in
+    /// the tail, so the tail sees them in log order.
+    pub order: Mutex<()>,
+}
+
+impl Committer {
+    /// Checks `(claimed id, data)` pairs against the policy.
+    pub fn verify(&self, items: Vec<(Bytes, Bytes)>) -> Checked {
+        let mut verified = Vec::with_capacity(items.len());
+        let mut rejections = Vec::new();
+        for (index, (id, data)) in items.into_iter().enumerate() {
+            match self.policy.check(&id, data) {
+                Ok(entry) => verified.push(entry),
+                Err(rejection) => rejections.push((index, rejection)),
+            }
+        }
+        (verified, rejections)
+    }
+
+    /// Stores verified entries, and `cursor` with them, in one atomic batch.
+    pub fn commit(
+        &self,
+        entries: &[VerifiedEntry],
+        cursor: Option<&CursorUpdate>,
+    ) -> Result<Vec<Appended>, StoreError> {
+        let order = self.order.lock().unwrap_or_else(|e| e.into_inner());
+        let out = self.store.append(entries, cursor)?;
+        self.tail
+            .push(out.iter().zip(entries).filter_map(|(a, e)| match a {
+                Appended::Stored(seq) => Some((*seq, e)),
+                Appended::Duplicate => None,
+            }));
+        drop(order);
+        // Stored now, or already: either way held.
+        self.recent.insert(entries.iter().map(|e| e.id));
+        let stored = out
+            .iter()
+            .filter(|a| matches!(a, Appended::Stored(_)))
+            .count() as u64;
+        self.metrics.entries_stored.inc_by(stored);
+        self.metrics
+            .entries_duplicate
+            .inc_by(out.len() as u64 - stored);
+        if let Some(Appended::Stored(last)) =
+            out.iter().rev().find(|a| matches!(a, Appended::Stored(_)))
+        {
+            self.head.send_if_modified(|head| {
+                let newer = *last > *head;
+                *head = (*head).max(*last);
+                newer
+            });
+        }
+        Ok(out)
+    }
+}
