@@ -120,6 +120,7 @@ impl StoreClient {
             include_data,
             namespaces: vec![],
             heartbeat_ms: 0,
+            relay_delay_ms: 0,
         };
         Ok(self.inner.watch(request).await?.into_inner())
     }

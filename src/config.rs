@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::entry::Namespace;
 pub use crate::limits::Limits;
 use crate::policy::{NamespaceRules, Policy};
+use crate::replica::MAX_RELAY_DELAY;
 use crate::replication::settings::ReplicationSettings;
 use crate::store::rocks::RocksConfig;
 use crate::sync::PullSettings;
@@ -129,6 +130,10 @@ pub struct RawReplication {
     pub session_idle_timeout_ms: u64,
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
+    /// Peers hold back entries they pulled from others up to this long
+    /// before announcing them here, to announce them together (0: at once).
+    /// Ignored on a spoke, which learns everything through its hubs.
+    pub relay_delay_ms: u64,
     /// Entry data (MiB) all pulls together may hold in memory.
     pub max_inflight_mb: u64,
     /// Entry data (MiB) one peer's pull may hold in memory.
@@ -152,6 +157,7 @@ impl Default for RawReplication {
             session_idle_timeout_ms: 90_000,
             backoff_initial_ms: 100,
             backoff_max_ms: 10_000,
+            relay_delay_ms: 10,
             max_inflight_mb: 48,
             max_peer_inflight_mb: 16,
             cursor_retention_ms: 7 * 24 * 3600 * 1000,
@@ -527,6 +533,17 @@ fn validate_replication(
             "must not be below replication.backoff_initial_ms",
         ));
     }
+    let relay_delay = Duration::from_millis(raw.relay_delay_ms);
+    if relay_delay > MAX_RELAY_DELAY {
+        return Err(invalid(
+            "replication.relay_delay_ms",
+            format!(
+                "{} is above the maximum of {} ms",
+                raw.relay_delay_ms,
+                MAX_RELAY_DELAY.as_millis()
+            ),
+        ));
+    }
     let max_inflight_bytes = mib("replication.max_inflight_mb", raw.max_inflight_mb, 1, 4095)?;
     let max_peer_inflight_bytes = mib(
         "replication.max_peer_inflight_mb",
@@ -543,7 +560,7 @@ fn validate_replication(
     let mut settings = ReplicationSettings {
         advertise,
         peers: Vec::new(),
-        spoke_of,
+        spoke_of: spoke_of.clone(),
         discovery,
         discovery_interval: ms(
             "replication.discovery_interval_ms",
@@ -565,6 +582,11 @@ fn validate_replication(
             )?,
             backoff_initial,
             backoff_max,
+            // A spoke hears other spokes' entries only as its hubs relay them.
+            relay_delay: match spoke_of.is_some() {
+                true => Duration::ZERO,
+                false => relay_delay,
+            },
         },
         max_inflight_bytes,
         max_peer_inflight_bytes,
@@ -705,6 +727,16 @@ mod tests {
             ),
             ("[log]\nformat = \"xml\"\n", &[], "log.format"),
             ("[limits]\nmax_page = 100000\n", &[], "limits.max_page"),
+            (
+                "[replication]\nrelay_delay_ms = 1001\n",
+                &[],
+                "replication.relay_delay_ms",
+            ),
+            (
+                "[storage]\nlog_tail_mb = 2000\n",
+                &[],
+                "storage.log_tail_mb",
+            ),
         ];
         for (toml, vars, key) in cases {
             let err = load(toml, vars).unwrap_err().to_string();

@@ -20,6 +20,15 @@ use crate::store::{Appended, CursorUpdate, Seq, Store, StoreError};
 /// and reason of each one that did not.
 pub type Checked = (Vec<VerifiedEntry>, Vec<(usize, Rejection)>);
 
+/// Where a commit's entries come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Written here by a client.
+    Client,
+    /// Pulled from a peer.
+    Peer,
+}
+
 pub(super) struct Committer {
     pub store: Arc<dyn Store>,
     pub policy: Policy,
@@ -49,16 +58,19 @@ impl Committer {
     /// Stores verified entries, and `cursor` with them, in one atomic batch.
     pub fn commit(
         &self,
+        origin: Origin,
         entries: &[VerifiedEntry],
         cursor: Option<&CursorUpdate>,
     ) -> Result<Vec<Appended>, StoreError> {
         let order = self.order.lock().unwrap_or_else(|e| e.into_inner());
         let out = self.store.append(entries, cursor)?;
-        self.tail
-            .push(out.iter().zip(entries).filter_map(|(a, e)| match a {
+        self.tail.push(
+            origin == Origin::Peer,
+            out.iter().zip(entries).filter_map(|(a, e)| match a {
                 Appended::Stored(seq) => Some((*seq, e)),
                 Appended::Duplicate => None,
-            }));
+            }),
+        );
         drop(order);
         // Stored now, or already: either way held.
         self.recent.insert(entries.iter().map(|e| e.id));

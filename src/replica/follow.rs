@@ -44,7 +44,16 @@ pub struct FollowOptions {
     pub only: Option<HashSet<Namespace>>,
     /// Send a heartbeat after this long without records (Watch only).
     pub heartbeat: Option<Duration>,
+    /// Hold records this replica pulled from peers back up to this long,
+    /// to send them together, unless a record written here by a client
+    /// follows them (Watch only). A follower that pulls from every replica
+    /// gets each entry from its origin; what a replica relays matters only
+    /// when a link is down, and then a little later is as good.
+    pub relay_delay: Option<Duration>,
 }
+
+/// The longest a follower holds relayed records back.
+pub const MAX_RELAY_DELAY: Duration = Duration::from_secs(1);
 
 /// Reads the log after a position: up to a number of records (ScanSince),
 /// or forever, waiting for new records at the head (Watch).
@@ -92,6 +101,7 @@ impl LogFollower {
     /// The next batch, a heartbeat, or `None` once a ScanSince is done.
     pub async fn next_batch(&mut self) -> Result<Option<LogBatch>> {
         let limits = *self.replica.limits();
+        let mut held = false;
         loop {
             let limit = self
                 .remaining
@@ -102,6 +112,15 @@ impl LogFollower {
             }
             let budget = self.opts.with_data.then(|| limits.message_data_budget());
             let records = self.replica.log_since(self.after, limit, budget).await?;
+            if !records.is_empty()
+                && !held
+                && let Some(delay) = self.relay_delay()
+                && self.replica.only_relayed_after(self.after)
+            {
+                held = true;
+                self.hold(delay).await?;
+                continue;
+            }
             if let Some(last) = records.last() {
                 self.after = last.seq;
                 if let Some(r) = &mut self.remaining {
@@ -130,6 +149,31 @@ impl LogFollower {
                         next: None,
                         head_seq: self.replica.stats().head_seq,
                     }));
+                }
+            }
+        }
+    }
+
+    fn relay_delay(&self) -> Option<Duration> {
+        match self.remaining {
+            None => self.opts.relay_delay,
+            Some(_) => None,
+        }
+    }
+
+    /// Lets relayed records gather for up to `delay`; returns early once a
+    /// record written here by a client follows them.
+    async fn hold(&mut self, delay: Duration) -> Result<()> {
+        let until = tokio::time::Instant::now() + delay;
+        loop {
+            tokio::select! {
+                _ = self.replica.shutdown_token().cancelled() => return Err(Error::ShuttingDown),
+                _ = tokio::time::sleep_until(until) => return Ok(()),
+                changed = self.head.changed() => {
+                    changed.map_err(|_| Error::ShuttingDown)?;
+                    if !self.replica.only_relayed_after(self.after) {
+                        return Ok(());
+                    }
                 }
             }
         }

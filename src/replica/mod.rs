@@ -9,8 +9,8 @@ mod follow;
 mod recent;
 mod tail;
 
-pub use commit::Checked;
-pub use follow::{FollowOptions, LogBatch, LogFollower};
+pub use commit::{Checked, Origin};
+pub use follow::{FollowOptions, LogBatch, LogFollower, MAX_RELAY_DELAY};
 
 use std::sync::{Arc, Mutex};
 
@@ -203,7 +203,9 @@ impl Replica {
         let received: usize = items.iter().map(|(_, d)| d.len()).sum();
         self.metrics.entry_bytes_received.inc_by(received as u64);
         let count = items.len();
-        let (rejections, appended) = self.verify_and_ingest(items, None, |_| false).await?;
+        let (rejections, appended) = self
+            .verify_and_ingest(Origin::Client, items, None, |_| false)
+            .await?;
         let mut outcomes: Vec<Option<PutOutcome>> = vec![None; count];
         for (index, rejection) in rejections {
             outcomes[index] = Some(PutOutcome::Rejected(rejection));
@@ -245,6 +247,7 @@ impl Replica {
     /// rejections, and what the store did with the rest when it was asked.
     pub async fn verify_and_ingest(
         &self,
+        origin: Origin,
         items: Vec<(Bytes, Bytes)>,
         cursor: Option<CursorUpdate>,
         fatal: fn(&Rejection) -> bool,
@@ -257,7 +260,7 @@ impl Replica {
             }
             let appended = match verified.is_empty() && cursor.is_none() {
                 true => Vec::new(),
-                false => commit.commit(&verified, cursor.as_ref())?,
+                false => commit.commit(origin, &verified, cursor.as_ref())?,
             };
             Ok((rejections, Some(appended)))
         })
@@ -291,6 +294,7 @@ impl Replica {
     /// dropped while the commit runs.
     pub async fn ingest(
         &self,
+        origin: Origin,
         entries: Vec<VerifiedEntry>,
         cursor: Option<CursorUpdate>,
     ) -> Result<Vec<Appended>> {
@@ -298,7 +302,7 @@ impl Replica {
             return Ok(Vec::new());
         }
         let commit = self.commit.clone();
-        tokio::task::spawn_blocking(move || commit.commit(&entries, cursor.as_ref()))
+        tokio::task::spawn_blocking(move || commit.commit(origin, &entries, cursor.as_ref()))
             .await
             .map_err(|e| Error::Internal(format!("store task failed: {e}")))?
             .map_err(Error::from)
@@ -320,6 +324,12 @@ impl Replica {
                 .collect())
         })
         .await
+    }
+
+    /// Whether the records after `after` are known to be all pulled from
+    /// peers (only the newest records are known).
+    pub fn only_relayed_after(&self, after: Seq) -> bool {
+        self.commit.tail.only_relayed_after(after)
     }
 
     /// The data of each id, if held.

@@ -36,6 +36,8 @@ struct Held {
     seq: Seq,
     namespace: Namespace,
     id: EntryId,
+    /// Pulled from a peer, not written here by a client.
+    relayed: bool,
 }
 
 /// What one record costs beyond its data (keys, map slots).
@@ -53,9 +55,14 @@ impl LogTail {
         }
     }
 
-    /// Adds records just committed at `seq` onwards, in log order. A gap
-    /// (records stored some other way) starts the tail afresh.
-    pub fn push<'a>(&self, stored: impl IntoIterator<Item = (Seq, &'a VerifiedEntry)>) {
+    /// Adds records just committed, in log order; `relayed` when they were
+    /// pulled from a peer. A gap (records stored some other way) starts the
+    /// tail afresh.
+    pub fn push<'a>(
+        &self,
+        relayed: bool,
+        stored: impl IntoIterator<Item = (Seq, &'a VerifiedEntry)>,
+    ) {
         if self.max_bytes == 0 {
             return;
         }
@@ -77,6 +84,7 @@ impl LogTail {
                 seq,
                 namespace: entry.namespace.clone(),
                 id: entry.id,
+                relayed,
             });
             while inner.bytes > self.max_bytes {
                 inner.evict_oldest();
@@ -123,6 +131,24 @@ impl LogTail {
             });
         }
         Some(out)
+    }
+
+    /// Whether there are records after `after` and all of them were pulled
+    /// from peers (false when the tail does not reach back to `after`).
+    pub fn only_relayed_after(&self, after: Seq) -> bool {
+        if self.max_bytes == 0 {
+            return false;
+        }
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if after < inner.before {
+            return false;
+        }
+        let mut newer = inner.records.iter().skip((after - inner.before) as usize);
+        let mut any = false;
+        newer.all(|r| {
+            any = true;
+            r.relayed
+        }) && any
     }
 
     /// The data of each id held here in `ns`, or `None` when any is not.
@@ -181,7 +207,7 @@ mod tests {
     fn serves_what_follows_a_position_it_reaches_back_to() {
         let tail = LogTail::new(10, 1 << 20);
         let batch = [entry("a", 1, 10), entry("a", 2, 10), entry("b", 3, 10)];
-        tail.push((11..).zip(&batch));
+        tail.push(false, (11..).zip(&batch));
         assert_eq!(seqs(&tail.since(10, 100, None).unwrap()), [11, 12, 13]);
         assert_eq!(seqs(&tail.since(12, 100, None).unwrap()), [13]);
         assert_eq!(tail.since(13, 100, None).unwrap(), []);
@@ -200,12 +226,12 @@ mod tests {
         let max = 4 * (RECORD_OVERHEAD + 100);
         let tail = LogTail::new(0, max);
         let batch: Vec<_> = (1..=6).map(|n| entry("a", n, 100)).collect();
-        tail.push((1..).zip(&batch));
+        tail.push(false, (1..).zip(&batch));
         assert_eq!(tail.since(1, 100, None), None, "the oldest are gone");
         assert_eq!(seqs(&tail.since(2, 100, None).unwrap()), [3, 4, 5, 6]);
         // Too large to keep: logged, but its data comes from the store.
         let big = entry("a", 7, max / 8 + 1);
-        tail.push([(7, &big)]);
+        tail.push(false, [(7, &big)]);
         assert_eq!(seqs(&tail.since(6, 100, None).unwrap()), [7]);
         assert_eq!(tail.since(6, 100, Some(1 << 20)), None);
         let ns = Namespace::new("t", "a").unwrap();
@@ -216,8 +242,8 @@ mod tests {
     fn a_gap_starts_afresh() {
         let tail = LogTail::new(0, 1 << 20);
         let batch = [entry("a", 1, 10), entry("a", 2, 10)];
-        tail.push([(1, &batch[0])]);
-        tail.push([(5, &batch[1])]);
+        tail.push(false, [(1, &batch[0])]);
+        tail.push(false, [(5, &batch[1])]);
         assert_eq!(tail.since(0, 100, None), None);
         assert_eq!(seqs(&tail.since(4, 100, None).unwrap()), [5]);
     }
@@ -226,7 +252,7 @@ mod tests {
     fn gets_data_only_in_its_own_namespace_and_only_when_all_is_held() {
         let tail = LogTail::new(0, 1 << 20);
         let batch = [entry("a", 1, 10), entry("b", 2, 10)];
-        tail.push((1..).zip(&batch));
+        tail.push(false, (1..).zip(&batch));
         let a = Namespace::new("t", "a").unwrap();
         let got = tail.get(&a, &[batch[0].id, batch[1].id]).unwrap();
         assert_eq!(got[0].as_deref(), Some(&[1u8; 10][..]));
@@ -235,9 +261,23 @@ mod tests {
     }
 
     #[test]
+    fn knows_whether_what_follows_was_only_relayed() {
+        let tail = LogTail::new(0, 1 << 20);
+        let batch = [entry("a", 1, 10), entry("a", 2, 10), entry("a", 3, 10)];
+        tail.push(true, [(1, &batch[0])]);
+        assert!(tail.only_relayed_after(0));
+        assert!(!tail.only_relayed_after(1), "nothing after 1");
+        tail.push(false, [(2, &batch[1])]);
+        tail.push(true, [(3, &batch[2])]);
+        assert!(!tail.only_relayed_after(0));
+        assert!(!tail.only_relayed_after(1));
+        assert!(tail.only_relayed_after(2));
+    }
+
+    #[test]
     fn holds_nothing_when_turned_off() {
         let tail = LogTail::new(0, 0);
-        tail.push([(1, &entry("a", 1, 10))]);
+        tail.push(false, [(1, &entry("a", 1, 10))]);
         assert_eq!(tail.since(0, 100, None), None, "the store answers");
         assert_eq!(tail.since(1, 100, None), None);
     }

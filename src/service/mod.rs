@@ -112,7 +112,7 @@ impl Store for StoreService {
     ) -> Result<Response<Self::ScanSinceStream>, Status> {
         let req = request.into_inner();
         let limit = page_limit(req.limit, usize::MAX)?;
-        let opts = streams::follow_options(&self.replica, req.include_data, req.namespaces, 0)?;
+        let opts = streams::follow_options(&self.replica, req.include_data, req.namespaces, 0, 0)?;
         self.log_stream(req.cursor, opts, Some(limit)).await
     }
 
@@ -126,6 +126,7 @@ impl Store for StoreService {
             req.include_data,
             req.namespaces,
             req.heartbeat_ms,
+            req.relay_delay_ms,
         )?;
         self.log_stream(req.cursor, opts, None).await
     }

@@ -15,7 +15,7 @@ use crate::entry::{EntryId, Namespace};
 use crate::error::Error;
 use crate::proto;
 use crate::proto::convert;
-use crate::replica::{FollowOptions, LogFollower, Replica};
+use crate::replica::{FollowOptions, LogFollower, MAX_RELAY_DELAY, Replica};
 use crate::store::Seq;
 
 /// Ids looked up per store call when streaming entries.
@@ -167,7 +167,15 @@ pub fn follow_options(
     with_data: bool,
     namespaces: Vec<proto::Namespace>,
     heartbeat_ms: u32,
+    relay_delay_ms: u32,
 ) -> Result<FollowOptions, Error> {
+    let relay_delay = std::time::Duration::from_millis(relay_delay_ms.into());
+    if relay_delay > MAX_RELAY_DELAY {
+        return Err(Error::InvalidArgument(format!(
+            "relay_delay_ms {relay_delay_ms} is above the maximum of {}",
+            MAX_RELAY_DELAY.as_millis()
+        )));
+    }
     let heartbeat = match heartbeat_ms {
         0 => None,
         1..100 => {
@@ -193,6 +201,7 @@ pub fn follow_options(
         with_data,
         only: (!only.is_empty()).then_some(only),
         heartbeat,
+        relay_delay: (!relay_delay.is_zero()).then_some(relay_delay),
     })
 }
 

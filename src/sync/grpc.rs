@@ -11,7 +11,7 @@ use crate::client::{MAX_MESSAGE_BYTES, endpoint};
 use crate::entry::{Entry, EntryId, Namespace, PutOutcome};
 use crate::proto::convert;
 use crate::proto::{self, store_client::StoreClient as RawClient};
-use crate::replica::{Head, LogBatch};
+use crate::replica::{Head, LogBatch, MAX_RELAY_DELAY};
 
 /// How a [`GrpcPeer`] connects.
 #[derive(Debug, Clone, Copy)]
@@ -99,6 +99,9 @@ impl Peer for GrpcPeer {
                 .map(convert::namespace_to_proto)
                 .collect(),
             heartbeat_ms,
+            relay_delay_ms: request
+                .relay_delay
+                .map_or(0, |d| d.min(MAX_RELAY_DELAY).as_millis() as u32),
         };
         let stream = self
             .client

@@ -67,6 +67,7 @@ impl Peer for LocalPeer {
             only: (!request.namespaces.is_empty())
                 .then(|| request.namespaces.into_iter().collect()),
             heartbeat: request.heartbeat,
+            relay_delay: request.relay_delay,
         };
         let follower = LogFollower::new(self.replica.clone(), after, None, opts);
         Ok(follower

@@ -40,6 +40,9 @@ pub struct PullSettings {
     pub session_idle_timeout: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// Asked of a followed peer: how long it may hold back entries it
+    /// pulled from others (zero: not at all).
+    pub relay_delay: Duration,
 }
 
 impl Default for PullSettings {
@@ -50,6 +53,7 @@ impl Default for PullSettings {
             session_idle_timeout: Duration::from_secs(90),
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
+            relay_delay: Duration::ZERO,
         }
     }
 }

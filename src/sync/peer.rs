@@ -23,6 +23,9 @@ pub struct FollowRequest {
     pub namespaces: Vec<Namespace>,
     /// Ask for a heartbeat after this long without records.
     pub heartbeat: Option<Duration>,
+    /// Ask for records the peer pulled from others to be held back up to
+    /// this long and sent together (see [`crate::replica::FollowOptions`]).
+    pub relay_delay: Option<Duration>,
 }
 
 /// Part of a [`Peer::get`] answer: entries found, and ids the peer does not hold.

@@ -47,7 +47,7 @@ use crate::entry::{EntryId, Namespace};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::metrics::peer::PeerHandles;
-use crate::replica::{Head, Replica};
+use crate::replica::{Head, Origin, Replica};
 use crate::store::{CursorRecord, CursorUpdate, PeerCursor, Seq};
 
 #[derive(Debug, thiserror::Error)]
@@ -393,7 +393,10 @@ impl Worker {
                 updated_ms: self.p.env.unix_ms(),
             },
         };
-        self.p.local.ingest(Vec::new(), Some(update)).await?;
+        self.p
+            .local
+            .ingest(Origin::Peer, Vec::new(), Some(update))
+            .await?;
         Ok(())
     }
 
@@ -456,6 +459,10 @@ impl Worker {
             with_data: matches!(mode, Mode::Bootstrap),
             namespaces: link.settings.namespaces.clone(),
             heartbeat: Some(link.settings.heartbeat()),
+            relay_delay: match mode {
+                Mode::Follow => Some(link.settings.relay_delay).filter(|d| !d.is_zero()),
+                Mode::Bootstrap | Mode::Rescan(_) => None,
+            },
         };
         let open = self.p.peer.follow(request);
         let mut stream = tokio::time::timeout(link.settings.connect_timeout, open)

@@ -20,7 +20,7 @@ use super::status::PeerStatus;
 use crate::entry::{EntryId, RejectReason, Rejection};
 use crate::error::Error;
 use crate::metrics::peer::PeerHandles;
-use crate::replica::Replica;
+use crate::replica::{Origin, Replica};
 use crate::store::{Appended, CursorRecord, CursorUpdate, PeerCursor, Seq};
 
 /// Entries on their way into the store: collected up to a chunk, verified,
@@ -180,8 +180,9 @@ impl Sink {
             let appended = match previous {
                 // Nothing to overlap with: verify and commit in one go.
                 None => {
-                    let (rejections, appended) =
-                        local.verify_and_ingest(items, update, is_fatal).await?;
+                    let (rejections, appended) = local
+                        .verify_and_ingest(Origin::Peer, items, update, is_fatal)
+                        .await?;
                     match appended {
                         Some(appended) => appended,
                         None => return Err(data_loss(&rejections)),
@@ -198,7 +199,7 @@ impl Sink {
                             "an earlier commit of this pull failed".into(),
                         )));
                     }
-                    local.ingest(verified, update).await?
+                    local.ingest(Origin::Peer, verified, update).await?
                 }
             };
             let _ = done.send(());

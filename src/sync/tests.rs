@@ -272,6 +272,74 @@ async fn a_filter_change_between_two_sessions_is_not_lost() {
     wait_for(&local, 30).await;
 }
 
+/// A follower asked to hold relayed records back: records pulled from a
+/// peer wait for the delay and go out together; a record written by a
+/// client goes out at once, taking the held ones with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayed_records_are_held_back_and_client_records_are_not() {
+    use crate::replica::{FollowOptions, LogFollower, Origin};
+    let r = replica("r", Arc::new(MemoryStore::new()));
+    let follow = |delay: Duration| {
+        let opts = FollowOptions {
+            relay_delay: Some(delay),
+            ..Default::default()
+        };
+        LogFollower::new(r.clone(), r.stats().head_seq, None, opts)
+    };
+    let relay = |batch: Vec<Entry>| {
+        let r = r.clone();
+        async move {
+            let items = batch
+                .iter()
+                .map(|e| (Bytes::copy_from_slice(&e.id.0), e.data().clone()))
+                .collect();
+            r.verify_and_ingest(Origin::Peer, items, None, |_| false)
+                .await
+                .unwrap();
+        }
+    };
+
+    // Only relayed records: held for the delay, then sent together.
+    let mut follower = follow(Duration::from_millis(300));
+    let started = tokio::time::Instant::now();
+    relay(entries(&ns("a"), 1, 64)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    relay(entries(&ns("a"), 1, 64)).await;
+    let batch = follower.next_batch().await.unwrap().unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(batch.records.len(), 2, "sent together");
+
+    // A client record behind relayed ones ends the hold at once.
+    let mut follower = follow(Duration::from_secs(30));
+    let started = tokio::time::Instant::now();
+    relay(entries(&ns("a"), 1, 64)).await;
+    let writer = {
+        let r = r.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            put(&r, &entries(&ns("a"), 1, 64)).await;
+        })
+    };
+    let batch = tokio::time::timeout(Duration::from_secs(10), follower.next_batch())
+        .await
+        .expect("the client record ended the hold")
+        .unwrap()
+        .unwrap();
+    writer.await.unwrap();
+    assert_eq!(batch.records.len(), 2);
+    assert!(started.elapsed() < Duration::from_secs(30));
+
+    // A client record alone is not held at all.
+    let mut follower = follow(Duration::from_secs(30));
+    put(&r, &entries(&ns("a"), 1, 64)).await;
+    let batch = tokio::time::timeout(Duration::from_secs(10), follower.next_batch())
+        .await
+        .expect("not held")
+        .unwrap()
+        .unwrap();
+    assert_eq!(batch.records.len(), 1);
+}
+
 /// Counts entry data read out of the store.
 #[derive(Clone, Default)]
 struct CountsReads(Arc<AtomicUsize>);

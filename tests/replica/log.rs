@@ -143,6 +143,7 @@ async fn cursors_from_elsewhere_are_rejected() {
                 include_data: false,
                 namespaces: vec![],
                 heartbeat_ms: 0,
+                relay_delay_ms: 0,
             })
             .await
             .unwrap_err();
@@ -179,6 +180,7 @@ async fn watch_follows_the_log_live_and_ends_on_shutdown() {
             include_data: true,
             namespaces: vec![],
             heartbeat_ms: 0,
+            relay_delay_ms: 0,
         })
         .await
         .unwrap()
@@ -232,6 +234,16 @@ async fn an_idle_watch_sends_heartbeats_when_asked() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
+    let err = client
+        .raw()
+        .watch(proto::WatchRequest {
+            relay_delay_ms: 1001,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("relay_delay_ms"), "{err:?}");
 
     let mut watch = client
         .raw()
