@@ -121,6 +121,7 @@ impl StoreClient {
             namespaces: vec![],
             heartbeat_ms: 0,
             relay_delay_ms: 0,
+            live_data: false,
         };
         Ok(self.inner.watch(request).await?.into_inner())
     }

@@ -35,11 +35,30 @@ impl LogBatch {
     }
 }
 
+/// Which records of a log read carry their entry's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WithData {
+    No,
+    /// Every record, within `budget` bytes of data (at least one record).
+    All {
+        budget: usize,
+    },
+    /// Only records of entries written here by a client, while they are
+    /// still in memory, within `budget` bytes.
+    ClientWritten {
+        budget: usize,
+    },
+}
+
 /// What a follower sends.
 #[derive(Debug, Clone, Default)]
 pub struct FollowOptions {
     /// Records carry their entry's data.
     pub with_data: bool,
+    /// Once the follower has reached the head, records of entries written
+    /// here by a client carry their data (Watch only): a peer that follows
+    /// gets a new entry in one message from the replica that took it.
+    pub live_data: bool,
     /// Only these namespaces; `None` sends all.
     pub only: Option<HashSet<Namespace>>,
     /// Send a heartbeat after this long without records (Watch only).
@@ -64,6 +83,8 @@ pub struct LogFollower {
     remaining: Option<usize>,
     opts: FollowOptions,
     head: watch::Receiver<Seq>,
+    /// The follower has been at the head: what follows is live.
+    live: bool,
 }
 
 impl LogFollower {
@@ -81,6 +102,7 @@ impl LogFollower {
             after,
             remaining: limit,
             opts,
+            live: false,
         }
     }
 
@@ -110,8 +132,17 @@ impl LogFollower {
             if limit == 0 {
                 return Ok(None);
             }
-            let budget = self.opts.with_data.then(|| limits.message_data_budget());
-            let records = self.replica.log_since(self.after, limit, budget).await?;
+            let budget = limits.message_data_budget();
+            let with = match self.opts {
+                FollowOptions {
+                    with_data: true, ..
+                } => WithData::All { budget },
+                FollowOptions {
+                    live_data: true, ..
+                } if self.live && self.remaining.is_none() => WithData::ClientWritten { budget },
+                _ => WithData::No,
+            };
+            let records = self.replica.log_since(self.after, limit, with).await?;
             if !records.is_empty()
                 && !held
                 && let Some(delay) = self.relay_delay()
@@ -131,6 +162,7 @@ impl LogFollower {
             if self.remaining.is_some() {
                 return Ok(None);
             }
+            self.live = true;
             let after = self.after;
             let heartbeat = async {
                 match self.opts.heartbeat {

@@ -10,7 +10,7 @@ mod recent;
 mod tail;
 
 pub use commit::{Checked, Origin};
-pub use follow::{FollowOptions, LogBatch, LogFollower, MAX_RELAY_DELAY};
+pub use follow::{FollowOptions, LogBatch, LogFollower, MAX_RELAY_DELAY, WithData};
 
 use std::sync::{Arc, Mutex};
 
@@ -355,17 +355,23 @@ impl Replica {
             .await
     }
 
-    /// Log records after `after`; see [`Store::log_since`].
+    /// Log records after `after`, from memory when the newest records are
+    /// asked for, else from the store (see [`Store::log_since`]). Records
+    /// read from the store carry data only when all data is asked for.
     pub async fn log_since(
         &self,
         after: Seq,
         limit: usize,
-        data_budget: Option<usize>,
+        with: WithData,
     ) -> Result<Vec<LogRecord>> {
-        let out = match self.commit.tail.since(after, limit, data_budget) {
+        let out = match self.commit.tail.since(after, limit, with) {
             Some(out) => out,
             None => {
-                self.blocking(move |s| s.log_since(after, limit, data_budget))
+                let budget = match with {
+                    WithData::All { budget } => Some(budget),
+                    WithData::No | WithData::ClientWritten { .. } => None,
+                };
+                self.blocking(move |s| s.log_since(after, limit, budget))
                     .await?
             }
         };

@@ -14,6 +14,7 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 
+use super::follow::WithData;
 use crate::entry::{EntryId, Namespace, VerifiedEntry};
 use crate::store::{LogRecord, Seq};
 
@@ -92,15 +93,10 @@ impl LogTail {
         }
     }
 
-    /// The records after `after` (up to `limit`, and with data within
-    /// `data_budget` bytes, at least one record), or `None` when the tail
+    /// The records after `after` (up to `limit`, and with the data asked
+    /// for within its budget, at least one record), or `None` when the tail
     /// does not reach back to `after` or lacks data asked for.
-    pub fn since(
-        &self,
-        after: Seq,
-        limit: usize,
-        data_budget: Option<usize>,
-    ) -> Option<Vec<LogRecord>> {
+    pub fn since(&self, after: Seq, limit: usize, with: WithData) -> Option<Vec<LogRecord>> {
         if self.max_bytes == 0 {
             return None;
         }
@@ -112,9 +108,19 @@ impl LogTail {
         let mut out = Vec::new();
         let mut bytes = 0;
         for held in inner.records.iter().skip(skip).take(limit) {
-            let data = match data_budget {
-                None => None,
-                Some(budget) => {
+            let data = match with {
+                WithData::No => None,
+                WithData::ClientWritten { .. } if held.relayed => None,
+                WithData::ClientWritten { budget } => match inner.data.get(&held.id) {
+                    // Too large to keep here: the reader fetches it.
+                    None => None,
+                    Some((_, data)) if !out.is_empty() && bytes + data.len() > budget => break,
+                    Some((_, data)) => {
+                        bytes += data.len();
+                        Some(data.clone())
+                    }
+                },
+                WithData::All { budget } => {
                     let (_, data) = inner.data.get(&held.id)?;
                     if !out.is_empty() && bytes + data.len() > budget {
                         break;
@@ -190,6 +196,7 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use WithData::{All, ClientWritten, No};
 
     fn entry(ns: &str, n: u8, size: usize) -> VerifiedEntry {
         VerifiedEntry {
@@ -208,17 +215,17 @@ mod tests {
         let tail = LogTail::new(10, 1 << 20);
         let batch = [entry("a", 1, 10), entry("a", 2, 10), entry("b", 3, 10)];
         tail.push(false, (11..).zip(&batch));
-        assert_eq!(seqs(&tail.since(10, 100, None).unwrap()), [11, 12, 13]);
-        assert_eq!(seqs(&tail.since(12, 100, None).unwrap()), [13]);
-        assert_eq!(tail.since(13, 100, None).unwrap(), []);
-        assert_eq!(seqs(&tail.since(10, 2, None).unwrap()), [11, 12]);
+        assert_eq!(seqs(&tail.since(10, 100, No).unwrap()), [11, 12, 13]);
+        assert_eq!(seqs(&tail.since(12, 100, No).unwrap()), [13]);
+        assert_eq!(tail.since(13, 100, No).unwrap(), []);
+        assert_eq!(seqs(&tail.since(10, 2, No).unwrap()), [11, 12]);
         // Before the tail starts: the store answers.
-        assert_eq!(tail.since(9, 100, None), None);
+        assert_eq!(tail.since(9, 100, No), None);
         // Data within the budget, at least one record.
-        let with = tail.since(10, 100, Some(15)).unwrap();
+        let with = tail.since(10, 100, All { budget: 15 }).unwrap();
         assert_eq!(seqs(&with), [11]);
         assert_eq!(with[0].data.as_deref(), Some(&[1u8; 10][..]));
-        assert_eq!(seqs(&tail.since(10, 100, Some(1)).unwrap()), [11]);
+        assert_eq!(seqs(&tail.since(10, 100, All { budget: 1 }).unwrap()), [11]);
     }
 
     #[test]
@@ -227,13 +234,13 @@ mod tests {
         let tail = LogTail::new(0, max);
         let batch: Vec<_> = (1..=6).map(|n| entry("a", n, 100)).collect();
         tail.push(false, (1..).zip(&batch));
-        assert_eq!(tail.since(1, 100, None), None, "the oldest are gone");
-        assert_eq!(seqs(&tail.since(2, 100, None).unwrap()), [3, 4, 5, 6]);
+        assert_eq!(tail.since(1, 100, No), None, "the oldest are gone");
+        assert_eq!(seqs(&tail.since(2, 100, No).unwrap()), [3, 4, 5, 6]);
         // Too large to keep: logged, but its data comes from the store.
         let big = entry("a", 7, max / 8 + 1);
         tail.push(false, [(7, &big)]);
-        assert_eq!(seqs(&tail.since(6, 100, None).unwrap()), [7]);
-        assert_eq!(tail.since(6, 100, Some(1 << 20)), None);
+        assert_eq!(seqs(&tail.since(6, 100, No).unwrap()), [7]);
+        assert_eq!(tail.since(6, 100, All { budget: 1 << 20 }), None);
         let ns = Namespace::new("t", "a").unwrap();
         assert_eq!(tail.get(&ns, &[big.id]), None);
     }
@@ -244,8 +251,8 @@ mod tests {
         let batch = [entry("a", 1, 10), entry("a", 2, 10)];
         tail.push(false, [(1, &batch[0])]);
         tail.push(false, [(5, &batch[1])]);
-        assert_eq!(tail.since(0, 100, None), None);
-        assert_eq!(seqs(&tail.since(4, 100, None).unwrap()), [5]);
+        assert_eq!(tail.since(0, 100, No), None);
+        assert_eq!(seqs(&tail.since(4, 100, No).unwrap()), [5]);
     }
 
     #[test]
@@ -275,10 +282,22 @@ mod tests {
     }
 
     #[test]
+    fn can_give_data_only_of_what_clients_wrote() {
+        let tail = LogTail::new(0, 1 << 20);
+        let batch = [entry("a", 1, 10), entry("a", 2, 10)];
+        tail.push(true, [(1, &batch[0])]);
+        tail.push(false, [(2, &batch[1])]);
+        let got = tail.since(0, 100, ClientWritten { budget: 100 }).unwrap();
+        assert_eq!(seqs(&got), [1, 2]);
+        assert_eq!(got[0].data, None, "relayed: id only");
+        assert_eq!(got[1].data.as_deref(), Some(&[2u8; 10][..]));
+    }
+
+    #[test]
     fn holds_nothing_when_turned_off() {
         let tail = LogTail::new(0, 0);
         tail.push(false, [(1, &entry("a", 1, 10))]);
-        assert_eq!(tail.since(0, 100, None), None, "the store answers");
-        assert_eq!(tail.since(1, 100, None), None);
+        assert_eq!(tail.since(0, 100, No), None, "the store answers");
+        assert_eq!(tail.since(1, 100, No), None);
     }
 }

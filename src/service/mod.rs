@@ -112,7 +112,8 @@ impl Store for StoreService {
     ) -> Result<Response<Self::ScanSinceStream>, Status> {
         let req = request.into_inner();
         let limit = page_limit(req.limit, usize::MAX)?;
-        let opts = streams::follow_options(&self.replica, req.include_data, req.namespaces, 0, 0)?;
+        let opts =
+            streams::follow_options(&self.replica, req.include_data, false, req.namespaces, 0, 0)?;
         self.log_stream(req.cursor, opts, Some(limit)).await
     }
 
@@ -124,6 +125,7 @@ impl Store for StoreService {
         let opts = streams::follow_options(
             &self.replica,
             req.include_data,
+            req.live_data,
             req.namespaces,
             req.heartbeat_ms,
             req.relay_delay_ms,

@@ -165,6 +165,7 @@ impl GetState {
 pub fn follow_options(
     replica: &Replica,
     with_data: bool,
+    live_data: bool,
     namespaces: Vec<proto::Namespace>,
     heartbeat_ms: u32,
     relay_delay_ms: u32,
@@ -199,6 +200,7 @@ pub fn follow_options(
     }
     Ok(FollowOptions {
         with_data,
+        live_data,
         only: (!only.is_empty()).then_some(only),
         heartbeat,
         relay_delay: (!relay_delay.is_zero()).then_some(relay_delay),

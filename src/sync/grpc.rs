@@ -93,6 +93,7 @@ impl Peer for GrpcPeer {
                 .from
                 .map(|c| convert::cursor_to_proto(c.incarnation, c.seq, Some(&c.id_at_seq))),
             include_data: request.with_data,
+            live_data: request.live_data,
             namespaces: request
                 .namespaces
                 .iter()

@@ -64,6 +64,7 @@ impl Peer for LocalPeer {
             .map_err(peer_error)?;
         let opts = FollowOptions {
             with_data: request.with_data,
+            live_data: request.live_data,
             only: (!request.namespaces.is_empty())
                 .then(|| request.namespaces.into_iter().collect()),
             heartbeat: request.heartbeat,

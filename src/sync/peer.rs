@@ -19,6 +19,9 @@ pub struct FollowRequest {
     pub from: Option<PeerCursor>,
     /// Records carry their entry's data.
     pub with_data: bool,
+    /// Once at the head, records of entries the peer took from clients
+    /// carry their data (see [`crate::replica::FollowOptions`]).
+    pub live_data: bool,
     /// Only these namespaces; empty follows all.
     pub namespaces: Vec<Namespace>,
     /// Ask for a heartbeat after this long without records.

@@ -29,6 +29,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -457,6 +458,7 @@ impl Worker {
         let request = FollowRequest {
             from,
             with_data: matches!(mode, Mode::Bootstrap),
+            live_data: matches!(mode, Mode::Follow),
             namespaces: link.settings.namespaces.clone(),
             heartbeat: Some(link.settings.heartbeat()),
             relay_delay: match mode {
@@ -608,8 +610,10 @@ impl Worker {
     }
 
     /// Adds a batch's entries to the sink. Data that came with the records
-    /// (a bootstrap, one worker at a time) goes straight in; the store
-    /// drops what it already holds. For ids alone, fetches those this
+    /// (a bootstrap, one worker at a time, or entries just written at the
+    /// peer) goes straight in, claimed so that workers hearing of the same
+    /// ids wait for it; the store drops what it already holds. For ids
+    /// alone, fetches those this
     /// replica lacks and no other worker is fetching, in requests the peer
     /// accepts; entries another worker is fetching are waited for (and
     /// fetched here only if that fails), so a body crosses once and the
@@ -621,11 +625,20 @@ impl Worker {
         records: Vec<crate::store::LogRecord>,
     ) -> Result<(), PullError> {
         let mut wanted: BTreeMap<Namespace, Vec<EntryId>> = BTreeMap::new();
+        let mut carried: BTreeMap<Namespace, Vec<(EntryId, Bytes)>> = BTreeMap::new();
         for r in records {
             match r.data {
-                Some(data) => sink.add(r.id, data).await?,
+                Some(data) => carried.entry(r.namespace).or_default().push((r.id, data)),
                 None => wanted.entry(r.namespace).or_default().push(r.id),
             }
+        }
+        for (ns, entries) in carried {
+            let ids: Vec<EntryId> = entries.iter().map(|(id, _)| *id).collect();
+            let (mine, _) = self.p.shared.in_flight.claim(&ns, &ids);
+            for (id, data) in entries {
+                sink.add(id, data).await?;
+            }
+            sink.claimed(mine);
         }
         for (ns, ids) in wanted {
             let mut missing = match self.p.local.missing(ns.clone(), ids).await {

@@ -211,18 +211,34 @@ async fn joining_three_peers_moves_each_body_once() {
     assert_eq!(received as usize, body_bytes, "each body crossed once");
 }
 
-/// A peer whose second `follow` call (the session after bootstrap) waits
-/// until the test lets it go: a window to change settings in exactly
+/// A peer in this process that counts `follow` and `get` calls, and whose
+/// second `follow` call (the session after bootstrap), when `hold` is set,
+/// waits until the test lets it go: a window to change settings in exactly
 /// between two sessions.
-struct HeldSecondFollow {
+struct Observed {
     inner: LocalPeer,
     calls: AtomicUsize,
+    gets: AtomicUsize,
+    hold: bool,
     arrived: Arc<tokio::sync::Notify>,
     go: Arc<tokio::sync::Notify>,
 }
 
+impl Observed {
+    fn new(source: &Arc<Replica>, hold: bool) -> Arc<Self> {
+        Arc::new(Self {
+            inner: LocalPeer::new(source.clone()),
+            calls: AtomicUsize::new(0),
+            gets: AtomicUsize::new(0),
+            hold,
+            arrived: Arc::default(),
+            go: Arc::default(),
+        })
+    }
+}
+
 #[async_trait::async_trait]
-impl Peer for HeldSecondFollow {
+impl Peer for Observed {
     fn address(&self) -> &str {
         self.inner.address()
     }
@@ -230,7 +246,7 @@ impl Peer for HeldSecondFollow {
         self.inner.head().await
     }
     async fn follow(&self, request: FollowRequest) -> Result<LogStream, PeerError> {
-        if self.calls.fetch_add(1, Ordering::SeqCst) == 1 {
+        if self.calls.fetch_add(1, Ordering::SeqCst) == 1 && self.hold {
             self.arrived.notify_one();
             self.go.notified().await;
         }
@@ -240,6 +256,7 @@ impl Peer for HeldSecondFollow {
         self.inner.missing(ns, ids).await
     }
     async fn get(&self, ns: &Namespace, ids: Vec<EntryId>) -> Result<EntryStream, PeerError> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
         self.inner.get(ns, ids).await
     }
     async fn put(&self, entries: Vec<Entry>) -> Result<Vec<PutOutcome>, PeerError> {
@@ -255,12 +272,7 @@ async fn a_filter_change_between_two_sessions_is_not_lost() {
     let local = replica("local", Arc::new(MemoryStore::new()));
     put(&source, &entries(&ns("a"), 20, 64)).await;
     put(&source, &entries(&ns("b"), 10, 64)).await;
-    let peer = Arc::new(HeldSecondFollow {
-        inner: LocalPeer::new(source.clone()),
-        calls: AtomicUsize::new(0),
-        arrived: Arc::default(),
-        go: Arc::default(),
-    });
+    let peer = Observed::new(&source, true);
     let only_a = PullSettings {
         namespaces: vec![ns("a")],
         ..fast()
@@ -270,6 +282,47 @@ async fn a_filter_change_between_two_sessions_is_not_lost() {
     pulling.settings.send_modify(|s| s.namespaces.push(ns("b")));
     peer.go.notify_one();
     wait_for(&local, 30).await;
+}
+
+/// A follower at the head gets entries just written at its peer with their
+/// log records, without asking for them; entries the peer merely relays
+/// come as ids, and are fetched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_written_at_the_peer_arrive_with_their_records() {
+    use crate::replica::Origin;
+    let source = replica("source", Arc::new(MemoryStore::new()));
+    let local = replica("local", Arc::new(MemoryStore::new()));
+    let peer = Observed::new(&source, false);
+    let pulling = pull_from(&local, peer.clone(), fast(), 1 << 20, Shared::default());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while pulling
+        .board
+        .snapshot()
+        .first()
+        .is_none_or(|s| s.state != "follow")
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never followed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for round in 1..=10 {
+        put(&source, &entries(&ns("a"), 5, 64)).await;
+        wait_for(&local, round * 5).await;
+    }
+    assert_eq!(peer.gets.load(Ordering::SeqCst), 0, "nothing fetched");
+
+    let relayed = entries(&ns("a"), 5, 64)
+        .iter()
+        .map(|e| (Bytes::copy_from_slice(&e.id.0), e.data().clone()))
+        .collect();
+    source
+        .verify_and_ingest(Origin::Peer, relayed, None, |_| false)
+        .await
+        .unwrap();
+    wait_for(&local, 55).await;
+    assert!(
+        peer.gets.load(Ordering::SeqCst) > 0,
+        "relayed entries are fetched"
+    );
 }
 
 /// A follower asked to hold relayed records back: records pulled from a

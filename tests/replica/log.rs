@@ -144,6 +144,7 @@ async fn cursors_from_elsewhere_are_rejected() {
                 namespaces: vec![],
                 heartbeat_ms: 0,
                 relay_delay_ms: 0,
+                live_data: false,
             })
             .await
             .unwrap_err();
@@ -181,6 +182,7 @@ async fn watch_follows_the_log_live_and_ends_on_shutdown() {
             namespaces: vec![],
             heartbeat_ms: 0,
             relay_delay_ms: 0,
+            live_data: false,
         })
         .await
         .unwrap()
