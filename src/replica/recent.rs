@@ -13,7 +13,11 @@ use crate::entry::EntryId;
 
 pub struct RecentIds {
     capacity: usize,
-    inner: Mutex<(HashSet<EntryId>, VecDeque<EntryId>)>,
+    /// (Ids are hashes chosen by writers: a keyed hash, but a fast one.)
+    inner: Mutex<(
+        HashSet<EntryId, foldhash::fast::RandomState>,
+        VecDeque<EntryId>,
+    )>,
 }
 
 impl RecentIds {
@@ -21,7 +25,7 @@ impl RecentIds {
         Self {
             capacity,
             inner: Mutex::new((
-                HashSet::with_capacity(capacity),
+                HashSet::with_capacity_and_hasher(capacity, Default::default()),
                 VecDeque::with_capacity(capacity),
             )),
         }

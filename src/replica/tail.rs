@@ -10,9 +10,9 @@
 //! numbers.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::follow::WithData;
 use crate::entry::{EntryId, Namespace, VerifiedEntry};
@@ -29,13 +29,19 @@ struct Inner {
     before: Seq,
     records: VecDeque<Held>,
     /// The data of records held with it, and their sequence numbers.
-    data: HashMap<EntryId, (Seq, Bytes)>,
+    /// (Ids are hashes chosen by writers: a keyed hash, but a fast one.)
+    data: HashMap<EntryId, (Seq, Bytes), foldhash::fast::RandomState>,
     bytes: usize,
+    /// Data is copied into blocks (a copy: an entry may share a large
+    /// request buffer); a block is freed once its last record is evicted,
+    /// so the tail churns through few large allocations, not one per entry.
+    block: BytesMut,
 }
 
 struct Held {
     seq: Seq,
-    namespace: Namespace,
+    /// Shared by neighbouring records of one namespace.
+    namespace: Arc<Namespace>,
     id: EntryId,
     /// Pulled from a peer, not written here by a client.
     relayed: bool,
@@ -75,15 +81,18 @@ impl LogTail {
             }
             let keep_data = entry.data.len() <= self.max_bytes / 8;
             if keep_data {
-                // A copy: the entry may share a large request buffer.
-                let data = Bytes::copy_from_slice(&entry.data);
+                let data = inner.copy(&entry.data, self.max_bytes / 32);
                 inner.bytes += data.len();
                 inner.data.insert(entry.id, (seq, data));
             }
             inner.bytes += RECORD_OVERHEAD;
+            let namespace = match inner.records.back() {
+                Some(last) if *last.namespace == entry.namespace => last.namespace.clone(),
+                _ => Arc::new(entry.namespace.clone()),
+            };
             inner.records.push_back(Held {
                 seq,
-                namespace: entry.namespace.clone(),
+                namespace,
                 id: entry.id,
                 relayed,
             });
@@ -131,7 +140,7 @@ impl LogTail {
             };
             out.push(LogRecord {
                 seq: held.seq,
-                namespace: held.namespace.clone(),
+                namespace: (*held.namespace).clone(),
                 id: held.id,
                 data,
             });
@@ -168,13 +177,21 @@ impl LogTail {
                 let (seq, data) = inner.data.get(id)?;
                 let held = &inner.records[(seq - inner.before - 1) as usize];
                 // Held in another namespace is not held in `ns`.
-                Some((held.namespace == *ns).then(|| data.clone()))
+                Some((*held.namespace == *ns).then(|| data.clone()))
             })
             .collect()
     }
 }
 
 impl Inner {
+    fn copy(&mut self, data: &[u8], block_size: usize) -> Bytes {
+        if self.block.capacity() - self.block.len() < data.len() {
+            self.block = BytesMut::with_capacity(block_size.max(data.len()));
+        }
+        self.block.extend_from_slice(data);
+        self.block.split().freeze()
+    }
+
     fn clear(&mut self, before: Seq) {
         *self = Inner {
             before,
