@@ -13,6 +13,7 @@ pub mod client;
 pub mod config;
 pub mod entry;
 pub mod error;
+pub mod head;
 pub mod limits;
 pub mod metrics;
 pub mod policy;

@@ -6,9 +6,10 @@ use bytes::Bytes;
 use crate::entry::PutOutcome;
 use crate::entry::{Entry, EntryId, Namespace, RejectReason, Rejection};
 use crate::error::{Error, Result};
+use crate::head::Head;
 use crate::limits::check_count;
 use crate::proto;
-use crate::replica::{Head, LogBatch};
+use crate::replica::LogBatch;
 use crate::store::{Incarnation, LogRecord, PeerCursor};
 
 pub fn namespace(ns: Option<proto::Namespace>) -> Result<Namespace> {

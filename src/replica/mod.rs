@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::entry::{EntryId, Namespace, PutOutcome, Rejection, VerifiedEntry};
 use crate::error::{Error, Result};
+use crate::head::Head;
 use crate::limits::{Limits, check_count};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
@@ -34,32 +35,6 @@ use crate::store::{
 pub struct NodeIdentity {
     pub node: String,
     pub instance: [u8; 16],
-}
-
-/// A replica's head: who it is, where its log ends, and the limits its
-/// requests must fit. What a puller asks first.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Head {
-    pub node: String,
-    pub instance: [u8; 16],
-    pub incarnation: Incarnation,
-    pub head_seq: Seq,
-    /// The id logged at `head_seq` (none for an empty log).
-    pub head_id: Option<EntryId>,
-    pub entry_count: u64,
-    pub max_ids_per_request: usize,
-    pub max_message_bytes: usize,
-}
-
-impl Head {
-    /// A cursor at the head: following from it yields only what comes next.
-    pub fn cursor(&self) -> Option<PeerCursor> {
-        self.head_id.map(|id| PeerCursor {
-            incarnation: self.incarnation,
-            seq: self.head_seq,
-            id_at_seq: id,
-        })
-    }
 }
 
 impl NodeIdentity {

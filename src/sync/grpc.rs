@@ -9,9 +9,10 @@ use tonic::transport::Channel;
 use super::peer::{EntryChunk, EntryStream, FollowRequest, LogStream, Peer, PeerError};
 use crate::client::{MAX_MESSAGE_BYTES, endpoint};
 use crate::entry::{Entry, EntryId, Namespace, PutOutcome};
+use crate::head::Head;
 use crate::proto::convert;
 use crate::proto::{self, store_client::StoreClient as RawClient};
-use crate::replica::{Head, LogBatch, MAX_RELAY_DELAY};
+use crate::replica::{LogBatch, MAX_RELAY_DELAY};
 
 /// How a [`GrpcPeer`] connects.
 #[derive(Debug, Clone, Copy)]

@@ -12,7 +12,8 @@ use futures::StreamExt;
 use super::peer::{EntryChunk, EntryStream, FollowRequest, LogStream, Peer, PeerError};
 use crate::entry::{Entry, EntryId, Namespace, PutOutcome};
 use crate::error::Error;
-use crate::replica::{FollowOptions, Head, LogFollower, Replica};
+use crate::head::Head;
+use crate::replica::{FollowOptions, LogFollower, Replica};
 
 pub struct LocalPeer {
     name: String,

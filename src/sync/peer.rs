@@ -9,7 +9,8 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 
 use crate::entry::{Entry, EntryId, Namespace, PutOutcome};
-use crate::replica::{Head, LogBatch};
+use crate::head::Head;
+use crate::replica::LogBatch;
 use crate::store::PeerCursor;
 
 /// What to follow of a peer's log.

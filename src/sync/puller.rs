@@ -46,9 +46,10 @@ use super::status::PeerStatus;
 use super::{Claim, PullSettings, Shared};
 use crate::entry::{EntryId, Namespace};
 use crate::error::Error;
+use crate::head::Head;
 use crate::metrics::Metrics;
 use crate::metrics::peer::PeerHandles;
-use crate::replica::{Head, Origin, Replica};
+use crate::replica::{Origin, Replica};
 use crate::store::{CursorRecord, CursorUpdate, PeerCursor, Seq};
 
 #[derive(Debug, thiserror::Error)]

@@ -242,7 +242,7 @@ impl Peer for Observed {
     fn address(&self) -> &str {
         self.inner.address()
     }
-    async fn head(&self) -> Result<crate::replica::Head, PeerError> {
+    async fn head(&self) -> Result<crate::head::Head, PeerError> {
         self.inner.head().await
     }
     async fn follow(&self, request: FollowRequest) -> Result<LogStream, PeerError> {
@@ -438,7 +438,7 @@ impl Peer for Silent {
     fn address(&self) -> &str {
         self.0.address()
     }
-    async fn head(&self) -> Result<crate::replica::Head, PeerError> {
+    async fn head(&self) -> Result<crate::head::Head, PeerError> {
         self.0.head().await
     }
     async fn follow(&self, _: FollowRequest) -> Result<LogStream, PeerError> {
