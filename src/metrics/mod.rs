@@ -30,6 +30,7 @@ pub struct Metrics {
     store_entries: IntGauge,
     store_head_seq: IntGauge,
     store_disk_bytes: IntGauge,
+    store_memory_bytes: IntGaugeVec,
     /// Replication cursors stored, counted at each clean-up pass.
     pub peer_cursors: IntGauge,
     /// Entry data held in memory by pulls right now.
@@ -90,8 +91,18 @@ impl Metrics {
             &["method"],
         )
         .expect("valid metric");
+        let store_memory_bytes = IntGaugeVec::new(
+            Opts::new(
+                "store_memory_bytes",
+                "Memory the store engine reports using, by part (memtables, table readers, \
+                 block cache, pinned blocks)",
+            ),
+            &["part"],
+        )
+        .expect("valid metric");
         for m in [
-            Box::new(grpc_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(store_memory_bytes.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(grpc_requests.clone()),
             Box::new(grpc_duration.clone()),
             Box::new(grpc_in_flight.clone()),
         ] {
@@ -127,6 +138,7 @@ impl Metrics {
                 "store_disk_bytes",
                 "Approximate size of the database (SST files and memtables)",
             ),
+            store_memory_bytes,
             peer_cursors: gauge(
                 "peer_cursors",
                 "Replication cursors stored (one per peer pulled within the retention period), \
@@ -145,6 +157,15 @@ impl Metrics {
         self.entries_rejected
             .with_label_values(&[reason.as_str()])
             .inc();
+    }
+
+    /// Sets the store memory gauges: `(part, bytes)` as the store reports them.
+    pub fn set_store_memory(&self, parts: &[(&'static str, u64)]) {
+        for (part, bytes) in parts {
+            self.store_memory_bytes
+                .with_label_values(&[*part])
+                .set(*bytes as i64);
+        }
     }
 
     /// The text exposition of every metric, after refreshing the store gauges.

@@ -130,9 +130,11 @@ impl Replica {
     /// The text exposition of this replica's metrics.
     pub async fn render_metrics(&self) -> String {
         let store = self.store.clone();
-        let disk_bytes = tokio::task::spawn_blocking(move || store.disk_bytes())
-            .await
-            .unwrap_or(0);
+        let (disk_bytes, memory) =
+            tokio::task::spawn_blocking(move || (store.disk_bytes(), store.memory_bytes()))
+                .await
+                .unwrap_or_default();
+        self.metrics.set_store_memory(&memory);
         self.metrics.render(&self.stats(), disk_bytes)
     }
 

@@ -45,6 +45,9 @@ impl<H: Hooks> Store for Decorated<H> {
     fn disk_bytes(&self) -> u64 {
         self.inner.disk_bytes()
     }
+    fn memory_bytes(&self) -> Vec<(&'static str, u64)> {
+        self.inner.memory_bytes()
+    }
     fn append(
         &self,
         entries: &[VerifiedEntry],

@@ -132,6 +132,12 @@ pub trait Store: Send + Sync + 'static {
     /// metrics, not for request paths.
     fn disk_bytes(&self) -> u64;
 
+    /// Memory the engine reports using, by part (none for memory). For
+    /// metrics, not for request paths.
+    fn memory_bytes(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+
     /// Appends a batch atomically, with an optional cursor update. Returns one
     /// outcome per entry, in order.
     fn append(

@@ -34,6 +34,14 @@ async fn metrics_pass_promtool_and_record_calls_by_method_and_code() {
     assert_eq!(metric(&text, bad), 1.0);
     assert_eq!(metric(&text, "mindoo_replica_store_entries"), 10.0);
     assert!(metric(&text, "mindoo_replica_store_disk_bytes") > 0.0);
+    // Ten entries sit in a memtable.
+    assert!(
+        metric(
+            &text,
+            "mindoo_replica_store_memory_bytes{part=\"memtables\"}"
+        ) > 0.0
+    );
+    assert!(text.contains("mindoo_replica_store_memory_bytes{part=\"block_cache\"}"));
     assert!(text.contains("mindoo_replica_grpc_request_duration_seconds_bucket"));
     assert!(text.contains("mindoo_replica_process_resident_memory_bytes"));
 

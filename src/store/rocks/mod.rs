@@ -293,6 +293,23 @@ impl Store for RocksStore {
             .sum()
     }
 
+    fn memory_bytes(&self) -> Vec<(&'static str, u64)> {
+        let sum = |name: &str| FAMILIES.iter().map(|cf| self.property(cf, name)).sum();
+        vec![
+            ("memtables", sum("rocksdb.size-all-mem-tables")),
+            ("table_readers", sum("rocksdb.estimate-table-readers-mem")),
+            // One cache shared by every family.
+            (
+                "block_cache",
+                self.property(CF_LOG, "rocksdb.block-cache-usage"),
+            ),
+            (
+                "block_cache_pinned",
+                self.property(CF_LOG, "rocksdb.block-cache-pinned-usage"),
+            ),
+        ]
+    }
+
     fn append(
         &self,
         entries: &[VerifiedEntry],

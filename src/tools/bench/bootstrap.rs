@@ -14,7 +14,7 @@ use crate::client::StoreClient;
 use crate::entry::{Namespace, VerifiedEntry};
 use crate::store::Store;
 use crate::store::rocks::{RocksConfig, RocksStore};
-use crate::tools::child::ReplicaProcess;
+use crate::tools::child::{ReplicaProcess, http_get};
 
 #[derive(Debug, Clone)]
 pub struct BootstrapOptions {
@@ -26,6 +26,24 @@ pub struct BootstrapOptions {
 }
 
 const FILL_BATCH: usize = 1000;
+
+/// The store memory gauges of a replica with metrics, in MB, as one line.
+async fn store_memory(p: &ReplicaProcess) -> String {
+    let Some(addr) = p.metrics else {
+        return "unknown".into();
+    };
+    let Ok(text) = http_get(addr, "/metrics").await else {
+        return "unknown".into();
+    };
+    text.lines()
+        .filter_map(|l| l.strip_prefix("mindoo_replica_store_memory_bytes{part=\""))
+        .filter_map(|l| {
+            let (part, value) = l.split_once("\"} ")?;
+            Some(format!("{part} {:.0} MB", value.parse::<f64>().ok()? / 1e6))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 pub async fn bootstrap(opts: BootstrapOptions) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -72,7 +90,7 @@ pub async fn bootstrap(opts: BootstrapOptions) -> anyhow::Result<()> {
         ),
     ];
     let start = Instant::now();
-    let puller = ReplicaProcess::spawn(&opts.exe, &dir.path().join("puller"), false, &env).await?;
+    let puller = ReplicaProcess::spawn(&opts.exe, &dir.path().join("puller"), true, &env).await?;
     let mut pclient = StoreClient::connect(&puller.grpc.to_string()).await?;
     let (mut last_report, mut last_held) = (Instant::now(), 0);
     loop {
@@ -84,8 +102,9 @@ pub async fn bootstrap(opts: BootstrapOptions) -> anyhow::Result<()> {
             let rate = (held - last_held) as f64 / last_report.elapsed().as_secs_f64();
             let (rss, _) = memory_mb(&puller);
             println!(
-                "bootstrap: … {held} of {total} after {:.1} s ({rate:.0} entries/s over the last interval, puller RSS {rss:.0} MB)",
-                start.elapsed().as_secs_f64()
+                "bootstrap: … {held} of {total} after {:.1} s ({rate:.0} entries/s over the last interval, puller RSS {rss:.0} MB; store {})",
+                start.elapsed().as_secs_f64(),
+                store_memory(&puller).await
             );
             (last_report, last_held) = (Instant::now(), held);
         }
@@ -113,6 +132,10 @@ pub async fn bootstrap(opts: BootstrapOptions) -> anyhow::Result<()> {
     );
     println!(
         "bootstrap: RSS source {src_rss:.0} MB (peak {src_peak:.0}), puller {pull_rss:.0} MB (peak {pull_peak:.0}) (target <= 256 MB)"
+    );
+    println!(
+        "bootstrap: puller store memory: {}",
+        store_memory(&puller).await
     );
 
     // Idle: nothing new on either side; only keepalives cross.
