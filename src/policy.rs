@@ -42,6 +42,33 @@ impl Default for Policy {
 }
 
 impl Policy {
+    /// A digest of what this policy lets in: 0 for the default policy.
+    /// Stored with each pull cursor, so that when a restart brings a policy
+    /// that lets more in, records the cursor passed are looked at again.
+    pub fn digest(&self) -> u64 {
+        self.raw_digest() ^ Policy::default().raw_digest()
+    }
+
+    fn raw_digest(&self) -> u64 {
+        let mut h = blake3::Hasher::new();
+        h.update(&[self.allow_unlisted as u8]);
+        h.update(&(self.max_entry_bytes as u64).to_be_bytes());
+        let mut namespaces: Vec<_> = self.namespaces.iter().collect();
+        namespaces.sort_by(|a, b| a.0.cmp(b.0));
+        for (ns, rules) in namespaces {
+            h.update(ns.to_string().as_bytes());
+            h.update(&[0, rules.require_signature as u8]);
+            let mut authors: Vec<_> = rules.trusted_authors.iter().collect();
+            authors.sort();
+            for author in authors {
+                h.update(author);
+            }
+            h.update(&[0xff]);
+        }
+        let bytes: [u8; 8] = h.finalize().as_bytes()[..8].try_into().expect("8 bytes");
+        u64::from_be_bytes(bytes)
+    }
+
     /// Whether the replica serves `ns` at all.
     pub fn serves(&self, ns: &Namespace) -> bool {
         self.allow_unlisted || self.namespaces.contains_key(ns)
@@ -127,6 +154,32 @@ mod tests {
 
     fn reason(p: &Policy, e: &Entry) -> Option<RejectReason> {
         p.check(&e.id.0, e.data().clone()).err().map(|r| r.reason)
+    }
+
+    #[test]
+    fn the_digest_is_zero_by_default_and_follows_the_rules() {
+        assert_eq!(Policy::default().digest(), 0);
+        let ns = Namespace::new("t", "d").unwrap();
+        let with = |authors: &[[u8; 32]]| Policy {
+            namespaces: [(
+                ns.clone(),
+                NamespaceRules {
+                    trusted_authors: authors.iter().copied().collect(),
+                    require_signature: false,
+                },
+            )]
+            .into(),
+            ..Default::default()
+        };
+        let one = with(&[[1; 32]]);
+        assert_ne!(one.digest(), 0);
+        assert_eq!(one.digest(), with(&[[1; 32]]).digest());
+        assert_ne!(one.digest(), with(&[[1; 32], [2; 32]]).digest());
+        assert_eq!(
+            with(&[[2; 32], [1; 32]]).digest(),
+            with(&[[1; 32], [2; 32]]).digest(),
+            "order does not matter"
+        );
     }
 
     #[test]

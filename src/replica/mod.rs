@@ -95,6 +95,11 @@ impl Replica {
         &self.identity
     }
 
+    /// A digest of this replica's ingest policy (see [`Policy::digest`]).
+    pub fn policy_digest(&self) -> u64 {
+        self.commit.policy.digest()
+    }
+
     pub fn limits(&self) -> &Limits {
         &self.limits
     }

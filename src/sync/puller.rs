@@ -354,7 +354,7 @@ impl Worker {
             Some(r) if r.cursor.incarnation != link.head.incarnation => {
                 State::Reset(link, "the peer's incarnation changed".into())
             }
-            Some(r) if r.cursor.seq > 0 && r.scope != link.settings.scope() => {
+            Some(r) if r.cursor.seq > 0 && r.scope != self.scope(&link) => {
                 State::Rescan(link, r.cursor)
             }
             Some(r) if r.cursor.seq > 0 => State::Follow(link, Some(r.cursor)),
@@ -385,13 +385,20 @@ impl Worker {
         Ok(())
     }
 
+    /// What a cursor into this peer is valid for: the namespace filter and
+    /// the policy that decided what was stored as it moved. When either
+    /// changes, records it passed may now be wanted.
+    fn scope(&self, link: &Link) -> u64 {
+        link.settings.scope() ^ self.p.local.policy_digest()
+    }
+
     /// Stores `cursor` for the link's peer, under the link's filter.
     async fn persist_cursor(&self, link: &Link, cursor: PeerCursor) -> Result<(), PullError> {
         let update = CursorUpdate {
             peer: link.node.clone(),
             record: CursorRecord {
                 cursor,
-                scope: link.settings.scope(),
+                scope: self.scope(link),
                 updated_ms: self.p.env.unix_ms(),
             },
         };
@@ -492,7 +499,7 @@ impl Worker {
             self.p.budget.clone(),
             report,
             link.node.clone(),
-            link.settings.scope(),
+            self.scope(link),
             until.or(from).map_or(0, |c| c.seq),
         );
         // Compared with the link's filter before the first record: a change

@@ -39,10 +39,19 @@ fn replica(name: &str, store: Arc<dyn Store>) -> Arc<Replica> {
 }
 
 fn replica_with_tail(name: &str, store: Arc<dyn Store>, log_tail_bytes: usize) -> Arc<Replica> {
+    replica_with(name, store, log_tail_bytes, Policy::default())
+}
+
+fn replica_with(
+    name: &str,
+    store: Arc<dyn Store>,
+    log_tail_bytes: usize,
+    policy: Policy,
+) -> Arc<Replica> {
     Arc::new(Replica::new(
         store,
         NodeIdentity::new(name),
-        Policy::default(),
+        policy,
         Limits::default(),
         log_tail_bytes,
         Arc::new(Metrics::new()),
@@ -282,6 +291,57 @@ async fn a_filter_change_between_two_sessions_is_not_lost() {
     pulling.settings.send_modify(|s| s.namespaces.push(ns("b")));
     peer.go.notify_one();
     wait_for(&local, 30).await;
+}
+
+/// Entries a policy refused are not forgotten: after a restart with a
+/// policy that trusts their author, the pull looks at what its cursor
+/// passed again and they arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_of_a_newly_trusted_author_arrive_after_a_restart() {
+    use crate::policy::NamespaceRules;
+    let (alice, bob) = (
+        SigningKey::from_bytes(&[1; 32]),
+        SigningKey::from_bytes(&[2; 32]),
+    );
+    let trusting = |keys: &[&SigningKey]| Policy {
+        namespaces: [(
+            ns("a"),
+            NamespaceRules {
+                trusted_authors: keys.iter().map(|k| k.verifying_key().to_bytes()).collect(),
+                require_signature: true,
+            },
+        )]
+        .into(),
+        ..Default::default()
+    };
+    let sample = |key: &SigningKey| crate::tools::fixtures::sample_entries(&ns("a"), key, 10, 64);
+    let source = replica("source", Arc::new(MemoryStore::new()));
+    put(&source, &sample(&alice)).await;
+    put(&source, &sample(&bob)).await;
+
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let local = replica_with("local", store.clone(), 8 << 20, trusting(&[&alice]));
+    let pulling = pull(&local, &source, fast(), 1 << 20);
+    wait_for(&local, 10).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while local
+        .peer_cursor("source")
+        .await
+        .unwrap()
+        .is_none_or(|c| c.cursor.seq < 20)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cursor passed bob's entries"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(pulling);
+
+    // Restarted on the same store, now trusting bob too.
+    let local = replica_with("local", store, 8 << 20, trusting(&[&alice, &bob]));
+    let _pulling = pull(&local, &source, fast(), 1 << 20);
+    wait_for(&local, 20).await;
 }
 
 /// A follower at the head gets entries just written at its peer with their
