@@ -58,6 +58,13 @@ pub struct RawServer {
     pub shutdown_delay_ms: u64,
     /// How long in-flight calls may take to finish on shutdown.
     pub drain_timeout_ms: u64,
+    /// gRPC connections open at once; at the cap new ones wait to be
+    /// accepted.
+    pub max_connections: u64,
+    /// A connection that has not started HTTP/2 within this long is closed.
+    pub handshake_timeout_ms: u64,
+    /// Concurrent calls (HTTP/2 streams) one connection may open.
+    pub max_streams_per_connection: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,6 +76,8 @@ pub struct RawStorage {
     pub block_cache_mb: u64,
     pub write_buffer_mb: u64,
     pub sync_writes: bool,
+    /// Files RocksDB keeps open at most.
+    pub max_open_files: u64,
     /// The newest log records kept in memory with their data (0: none).
     pub log_tail_mb: u64,
 }
@@ -179,8 +188,13 @@ impl Default for RawServer {
         Self {
             listen: "127.0.0.1:7700".into(),
             metrics_listen: "127.0.0.1:9700".into(),
-            shutdown_delay_ms: 0,
+            // Long enough for Kubernetes to take a terminating pod out of
+            // its Service endpoints before the listener closes.
+            shutdown_delay_ms: 5_000,
             drain_timeout_ms: 10_000,
+            max_connections: 1024,
+            handshake_timeout_ms: 10_000,
+            max_streams_per_connection: 128,
         }
     }
 }
@@ -193,6 +207,7 @@ impl Default for RawStorage {
             block_cache_mb: 64,
             write_buffer_mb: 32,
             sync_writes: false,
+            max_open_files: 1024,
             log_tail_mb: 8,
         }
     }
@@ -269,6 +284,8 @@ pub struct ServerSettings {
     pub metrics_listen: Option<SocketAddr>,
     pub shutdown_delay: Duration,
     pub drain_timeout: Duration,
+    pub connections: crate::connections::ConnectionLimits,
+    pub max_streams_per_connection: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -340,6 +357,24 @@ impl RawConfig {
             },
             shutdown_delay: Duration::from_millis(s.shutdown_delay_ms),
             drain_timeout: Duration::from_millis(s.drain_timeout_ms),
+            max_streams_per_connection: count(
+                "server.max_streams_per_connection",
+                s.max_streams_per_connection,
+                1,
+                65_536,
+            )? as u32,
+            connections: crate::connections::ConnectionLimits {
+                max_connections: count("server.max_connections", s.max_connections, 1, 1 << 20)?,
+                handshake_timeout: match s.handshake_timeout_ms {
+                    100..=600_000 => Duration::from_millis(s.handshake_timeout_ms),
+                    v => {
+                        return Err(invalid(
+                            "server.handshake_timeout_ms",
+                            format!("{v} is outside 100..=600000"),
+                        ));
+                    }
+                },
+            },
         };
         let st = &self.storage;
         let storage = match st.backend.as_str() {
@@ -357,6 +392,12 @@ impl RawConfig {
                         4096,
                     )?,
                     sync_writes: st.sync_writes,
+                    max_open_files: count(
+                        "storage.max_open_files",
+                        st.max_open_files,
+                        64,
+                        1 << 20,
+                    )?,
                     // Known once the listener is bound (see `Settings::node_name`).
                     node: None,
                 })
@@ -457,6 +498,14 @@ impl RawConfig {
 }
 
 /// A size given in MiB, checked against its range, in bytes.
+fn count(key: &str, v: u64, min: u64, max: u64) -> Result<usize, ConfigError> {
+    if (min..=max).contains(&v) {
+        Ok(v as usize)
+    } else {
+        Err(invalid(key, format!("{v} is outside {min}..={max}")))
+    }
+}
+
 fn mib(key: &str, v: u64, min: u64, max: u64) -> Result<usize, ConfigError> {
     if (min..=max).contains(&v) {
         Ok(v as usize * (1 << 20))

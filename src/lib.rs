@@ -11,6 +11,7 @@
 
 pub mod client;
 pub mod config;
+pub mod connections;
 pub mod entry;
 pub mod error;
 pub mod head;

@@ -265,6 +265,10 @@ fn config_error(e: ConfigError) -> ExitCode {
 
 async fn serve(settings: Settings, config: Option<PathBuf>) -> anyhow::Result<()> {
     telemetry::init(&settings.log);
+    match mindoo_replica::connections::raise_open_files_limit() {
+        Ok((before, after)) => tracing::info!(before, after, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-files limit"),
+    }
     let (peers, peers_rx) = tokio::sync::watch::channel(settings.replication.clone());
     let reload = tokio::spawn(reload_on_sighup(config, peers));
     let shutdown = shutdown_signal()?;

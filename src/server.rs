@@ -18,12 +18,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
+
 use tonic_health::ServingStatus;
 
 use tokio::sync::watch;
 
 use crate::config::{ServerSettings, Settings, StorageSettings};
+use crate::connections;
 use crate::metrics::Metrics;
 use crate::metrics::layer::GrpcMetricsLayer;
 use crate::proto;
@@ -203,11 +204,38 @@ pub async fn serve_with(
         .build_v1alpha()?;
 
     let grpc_addr = listeners.grpc_addr()?;
-    let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
+    let mut limits = settings.server.connections;
+    let store_files = match &settings.storage {
+        StorageSettings::Rocks(rocks) => rocks.max_open_files,
+        StorageSettings::Memory => 0,
+    };
+    let open_files = connections::open_files_limit();
+    limits.max_connections =
+        connections::connections_that_fit(limits.max_connections, store_files, open_files);
+    if limits.max_connections < settings.server.connections.max_connections {
+        tracing::warn!(
+            open_files,
+            store_files,
+            max_connections = limits.max_connections,
+            "the open-files limit is too low for server.max_connections beside the store: \
+             accepting fewer connections"
+        );
+    }
+    let incoming = connections::incoming(listeners.grpc, limits, metrics.clone());
     let grpc = Server::builder()
+        // HTTP/2 settings chosen for a server facing clients it does not
+        // control: bounded streams, headers and windows; resets and errors
+        // beyond a handful end the connection; dead peers are noticed.
+        .max_concurrent_streams(Some(settings.server.max_streams_per_connection))
+        .http2_max_header_list_size(Some(16 << 10))
+        .initial_stream_window_size(Some(1 << 20))
+        .initial_connection_window_size(Some(2 << 20))
+        .http2_max_pending_accept_reset_streams(Some(64))
+        .http2_max_local_error_reset_streams(Some(256))
+        .tcp_keepalive(Some(std::time::Duration::from_secs(60)))
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
-        .layer(GrpcMetricsLayer::new(metrics.clone()))
+        .layer(GrpcMetricsLayer::new(metrics.clone(), served_methods()?))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
@@ -267,6 +295,35 @@ pub async fn serve_with(
     replica.flush().await.context("flushing the store")?;
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Every method this server answers, as `package.Service/Method`, read from
+/// the descriptor sets of the services it mounts.
+fn served_methods() -> anyhow::Result<Vec<String>> {
+    use prost::Message;
+    let sets = [
+        proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ];
+    let mut methods = Vec::new();
+    for set in sets {
+        let set = prost_types::FileDescriptorSet::decode(set)?;
+        for file in set.file {
+            for service in &file.service {
+                for method in &service.method {
+                    methods.push(format!(
+                        "{}.{}/{}",
+                        file.package(),
+                        service.name(),
+                        method.name()
+                    ));
+                }
+            }
+        }
+    }
+    Ok(methods)
 }
 
 async fn serve_metrics(listener: TcpListener, replica: Arc<Replica>) {

@@ -5,6 +5,7 @@
 //! (which carry `grpc-status`) have been sent, or when the call is abandoned,
 //! so cancelled calls are counted too and the in-flight gauge always returns.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,11 +22,17 @@ use super::Metrics;
 #[derive(Clone)]
 pub struct GrpcMetricsLayer {
     metrics: Arc<Metrics>,
+    methods: Arc<HashSet<String>>,
 }
 
 impl GrpcMetricsLayer {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics }
+    /// Records calls of `methods` (`package.Service/Method`) under their
+    /// names, every other path as `unknown`.
+    pub fn new(metrics: Arc<Metrics>, methods: impl IntoIterator<Item = String>) -> Self {
+        Self {
+            metrics,
+            methods: Arc::new(methods.into_iter().collect()),
+        }
     }
 }
 
@@ -36,6 +43,7 @@ impl<S> Layer<S> for GrpcMetricsLayer {
         GrpcMetrics {
             inner,
             metrics: self.metrics.clone(),
+            methods: self.methods.clone(),
         }
     }
 }
@@ -44,6 +52,7 @@ impl<S> Layer<S> for GrpcMetricsLayer {
 pub struct GrpcMetrics<S> {
     inner: S,
     metrics: Arc<Metrics>,
+    methods: Arc<HashSet<String>>,
 }
 
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for GrpcMetrics<S>
@@ -59,7 +68,8 @@ where
     }
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
-        let guard = CallGuard::start(self.metrics.clone(), method_label(req.uri().path()));
+        let method = method_label(&self.methods, req.uri().path());
+        let guard = CallGuard::start(self.metrics.clone(), method);
         ResponseFuture {
             inner: self.inner.call(req),
             guard: Some(guard),
@@ -67,17 +77,12 @@ where
     }
 }
 
-/// The label for a request path: known services keep their full method name,
-/// anything else is `unknown`, so clients cannot grow the label set.
-fn method_label(path: &str) -> String {
-    let known = [
-        "/mindoo.replica.v1.",
-        "/grpc.health.v1.",
-        "/grpc.reflection.",
-    ];
-    match known.iter().any(|p| path.starts_with(p)) && path.len() < 128 {
-        true => path[1..].to_owned(),
-        false => "unknown".to_owned(),
+/// The label for a request path: a served method keeps its name, anything
+/// else is `unknown`, so clients cannot grow the label set.
+fn method_label(methods: &HashSet<String>, path: &str) -> String {
+    match path.strip_prefix('/') {
+        Some(method) if methods.contains(method) => method.to_owned(),
+        _ => "unknown".to_owned(),
     }
 }
 

@@ -31,6 +31,10 @@ pub struct Metrics {
     store_head_seq: IntGauge,
     store_disk_bytes: IntGauge,
     store_memory_bytes: IntGaugeVec,
+    /// gRPC connections open now.
+    pub connections_open: IntGauge,
+    /// Connections closed for not starting HTTP/2 in time.
+    pub handshake_timeouts: IntCounter,
     /// Replication cursors stored, counted at each clean-up pass.
     pub peer_cursors: IntGauge,
     /// Entry data held in memory by pulls right now.
@@ -139,6 +143,15 @@ impl Metrics {
                 "Approximate size of the database (SST files and memtables)",
             ),
             store_memory_bytes,
+            connections_open: gauge(
+                "connections_open",
+                "gRPC connections open, within server.max_connections",
+            ),
+            handshake_timeouts: counter(
+                "connection_handshake_timeouts_total",
+                "Connections closed because the HTTP/2 preface did not arrive within \
+                 server.handshake_timeout_ms",
+            ),
             peer_cursors: gauge(
                 "peer_cursors",
                 "Replication cursors stored (one per peer pulled within the retention period), \

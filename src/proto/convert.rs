@@ -24,12 +24,19 @@ pub fn namespace_to_proto(ns: &Namespace) -> proto::Namespace {
     }
 }
 
-/// Parses a list of ids, refusing more than `limit` of them.
+/// Parses a list of ids, refusing more than `limit` of them. An id named
+/// twice is kept once (first place), so nothing is answered twice.
 pub fn ids(ids: Vec<Bytes>, limit: usize) -> Result<Vec<EntryId>> {
     check_count("ids in one request", ids.len(), limit)?;
-    ids.iter()
-        .map(|id| EntryId::from_slice(id).map_err(Error::from))
-        .collect()
+    let mut seen = std::collections::HashSet::with_capacity(ids.len());
+    let mut out = Vec::with_capacity(ids.len());
+    for id in &ids {
+        let id = EntryId::from_slice(id)?;
+        if seen.insert(id) {
+            out.push(id);
+        }
+    }
+    Ok(out)
 }
 
 pub fn id_bytes(id: &EntryId) -> Bytes {

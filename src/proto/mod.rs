@@ -3,6 +3,7 @@
 //! validating every field, for the service handlers, the client and the
 //! gRPC peer adapter.
 
+pub mod codec;
 pub mod convert;
 
 #[allow(clippy::all, missing_docs)]

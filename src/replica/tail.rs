@@ -2,8 +2,8 @@
 //! every stored entry is read back at once: each peer's live Watch reads
 //! the new log records and then fetches the bodies it lacks. Answering
 //! those reads from here spares a trip to the store (and a hop to the
-//! blocking pool) per read. Bounded by bytes; entries larger than an
-//! eighth of the bound are logged here without their data.
+//! blocking pool) per read. Bounded by bytes; the data kept is that of
+//! entries clients wrote here, up to an eighth of the bound each.
 //!
 //! The tail covers every record after `before`, in log order; records are
 //! pushed by the commit, in the order the store assigned their sequence
@@ -79,7 +79,9 @@ impl LogTail {
             if seq != last + 1 {
                 inner.clear(seq - 1);
             }
-            let keep_data = entry.data.len() <= self.max_bytes / 8;
+            // Data only of what clients wrote here: that is what peers
+            // come for at once; what was pulled they mostly have already.
+            let keep_data = !relayed && entry.data.len() <= self.max_bytes / 8;
             if keep_data {
                 let data = inner.copy(&entry.data, self.max_bytes / 32);
                 inner.bytes += data.len();
@@ -308,6 +310,10 @@ mod tests {
         assert_eq!(seqs(&got), [1, 2]);
         assert_eq!(got[0].data, None, "relayed: id only");
         assert_eq!(got[1].data.as_deref(), Some(&[2u8; 10][..]));
+        // Relayed data is not kept: whole-data reads and fetches go to the store.
+        assert_eq!(tail.since(0, 100, All { budget: 100 }), None);
+        let a = Namespace::new("t", "a").unwrap();
+        assert_eq!(tail.get(&a, &[batch[0].id]), None);
     }
 
     #[test]

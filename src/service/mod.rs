@@ -13,7 +13,8 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::error::Error;
 use crate::proto;
 use crate::proto::convert;
-use crate::proto::store_server::{Store, StoreServer};
+// The generated trait is the wire API; `Store` alone names the storage trait.
+use crate::proto::store_server::{Store as StoreApi, StoreServer};
 use crate::replica::Replica;
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -33,7 +34,7 @@ impl StoreService {
 }
 
 #[tonic::async_trait]
-impl Store for StoreService {
+impl StoreApi for StoreService {
     type PutEntriesStream = ResponseStream<proto::PutEntriesResponse>;
     type GetEntriesStream = ResponseStream<proto::EntryBatch>;
     type ScanSinceStream = ResponseStream<proto::LogBatch>;

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use tonic::{Request, Response, Status};
 
 use crate::proto;
-use crate::proto::replication_server::{Replication, ReplicationServer};
+use crate::proto::replication_server::{Replication as ReplicationApi, ReplicationServer};
 use crate::replica::Replica;
 use crate::sync::status::StatusBoard;
 
@@ -23,7 +23,7 @@ impl ReplicationService {
 }
 
 #[tonic::async_trait]
-impl Replication for ReplicationService {
+impl ReplicationApi for ReplicationService {
     async fn peer_status(
         &self,
         _request: Request<proto::PeerStatusRequest>,

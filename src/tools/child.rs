@@ -104,6 +104,7 @@ impl ReplicaProcess {
         cmd.arg("serve")
             .env("MINDOO_REPLICA__STORAGE__PATH", data_dir)
             .env("MINDOO_REPLICA__LOG__FILTER", "warn")
+            .env("MINDOO_REPLICA__SERVER__SHUTDOWN_DELAY_MS", "0")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -73,6 +73,8 @@ pub async fn spawn_mesh(
         config.replication.peers = addrs.clone();
         config.replication.advertise = addrs[i].clone();
         config.replication.backoff_max_ms = 2_000;
+        // No load balancer in front of a local mesh: stop at once.
+        config.server.shutdown_delay_ms = 0;
         tweak(&mut config);
         let file = data_dir.join(format!("{name}.toml"));
         std::fs::write(&file, config.to_toml())?;

@@ -364,3 +364,52 @@ async fn a_silent_put_stream_is_closed_after_the_idle_timeout() {
     drop(tx);
     replica.stop().await.unwrap();
 }
+
+/// `Namespace` as it looks on the wire, with bytes where the API has
+/// strings, so a test can send what no well-behaved client can.
+#[derive(Clone, PartialEq, prost::Message)]
+struct WireNamespace {
+    #[prost(bytes = "vec", tag = "1")]
+    tenant: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    db: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct WireMissingIds {
+    #[prost(message, optional, tag = "1")]
+    namespace: Option<WireNamespace>,
+    #[prost(bytes = "vec", repeated, tag = "2")]
+    ids: Vec<Vec<u8>>,
+}
+
+#[tokio::test]
+async fn a_namespace_that_is_not_utf8_is_invalid_argument() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = TestReplica::start(dir.path(), |_| {}).await;
+    let channel = mindoo_replica::client::endpoint(&replica.addr.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let request = WireMissingIds {
+        namespace: Some(WireNamespace {
+            tenant: vec![0xff, 0xfe, b'a'],
+            db: b"db".to_vec(),
+        }),
+        ids: vec![vec![0; 32]],
+    };
+    let err = grpc
+        .unary::<_, proto::MissingIdsResponse, _>(
+            tonic::Request::new(request),
+            "/mindoo.replica.v1.Store/MissingIds".parse().unwrap(),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("UTF-8"), "{err:?}");
+    replica.stop().await.unwrap();
+}

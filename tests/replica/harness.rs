@@ -40,6 +40,7 @@ pub fn test_config(dir: &Path) -> RawConfig {
     raw.storage.block_cache_mb = 8;
     raw.storage.write_buffer_mb = 8;
     raw.server.drain_timeout_ms = 5_000;
+    raw.server.shutdown_delay_ms = 0;
     raw.replication.backoff_initial_ms = 20;
     raw.replication.backoff_max_ms = 300;
     raw.replication.connect_timeout_ms = 1_000;

@@ -3,6 +3,7 @@
 mod bad_input;
 mod crash;
 mod harness;
+mod hostile;
 mod lifecycle;
 mod log;
 mod mesh;

@@ -25,7 +25,36 @@ async fn metrics_pass_promtool_and_record_calls_by_method_and_code() {
             ids: vec![],
         })
         .await;
+    // Made-up methods under a real service name: answered UNIMPLEMENTED and
+    // counted under one `unknown` label, not one series each.
+    let channel = mindoo_replica::client::endpoint(&replica.addr.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    for i in 0..20 {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.unwrap();
+        let path = format!("/mindoo.replica.v1.Store/Made{i}").parse().unwrap();
+        let err = grpc
+            .unary::<_, proto::HeadResponse, _>(
+                tonic::Request::new(proto::HeadRequest {}),
+                path,
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unimplemented);
+    }
     let text = replica.metrics_text().await;
+    assert!(!text.contains("Made"), "no series per made-up method");
+    assert_eq!(
+        metric(
+            &text,
+            "mindoo_replica_grpc_requests_total{code=\"Unimplemented\",method=\"unknown\"}"
+        ),
+        20.0
+    );
 
     let head =
         "mindoo_replica_grpc_requests_total{code=\"OK\",method=\"mindoo.replica.v1.Store/Head\"}";

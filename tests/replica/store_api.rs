@@ -33,6 +33,11 @@ async fn put_dedups_and_reads_back_verified() {
     let unknown = entries(1)[0].id;
     let missing = client.missing(&ns(), &[ids[5], unknown]).await.unwrap();
     assert_eq!(missing, vec![unknown]);
+    // An id named many times is answered once: no amplification.
+    let repeated = client.get(&ns(), &[ids[7]; 5000]).await.unwrap();
+    assert_eq!(repeated.len(), 1);
+    let missing = client.missing(&ns(), &[unknown; 3]).await.unwrap();
+    assert_eq!(missing, vec![unknown]);
 
     let text = replica.metrics_text().await;
     assert_eq!(metric(&text, "mindoo_replica_entries_stored_total"), 100.0);

@@ -75,6 +75,9 @@ pub struct RocksConfig {
     pub write_buffer_bytes: usize,
     /// fsync the WAL on every batch (survives power loss, slower).
     pub sync_writes: bool,
+    /// Files RocksDB keeps open at most (table files beyond it are reopened
+    /// on use).
+    pub max_open_files: usize,
     /// The node identity opening the database; a database last opened by
     /// another node gets a new incarnation. `None` skips the check.
     pub node: Option<String>,
@@ -87,6 +90,7 @@ impl RocksConfig {
             block_cache_bytes: 64 << 20,
             write_buffer_bytes: 32 << 20,
             sync_writes: false,
+            max_open_files: 1024,
             node: None,
         }
     }
@@ -162,6 +166,7 @@ impl RocksStore {
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
         db_opts.set_max_background_jobs(2);
+        db_opts.set_max_open_files(config.max_open_files.min(i32::MAX as usize) as i32);
         db_opts.set_bytes_per_sync(1 << 20);
         db_opts.set_keep_log_file_num(3);
         db_opts.set_max_total_wal_size(256 << 20);

@@ -1,0 +1,212 @@
+//! Hostile clients against one replica: raw TCP and hand-written HTTP/2
+//! frames that stall handshakes, flood resets or header fragments. After
+//! each, a well-behaved client still writes and reads, and the replica's
+//! connection count comes back down.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::harness::*;
+
+/// Hand-written HTTP/2 frames (RFC 9113), enough to misbehave with.
+mod frames {
+    pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    const HEADERS: u8 = 0x1;
+    const RST_STREAM: u8 = 0x3;
+    const SETTINGS: u8 = 0x4;
+    const CONTINUATION: u8 = 0x9;
+    pub const END_STREAM: u8 = 0x1;
+    pub const END_HEADERS: u8 = 0x4;
+
+    pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        out.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    pub fn settings() -> Vec<u8> {
+        frame(SETTINGS, 0, 0, &[])
+    }
+
+    /// A header block of literal fields (no indexing, no Huffman); names
+    /// and values shorter than 127 bytes.
+    pub fn block(fields: &[(&str, &str)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, value) in fields {
+            out.push(0x00);
+            out.push(name.len() as u8);
+            out.extend_from_slice(name.as_bytes());
+            out.push(value.len() as u8);
+            out.extend_from_slice(value.as_bytes());
+        }
+        out
+    }
+
+    /// The headers of a unary call to `path`.
+    pub fn request(path: &str) -> Vec<u8> {
+        block(&[
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", path),
+            (":authority", "replica"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ])
+    }
+
+    pub fn headers(stream: u32, flags: u8, block: &[u8]) -> Vec<u8> {
+        frame(HEADERS, flags, stream, block)
+    }
+
+    pub fn continuation(stream: u32, flags: u8, block: &[u8]) -> Vec<u8> {
+        frame(CONTINUATION, flags, stream, block)
+    }
+
+    pub fn rst(stream: u32) -> Vec<u8> {
+        frame(RST_STREAM, 0, stream, &8u32.to_be_bytes())
+    }
+}
+
+/// Reads until the server closes the connection (true) or `within` passes
+/// (false). What it sends meanwhile (SETTINGS, GOAWAY) is discarded.
+async fn closed_by_server(conn: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = vec![0u8; 64 << 10];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// A well-behaved client writes and reads back within `within`.
+async fn still_serves(replica: &TestReplica, within: Duration) {
+    let work = async {
+        let mut client = replica.client().await;
+        let batch = entries(5);
+        client.put(&batch).await.unwrap();
+        let ids: Vec<_> = batch.iter().map(|e| e.id).collect();
+        assert_eq!(client.get(&ns(), &ids).await.unwrap().len(), 5);
+    };
+    tokio::time::timeout(within, work)
+        .await
+        .expect("a well-behaved client is served");
+}
+
+async fn open_connections(replica: &TestReplica) -> f64 {
+    metric(
+        &replica.metrics_text().await,
+        "mindoo_replica_connections_open",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_handshakes_beyond_the_cap_are_shed() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = TestReplica::start(dir.path(), |c| {
+        c.server.max_connections = 8;
+        c.server.handshake_timeout_ms = 300;
+    })
+    .await;
+    // Far more silent connections than the replica keeps.
+    let mut silent = Vec::new();
+    for _ in 0..40 {
+        silent.push(TcpStream::connect(replica.addr).await.unwrap());
+    }
+    // One that sends half a preface and stops.
+    let mut half = TcpStream::connect(replica.addr).await.unwrap();
+    half.write_all(&frames::PREFACE[..10]).await.unwrap();
+
+    // Each silent connection is accepted in turn and closed after the
+    // handshake timeout; the well-behaved client gets in behind them.
+    still_serves(&replica, Duration::from_secs(20)).await;
+    assert!(closed_by_server(&mut half, Duration::from_secs(20)).await);
+    let text = replica.metrics_text().await;
+    assert!(metric(&text, "mindoo_replica_connection_handshake_timeouts_total") >= 8.0);
+    assert!(metric(&text, "mindoo_replica_connections_open") <= 8.0);
+    drop(silent);
+    replica.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_reset_ends_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = TestReplica::start(dir.path(), |_| {}).await;
+    let mut conn = TcpStream::connect(replica.addr).await.unwrap();
+    conn.write_all(frames::PREFACE).await.unwrap();
+    conn.write_all(&frames::settings()).await.unwrap();
+    // Open and immediately reset thousands of calls.
+    let request = frames::request("/mindoo.replica.v1.Store/Head");
+    let mut burst = Vec::new();
+    for i in 0..5_000u32 {
+        let stream = 2 * i + 1;
+        burst.extend(frames::headers(stream, frames::END_HEADERS, &request));
+        burst.extend(frames::rst(stream));
+    }
+    // The server may close before everything is written.
+    let _ = conn.write_all(&burst).await;
+    assert!(
+        closed_by_server(&mut conn, Duration::from_secs(10)).await,
+        "a reset flood must end the connection"
+    );
+    still_serves(&replica, Duration::from_secs(5)).await;
+    replica.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_continuation_flood_ends_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = TestReplica::start(dir.path(), |_| {}).await;
+    let mut conn = TcpStream::connect(replica.addr).await.unwrap();
+    conn.write_all(frames::PREFACE).await.unwrap();
+    conn.write_all(&frames::settings()).await.unwrap();
+    // A header block that never ends: HEADERS without END_HEADERS, then
+    // CONTINUATION frames of junk headers, far beyond any header limit.
+    let request = frames::request("/mindoo.replica.v1.Store/Head");
+    conn.write_all(&frames::headers(1, frames::END_STREAM, &request))
+        .await
+        .unwrap();
+    let filler = frames::block(&[("x-filler", &"y".repeat(100))]);
+    let mut closed = false;
+    for _ in 0..20_000 {
+        if conn
+            .write_all(&frames::continuation(1, 0, &filler))
+            .await
+            .is_err()
+        {
+            closed = true;
+            break;
+        }
+    }
+    assert!(
+        closed || closed_by_server(&mut conn, Duration::from_secs(10)).await,
+        "an endless header block must end the connection"
+    );
+    still_serves(&replica, Duration::from_secs(5)).await;
+    replica.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_instead_of_http2_is_dropped_and_slots_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = TestReplica::start(dir.path(), |c| c.server.max_connections = 4).await;
+    for _ in 0..20 {
+        let mut conn = TcpStream::connect(replica.addr).await.unwrap();
+        let _ = conn.write_all(&[0xAB; 4096]).await;
+        assert!(closed_by_server(&mut conn, Duration::from_secs(10)).await);
+    }
+    still_serves(&replica, Duration::from_secs(5)).await;
+    // Only the well-behaved client's connection may still be open.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while open_connections(&replica).await > 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "slots come back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    replica.stop().await.unwrap();
+}
