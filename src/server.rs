@@ -194,6 +194,8 @@ pub async fn serve_with(
         .set_serving::<proto::store_server::StoreServer<StoreService>>()
         .await;
     health.set_service_status("", ServingStatus::Serving).await;
+    let readiness =
+        AbortOnDropHandle::new(tokio::spawn(follow_writes(replica.clone(), health.clone())));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -269,6 +271,7 @@ pub async fn serve_with(
     }
 
     tracing::info!("shutting down: health NOT_SERVING");
+    drop(readiness);
     health
         .set_not_serving::<proto::store_server::StoreServer<StoreService>>()
         .await;
@@ -295,6 +298,45 @@ pub async fn serve_with(
     replica.flush().await.context("flushing the store")?;
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Readiness follows the store: the Store service reports NOT_SERVING while
+/// the store refuses writes, SERVING once it takes them again. Reads go on
+/// meanwhile, and the overall status (liveness) stays SERVING, so an
+/// orchestrator stops sending writes but does not restart a replica that
+/// recovers by itself. While writes fail, a write that means nothing is
+/// tried every second, so recovery is noticed without a client's write.
+async fn follow_writes(replica: Arc<Replica>, health: tonic_health::server::HealthReporter) {
+    let mut state = replica.write_state();
+    let mut serving = true;
+    loop {
+        let failing = state.borrow_and_update().is_some();
+        if failing == serving {
+            serving = !failing;
+            match serving {
+                true => {
+                    health
+                        .set_serving::<proto::store_server::StoreServer<StoreService>>()
+                        .await
+                }
+                false => {
+                    health
+                        .set_not_serving::<proto::store_server::StoreServer<StoreService>>()
+                        .await
+                }
+            }
+        }
+        if failing {
+            tokio::select! {
+                changed = state.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
+                    replica.probe_writes().await;
+                }
+            }
+        } else if state.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Every method this server answers, as `package.Service/Method`, read from

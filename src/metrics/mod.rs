@@ -31,6 +31,10 @@ pub struct Metrics {
     store_head_seq: IntGauge,
     store_disk_bytes: IntGauge,
     store_memory_bytes: IntGaugeVec,
+    /// 1 while the store takes writes, 0 while it refuses them.
+    pub store_writable: IntGauge,
+    /// Writes the store refused (appends and probes).
+    pub store_write_errors: IntCounter,
     /// gRPC connections open now.
     pub connections_open: IntGauge,
     /// Connections closed for not starting HTTP/2 in time.
@@ -143,6 +147,19 @@ impl Metrics {
                 "Approximate size of the database (SST files and memtables)",
             ),
             store_memory_bytes,
+            store_writable: {
+                let g = gauge(
+                    "store_writable",
+                    "1 while the store takes writes, 0 while it refuses them (Store health is \
+                     NOT_SERVING then)",
+                );
+                g.set(1);
+                g
+            },
+            store_write_errors: counter(
+                "store_write_errors_total",
+                "Writes the store refused, including the probes made while it refuses them",
+            ),
             connections_open: gauge(
                 "connections_open",
                 "gRPC connections open, within server.max_connections",

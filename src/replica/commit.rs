@@ -39,9 +39,49 @@ pub(super) struct Committer {
     /// Held by each commit from its store append until its records are in
     /// the tail, so the tail sees them in log order.
     pub order: Mutex<()>,
+    /// `None` while the store takes writes; why it refused the last one
+    /// while it does not.
+    pub writes: watch::Sender<Option<String>>,
 }
 
 impl Committer {
+    /// Tries a write that means nothing, to learn whether the store takes
+    /// writes again.
+    pub fn probe(&self) {
+        match self.store.probe_write() {
+            Ok(()) => self.writes_ok(),
+            Err(e) => self.writes_failed(&e),
+        }
+    }
+
+    fn writes_ok(&self) {
+        self.writes.send_if_modified(|state| {
+            let recovered = state.take().is_some();
+            if recovered {
+                self.metrics.store_writable.set(1);
+                tracing::info!("the store takes writes again; Store health is SERVING");
+            }
+            recovered
+        });
+    }
+
+    fn writes_failed(&self, e: &StoreError) {
+        self.metrics.store_write_errors.inc();
+        self.writes.send_if_modified(|state| {
+            let new = state.is_none();
+            if new {
+                self.metrics.store_writable.set(0);
+                tracing::error!(
+                    error = %e,
+                    "the store refuses writes: Store health is NOT_SERVING until it takes one \
+                     again (reads go on; retried every second)"
+                );
+            }
+            *state = Some(e.to_string());
+            new
+        });
+    }
+
     /// Checks `(claimed id, data)` pairs against the policy.
     pub fn verify(&self, items: Vec<(Bytes, Bytes)>) -> Checked {
         let mut verified = Vec::with_capacity(items.len());
@@ -63,7 +103,15 @@ impl Committer {
         cursor: Option<&CursorUpdate>,
     ) -> Result<Vec<Appended>, StoreError> {
         let order = self.order.lock().unwrap_or_else(|e| e.into_inner());
-        let out = self.store.append(entries, cursor)?;
+        let out = match self.store.append(entries, cursor) {
+            Ok(out) => out,
+            Err(e) => {
+                drop(order);
+                self.writes_failed(&e);
+                return Err(e);
+            }
+        };
+        self.writes_ok();
         self.tail.push(
             origin == Origin::Peer,
             out.iter().zip(entries).filter_map(|(a, e)| match a {

@@ -80,6 +80,7 @@ impl Replica {
             recent: recent::RecentIds::new(RECENT_IDS),
             tail: tail::LogTail::new(head_seq, log_tail_bytes),
             order: Mutex::new(()),
+            writes: watch::channel(None).0,
         });
         Self {
             store,
@@ -146,6 +147,19 @@ impl Replica {
     /// Cancelled when the replica starts shutting down.
     pub fn shutdown_token(&self) -> &CancellationToken {
         &self.shutdown
+    }
+
+    /// `None` while the store takes writes; why it refused the last one
+    /// while it does not.
+    pub fn write_state(&self) -> watch::Receiver<Option<String>> {
+        self.commit.writes.subscribe()
+    }
+
+    /// Tries a write that means nothing (see [`Store::probe_write`]), to
+    /// learn whether the store takes writes again.
+    pub async fn probe_writes(&self) {
+        let commit = self.commit.clone();
+        let _ = tokio::task::spawn_blocking(move || commit.probe()).await;
     }
 
     /// Follows the head sequence number as entries are stored.

@@ -102,4 +102,8 @@ impl<H: Hooks> Store for Decorated<H> {
     fn flush(&self) -> Result<(), StoreError> {
         self.inner.flush()
     }
+    fn probe_write(&self) -> Result<(), StoreError> {
+        self.hooks.before_append()?;
+        self.inner.probe_write()
+    }
 }

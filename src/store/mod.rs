@@ -184,6 +184,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes everything appended so far durable.
     fn flush(&self) -> Result<(), StoreError>;
+
+    /// Writes a few bytes that mean nothing, to learn whether the store
+    /// accepts writes again after it refused some.
+    fn probe_write(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Encodes a cursor record as stored: incarnation ‖ seq (u64 BE) ‖ id ‖

@@ -259,8 +259,65 @@ async fn a_full_disk_is_resource_exhausted_and_loses_nothing_acknowledged() {
     let text = replica.metrics_text().await;
     let name = "mindoo_replica_grpc_requests_total{code=\"ResourceExhausted\",method=\"mindoo.replica.v1.Store/PutEntries\"}";
     assert_eq!(metric(&text, name), 1.0);
-    // Shutting down on a full disk may fail to flush, but must not panic.
-    let _ = replica.stop().await;
+    assert_eq!(metric(&text, "mindoo_replica_store_writable"), 0.0);
+    // Readiness (the Store service) says so; liveness (overall) does not.
+    let channel = mindoo_replica::client::endpoint(&replica.addr.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = HealthClient::new(channel);
+    let status = |service: &'static str| {
+        let mut h = health.clone();
+        async move {
+            h.check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status()
+        }
+    };
+    assert_eq!(
+        status("mindoo.replica.v1.Store").await,
+        ServingStatus::NotServing
+    );
+    assert_eq!(status("").await, ServingStatus::Serving);
+
+    // Space comes back: the replica notices by itself, before any client
+    // writes, and takes writes again.
+    let grown = Command::new("mount")
+        .args(["-o", "remount,size=256m"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(grown.success(), "growing the tmpfs");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while status("mindoo.replica.v1.Store").await != ServingStatus::Serving {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "readiness did not come back with the space"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let batch = mindoo_replica::tools::fixtures::sample_entries(&ns(), &author(), 10, 1_000);
+    loop {
+        match client.put(&batch).await {
+            Ok(_) => break,
+            Err(status) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "writes did not recover once space came back: {status}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let head = client.head().await.unwrap();
+    assert_eq!(head.entry_count, acked.len() as u64 + 10);
+    assert_eq!(client.get(&ns(), &acked).await.unwrap().len(), acked.len());
+    replica.stop().await.unwrap();
 }
 
 #[tokio::test]

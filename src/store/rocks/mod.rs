@@ -57,6 +57,8 @@ const CF_IDS: &str = "ids";
 
 const KEY_INCARNATION: &[u8] = b"incarnation";
 const KEY_HEAD: &[u8] = b"head_seq";
+/// Written when the store is probed for writes (see `Store::probe_write`).
+const KEY_WRITE_PROBE: &[u8] = b"write_probe";
 const KEY_COUNT: &[u8] = b"entry_count";
 const KEY_SCHEMA: &[u8] = b"schema_version";
 const KEY_NODE: &[u8] = b"node";
@@ -535,6 +537,16 @@ impl Store for RocksStore {
     fn delete_cursor(&self, peer: &str) -> Result<(), StoreError> {
         self.db
             .delete_cf_opt(self.cf(CF_CURSORS), peer.as_bytes(), &synced())
+            .map_err(backend)
+    }
+
+    fn probe_write(&self) -> Result<(), StoreError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        self.db
+            .put_cf(self.cf(CF_META), KEY_WRITE_PROBE, now.to_be_bytes())
             .map_err(backend)
     }
 
