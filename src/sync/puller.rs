@@ -171,6 +171,13 @@ struct Worker {
 impl Worker {
     async fn run(mut self) {
         let cancel = self.p.cancel.clone();
+        // Until the peer answers, status shows what was persisted, under the
+        // address (a peer's node identity is usually the address it is
+        // reached by).
+        let address = self.p.peer.address().to_owned();
+        if let Ok(Some(record)) = self.p.local.peer_cursor(&address).await {
+            self.show_persisted(&record);
+        }
         let mut state = State::Connect;
         loop {
             let name = state.name();
@@ -183,6 +190,19 @@ impl Worker {
         self.update(|s| s.connected = false);
         self.p.metrics.peers.remove(&self.label);
         tracing::debug!(peer = %self.p.peer.address(), "pull worker stopped");
+    }
+
+    /// Status from a persisted cursor: where the pull got to, and when.
+    fn show_persisted(&self, record: &CursorRecord) {
+        self.update(|s| {
+            s.cursor_seq = record.cursor.seq;
+            s.peer_incarnation.get_or_insert(record.cursor.incarnation);
+            if s.last_success.is_none() && record.updated_ms > 0 {
+                s.last_success = Some(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(record.updated_ms),
+                );
+            }
+        });
     }
 
     fn update(&self, f: impl FnOnce(&mut PeerStatus)) {
@@ -350,6 +370,9 @@ impl Worker {
 
     async fn check_cursor(&self, link: Link) -> Result<State, PullError> {
         let stored = self.p.local.peer_cursor(&link.node).await?;
+        if let Some(record) = &stored {
+            self.show_persisted(record);
+        }
         Ok(match stored {
             Some(r) if r.cursor.incarnation != link.head.incarnation => {
                 State::Reset(link, "the peer's incarnation changed".into())

@@ -226,9 +226,14 @@ async fn joining_three_peers_moves_each_body_once() {
 /// between two sessions.
 struct Observed {
     inner: LocalPeer,
+    /// Reached by its node identity, as a replica that advertises the
+    /// address it is reached by.
+    address: String,
     calls: AtomicUsize,
     gets: AtomicUsize,
     hold: bool,
+    /// While set, the peer cannot be reached.
+    down: AtomicBool,
     arrived: Arc<tokio::sync::Notify>,
     go: Arc<tokio::sync::Notify>,
 }
@@ -237,9 +242,11 @@ impl Observed {
     fn new(source: &Arc<Replica>, hold: bool) -> Arc<Self> {
         Arc::new(Self {
             inner: LocalPeer::new(source.clone()),
+            address: source.identity().node.clone(),
             calls: AtomicUsize::new(0),
             gets: AtomicUsize::new(0),
             hold,
+            down: AtomicBool::new(false),
             arrived: Arc::default(),
             go: Arc::default(),
         })
@@ -249,9 +256,12 @@ impl Observed {
 #[async_trait::async_trait]
 impl Peer for Observed {
     fn address(&self) -> &str {
-        self.inner.address()
+        &self.address
     }
     async fn head(&self) -> Result<crate::head::Head, PeerError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(PeerError::Unavailable("down".into()));
+        }
         self.inner.head().await
     }
     async fn follow(&self, request: FollowRequest) -> Result<LogStream, PeerError> {
@@ -342,6 +352,46 @@ async fn entries_of_a_newly_trusted_author_arrive_after_a_restart() {
     let local = replica_with("local", store, 8 << 20, trusting(&[&alice, &bob]));
     let _pulling = pull(&local, &source, fast(), 1 << 20);
     wait_for(&local, 20).await;
+}
+
+/// Right after a restart, before the peer answers (here: it is down), the
+/// status shows where the pull got to and when, from the persisted cursor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_status_shows_the_persisted_cursor() {
+    let source = replica("source", Arc::new(MemoryStore::new()));
+    put(&source, &entries(&ns("a"), 20, 64)).await;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let local = replica("local", store.clone());
+    let pulling = pull(&local, &source, fast(), 1 << 20);
+    wait_for(&local, 20).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while local
+        .peer_cursor("source")
+        .await
+        .unwrap()
+        .is_none_or(|c| c.cursor.seq < 20)
+    {
+        assert!(tokio::time::Instant::now() < deadline, "cursor persisted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(pulling);
+
+    let local = replica("local", store);
+    let peer = Observed::new(&source, false);
+    peer.down.store(true, Ordering::SeqCst);
+    let pulling = pull_from(&local, peer, fast(), 1 << 20, Shared::default());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = pulling.board.snapshot().remove(0);
+        if s.last_error.is_some() {
+            assert_eq!(s.cursor_seq, 20, "{s:?}");
+            assert!(s.last_success.is_some(), "{s:?}");
+            assert!(!s.connected);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{s:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// A follower at the head gets entries just written at its peer with their

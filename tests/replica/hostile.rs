@@ -210,3 +210,99 @@ async fn garbage_instead_of_http2_is_dropped_and_slots_come_back() {
     }
     replica.stop().await.unwrap();
 }
+
+/// Calls that never end on their own do not hold a shutdown: a health
+/// Watch, a Watch whose reader stopped reading (its window closed), and a
+/// unary call whose body never came. SIGTERM still exits 0 within the
+/// shutdown delay plus the drain deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_calls_end_within_the_drain_deadline() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("MINDOO_REPLICA__SERVER__SHUTDOWN_DELAY_MS", "500"),
+        ("MINDOO_REPLICA__SERVER__DRAIN_TIMEOUT_MS", "1500"),
+    ];
+    let exe = env!("CARGO_BIN_EXE_mindoo-replica");
+    let replica =
+        mindoo_replica::tools::child::ReplicaProcess::spawn(exe.as_ref(), dir.path(), false, &env)
+            .await
+            .unwrap();
+    let addr = replica.grpc.to_string();
+    let mut client = mindoo_replica::client::StoreClient::connect(&addr)
+        .await
+        .unwrap();
+    client
+        .put(&mindoo_replica::tools::fixtures::sample_entries(
+            &ns(),
+            &author(),
+            30,
+            60_000,
+        ))
+        .await
+        .unwrap();
+
+    // A health Watch.
+    let channel = mindoo_replica::client::endpoint(&addr)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(health.message().await.unwrap().is_some());
+    // A Watch with data whose reader announced a window of zero.
+    let mut stalled = TcpStream::connect(replica.grpc).await.unwrap();
+    stalled.write_all(frames::PREFACE).await.unwrap();
+    // SETTINGS_INITIAL_WINDOW_SIZE (4) = 0.
+    stalled
+        .write_all(&frames::frame(0x4, 0, 0, &[0, 4, 0, 0, 0, 0]))
+        .await
+        .unwrap();
+    let watch = frames::request("/mindoo.replica.v1.Store/Watch");
+    stalled
+        .write_all(&frames::headers(1, frames::END_HEADERS, &watch))
+        .await
+        .unwrap();
+    // A WatchRequest with include_data (field 2 = true), length-prefixed.
+    stalled
+        .write_all(&frames::frame(
+            0x0,
+            frames::END_STREAM,
+            1,
+            &[0, 0, 0, 0, 2, 0x10, 0x01],
+        ))
+        .await
+        .unwrap();
+    // A unary call whose body never comes.
+    let mut bodiless = TcpStream::connect(replica.grpc).await.unwrap();
+    bodiless.write_all(frames::PREFACE).await.unwrap();
+    bodiless.write_all(&frames::settings()).await.unwrap();
+    let put = frames::request("/mindoo.replica.v1.Store/MissingIds");
+    bodiless
+        .write_all(&frames::headers(1, frames::END_HEADERS, &put))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = std::time::Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(10), replica.stop())
+        .await
+        .expect("the replica exits within its deadlines")
+        .unwrap();
+    assert!(status.success(), "SIGTERM exits 0, got {status}");
+    // 0.5 s delay + 1.5 s drain, plus the store's flush.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    drop((health, stalled, bodiless));
+}
