@@ -192,6 +192,20 @@ impl Worker {
         tracing::debug!(peer = %self.p.peer.address(), "pull worker stopped");
     }
 
+    /// The peer missed its heartbeat: disconnected and lagging, as far as
+    /// anyone watching can tell, though the session still waits for it.
+    fn show_silent(&self) {
+        tracing::info!(peer = %self.label, "no message or heartbeat from the peer in time");
+        self.handles.connected.set(0);
+        self.update(|s| s.connected = false);
+        let lag = self
+            .caught_up_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed();
+        self.handles.lag_seconds.set(lag.as_secs_f64());
+    }
+
     /// Status from a persisted cursor: where the pull got to, and when.
     fn show_persisted(&self, record: &CursorRecord) {
         self.update(|s| {
@@ -536,8 +550,14 @@ impl Worker {
         // CURSOR_PERSIST_INTERVAL. (A crash then re-reads a second of ids.)
         let mut unsaved: Option<(PeerCursor, Seq)> = None;
         let mut persist_at = tokio::time::Instant::now();
+        // A heartbeat is due every third of the idle timeout. Half a beat
+        // late, the peer shows as disconnected (and lagging) while the
+        // session waits out the rest of the idle timeout.
+        let mut last_heard = tokio::time::Instant::now();
+        let mut silent = false;
         let result = loop {
             let idle = settings.borrow().session_idle_timeout;
+            let wait_until = last_heard + if silent { idle } else { idle / 2 };
             let next = tokio::select! {
                 _ = tokio::time::sleep_until(persist_at), if unsaved.is_some() => {
                     let (cursor, head_seq) = unsaved.take().expect("checked");
@@ -557,14 +577,24 @@ impl Worker {
                     }
                     continue;
                 }
-                next = tokio::time::timeout(idle, stream.next()) => next,
+                next = tokio::time::timeout_at(wait_until, stream.next()) => next,
             };
             let batch = match next {
+                Err(_) if !silent => {
+                    silent = true;
+                    self.show_silent();
+                    continue;
+                }
                 Err(_) => break Err(PeerError::Timeout("a Watch message or heartbeat").into()),
                 Ok(None) => break Err(PeerError::Closed.into()),
                 Ok(Some(Err(e))) => break Err(e.into()),
                 Ok(Some(Ok(batch))) => batch,
             };
+            last_heard = tokio::time::Instant::now();
+            if std::mem::take(&mut silent) {
+                self.handles.connected.set(1);
+                self.update(|s| s.connected = true);
+            }
             if batch.is_heartbeat() {
                 if let Some((cursor, head_seq)) = unsaved.take()
                     && let Err(e) = sink.seal(Some(cursor), head_seq).await

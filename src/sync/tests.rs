@@ -576,7 +576,7 @@ async fn a_silent_peer_is_given_up_after_the_idle_timeout_in_simulated_time() {
         ..fast()
     };
     let peer = Arc::new(Silent(LocalPeer::new(source.clone())));
-    let _pulling = pull_from(&local, peer, settings, 1 << 20, Shared::default());
+    let pulling = pull_from(&local, peer, settings, 1 << 20, Shared::default());
     let timeouts = || {
         let text = local.metrics().render(&local.stats(), 0);
         let line = "mindoo_replica_peer_errors_total{kind=\"timeout\",peer=\"source\"} ";
@@ -585,7 +585,22 @@ async fn a_silent_peer_is_given_up_after_the_idle_timeout_in_simulated_time() {
             .map_or(0, |v| v.parse::<u64>().unwrap())
     };
     let started = tokio::time::Instant::now();
-    tokio::time::sleep(Duration::from_secs(89)).await;
+    let connected = || {
+        let text = local.metrics().render(&local.stats(), 0);
+        text.lines()
+            .find_map(|l| l.strip_prefix("mindoo_replica_peer_connected{peer=\"source\"} "))
+            .map_or(0, |v| v.parse::<u64>().unwrap())
+    };
+    // Heartbeats are due every 30 s: at 44 s the peer still counts as
+    // connected; at 46 s, half a beat late, it shows as disconnected while
+    // the session waits out the idle timeout.
+    tokio::time::sleep(Duration::from_secs(44)).await;
+    assert_eq!(connected(), 1);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(connected(), 0, "silent for a heartbeat and a half");
+    assert!(!pulling.board.snapshot()[0].connected);
+    assert_eq!(timeouts(), 0, "the session goes on");
+    tokio::time::sleep(Duration::from_secs(43)).await;
     assert_eq!(timeouts(), 0, "still within the idle timeout");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(timeouts(), 1, "given up once, at 90 s");
