@@ -239,7 +239,9 @@ impl Default for RawPolicy {
 impl Default for RawLog {
     fn default() -> Self {
         Self {
-            filter: "info".into(),
+            // h2 warns once per misbehaving frame: a flood of them under
+            // attack. Those connections are closed and counted anyway.
+            filter: "info,h2=error".into(),
             format: "text".into(),
         }
     }

@@ -104,6 +104,16 @@ enum BenchCommand {
         #[arg(long, default_value_t = 65_536)]
         size: usize,
     },
+    /// A well-behaved client alone and beside hostile clients: its
+    /// throughput and p99, the replica's RSS and open files.
+    Hostile {
+        /// Seconds each phase lasts.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Seconds to wait after the attack before the final RSS and files.
+        #[arg(long, default_value_t = 30)]
+        settle_secs: u64,
+    },
     /// Time for a new entry to reach every replica of a full mesh.
     Propagation {
         #[arg(long, default_value_t = 5)]
@@ -234,6 +244,17 @@ async fn run_bench(command: BenchCommand, exe: PathBuf) -> anyhow::Result<()> {
             bench::missing_ids(bench::MissingOptions {
                 entries,
                 ciphertext_bytes: size,
+                exe,
+            })
+            .await
+        }
+        BenchCommand::Hostile {
+            seconds,
+            settle_secs,
+        } => {
+            bench::hostile(bench::HostileOptions {
+                seconds: seconds.max(1),
+                settle_secs,
                 exe,
             })
             .await

@@ -196,6 +196,7 @@ pub async fn serve_with(
     health.set_service_status("", ServingStatus::Serving).await;
     let readiness =
         AbortOnDropHandle::new(tokio::spawn(follow_writes(replica.clone(), health.clone())));
+    let _trim = AbortOnDropHandle::new(tokio::spawn(return_free_memory()));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -298,6 +299,19 @@ pub async fn serve_with(
     replica.flush().await.context("flushing the store")?;
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Hands memory freed inside the allocator back to the system every few
+/// seconds. glibc keeps what a burst freed (many clients, large messages)
+/// in its arenas, so RSS would stay near its peak long after the load;
+/// this brings it back down.
+async fn return_free_memory() {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only returns free memory to the system.
+        let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+    }
 }
 
 /// Readiness follows the store: the Store service reports NOT_SERVING while

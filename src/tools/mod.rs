@@ -7,5 +7,6 @@
 pub mod bench;
 pub mod child;
 pub mod fixtures;
+pub mod h2frames;
 pub mod inspect;
 pub mod mesh;

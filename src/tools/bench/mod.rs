@@ -4,11 +4,13 @@
 
 mod append;
 mod bootstrap;
+mod hostile;
 mod missing;
 mod propagation;
 
 pub use append::{AppendOptions, append};
 pub use bootstrap::{BootstrapOptions, bootstrap};
+pub use hostile::{HostileOptions, hostile};
 pub use missing::{MissingOptions, missing_ids};
 pub use propagation::{PropagationOptions, propagation};
 

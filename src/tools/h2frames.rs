@@ -1,0 +1,76 @@
+//! Hand-written HTTP/2 frames (RFC 9113), enough to misbehave with: what
+//! the hostile-client tests and `bench hostile` send to a replica.
+
+pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const CONTINUATION: u8 = 0x9;
+pub const END_STREAM: u8 = 0x1;
+pub const END_HEADERS: u8 = 0x4;
+
+pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    out.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+pub fn settings() -> Vec<u8> {
+    frame(SETTINGS, 0, 0, &[])
+}
+
+/// A header block of literal fields (no indexing, no Huffman); names
+/// and values shorter than 127 bytes.
+pub fn block(fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in fields {
+        out.push(0x00);
+        out.push(name.len() as u8);
+        out.extend_from_slice(name.as_bytes());
+        out.push(value.len() as u8);
+        out.extend_from_slice(value.as_bytes());
+    }
+    out
+}
+
+/// The headers of a unary call to `path`.
+pub fn request(path: &str) -> Vec<u8> {
+    block(&[
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", path),
+        (":authority", "replica"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ])
+}
+
+pub fn headers(stream: u32, flags: u8, block: &[u8]) -> Vec<u8> {
+    frame(HEADERS, flags, stream, block)
+}
+
+pub fn continuation(stream: u32, flags: u8, block: &[u8]) -> Vec<u8> {
+    frame(CONTINUATION, flags, stream, block)
+}
+
+pub fn rst(stream: u32) -> Vec<u8> {
+    frame(RST_STREAM, 0, stream, &8u32.to_be_bytes())
+}
+
+/// What a client sends to open a Watch with data that it then never
+/// reads: it announces a window of zero (SETTINGS_INITIAL_WINDOW_SIZE).
+pub fn unread_watch() -> Vec<u8> {
+    let mut out = PREFACE.to_vec();
+    out.extend(frame(SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]));
+    out.extend(headers(
+        1,
+        END_HEADERS,
+        &request("/mindoo.replica.v1.Store/Watch"),
+    ));
+    // A WatchRequest with include_data (field 2) set, gRPC length-prefixed.
+    out.extend(frame(DATA, END_STREAM, 1, &[0, 0, 0, 0, 2, 0x10, 0x01]));
+    out
+}
