@@ -196,6 +196,12 @@ impl Worker {
     /// anyone watching can tell, though the session still waits for it.
     fn show_silent(&self) {
         tracing::info!(peer = %self.label, "no message or heartbeat from the peer in time");
+        self.show_disconnected();
+    }
+
+    /// Disconnected, and lagging since this replica last had everything
+    /// up to the peer's head.
+    fn show_disconnected(&self) {
         self.handles.connected.set(0);
         self.update(|s| s.connected = false);
         let lag = self
@@ -447,18 +453,11 @@ impl Worker {
     }
 
     async fn back_off(&mut self, e: PullError) {
-        self.handles.connected.set(0);
-        self.update(|s| s.connected = false);
+        self.show_disconnected();
         if std::mem::take(&mut self.progressed) {
             self.backoff.reset();
         }
         self.handles.error(e.kind());
-        let lag = self
-            .caught_up_at
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .elapsed();
-        self.handles.lag_seconds.set(lag.as_secs_f64());
         let delay = self.backoff.next_delay(&self.p.env);
         // An unreachable peer is routine (restarts, rollouts): the error
         // metrics and PeerStatus carry it; logs stay quiet.

@@ -159,6 +159,23 @@ async fn wait_for(r: &Replica, count: u64) {
     assert_eq!(r.stats().entries, count);
 }
 
+/// Waits until the cursor `r` persisted for `peer` reaches `seq`.
+async fn wait_for_cursor(r: &Replica, peer: &str, seq: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while r
+        .peer_cursor(peer)
+        .await
+        .unwrap()
+        .is_none_or(|c| c.cursor.seq < seq)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cursor into {peer} never reached {seq}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstraps_then_follows_through_the_in_process_adapter() {
     let source = replica("source", Arc::new(MemoryStore::new()));
@@ -333,19 +350,7 @@ async fn entries_of_a_newly_trusted_author_arrive_after_a_restart() {
     let local = replica_with("local", store.clone(), 8 << 20, trusting(&[&alice]));
     let pulling = pull(&local, &source, fast(), 1 << 20);
     wait_for(&local, 10).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while local
-        .peer_cursor("source")
-        .await
-        .unwrap()
-        .is_none_or(|c| c.cursor.seq < 20)
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the cursor passed bob's entries"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_cursor(&local, "source", 20).await;
     drop(pulling);
 
     // Restarted on the same store, now trusting bob too.
@@ -364,16 +369,7 @@ async fn after_a_restart_status_shows_the_persisted_cursor() {
     let local = replica("local", store.clone());
     let pulling = pull(&local, &source, fast(), 1 << 20);
     wait_for(&local, 20).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while local
-        .peer_cursor("source")
-        .await
-        .unwrap()
-        .is_none_or(|c| c.cursor.seq < 20)
-    {
-        assert!(tokio::time::Instant::now() < deadline, "cursor persisted");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_cursor(&local, "source", 20).await;
     drop(pulling);
 
     let local = replica("local", store);
@@ -662,19 +658,7 @@ async fn a_widened_filter_brings_entries_the_cursor_already_passed() {
     wait_for(&local, 100).await;
     // The cursor passes every record (batches of `b` alone store nothing,
     // so it is persisted a moment later).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while local
-        .peer_cursor("source")
-        .await
-        .unwrap()
-        .is_none_or(|c| c.cursor.seq < 150)
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the cursor passed every record"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_cursor(&local, "source", 150).await;
 
     // A reload adds `b`: what the cursor passed must arrive too.
     pulling.settings.send_modify(|s| s.namespaces.push(ns("b")));

@@ -387,12 +387,7 @@ struct WireMissingIds {
 async fn a_namespace_that_is_not_utf8_is_invalid_argument() {
     let dir = tempfile::tempdir().unwrap();
     let replica = TestReplica::start(dir.path(), |_| {}).await;
-    let channel = mindoo_replica::client::endpoint(&replica.addr.to_string())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
+    let mut grpc = tonic::client::Grpc::new(replica.channel().await);
     grpc.ready().await.unwrap();
     let request = WireMissingIds {
         namespace: Some(WireNamespace {

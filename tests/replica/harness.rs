@@ -99,6 +99,15 @@ impl TestReplica {
         }
     }
 
+    /// A channel to this replica, for calls no typed client makes.
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        mindoo_replica::client::endpoint(&self.addr.to_string())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
     pub async fn client(&self) -> StoreClient {
         StoreClient::connect(&self.addr.to_string()).await.unwrap()
     }

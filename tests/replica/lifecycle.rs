@@ -83,11 +83,7 @@ async fn graceful_shutdown_loses_no_acknowledged_entry() {
     }
 
     // Health turns NOT_SERVING first, during the shutdown delay.
-    let channel = mindoo_replica::client::endpoint(&replica.addr.to_string())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = replica.channel().await;
     let mut health = HealthClient::new(channel);
     let check = |h: &mut HealthClient<_>| {
         let mut h = h.clone();
@@ -261,11 +257,7 @@ async fn a_full_disk_is_resource_exhausted_and_loses_nothing_acknowledged() {
     assert_eq!(metric(&text, name), 1.0);
     assert_eq!(metric(&text, "mindoo_replica_store_writable"), 0.0);
     // Readiness (the Store service) says so; liveness (overall) does not.
-    let channel = mindoo_replica::client::endpoint(&replica.addr.to_string())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = replica.channel().await;
     let health = HealthClient::new(channel);
     let status = |service: &'static str| {
         let mut h = health.clone();

@@ -27,11 +27,7 @@ async fn metrics_pass_promtool_and_record_calls_by_method_and_code() {
         .await;
     // Made-up methods under a real service name: answered UNIMPLEMENTED and
     // counted under one `unknown` label, not one series each.
-    let channel = mindoo_replica::client::endpoint(&replica.addr.to_string())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = replica.channel().await;
     for i in 0..20 {
         let mut grpc = tonic::client::Grpc::new(channel.clone());
         grpc.ready().await.unwrap();
@@ -101,11 +97,7 @@ async fn metrics_pass_promtool_and_record_calls_by_method_and_code() {
 async fn reflection_lists_the_services() {
     let dir = tempfile::tempdir().unwrap();
     let replica = TestReplica::start(dir.path(), |_| {}).await;
-    let channel = mindoo_replica::client::endpoint(&replica.addr.to_string())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = replica.channel().await;
     let mut client = ServerReflectionClient::new(channel);
     let request = ServerReflectionRequest {
         host: String::new(),
