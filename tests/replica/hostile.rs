@@ -40,6 +40,14 @@ async fn still_serves(replica: &TestReplica, within: Duration) {
         .expect("a well-behaved client is served");
 }
 
+/// A connection that has started HTTP/2 (preface and SETTINGS sent).
+async fn http2_connection(replica: &TestReplica) -> TcpStream {
+    let mut conn = TcpStream::connect(replica.addr).await.unwrap();
+    conn.write_all(frames::PREFACE).await.unwrap();
+    conn.write_all(&frames::settings()).await.unwrap();
+    conn
+}
+
 async fn open_connections(replica: &TestReplica) -> f64 {
     metric(
         &replica.metrics_text().await,
@@ -79,9 +87,7 @@ async fn half_open_handshakes_beyond_the_cap_are_shed() {
 async fn rapid_reset_ends_the_connection() {
     let dir = tempfile::tempdir().unwrap();
     let replica = TestReplica::start(dir.path(), |_| {}).await;
-    let mut conn = TcpStream::connect(replica.addr).await.unwrap();
-    conn.write_all(frames::PREFACE).await.unwrap();
-    conn.write_all(&frames::settings()).await.unwrap();
+    let mut conn = http2_connection(&replica).await;
     // Open and immediately reset thousands of calls.
     let request = frames::request("/mindoo.replica.v1.Store/Head");
     let mut burst = Vec::new();
@@ -104,9 +110,7 @@ async fn rapid_reset_ends_the_connection() {
 async fn a_continuation_flood_ends_the_connection() {
     let dir = tempfile::tempdir().unwrap();
     let replica = TestReplica::start(dir.path(), |_| {}).await;
-    let mut conn = TcpStream::connect(replica.addr).await.unwrap();
-    conn.write_all(frames::PREFACE).await.unwrap();
-    conn.write_all(&frames::settings()).await.unwrap();
+    let mut conn = http2_connection(&replica).await;
     // A header block that never ends: HEADERS without END_HEADERS, then
     // CONTINUATION frames of junk headers, far beyond any header limit.
     let request = frames::request("/mindoo.replica.v1.Store/Head");
