@@ -186,12 +186,19 @@ async fn bootstraps_then_follows_through_the_in_process_adapter() {
     // Live entries follow.
     put(&source, &entries(&ns("a"), 50, 100)).await;
     wait_for(&local, 550).await;
-    let status = pulling.board.snapshot().remove(0);
+    // The status follows the commit a moment later.
+    wait_for_cursor(&local, "source", 550).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let status = pulling.board.snapshot().remove(0);
+        if status.cursor_seq == 550 || tokio::time::Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
     assert_eq!(status.peer, "source", "keyed by node identity");
     assert_eq!(status.state, "follow");
     assert_eq!(status.cursor_seq, 550);
-    let cursor = local.peer_cursor("source").await.unwrap().unwrap();
-    assert_eq!(cursor.cursor.seq, 550);
     drop(pulling);
 }
 
