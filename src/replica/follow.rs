@@ -97,12 +97,13 @@ impl LogFollower {
         opts: FollowOptions,
     ) -> Self {
         Self {
+            // Starting at the head, everything that follows is live.
+            live: after >= replica.stats().head_seq,
             head: replica.subscribe(),
             replica,
             after,
             remaining: limit,
             opts,
-            live: false,
         }
     }
 
