@@ -65,9 +65,6 @@ pub struct RawServer {
     pub handshake_timeout_ms: u64,
     /// Concurrent calls (HTTP/2 streams) one connection may open.
     pub max_streams_per_connection: u64,
-    /// Streams carrying entry data (GetEntries, Watch and ScanSince with
-    /// data) open at once, over all connections.
-    pub max_data_streams: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -198,7 +195,6 @@ impl Default for RawServer {
             max_connections: 1024,
             handshake_timeout_ms: 10_000,
             max_streams_per_connection: 128,
-            max_data_streams: 64,
         }
     }
 }
@@ -292,7 +288,6 @@ pub struct ServerSettings {
     pub drain_timeout: Duration,
     pub connections: crate::connections::ConnectionLimits,
     pub max_streams_per_connection: u32,
-    pub max_data_streams: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -370,7 +365,6 @@ impl RawConfig {
                 1,
                 65_536,
             )? as u32,
-            max_data_streams: count("server.max_data_streams", s.max_data_streams, 1, 1 << 20)?,
             connections: crate::connections::ConnectionLimits {
                 max_connections: count("server.max_connections", s.max_connections, 1, 1 << 20)?,
                 handshake_timeout: match s.handshake_timeout_ms {

@@ -242,10 +242,7 @@ pub async fn serve_with(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .add_service(StoreService::server(
-            replica.clone(),
-            settings.server.max_data_streams,
-        ))
+        .add_service(StoreService::server(replica.clone()))
         .add_service(ReplicationService::server(replica.clone(), board.clone()))
         .serve_with_incoming_shutdown(incoming, stopping.clone().cancelled_owned());
     tokio::pin!(grpc);

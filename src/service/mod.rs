@@ -7,8 +7,7 @@ mod streams;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::Error;
@@ -22,51 +21,15 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + '
 
 pub struct StoreService {
     replica: Arc<Replica>,
-    /// Streams that carry entry data, open at once. Each holds up to one
-    /// message of data while its reader is slow, so this bounds what slow
-    /// or stalled readers can make the replica hold.
-    data_streams: Arc<Semaphore>,
-    max_data_streams: usize,
 }
 
 impl StoreService {
-    /// The service wrapped for tonic, with message limits from the config
-    /// and at most `max_data_streams` streams with entry data open at once.
-    pub fn server(replica: Arc<Replica>, max_data_streams: usize) -> StoreServer<Self> {
+    /// The service wrapped for tonic, with message limits from the config.
+    pub fn server(replica: Arc<Replica>) -> StoreServer<Self> {
         let max = replica.limits().max_message_bytes;
-        StoreServer::new(Self {
-            replica,
-            data_streams: Arc::new(Semaphore::new(max_data_streams)),
-            max_data_streams,
-        })
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max)
-    }
-
-    /// A slot for one more stream with entry data, or RESOURCE_EXHAUSTED.
-    fn data_stream(&self) -> Result<OwnedSemaphorePermit, Error> {
-        self.data_streams
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Error::LimitExceeded {
-                what: "streams with entry data open on this replica (server.max_data_streams)",
-                got: self.max_data_streams + 1,
-                limit: self.max_data_streams,
-            })
-    }
-}
-
-/// `stream`, holding `slot` until it ends or its caller goes away.
-fn holding<T: Send + 'static>(
-    stream: ResponseStream<T>,
-    slot: Option<OwnedSemaphorePermit>,
-) -> ResponseStream<T> {
-    match slot {
-        None => stream,
-        Some(slot) => Box::pin(stream.map(move |item| {
-            let _held = &slot;
-            item
-        })),
+        StoreServer::new(Self { replica })
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max)
     }
 }
 
@@ -108,11 +71,7 @@ impl StoreApi for StoreService {
         let ids = convert::ids(req.ids, self.replica.limits().max_ids_per_request)?;
         let ns = convert::namespace(req.namespace)?;
         self.replica.check_namespace(&ns)?;
-        let slot = self.data_stream()?;
-        Ok(Response::new(holding(
-            streams::get(self.replica.clone(), ns, ids),
-            Some(slot),
-        )))
+        Ok(Response::new(streams::get(self.replica.clone(), ns, ids)))
     }
 
     async fn list_ids(
@@ -185,14 +144,12 @@ impl StoreService {
         opts: crate::replica::FollowOptions,
         limit: Option<usize>,
     ) -> Result<Response<ResponseStream<proto::LogBatch>>, Status> {
-        let slot = match opts.with_data || opts.live_data {
-            true => Some(self.data_stream()?),
-            false => None,
-        };
         let after = self.replica.resume_point(convert::cursor(cursor)?).await?;
-        Ok(Response::new(holding(
-            streams::log(self.replica.clone(), after, limit, opts),
-            slot,
+        Ok(Response::new(streams::log(
+            self.replica.clone(),
+            after,
+            limit,
+            opts,
         )))
     }
 }

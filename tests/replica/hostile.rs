@@ -10,7 +10,6 @@ use tokio::net::TcpStream;
 
 use crate::harness::*;
 
-use mindoo_replica::proto;
 use mindoo_replica::tools::h2frames as frames;
 
 /// Reads until the server closes the connection (true) or `within` passes
@@ -231,58 +230,4 @@ async fn hanging_calls_end_within_the_drain_deadline() {
         started.elapsed()
     );
     drop((health, stalled, bodiless));
-}
-
-/// Readers that stop reading can hold at most `server.max_data_streams`
-/// streams with data; beyond that a stream with data is refused with the
-/// limit, streams of ids go on, and the slots come back when they leave.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unread_streams_with_data_are_bounded() {
-    let dir = tempfile::tempdir().unwrap();
-    let replica = TestReplica::start(dir.path(), |c| c.server.max_data_streams = 2).await;
-    let mut client = replica.client().await;
-    client.put(&entries(50)).await.unwrap();
-    let raw = client.raw().clone();
-    let watch = |include_data: bool| {
-        let mut raw = raw.clone();
-        async move {
-            raw.watch(proto::WatchRequest {
-                include_data,
-                ..Default::default()
-            })
-            .await
-        }
-    };
-    let mut stalled = Vec::new();
-    for _ in 0..2 {
-        let mut conn = TcpStream::connect(replica.addr).await.unwrap();
-        conn.write_all(&frames::unread_watch()).await.unwrap();
-        stalled.push(conn);
-    }
-    // Both slots taken (the stalled streams are opened asynchronously).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let refused = loop {
-        match watch(true).await {
-            Err(status) => break status,
-            Ok(_) => {
-                assert!(tokio::time::Instant::now() < deadline, "never refused");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
-    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
-    assert!(
-        refused.message().contains("max_data_streams"),
-        "{refused:?}"
-    );
-    let mut ids_only = watch(false).await.unwrap().into_inner();
-    assert!(ids_only.message().await.unwrap().is_some());
-
-    drop(stalled);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while watch(true).await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "slots come back");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    replica.stop().await.unwrap();
 }
