@@ -54,6 +54,8 @@ pub struct Replica {
     metrics: Arc<Metrics>,
     /// The write path and what it keeps in memory.
     commit: Arc<commit::Committer>,
+    /// The policy never changes while the replica runs.
+    policy_digest: u64,
     shutdown: CancellationToken,
 }
 
@@ -72,6 +74,7 @@ impl Replica {
     ) -> Self {
         let head_seq = store.stats().head_seq;
         let (head, _) = watch::channel(head_seq);
+        let policy_digest = policy.digest();
         let commit = Arc::new(commit::Committer {
             store: store.clone(),
             policy,
@@ -88,6 +91,7 @@ impl Replica {
             limits,
             metrics,
             commit,
+            policy_digest,
             shutdown,
         }
     }
@@ -98,7 +102,7 @@ impl Replica {
 
     /// A digest of this replica's ingest policy (see [`Policy::digest`]).
     pub fn policy_digest(&self) -> u64 {
-        self.commit.policy.digest()
+        self.policy_digest
     }
 
     pub fn limits(&self) -> &Limits {
