@@ -367,15 +367,13 @@ impl RawConfig {
             )? as u32,
             connections: crate::connections::ConnectionLimits {
                 max_connections: count("server.max_connections", s.max_connections, 1, 1 << 20)?,
-                handshake_timeout: match s.handshake_timeout_ms {
-                    100..=600_000 => Duration::from_millis(s.handshake_timeout_ms),
-                    v => {
-                        return Err(invalid(
-                            "server.handshake_timeout_ms",
-                            format!("{v} is outside 100..=600000"),
-                        ));
-                    }
-                },
+                handshake_timeout: Duration::from_millis(in_range(
+                    "server.handshake_timeout_ms",
+                    s.handshake_timeout_ms,
+                    100,
+                    600_000,
+                    " ms",
+                )? as u64),
             },
         };
         let st = &self.storage;
@@ -500,20 +498,20 @@ impl RawConfig {
 }
 
 /// A size given in MiB, checked against its range, in bytes.
-fn count(key: &str, v: u64, min: u64, max: u64) -> Result<usize, ConfigError> {
-    if (min..=max).contains(&v) {
-        Ok(v as usize)
-    } else {
-        Err(invalid(key, format!("{v} is outside {min}..={max}")))
+/// `v` if within `min..=max`, else an error naming `key` and the range.
+fn in_range(key: &str, v: u64, min: u64, max: u64, unit: &str) -> Result<usize, ConfigError> {
+    match (min..=max).contains(&v) {
+        true => Ok(v as usize),
+        false => Err(invalid(key, format!("{v} is outside {min}..={max}{unit}"))),
     }
 }
 
+fn count(key: &str, v: u64, min: u64, max: u64) -> Result<usize, ConfigError> {
+    in_range(key, v, min, max, "")
+}
+
 fn mib(key: &str, v: u64, min: u64, max: u64) -> Result<usize, ConfigError> {
-    if (min..=max).contains(&v) {
-        Ok(v as usize * (1 << 20))
-    } else {
-        Err(invalid(key, format!("{v} is outside {min}..={max} MiB")))
-    }
+    in_range(key, v, min, max, " MiB").map(|v| v << 20)
 }
 
 fn validate_replication(

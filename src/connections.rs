@@ -170,36 +170,32 @@ impl AsyncWrite for Guarded {
 /// Raises this process's soft limit of open files to its hard limit.
 /// Returns the limit before and after.
 pub fn raise_open_files_limit() -> io::Result<(u64, u64)> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write `limit`.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+    let mut limit = files_rlimit()?;
+    let before = limit.rlim_cur;
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: setrlimit only reads `limit`.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        let before = limit.rlim_cur;
-        if limit.rlim_cur < limit.rlim_max {
-            limit.rlim_cur = limit.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        Ok((before, limit.rlim_cur))
     }
+    Ok((before, limit.rlim_cur))
 }
 
 /// This process's soft limit of open files (`u64::MAX` when unknown).
 pub fn open_files_limit() -> u64 {
+    files_rlimit().map_or(u64::MAX, |limit| limit.rlim_cur)
+}
+
+fn files_rlimit() -> io::Result<libc::rlimit> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit only writes `limit`.
     match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
-        0 => limit.rlim_cur,
-        _ => u64::MAX,
+        0 => Ok(limit),
+        _ => Err(io::Error::last_os_error()),
     }
 }
 
