@@ -63,6 +63,9 @@ pub struct RawServer {
     pub max_connections: u64,
     /// A connection that has not started HTTP/2 within this long is closed.
     pub handshake_timeout_ms: u64,
+    /// A connection with no call open for this long is closed (clients
+    /// reconnect when they next call).
+    pub idle_connection_timeout_ms: u64,
     /// Concurrent calls (HTTP/2 streams) one connection may open.
     pub max_streams_per_connection: u64,
 }
@@ -194,6 +197,7 @@ impl Default for RawServer {
             drain_timeout_ms: 10_000,
             max_connections: 1024,
             handshake_timeout_ms: 10_000,
+            idle_connection_timeout_ms: 300_000,
             max_streams_per_connection: 128,
         }
     }
@@ -372,6 +376,13 @@ impl RawConfig {
                     s.handshake_timeout_ms,
                     100,
                     600_000,
+                    " ms",
+                )? as u64),
+                idle_timeout: Duration::from_millis(in_range(
+                    "server.idle_connection_timeout_ms",
+                    s.idle_connection_timeout_ms,
+                    100,
+                    86_400_000,
                     " ms",
                 )? as u64),
             },

@@ -3,12 +3,15 @@
 //! in the kernel's backlog), so connections can never take the file
 //! descriptors the store needs. A client that has not sent the HTTP/2
 //! preface within `handshake_timeout` of connecting is disconnected, so
-//! half-open handshakes cannot hold those slots either.
+//! half-open handshakes cannot hold those slots either, and one with no
+//! call open for `idle_timeout` is closed too ([`CallsLayer`] counts the
+//! calls each connection has open).
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,8 +19,9 @@ use futures::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tonic::transport::server::{Connected, TcpConnectInfo};
+use tower::{Layer, Service};
 
 use crate::metrics::Metrics;
 
@@ -26,6 +30,8 @@ use crate::metrics::Metrics;
 pub struct ConnectionLimits {
     pub max_connections: usize,
     pub handshake_timeout: Duration,
+    /// A connection with no call open for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 /// The HTTP/2 client preface every gRPC connection starts with.
@@ -63,6 +69,8 @@ pub fn incoming(
                 stream: accepted,
                 preface_left: PREFACE_BYTES,
                 deadline: Box::pin(tokio::time::sleep(limits.handshake_timeout)),
+                calls: Arc::new(OpenCalls::new()),
+                idle_timeout: limits.idle_timeout,
                 _slot: Slot {
                     _permit: slot,
                     metrics: metrics.clone(),
@@ -78,7 +86,10 @@ pub struct Guarded {
     stream: TcpStream,
     /// Preface bytes still to come; 0 once the handshake is done.
     preface_left: usize,
+    /// The handshake deadline, then the next time to check for idleness.
     deadline: Pin<Box<Sleep>>,
+    calls: Arc<OpenCalls>,
+    idle_timeout: Duration,
     _slot: Slot,
 }
 
@@ -93,11 +104,63 @@ impl Drop for Slot {
     }
 }
 
+/// What each call learns about its connection (a request extension).
+#[derive(Clone)]
+pub struct ConnectionInfo {
+    pub tcp: TcpConnectInfo,
+    calls: Arc<OpenCalls>,
+}
+
 impl Connected for Guarded {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = ConnectionInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
+        ConnectionInfo {
+            tcp: self.stream.connect_info(),
+            calls: self.calls.clone(),
+        }
+    }
+}
+
+/// The calls open on one connection, and when the last one ended.
+struct OpenCalls {
+    open: AtomicUsize,
+    last_end: Mutex<Instant>,
+}
+
+impl OpenCalls {
+    fn new() -> Self {
+        Self {
+            open: AtomicUsize::new(0),
+            last_end: Mutex::new(Instant::now()),
+        }
+    }
+
+    fn last_end(&self) -> Instant {
+        *self.last_end.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// When the connection will have been idle for `timeout`, if no call is
+    /// open now; `None` while one is.
+    fn idle_deadline(&self, timeout: Duration) -> Option<Instant> {
+        (self.open.load(Ordering::Acquire) == 0).then(|| self.last_end() + timeout)
+    }
+}
+
+/// A call counted as open on its connection until dropped.
+struct OpenCall(Arc<OpenCalls>);
+
+impl OpenCall {
+    fn begin(calls: &Arc<OpenCalls>) -> Self {
+        calls.open.fetch_add(1, Ordering::AcqRel);
+        Self(calls.clone())
+    }
+}
+
+impl Drop for OpenCall {
+    fn drop(&mut self) {
+        *self.0.last_end.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -112,21 +175,51 @@ impl AsyncRead for Guarded {
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 let read = buf.filled().len() - before;
+                if this.preface_left > 0 && read >= this.preface_left {
+                    // Handshake done: from now on the deadline is idleness.
+                    let idle_at = Instant::now() + this.idle_timeout;
+                    this.deadline.as_mut().reset(idle_at);
+                }
                 this.preface_left = this.preface_left.saturating_sub(read);
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending if this.preface_left == 0 => Poll::Pending,
-            Poll::Pending => match this.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    this.metrics().handshake_timeouts.inc();
-                    Poll::Ready(Err(io::Error::new(
+            Poll::Pending => this.poll_deadline(cx),
+        }
+    }
+}
+
+impl Guarded {
+    /// While the socket has nothing to read: the connection ends once the
+    /// handshake deadline passes without a preface, or once it has been
+    /// idle for the idle timeout. The deadline is re-armed until then.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            if self.deadline.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if self.preface_left > 0 {
+                self.metrics().handshake_timeouts.inc();
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no HTTP/2 preface within the handshake timeout",
+                )));
+            }
+            let now = Instant::now();
+            let next = match self.calls.idle_deadline(self.idle_timeout) {
+                Some(at) if at <= now => {
+                    self.metrics().idle_closed.inc();
+                    return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
-                        "no HTTP/2 preface within the handshake timeout",
-                    )))
+                        "no call within the idle timeout",
+                    )));
                 }
-                Poll::Pending => Poll::Pending,
-            },
+                Some(at) => at,
+                // A call is open: look again a timeout after it ends at
+                // the earliest.
+                None => now + self.idle_timeout,
+            };
+            self.deadline.as_mut().reset(next);
         }
     }
 }
@@ -164,6 +257,99 @@ impl AsyncWrite for Guarded {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Counts each call as open on its connection from its start until its
+/// response body is done or dropped.
+#[derive(Clone, Copy, Default)]
+pub struct CallsLayer;
+
+impl<S> Layer<S> for CallsLayer {
+    type Service = CountCalls<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CountCalls { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct CountCalls<S> {
+    inner: S,
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for CountCalls<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+{
+    type Response = http::Response<WithCall<ResBody>>;
+    type Error = S::Error;
+    type Future = CallFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+        let call = req
+            .extensions()
+            .get::<ConnectionInfo>()
+            .map(|info| OpenCall::begin(&info.calls));
+        CallFuture {
+            inner: self.inner.call(req),
+            call,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    pub struct CallFuture<F> {
+        #[pin]
+        inner: F,
+        call: Option<OpenCall>,
+    }
+}
+
+impl<F, ResBody, E> Future for CallFuture<F>
+where
+    F: Future<Output = Result<http::Response<ResBody>, E>>,
+{
+    type Output = Result<http::Response<WithCall<ResBody>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = std::task::ready!(this.inner.poll(cx))?;
+        let call = this.call.take();
+        Poll::Ready(Ok(response.map(|body| WithCall { body, _call: call })))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its call open.
+    pub struct WithCall<B> {
+        #[pin]
+        body: B,
+        _call: Option<OpenCall>,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for WithCall<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

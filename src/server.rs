@@ -239,6 +239,7 @@ pub async fn serve_with(
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .layer(GrpcMetricsLayer::new(metrics.clone(), served_methods()?))
+        .layer(connections::CallsLayer)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)

@@ -39,6 +39,7 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     /// Connections closed for not starting HTTP/2 in time.
     pub handshake_timeouts: IntCounter,
+    pub idle_closed: IntCounter,
     /// Replication cursors stored, counted at each clean-up pass.
     pub peer_cursors: IntGauge,
     /// Entry data held in memory by pulls right now.
@@ -168,6 +169,11 @@ impl Metrics {
                 "connection_handshake_timeouts_total",
                 "Connections closed because the HTTP/2 preface did not arrive within \
                  server.handshake_timeout_ms",
+            ),
+            idle_closed: counter(
+                "connection_idle_closed_total",
+                "Connections closed because no call was open on them for \
+                 server.idle_connection_timeout_ms",
             ),
             peer_cursors: gauge(
                 "peer_cursors",

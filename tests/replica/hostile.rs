@@ -83,6 +83,54 @@ async fn half_open_handshakes_beyond_the_cap_are_shed() {
     replica.stop().await.unwrap();
 }
 
+/// A connection with no call open is closed after the idle timeout; one
+/// with a call open stays however long the call lasts; a client whose idle
+/// connection was closed connects again on its next call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_and_busy_ones_kept() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let dir = tempfile::tempdir().unwrap();
+    let replica = TestReplica::start(dir.path(), |c| {
+        c.server.idle_connection_timeout_ms = 400;
+    })
+    .await;
+    let mut idle = http2_connection(&replica).await;
+    let mut health = HealthClient::new(replica.channel().await)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(health.message().await.unwrap().is_some());
+    let mut client = replica.client().await;
+    client.put(&entries(3)).await.unwrap();
+
+    assert!(
+        closed_by_server(&mut idle, Duration::from_secs(5)).await,
+        "a connection without calls must be closed after the idle timeout"
+    );
+    // Well past the timeout, the Watch's connection is still there.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let text = replica.metrics_text().await;
+    assert!(metric(&text, "mindoo_replica_connection_idle_closed_total") >= 2.0);
+    assert_eq!(
+        metric(
+            &text,
+            "mindoo_replica_grpc_requests_in_flight{method=\"grpc.health.v1.Health/Watch\"}"
+        ),
+        1.0,
+        "the health Watch is still open"
+    );
+    // The put's connection went idle and was closed: the client reconnects.
+    client.put(&entries(4)).await.unwrap();
+    assert_eq!(replica.entry_count().await, 7);
+    drop(health);
+    replica.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rapid_reset_ends_the_connection() {
     let dir = tempfile::tempdir().unwrap();
