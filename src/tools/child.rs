@@ -16,6 +16,11 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::server::ready_line;
 use crate::server::{LISTEN_FDS_ENV, READY_PREFIX};
 
+/// The descriptors process `pid` has open (0 once it has exited).
+pub fn open_files_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
 /// Sockets bound by a parent for a child replica.
 pub struct ChildListeners {
     pub grpc: std::net::TcpListener,
@@ -81,6 +86,31 @@ impl ReplicaProcess {
                 "MINDOO_REPLICA__SERVER__METRICS_LISTEN",
                 if metrics { "127.0.0.1:0" } else { "" },
             );
+        Self::start(cmd, data_dir, extra_env, None).await
+    }
+
+    /// Like [`Self::spawn`] (with metrics), in a process whose open-files
+    /// limit, soft and hard, is `open_files`.
+    pub async fn spawn_with_open_files(
+        exe: &Path,
+        data_dir: &Path,
+        open_files: u64,
+        extra_env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(exe);
+        cmd.env("MINDOO_REPLICA__SERVER__LISTEN", "127.0.0.1:0")
+            .env("MINDOO_REPLICA__SERVER__METRICS_LISTEN", "127.0.0.1:0");
+        let limit = libc::rlimit {
+            rlim_cur: open_files,
+            rlim_max: open_files,
+        };
+        // SAFETY: setrlimit is async-signal-safe and only reads `limit`.
+        unsafe {
+            cmd.pre_exec(move || match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            });
+        }
         Self::start(cmd, data_dir, extra_env, None).await
     }
 
@@ -161,6 +191,11 @@ impl ReplicaProcess {
     }
 
     /// Resident and peak resident memory of the process, in bytes.
+    /// The descriptors the process has open (0 once it has exited).
+    pub fn open_files(&self) -> usize {
+        self.pid().map_or(0, open_files_of)
+    }
+
     pub fn memory(&self) -> Option<(u64, u64)> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
         let field = |name: &str| {

@@ -279,3 +279,73 @@ async fn hanging_calls_end_within_the_drain_deadline() {
     );
     drop((health, stalled, bodiless));
 }
+
+/// Under a low open-files limit, connections beyond what fits beside the
+/// store wait in the kernel's backlog: RocksDB keeps the descriptors it
+/// needs for new WAL and table files, and no write fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_never_take_the_stores_descriptors() {
+    use mindoo_replica::tools::child::{ReplicaProcess, http_get};
+
+    mindoo_replica::connections::raise_open_files_limit().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("MINDOO_REPLICA__STORAGE__MAX_OPEN_FILES", "64"),
+        // Small memtables: the writes below make RocksDB open many files.
+        ("MINDOO_REPLICA__STORAGE__WRITE_BUFFER_MB", "1"),
+        ("MINDOO_REPLICA__SERVER__HANDSHAKE_TIMEOUT_MS", "60000"),
+    ];
+    let exe = env!("CARGO_BIN_EXE_mindoo-replica");
+    let replica = ReplicaProcess::spawn_with_open_files(exe.as_ref(), dir.path(), 400, &env)
+        .await
+        .unwrap();
+    let metrics_addr = replica.metrics.unwrap();
+    let mut client = mindoo_replica::client::StoreClient::connect(&replica.grpc.to_string())
+        .await
+        .unwrap();
+    // More connections than the process has descriptors for, all silent.
+    // Those beyond the listen backlog stay half-open on this side.
+    let attempts = (0..500)
+        .map(|_| tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(replica.grpc)));
+    let silent: Vec<_> = futures::future::join_all(attempts).await;
+    let accepted_by_kernel = silent.iter().filter(|c| matches!(c, Ok(Ok(_)))).count();
+    assert!(accepted_by_kernel > 80, "{accepted_by_kernel}");
+    let mut written = 0;
+    for _ in 0..40 {
+        let batch = mindoo_replica::tools::fixtures::sample_entries(&ns(), &author(), 100, 4096);
+        client.put(&batch).await.expect("writes go on");
+        written += batch.len();
+    }
+    let text = http_get(metrics_addr, "/metrics").await.unwrap();
+    assert_eq!(
+        metric(&text, "mindoo_replica_store_write_errors_total"),
+        0.0
+    );
+    assert_eq!(metric(&text, "mindoo_replica_store_writable"), 1.0);
+    // 400 files, less 64 for the store and 256 spare.
+    assert!(metric(&text, "mindoo_replica_connections_open") <= 80.0);
+    assert_eq!(
+        metric(&text, "mindoo_replica_entries_stored_total"),
+        written as f64
+    );
+
+    // Once the attackers leave, their slots and descriptors come back.
+    let during = replica.open_files();
+    drop(silent);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = http_get(metrics_addr, "/metrics").await.unwrap();
+        if metric(&text, "mindoo_replica_connections_open") == 1.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "slots come back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        replica.open_files() + 70 <= during,
+        "{during} -> {}",
+        replica.open_files()
+    );
+    let status = replica.stop().await.unwrap();
+    assert!(status.success(), "{status}");
+}

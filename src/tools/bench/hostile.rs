@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use super::{memory_mb, sample_entries};
 use crate::client::StoreClient;
 use crate::entry::Namespace;
-use crate::tools::child::ReplicaProcess;
+use crate::tools::child::{ReplicaProcess, open_files_of};
 use crate::tools::h2frames as frames;
 
 #[derive(Debug, Clone)]
@@ -58,7 +58,7 @@ pub async fn hostile(opts: HostileOptions) -> anyhow::Result<()> {
 
     // The baseline: the replica as the well-behaved client left it.
     let (base_rss, _) = memory_mb(&replica);
-    let base_fds = open_files(&replica);
+    let base_fds = replica.open_files();
     let stop = Arc::new(AtomicBool::new(false));
     let mut attackers = tokio::task::JoinSet::new();
     for kind in Attack::ALL {
@@ -75,7 +75,7 @@ pub async fn hostile(opts: HostileOptions) -> anyhow::Result<()> {
             let mut peak_fds = 0;
             while !stop.load(Ordering::Relaxed) {
                 if let Some(pid) = pid {
-                    peak_fds = peak_fds.max(count_fds(pid));
+                    peak_fds = peak_fds.max(open_files_of(pid));
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -99,7 +99,7 @@ pub async fn hostile(opts: HostileOptions) -> anyhow::Result<()> {
 
     tokio::time::sleep(Duration::from_secs(opts.settle_secs)).await;
     let (final_rss, _) = memory_mb(&replica);
-    let final_fds = open_files(&replica);
+    let final_fds = replica.open_files();
     println!(
         "hostile: replica RSS {base_rss:.0} MB before the attack, {peak_rss:.0} MB at the peak, {final_rss:.0} MB {} s after it (target <= 1.5x before); open files {base_fds} before, {peak_fds} at the peak, {final_fds} after (target <= before + 10)",
         opts.settle_secs
@@ -281,12 +281,4 @@ impl Attack {
             }
         }
     }
-}
-
-fn open_files(p: &ReplicaProcess) -> usize {
-    p.pid().map_or(0, count_fds)
-}
-
-fn count_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }

@@ -1,0 +1,503 @@
+#!/usr/bin/env bash
+# Static checks of the Kubernetes deliverables: the Helm chart, the Dockerfile,
+# the Prometheus rules and config, and the Grafana dashboard. Needs no cluster
+# and no container engine; tools.sh installs what it uses on the first run.
+#
+#   bash tests/chart/lint.sh
+#
+# Stops at the first failure with a line starting "FAIL".
+
+# The Python checks below are single-quoted on purpose.
+# shellcheck disable=SC2016
+
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+
+# shellcheck source=tests/chart/tools.sh
+source tests/chart/tools.sh
+
+CHART=helm/mindoo-replica
+RELEASE=replica
+NAMESPACE=mindoo
+# Kubernetes versions the manifests are validated against (kubernetes-validate
+# bundles 1.25-1.37; the chart needs 1.27 or later for gRPC probes).
+K8S_VERSIONS=(1.31.0 1.33.0)
+PY=$MINDOO_TOOLS/venv/bin/python
+
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+
+step() { printf '\n== %s\n' "$*"; }
+ok() { printf '   ok    %s\n' "$*"; }
+skip() { printf '   SKIP  %s\n' "$*"; }
+fail() {
+  printf 'FAIL  %s\n' "$*" >&2
+  exit 1
+}
+
+# helm template with this script's release name and namespace.
+render() {
+  helm template "$RELEASE" "$CHART" --namespace "$NAMESPACE" "$@"
+}
+
+step "tools"
+need() { command -v "$1" >/dev/null 2>&1 || fail "$1 is missing (tests/chart/tools.sh installs it)"; }
+for tool in helm kubernetes-validate hadolint shellcheck promtool node jq; do need "$tool"; done
+ok "helm $(helm version --template '{{.Version}}')"
+ok "kubernetes-validate $(kubernetes-validate --version 2>&1 | awk '{print $NF}')"
+ok "$(promtool --version 2>&1 | head -1)"
+ok "hadolint $(hadolint --version | awk '{print $NF}'), shellcheck $(shellcheck --version | awk '/^version/ {print $2}'), node $(node --version)"
+
+step "shell scripts (shellcheck)"
+shellcheck -x tests/chart/lint.sh tests/chart/tools.sh || fail "shellcheck found problems in tests/chart/*.sh"
+ok "tests/chart/lint.sh tests/chart/tools.sh"
+
+step "Dockerfile (hadolint and the stages the tests rely on)"
+hadolint Dockerfile || fail "hadolint found problems in Dockerfile"
+ok "hadolint Dockerfile"
+grep -Eq '^FROM rust:1-bookworm AS build$' Dockerfile || fail "Dockerfile: no 'FROM rust:1-bookworm AS build' stage"
+grep -Eq '^FROM scratch AS binary$' Dockerfile || fail "Dockerfile: no 'FROM scratch AS binary' stage"
+grep -Eq '^COPY --from=binary /mindoo-replica /usr/local/bin/mindoo-replica$' Dockerfile \
+  || fail "Dockerfile: the runtime stage must take the binary from the 'binary' stage (podman build --build-context binary=...)"
+[[ $(grep -E '^FROM ' Dockerfile | tail -1) == "FROM debian:bookworm-slim AS runtime" ]] \
+  || fail "Dockerfile: the last stage (the default target) must be 'FROM debian:bookworm-slim AS runtime'"
+grep -Eq '^USER 10001:10001$' Dockerfile || fail "Dockerfile: the runtime must run as USER 10001:10001"
+grep -Eq '^ENTRYPOINT \["/usr/local/bin/mindoo-replica"\]$' Dockerfile || fail "Dockerfile: ENTRYPOINT must be the exec form of /usr/local/bin/mindoo-replica"
+grep -Eq '^CMD \["serve"\]$' Dockerfile || fail "Dockerfile: CMD must be [\"serve\"]"
+grep -Eq '^EXPOSE 7700 9700$' Dockerfile || fail "Dockerfile: EXPOSE 7700 9700 missing"
+for pattern in target/ .git .mindoo-mesh; do
+  grep -q "^${pattern}" .dockerignore || fail ".dockerignore does not exclude $pattern"
+done
+ok "stages build, binary, runtime (last); user 10001; exec-form entrypoint; .dockerignore"
+
+step "chart metadata and values documentation"
+crate_version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
+app_version=$(sed -n 's/^appVersion: "\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$CHART/Chart.yaml")
+[[ -n $crate_version && $crate_version == "$app_version" ]] \
+  || fail "Chart.yaml appVersion ($app_version) differs from the crate version in Cargo.toml ($crate_version)"
+ok "appVersion $app_version = crate version"
+"$PY" - "$CHART/values.yaml" <<'PY' || fail "values.yaml: every key needs a '## @param' line, and every '## @param' a key"
+import re, sys, yaml
+text = open(sys.argv[1]).read()
+values = yaml.safe_load(text)
+def leaves(node, prefix=""):
+    for key, value in node.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            yield from leaves(value, path + ".")
+        else:
+            yield path
+keys = set(leaves(values))
+params = set(re.findall(r"^\s*## @param (\S+)", text, re.M))
+missing = sorted(keys - params)
+unknown = sorted(params - keys)
+for k in missing:
+    print(f"   values.yaml: {k} has no '## @param {k}' line")
+for k in unknown:
+    print(f"   values.yaml: '## @param {k}' names no key")
+if missing or unknown:
+    sys.exit(1)
+print(f"   ok    {len(keys)} keys, each with a ## @param line")
+PY
+
+step "one copy of the alert rules"
+[[ -L deploy/prometheus/alerts.yaml ]] || fail "deploy/prometheus/alerts.yaml must be a symlink to the chart's files/alerts.yaml"
+[[ $(readlink -f deploy/prometheus/alerts.yaml) == "$(readlink -f "$CHART/files/alerts.yaml")" ]] \
+  || fail "deploy/prometheus/alerts.yaml does not resolve to $CHART/files/alerts.yaml"
+copies=$(find . -path ./target -prune -o -path ./.git -prune -o -name alerts.yaml -type f -print)
+[[ $(wc -l <<<"$copies") -eq 1 ]] || fail "more than one alerts.yaml file: $copies"
+ok "deploy/prometheus/alerts.yaml -> $CHART/files/alerts.yaml, the only file of that name"
+
+VALUES_FILES=(deploy/values-*.yaml)
+[[ -e ${VALUES_FILES[0]} ]] || fail "no deploy/values-*.yaml example files"
+
+step "helm lint --strict"
+helm lint --strict "$CHART" >"$WORK/lint.out" 2>&1 || { cat "$WORK/lint.out"; fail "helm lint --strict with the default values"; }
+ok "default values"
+for f in "${VALUES_FILES[@]}"; do
+  helm lint --strict "$CHART" -f "$f" >"$WORK/lint.out" 2>&1 || { cat "$WORK/lint.out"; fail "helm lint --strict -f $f"; }
+  ok "$f"
+done
+
+step "helm package (the packaged chart carries the rules)"
+helm package "$CHART" --destination "$WORK" >/dev/null || fail "helm package $CHART"
+package=$(ls "$WORK"/mindoo-replica-*.tgz)
+tar -tzf "$package" | grep -qx 'mindoo-replica/files/alerts.yaml' || fail "the packaged chart has no files/alerts.yaml"
+helm template "$RELEASE" "$package" --set metrics.prometheusRule.enabled=true --show-only templates/prometheusrule.yaml >/dev/null \
+  || fail "the packaged chart does not render its PrometheusRule"
+ok "$(basename "$package") holds files/alerts.yaml and renders the PrometheusRule"
+
+# The operator's CRDs are outside kubernetes-validate's schemas: these are
+# checked with the validators of @kubernetes-models/prometheus-operator (types,
+# required fields, patterns such as durations; not unknown fields).
+cat >"$WORK/validate-crds.mjs" <<'JS'
+import { readFileSync } from "node:fs";
+import { pathToFileURL } from "node:url";
+const models = `${process.env.MINDOO_TOOLS}/node/node_modules/@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1`;
+const docs = JSON.parse(readFileSync(process.argv[2], "utf8"));
+let failed = 0;
+for (const doc of docs) {
+  const name = `${doc.kind}/${doc.metadata?.name}`;
+  if (doc.apiVersion !== "monitoring.coreos.com/v1" || !["ServiceMonitor", "PrometheusRule"].includes(doc.kind)) {
+    console.log(`   no schema for ${doc.apiVersion} ${name}`);
+    failed++;
+    continue;
+  }
+  const mod = await import(pathToFileURL(`${models}/${doc.kind}.js`).href);
+  try {
+    new mod[doc.kind](doc).validate();
+    console.log(`   ok    ${name} against the prometheus-operator schema`);
+  } catch (e) {
+    console.log(`   ${name}: ${e.message}`);
+    failed++;
+  }
+}
+process.exit(failed ? 1 : 0);
+JS
+
+# Splits a multi-document manifest into core kinds (YAML) and CRDs (JSON).
+split_manifest() {
+  "$PY" - "$1" "$2" "$3" <<'PY'
+import json, sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+crd = [d for d in docs if d["apiVersion"].startswith("monitoring.coreos.com/")]
+core = [d for d in docs if d not in crd]
+with open(sys.argv[2], "w") as f:
+    yaml.safe_dump_all(core, f)
+json.dump(crd, open(sys.argv[3], "w"))
+PY
+}
+
+step "helm template | kubernetes-validate --strict (${K8S_VERSIONS[*]}), CRDs against their schemas"
+for f in "" "${VALUES_FILES[@]}"; do
+  label=${f:-default values}
+  args=()
+  [[ -n $f ]] && args=(-f "$f")
+  render "${args[@]}" >"$WORK/all.yaml" 2>"$WORK/err" || { cat "$WORK/err"; fail "helm template with $label"; }
+  split_manifest "$WORK/all.yaml" "$WORK/core.yaml" "$WORK/crd.json" || fail "the manifests rendered with $label do not parse as YAML"
+  for v in "${K8S_VERSIONS[@]}"; do
+    if ! kubernetes-validate -k "$v" --strict --quiet "$WORK/core.yaml" >"$WORK/kv.out" 2>&1; then
+      cat "$WORK/kv.out"
+      fail "kubernetes-validate --strict ($v) rejects the manifests rendered with $label"
+    fi
+    if grep -q . "$WORK/kv.out"; then
+      cat "$WORK/kv.out"
+      fail "kubernetes-validate ($v) could not check every manifest rendered with $label"
+    fi
+  done
+  "$PY" - "$WORK/core.yaml" <<'PY' || fail "the config.toml rendered with $label is not what the binary reads"
+import sys, tomllib, yaml
+def floats(node, path=""):
+    if isinstance(node, float):
+        yield path
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            yield from floats(v, f"{path}.{k}" if path else k)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from floats(v, f"{path}[{i}]")
+for d in yaml.safe_load_all(open(sys.argv[1])):
+    if d and d["kind"] == "ConfigMap" and "config.toml" in d.get("data", {}):
+        bad = list(floats(tomllib.loads(d["data"]["config.toml"])))
+        if bad:
+            print("   config.toml has floats where the binary wants integers: " + ", ".join(bad))
+            sys.exit(1)
+PY
+  kinds=$("$PY" -c 'import sys, yaml; print(" ".join(sorted({d["kind"] for d in yaml.safe_load_all(open(sys.argv[1])) if d})))' "$WORK/core.yaml") || fail "the manifests rendered with $label do not parse"
+  ok "$label: $kinds"
+  if [[ $(jq length "$WORK/crd.json") -gt 0 ]]; then
+    node "$WORK/validate-crds.mjs" "$WORK/crd.json" || fail "the prometheus-operator resources rendered with $label do not match their schema"
+  fi
+done
+
+step "bad values are rejected (tests/chart/bad-values)"
+bad_files=(tests/chart/bad-values/*.yaml)
+[[ -e ${bad_files[0]} ]] || fail "no tests/chart/bad-values/*.yaml"
+for f in "${bad_files[@]}"; do
+  expect=$(sed -n 's/^# expect: //p' "$f" | head -1)
+  [[ -n $expect ]] || fail "$f has no '# expect: <part of the error>' line"
+  if render -f "$f" >/dev/null 2>"$WORK/err"; then
+    fail "helm template accepted $f (expected: $expect)"
+  fi
+  grep -qF -- "$expect" "$WORK/err" || { cat "$WORK/err"; fail "helm template rejected $f, but not with: $expect"; }
+  # helm lint fails on schema errors; a template's fail() it only logs
+  # ("[INFO] Fail: ..."), by design of Helm's lint mode.
+  if helm lint --strict "$CHART" -f "$f" >"$WORK/err" 2>&1; then
+    grep -qF -- "Fail: $expect" "$WORK/err" || { cat "$WORK/err"; fail "helm lint accepted $f without reporting: $expect"; }
+    how="helm template fails, helm lint reports it"
+  else
+    grep -qF -- "$expect" "$WORK/err" || { cat "$WORK/err"; fail "helm lint rejected $f, but not with: $expect"; }
+    how="helm template and helm lint fail"
+  fi
+  ok "$(basename "$f"): $how: $expect"
+done
+
+step "rendered manifests"
+checksum() {
+  render "$@" --show-only templates/statefulset.yaml | sed -n 's/^ *checksum\/config: //p'
+}
+# Runs the Python checks in $1 over the manifests rendered with the rest of the arguments.
+check_rendered() {
+  local checks=$1
+  shift
+  render "$@" >"$WORK/r.yaml" || fail "helm template $*"
+  "$PY" - "$WORK/r.yaml" "$RELEASE" "$NAMESPACE" <<<"$checks" || fail "rendered with ${*:-the default values}: the check marked NOT above does not hold"
+}
+
+COMMON=$(
+  cat <<'PY'
+import base64, json, re, sys, tomllib, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+release, ns = sys.argv[2], sys.argv[3]
+full = f"{release}-mindoo-replica"
+headless = f"{full}-headless"
+def one(kind, name=None):
+    found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+def config():
+    return tomllib.loads(one("ConfigMap")["data"]["config.toml"])
+def fqdn(i, port=7700):
+    return f"{full}-{i}.{headless}.{ns}.svc.cluster.local:{port}"
+def check(cond, msg):
+    if not cond:
+        print(f"   NOT   {msg}")
+        sys.exit(1)
+    print(f"   ok    {msg}")
+PY
+)
+
+check_rendered "$COMMON"'
+cfg = config()
+check(cfg["replication"]["peers"] == [fqdn(i) for i in range(3)], "replicaCount 3: the ConfigMap lists the 3 peer FQDNs")
+check(cfg["server"]["listen"] == "0.0.0.0:7700" and cfg["server"]["metrics_listen"] == "0.0.0.0:9700", "server.listen 0.0.0.0:7700, metrics_listen 0.0.0.0:9700")
+check(cfg["storage"]["path"] == "/var/lib/mindoo-replica" and cfg["log"]["format"] == "json", "storage.path is the data volume, log.format json")
+check(all(type(v) is int for v in (cfg["server"]["shutdown_delay_ms"], cfg["server"]["drain_timeout_ms"])), "numbers render as TOML integers")
+sts = one("StatefulSet")
+spec, pod = sts["spec"], sts["spec"]["template"]["spec"]
+c = pod["containers"][0]
+check(spec["podManagementPolicy"] == "Parallel" and spec["serviceName"] == headless, "StatefulSet: Parallel, serviceName is the headless Service")
+env = {e["name"]: e for e in c["env"]}
+check(env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+      and env["MINDOO_REPLICA__REPLICATION__ADVERTISE"]["value"] == f"$(POD_NAME).{headless}.{ns}.svc.cluster.local:7700",
+      "advertise = $(POD_NAME).<headless>.<ns>.svc.cluster.local:7700 from the downward API")
+check(c["args"] == ["serve", "--config", "/etc/mindoo-replica/config/config.toml"], "serve --config /etc/mindoo-replica/config/config.toml")
+check(c["readinessProbe"]["grpc"] == {"port": 7700, "service": "mindoo.replica.v1.Store"}
+      and c["livenessProbe"]["grpc"] == {"port": 7700} and c["startupProbe"]["grpc"] == {"port": 7700},
+      "gRPC probes: readiness on mindoo.replica.v1.Store, liveness and startup on the overall health")
+sc, psc = c["securityContext"], pod["securityContext"]
+check(psc["runAsNonRoot"] and psc["runAsUser"] == 10001 and psc["runAsGroup"] == 10001 and psc["fsGroup"] == 10001
+      and psc["seccompProfile"]["type"] == "RuntimeDefault"
+      and sc["readOnlyRootFilesystem"] and sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"],
+      "securityContext: non-root 10001, fsGroup 10001, read-only root, no privilege escalation, drop ALL, RuntimeDefault")
+mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+vols = {v["name"]: v for v in pod["volumes"]}
+check(mounts["/var/lib/mindoo-replica"] == "data" and mounts["/tmp"] == "tmp" and "emptyDir" in vols["tmp"]
+      and mounts["/etc/mindoo-replica/secrets"] == "secrets" and "subPath" not in str(c["volumeMounts"]),
+      "data volume, /tmp emptyDir, secrets at /etc/mindoo-replica/secrets, no subPath (config updates reach the pods)")
+check(spec["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+      and spec["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "8Gi", "volumeClaimTemplates: data, 8Gi")
+check(pod["terminationGracePeriodSeconds"] * 1000 > cfg["server"]["shutdown_delay_ms"] + 2 * cfg["server"]["drain_timeout_ms"],
+      "terminationGracePeriodSeconds covers the shutdown delay and the drain")
+check("preferredDuringSchedulingIgnoredDuringExecution" in pod["affinity"]["podAntiAffinity"], "soft pod anti-affinity by default")
+hl = one("Service", headless)["spec"]
+check(hl["clusterIP"] == "None" and hl["publishNotReadyAddresses"] is True and hl["ports"][0]["name"] == "grpc",
+      "headless Service: clusterIP None, publishNotReadyAddresses, grpc port")
+m = one("Service", f"{full}-metrics")
+check(m["spec"]["ports"][0]["name"] == "metrics" and m["metadata"]["annotations"]["prometheus.io/scrape"] == "true",
+      "metrics Service: port named metrics, prometheus.io/scrape")
+check(one("PodDisruptionBudget")["spec"] == {"maxUnavailable": 1, "selector": spec["selector"]}, "PodDisruptionBudget: maxUnavailable 1 on the pods selector")
+key = base64.b64decode(one("Secret")["data"]["fingerprint.key"]).decode()
+check(re.fullmatch("[0-9a-f]{64}", key) is not None, "Secret: a generated 64-hex-digit fingerprint.key")
+test = one("Pod")
+tc = test["spec"]["containers"][0]
+check(test["metadata"]["annotations"]["helm.sh/hook"] == "test" and test["spec"]["restartPolicy"] == "Never"
+      and tc["image"] == c["image"], "test Pod: helm.sh/hook test, restartPolicy Never, the replicas image")
+check(tc["args"] == ["check"] + [a for i in range(3) for a in ("--addr", fqdn(i))], "test Pod: mindoo-replica check with one --addr per replica")
+check(tc["securityContext"] == sc and test["spec"]["securityContext"] == psc, "test Pod: the replicas security contexts")
+selector = spec["selector"]["matchLabels"]
+check(not all(test["metadata"]["labels"].get(k) == v for k, v in selector.items()), "test Pod is not selected by the replicas Services")
+check(not [d for d in docs if d["kind"] in ("ServiceMonitor", "PrometheusRule", "NetworkPolicy")], "no ServiceMonitor, PrometheusRule or NetworkPolicy by default")
+'
+
+check_rendered "$COMMON"'
+check(len(config()["replication"]["peers"]) == 4, "replicaCount 4: the ConfigMap lists 4 peers")
+check(len(one("Pod")["spec"]["containers"][0]["args"]) == 9, "replicaCount 4: the test Pod checks 4 addresses")
+' --set replicaCount=4
+
+base=$(checksum)
+[[ $base =~ ^[0-9a-f]{64}$ ]] || fail "no checksum/config annotation on the pods"
+[[ $(checksum --set replicaCount=4) == "$base" ]] || fail "replicaCount 3 -> 4 changes checksum/config: scaling would restart every pod"
+ok "replicaCount 3 -> 4 keeps checksum/config (no rollout on scaling)"
+[[ $(checksum --set topology.mode=discovery --set replicaCount=7) == "$(checksum --set topology.mode=discovery)" ]] \
+  || fail "discovery mode: replicaCount changes checksum/config"
+for change in shutdown.drainTimeoutMs=9000 config.storage.sync_writes=true log.format=text 'topology.namespaces={acme/notes}'; do
+  [[ $(checksum --set "$change") != "$base" ]] || fail "--set $change leaves checksum/config unchanged: the pods would not pick it up"
+  ok "--set $change changes checksum/config"
+done
+
+check_rendered "$COMMON"'
+cfg = config()
+check(cfg["replication"]["hubs"] == [fqdn(0), "hub.example.org:7700"] and cfg["replication"]["peers"] == [fqdn(i) for i in range(3)],
+      "topology hubs: ordinal 0 becomes its FQDN, names stay; every replica in peers")
+' --set topology.mode=hubs --set 'topology.hubs={0,hub.example.org:7700}'
+
+check_rendered "$COMMON"'
+r = config()["replication"]
+check(r["discovery"] == f"{headless}.{ns}.svc.cluster.local:7700" and "peers" not in r and r["discovery_interval_ms"] == 30000,
+      "topology discovery: replication.discovery is the headless Service name")
+' --set topology.mode=discovery
+
+check_rendered "$COMMON"'
+r = config()["replication"]
+check(r["peers"] == ["a.example.org:7700", "b.example.org:7700"] and r["namespaces"] == ["acme/notes"], "topology peers: the explicit list, and the namespace filter")
+' --set topology.mode=peers --set 'topology.peers={a.example.org:7700,b.example.org:7700}' --set 'topology.namespaces={acme/notes}'
+
+check_rendered "$COMMON"'
+cfg = config()
+check(cfg["storage"]["sync_writes"] is True and cfg["storage"]["path"] == "/var/lib/mindoo-replica", "config: a new key joins the rendered section")
+check(cfg["server"]["metrics_listen"] == "" and cfg["limits"]["max_page"] == 500, "config: an empty value replaces the rendered one; a new section is added")
+' --set config.storage.sync_writes=true --set config.server.metrics_listen= --set config.limits.max_page=500
+
+check_rendered "$COMMON"'
+pod = one("StatefulSet")["spec"]["template"]["spec"]
+check(not [d for d in docs if d["kind"] == "ConfigMap"] and {"name": "my-config"} == [v for v in pod["volumes"] if v["name"] == "config"][0]["configMap"]
+      and "checksum/config" not in one("StatefulSet")["spec"]["template"]["metadata"].get("annotations", {}),
+      "existingConfigMap: no ConfigMap rendered, the pods mount the given one")
+check(not [d for d in docs if d["kind"] == "Secret"] and [v for v in pod["volumes"] if v["name"] == "secrets"][0]["secret"]["secretName"] == "my-secret",
+      "existingSecret: no Secret rendered, the pods mount the given one")
+' --set existingConfigMap=my-config --set secrets.existingSecret=my-secret
+
+check_rendered "$COMMON"'
+sts = one("StatefulSet")["spec"]
+vols = {v["name"]: v for v in sts["template"]["spec"]["volumes"]}
+check("volumeClaimTemplates" not in sts and vols["data"]["emptyDir"] == {}, "persistence disabled: data is an emptyDir")
+key = base64.b64decode(one("Secret")["data"]["fingerprint.key"]).decode()
+check(key == "ab" * 32, "secrets.fingerprintKey is used as given")
+' --set persistence.enabled=false --set secrets.fingerprintKey="$(printf 'ab%.0s' {1..32})"
+
+check_rendered "$COMMON"'
+rule = one("PrometheusRule")
+alerts = yaml.safe_load(open("helm/mindoo-replica/files/alerts.yaml"))
+check(rule["spec"]["groups"] == alerts["groups"], "PrometheusRule: the groups of files/alerts.yaml, unchanged")
+sm = one("ServiceMonitor")
+ep = sm["spec"]["endpoints"][0]
+check(ep["port"] == "metrics" and ep["interval"] == "15s" and ep["scrapeTimeout"] == "5s" and sm["metadata"]["namespace"] == "monitoring"
+      and sm["metadata"]["labels"]["release"] == "prom" and ep["relabelings"][0]["targetLabel"] == "cluster",
+      "ServiceMonitor: metrics port, namespace, interval, scrapeTimeout, labels, relabelings")
+np = one("NetworkPolicy")["spec"]
+check(np["ingress"][0]["ports"][0]["port"] == 7700 and len(np["ingress"][0]["from"]) == 2 and np["ingress"][1]["ports"][0]["port"] == 9700,
+      "NetworkPolicy: gRPC from the release and allowedClients, metrics from the selected namespaces")
+' --set metrics.prometheusRule.enabled=true --set metrics.serviceMonitor.enabled=true \
+  --set metrics.serviceMonitor.namespace=monitoring --set metrics.serviceMonitor.interval=15s \
+  --set metrics.serviceMonitor.scrapeTimeout=5s --set metrics.serviceMonitor.labels.release=prom \
+  --set 'metrics.serviceMonitor.relabelings[0].targetLabel=cluster' --set 'metrics.serviceMonitor.relabelings[0].replacement=eu1' \
+  --set networkPolicy.enabled=true \
+  --set 'networkPolicy.allowedClients[0].namespaceSelector.matchLabels.team=apps'
+
+# NOTES.txt is not rendered by helm template: render it through a copy of the
+# chart with one more template that includes it.
+cp -r "$CHART" "$WORK/notes-chart"
+printf '%s\n' 'notes: |' '  {{- include "mindoo-replica/templates/NOTES.txt" . | nindent 2 }}' >"$WORK/notes-chart/templates/zz-notes.yaml"
+notes() {
+  helm template "$RELEASE" "$WORK/notes-chart" --namespace "$NAMESPACE" --show-only templates/zz-notes.yaml "$@"
+}
+notes >"$WORK/notes.txt" || fail "NOTES.txt does not render"
+for line in \
+  "$RELEASE-mindoo-replica-2.$RELEASE-mindoo-replica-headless.$NAMESPACE.svc.cluster.local:7700" \
+  "kubectl port-forward --namespace $NAMESPACE svc/$RELEASE-mindoo-replica 7700:7700" \
+  "kubectl exec --namespace $NAMESPACE $RELEASE-mindoo-replica-0 -- mindoo-replica status --addr 127.0.0.1:7700" \
+  "No pod restarts"; do
+  grep -qF -- "$line" "$WORK/notes.txt" || { cat "$WORK/notes.txt"; fail "NOTES.txt lacks: $line"; }
+done
+grep -q WARNING "$WORK/notes.txt" && { cat "$WORK/notes.txt"; fail "NOTES.txt warns about the default values"; }
+ok "NOTES.txt: peer FQDNs, port-forward, status command, scaling note; no warning for the defaults"
+notes --set persistence.enabled=false --set replicaCount=1 >"$WORK/notes.txt"
+if ! grep -q 'WARNING: persistence.enabled is false' "$WORK/notes.txt" || ! grep -q 'WARNING: replicaCount is 1' "$WORK/notes.txt"; then
+  cat "$WORK/notes.txt"
+  fail "NOTES.txt does not warn about persistence disabled and a single replica"
+fi
+ok "NOTES.txt warns about persistence disabled and a single replica"
+
+step "Prometheus rules and config (promtool)"
+promtool check rules deploy/prometheus/alerts.yaml >"$WORK/p.out" 2>&1 || { cat "$WORK/p.out"; fail "promtool check rules deploy/prometheus/alerts.yaml"; }
+ok "promtool check rules: $(grep -o '[0-9]* rules found' "$WORK/p.out")"
+(cd deploy/prometheus && promtool test rules alerts.test.yaml) >"$WORK/p.out" 2>&1 || { cat "$WORK/p.out"; fail "promtool test rules deploy/prometheus/alerts.test.yaml"; }
+alerts_defined=$(grep -c '^ *- alert: ' "$CHART/files/alerts.yaml")
+while read -r alert; do
+  grep -q "alertname: $alert\$" deploy/prometheus/alerts.test.yaml || fail "alerts.test.yaml has no test for $alert"
+done < <(sed -n 's/^ *- alert: //p' "$CHART/files/alerts.yaml")
+ok "promtool test rules: every one of the $alerts_defined alerts fires in a test"
+if promtool check config deploy/prometheus/prometheus.yml >"$WORK/p.out" 2>&1; then
+  ok "promtool check config deploy/prometheus/prometheus.yml"
+elif grep -q 'field kubernetes_sd_configs not found' "$WORK/p.out"; then
+  # Debian builds promtool without Kubernetes discovery. Check everything else,
+  # relabelings included, with those blocks replaced by static targets.
+  mkdir -p "$WORK/prom"
+  cp deploy/prometheus/alerts.yaml "$WORK/prom/alerts.yaml"
+  if ! "$PY" - deploy/prometheus/prometheus.yml "$WORK/prom/prometheus.yml" <<'PY'
+import sys, yaml
+cfg = yaml.safe_load(open(sys.argv[1]))
+for job in cfg["scrape_configs"]:
+    for sd in job.pop("kubernetes_sd_configs", []):
+        unknown = set(sd) - {"role", "namespaces", "selectors", "api_server", "kubeconfig_file", "attach_metadata"}
+        if unknown or sd.get("role") not in {"node", "pod", "service", "endpoints", "endpointslice", "ingress"}:
+            print(f"   job {job['job_name']}: kubernetes_sd_configs {sd}")
+            sys.exit(1)
+        job.setdefault("static_configs", []).append({"targets": ["127.0.0.1:9700"]})
+yaml.safe_dump(cfg, open(sys.argv[2], "w"))
+PY
+  then
+    fail "deploy/prometheus/prometheus.yml: a kubernetes_sd_configs block has an unknown key or role"
+  fi
+  promtool check config "$WORK/prom/prometheus.yml" >"$WORK/p.out" 2>&1 || { cat "$WORK/p.out"; fail "promtool check config deploy/prometheus/prometheus.yml"; }
+  ok "promtool check config deploy/prometheus/prometheus.yml (this promtool lacks Kubernetes discovery: kubernetes_sd_configs checked for known keys and role only)"
+else
+  cat "$WORK/p.out"
+  fail "promtool check config deploy/prometheus/prometheus.yml"
+fi
+
+step "Grafana dashboard"
+dashboard=deploy/grafana/mindoo-replica.json
+jq -e . "$dashboard" >/dev/null || fail "$dashboard is not valid JSON"
+jq -e '.templating.list[] | select(.type == "datasource" and .query == "prometheus")' "$dashboard" >/dev/null \
+  || fail "$dashboard has no Prometheus datasource variable"
+jq -e '[.panels[] | select(.type != "row") | .datasource.uid == "${datasource}"] | all' "$dashboard" >/dev/null \
+  || fail "$dashboard: a panel does not use the datasource variable"
+# Every query must parse: check them as recording rules, the variables
+# replaced by values Prometheus accepts.
+jq -r '.panels[] | .targets[]?.expr' "$dashboard" >"$WORK/exprs.txt"
+"$PY" - "$WORK/exprs.txt" "$WORK/dash-rules.yaml" <<'PY' || fail "cannot turn the queries of $dashboard into rules"
+import sys, yaml
+exprs = [l for l in open(sys.argv[1]).read().splitlines() if l.strip()]
+subst = {"$__rate_interval": "5m", "$__range": "1h", "$job": "mindoo-replica", "$instance": ".*"}
+rules = []
+for i, e in enumerate(exprs):
+    for k, v in subst.items():
+        e = e.replace(k, v)
+    rules.append({"record": f"dashboard:query_{i}", "expr": e})
+yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}, open(sys.argv[2], "w"))
+PY
+promtool check rules "$WORK/dash-rules.yaml" >"$WORK/p.out" 2>&1 || { cat "$WORK/p.out"; fail "a query of $dashboard does not parse"; }
+ok "$dashboard: valid JSON, datasource variable, $(wc -l <"$WORK/exprs.txt") queries that parse"
+
+step "metric names exist in src/metrics"
+# The process collector's series get the registry prefix too.
+process_metrics="process_cpu_seconds_total process_open_fds process_max_fds process_virtual_memory_bytes process_resident_memory_bytes process_start_time_seconds process_threads"
+grep -q 'ProcessCollector::for_self' src/metrics/mod.rs || process_metrics=""
+names=$(grep -ohE 'mindoo_replica_[a-z0-9_]+' "$dashboard" "$CHART/files/alerts.yaml" deploy/prometheus/alerts.test.yaml | sort -u)
+[[ -n $names ]] || fail "no mindoo_replica_* metric names found in the dashboard and the alerts"
+count=0
+for full in $names; do
+  name=${full#mindoo_replica_}
+  base=$(sed -E 's/_(bucket|sum|count)$//' <<<"$name")
+  if grep -rqF "\"$name\"" src/metrics || { [[ $base != "$name" ]] && grep -rqF "\"$base\"" src/metrics; } \
+    || [[ " $process_metrics " == *" $name "* ]]; then
+    count=$((count + 1))
+  else
+    fail "$full (used in the dashboard or the alerts) is not a metric of src/metrics"
+  fi
+done
+ok "$count metric names, each defined in src/metrics"
+
+printf '\nchart lint passed in %ds (tools included)\n' "$SECONDS"
