@@ -95,6 +95,9 @@ pub struct RawLimits {
     pub max_page: u64,
     /// A PutEntries stream with no batch for this long is closed.
     pub stream_idle_timeout_ms: u64,
+    /// Entry data (MiB) that responses on their way out may hold in memory,
+    /// all streams together; beyond it each message carries one entry.
+    pub max_send_data_mb: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -227,6 +230,7 @@ impl Default for RawLimits {
             max_batch_entries: l.max_batch_entries as u64,
             max_page: l.max_page as u64,
             stream_idle_timeout_ms: l.stream_idle_timeout.as_millis() as u64,
+            max_send_data_mb: (l.max_send_data_bytes >> 20) as u64,
         }
     }
 }
@@ -451,6 +455,7 @@ impl RawConfig {
                 100,
                 86_400_000,
             )? as u64),
+            max_send_data_bytes: mib("limits.max_send_data_mb", l.max_send_data_mb, 1, 65536)?,
         };
         if limits.max_message_bytes < max_entry_bytes + 4096 {
             return Err(invalid(

@@ -16,6 +16,9 @@ pub struct Limits {
     pub max_batch_entries: usize,
     pub max_page: usize,
     pub stream_idle_timeout: Duration,
+    /// Entry data all outgoing messages together may hold (see
+    /// [`crate::replica::outgoing`]).
+    pub max_send_data_bytes: usize,
 }
 
 impl Default for Limits {
@@ -26,6 +29,7 @@ impl Default for Limits {
             max_batch_entries: 10_000,
             max_page: 10_000,
             stream_idle_timeout: Duration::from_secs(300),
+            max_send_data_bytes: 64 << 20,
         }
     }
 }

@@ -44,6 +44,8 @@ pub struct Metrics {
     pub peer_cursors: IntGauge,
     /// Entry data held in memory by pulls right now.
     pub pull_inflight_bytes: IntGauge,
+    /// Entry data granted to outgoing messages right now.
+    pub send_data_held_bytes: IntGauge,
     pub peers: peer::PeerMetrics,
 }
 
@@ -183,6 +185,11 @@ impl Metrics {
             pull_inflight_bytes: gauge(
                 "pull_inflight_bytes",
                 "Entry data held in memory by pulls, within replication.max_inflight_mb",
+            ),
+            send_data_held_bytes: gauge(
+                "send_data_held_bytes",
+                "Entry data held by outgoing messages not yet taken by the transport, within \
+                 limits.max_send_data_mb (beyond it, one entry per stream)",
             ),
             peers: peer::PeerMetrics::new(&registry),
             registry,

@@ -7,10 +7,12 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::Stream;
 use tokio::sync::watch;
 
 use super::Replica;
+use super::outgoing::SendGrant;
 use crate::entry::Namespace;
 use crate::error::{Error, Result};
 use crate::store::{LogRecord, PeerCursor, Seq};
@@ -85,6 +87,8 @@ pub struct LogFollower {
     head: watch::Receiver<Seq>,
     /// The follower has been at the head: what follows is live.
     live: bool,
+    /// The data of the last message sent, until the next is asked for.
+    sent: Option<SendGrant>,
 }
 
 impl LogFollower {
@@ -104,6 +108,7 @@ impl LogFollower {
             after,
             remaining: limit,
             opts,
+            sent: None,
         }
     }
 
@@ -124,6 +129,8 @@ impl LogFollower {
     /// The next batch, a heartbeat, or `None` once a ScanSince is done.
     pub async fn next_batch(&mut self) -> Result<Option<LogBatch>> {
         let limits = *self.replica.limits();
+        // Asked for the next message: the last one has left.
+        self.sent = None;
         let mut held = false;
         loop {
             let limit = self
@@ -133,14 +140,20 @@ impl LogFollower {
             if limit == 0 {
                 return Ok(None);
             }
-            let budget = limits.message_data_budget();
+            let live_data = self.opts.live_data && self.live && self.remaining.is_none();
+            let mut grant = match self.opts.with_data || live_data {
+                true => self
+                    .replica
+                    .send_budget()
+                    .grant(limits.message_data_budget()),
+                false => self.replica.send_budget().grant(0),
+            };
+            let budget = grant.bytes();
             let with = match self.opts {
                 FollowOptions {
                     with_data: true, ..
                 } => WithData::All { budget },
-                FollowOptions {
-                    live_data: true, ..
-                } if self.live && self.remaining.is_none() => WithData::ClientWritten { budget },
+                _ if live_data => WithData::ClientWritten { budget },
                 _ => WithData::No,
             };
             let records = self.replica.log_since(self.after, limit, with).await?;
@@ -158,11 +171,20 @@ impl LogFollower {
                 if let Some(r) = &mut self.remaining {
                     *r -= records.len();
                 }
+                grant.shrink_to(
+                    records
+                        .iter()
+                        .filter_map(|r| r.data.as_ref())
+                        .map(Bytes::len)
+                        .sum(),
+                );
+                self.sent = Some(grant);
                 return Ok(Some(self.batch(records)));
             }
             if self.remaining.is_some() {
                 return Ok(None);
             }
+            drop(grant);
             self.live = true;
             let after = self.after;
             let heartbeat = async {

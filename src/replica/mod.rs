@@ -6,6 +6,7 @@
 
 mod commit;
 mod follow;
+pub mod outgoing;
 mod recent;
 mod tail;
 
@@ -56,6 +57,7 @@ pub struct Replica {
     commit: Arc<commit::Committer>,
     /// The policy never changes while the replica runs.
     policy_digest: u64,
+    send_budget: outgoing::SendBudget,
     shutdown: CancellationToken,
 }
 
@@ -88,6 +90,7 @@ impl Replica {
         Self {
             store,
             identity,
+            send_budget: outgoing::SendBudget::new(limits.max_send_data_bytes),
             limits,
             metrics,
             commit,
@@ -107,6 +110,11 @@ impl Replica {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// What outgoing messages may hold in entry data, all streams together.
+    pub fn send_budget(&self) -> &outgoing::SendBudget {
+        &self.send_budget
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -145,6 +153,9 @@ impl Replica {
                 .await
                 .unwrap_or_default();
         self.metrics.set_store_memory(&memory);
+        self.metrics
+            .send_data_held_bytes
+            .set(self.send_budget.held() as i64);
         self.metrics.render(&self.stats(), disk_bytes)
     }
 

@@ -15,6 +15,7 @@ use crate::entry::{EntryId, Namespace};
 use crate::error::Error;
 use crate::proto;
 use crate::proto::convert;
+use crate::replica::outgoing::SendGrant;
 use crate::replica::{FollowOptions, LogFollower, MAX_RELAY_DELAY, Replica};
 use crate::store::Seq;
 
@@ -89,7 +90,8 @@ fn limit_status(status: Status) -> Status {
 }
 
 /// GetEntries: entries packed into messages of at most
-/// [`crate::limits::Limits::message_data_budget`] bytes of data (a single larger entry travels alone).
+/// [`crate::limits::Limits::message_data_budget`] bytes of data, within
+/// what the replica's send budget grants (a single entry always travels).
 pub fn get(
     replica: Arc<Replica>,
     ns: Namespace,
@@ -102,6 +104,7 @@ pub fn get(
         ids,
         pos: 0,
         fetched: VecDeque::new(),
+        sent: None,
     };
     fused(futures::stream::unfold(state, |mut st| async move {
         let next = st.next_batch().await;
@@ -118,10 +121,15 @@ struct GetState {
     /// Looked up, not yet sent.
     fetched: VecDeque<(EntryId, Option<Bytes>)>,
     budget: usize,
+    /// The data of the last message sent, until the next is asked for.
+    sent: Option<SendGrant>,
 }
 
 impl GetState {
     async fn next_batch(&mut self) -> Result<Option<proto::EntryBatch>, Error> {
+        // Asked for the next message: the last one has left.
+        self.sent = None;
+        let mut grant = self.replica.send_budget().grant(self.budget);
         let mut batch = proto::EntryBatch::default();
         let mut bytes = 0;
         loop {
@@ -129,11 +137,10 @@ impl GetState {
                 if self.pos >= self.ids.len() {
                     break;
                 }
-                let chunk: Vec<_> = self.ids[self.pos..]
-                    .iter()
-                    .take(GET_CHUNK)
-                    .copied()
-                    .collect();
+                // With nothing granted the message carries one entry:
+                // look up just that one.
+                let take = if grant.bytes() > 0 { GET_CHUNK } else { 1 };
+                let chunk: Vec<_> = self.ids[self.pos..].iter().take(take).copied().collect();
                 self.pos += chunk.len();
                 let found = self.replica.get(self.ns.clone(), chunk.clone()).await?;
                 self.fetched.extend(chunk.into_iter().zip(found));
@@ -143,7 +150,7 @@ impl GetState {
             };
             match data {
                 Some(data) => {
-                    if !batch.entries.is_empty() && bytes + data.len() > self.budget {
+                    if !batch.entries.is_empty() && bytes + data.len() > grant.bytes() {
                         self.fetched.push_front((id, Some(data)));
                         break;
                     }
@@ -156,6 +163,12 @@ impl GetState {
                 None => batch.missing.push(convert::id_bytes(&id)),
             }
         }
+        // What was looked up but does not fit is looked up again for the
+        // next message rather than held meanwhile.
+        self.pos -= self.fetched.len();
+        self.fetched.clear();
+        grant.shrink_to(bytes);
+        self.sent = Some(grant);
         let empty = batch.entries.is_empty() && batch.missing.is_empty();
         Ok((!empty).then_some(batch))
     }

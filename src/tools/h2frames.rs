@@ -63,14 +63,24 @@ pub fn rst(stream: u32) -> Vec<u8> {
 /// What a client sends to open a Watch with data that it then never
 /// reads: it announces a window of zero (SETTINGS_INITIAL_WINDOW_SIZE).
 pub fn unread_watch() -> Vec<u8> {
+    unread_watches(1)
+}
+
+/// A connection opening `streams` Watches with data that it never reads.
+pub fn unread_watches(streams: u32) -> Vec<u8> {
     let mut out = PREFACE.to_vec();
     out.extend(frame(SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]));
-    out.extend(headers(
-        1,
-        END_HEADERS,
-        &request("/mindoo.replica.v1.Store/Watch"),
-    ));
-    // A WatchRequest with include_data (field 2) set, gRPC length-prefixed.
-    out.extend(frame(DATA, END_STREAM, 1, &[0, 0, 0, 0, 2, 0x10, 0x01]));
+    let request = request("/mindoo.replica.v1.Store/Watch");
+    for i in 0..streams {
+        let stream = 2 * i + 1;
+        out.extend(headers(stream, END_HEADERS, &request));
+        // A WatchRequest with include_data (field 2) set, gRPC length-prefixed.
+        out.extend(frame(
+            DATA,
+            END_STREAM,
+            stream,
+            &[0, 0, 0, 0, 2, 0x10, 0x01],
+        ));
+    }
     out
 }

@@ -29,7 +29,6 @@ trap 'rm -rf "$WORK"' EXIT
 
 step() { printf '\n== %s\n' "$*"; }
 ok() { printf '   ok    %s\n' "$*"; }
-skip() { printf '   SKIP  %s\n' "$*"; }
 fail() {
   printf 'FAIL  %s\n' "$*" >&2
   exit 1
@@ -98,6 +97,30 @@ for k in unknown:
 if missing or unknown:
     sys.exit(1)
 print(f"   ok    {len(keys)} keys, each with a ## @param line")
+PY
+
+"$PY" - "$CHART/values.schema.json" src/config.rs <<'PY' || fail "values.schema.json: the keys under config differ from the binary's (src/config.rs): update the schema"
+import json, re, sys
+schema = json.load(open(sys.argv[1]))["properties"]["config"]
+src = open(sys.argv[2]).read()
+def fields(struct):
+    body = re.search(r"pub struct %s \{(.*?)\n\}" % struct, src, re.S)
+    assert body, f"no struct {struct} in {sys.argv[2]}"
+    return set(re.findall(r"^\s*pub (\w+):", body.group(1), re.M))
+pairs = {"config": ("RawConfig", schema)}
+for section, sub in schema["properties"].items():
+    pairs[f"config.{section}"] = ("Raw" + section.capitalize(), sub)
+pairs["config.policy.namespaces[]"] = ("RawNamespace", schema["properties"]["policy"]["properties"]["namespaces"]["items"])
+bad = False
+for path, (struct, node) in pairs.items():
+    have, want = set(node["properties"]), fields(struct)
+    for k in sorted(want - have):
+        print(f"   {path}: {k} ({struct}) is missing from the schema"); bad = True
+    for k in sorted(have - want):
+        print(f"   {path}: {k} is in the schema but not in {struct}"); bad = True
+if bad:
+    sys.exit(1)
+print(f"   ok    the schema's config keys are the fields of src/config.rs ({len(pairs)} structs)")
 PY
 
 step "one copy of the alert rules"

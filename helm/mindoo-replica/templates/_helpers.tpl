@@ -128,7 +128,7 @@ for metadata, with a leading newline; nothing when there are none.
 The config as a dict, stored under "config" in the "out" dict; call with
 (dict "ctx" $ "peers" true|false "out" (dict)). A dict is handed back this way
 rather than as YAML text because fromYaml would turn every integer into a
-float, which the binary refuses. With "peers" false the peer list derived from
+float (rendered as 5000.0 in the TOML). With "peers" false the peer list derived from
 replicaCount is left out: that is what checksum/config is computed over, so
 scaling alone rolls no pod. `config` is merged over the rendered settings key
 by key (an empty value there still replaces the rendered one).
@@ -172,7 +172,7 @@ by key (an empty value there still replaces the rendered one).
 {{- end -}}
 {{- $_ := set $cfg $section $dst -}}
 {{- end -}}
-{{- /* Numbers from -f values files arrive as floats; the binary wants integers. */ -}}
+{{- /* Numbers from -f values files arrive as floats: render integers. */ -}}
 {{- range $section, $keys := $cfg -}}
 {{- range $key, $value := $keys -}}
 {{- if and (kindIs "float64" $value) (eq (float64 (int64 $value)) $value) -}}
