@@ -80,8 +80,7 @@ impl StoreClient {
             .put_entries(futures::stream::iter([req]))
             .await?
             .into_inner();
-        let resp = responses
-            .message()
+        let resp = only_message(&mut responses)
             .await?
             .ok_or_else(|| Status::internal("replica closed the put stream without a response"))?;
         Ok(convert::put_outcomes(resp))
@@ -164,6 +163,18 @@ impl StoreClient {
         }
         Ok(out)
     }
+}
+
+/// The one message of a response stream, read to its end (the trailers):
+/// a call dropped before them is reset, the trailers then arrive for a
+/// stream the client forgot, and HTTP/2 counts each as an error; after
+/// 1,024 the client ends the connection and the calls on it.
+pub(crate) async fn only_message<T>(stream: &mut tonic::Streaming<T>) -> Result<Option<T>, Status> {
+    let first = stream.message().await?;
+    if first.is_some() && stream.message().await?.is_some() {
+        return Err(Status::internal("replica sent more than one response"));
+    }
+    Ok(first)
 }
 
 /// Parses an entry received from a replica and checks its id: a mismatch is

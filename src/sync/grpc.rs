@@ -7,7 +7,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 use super::peer::{EntryChunk, EntryStream, FollowRequest, LogStream, Peer, PeerError};
-use crate::client::{MAX_MESSAGE_BYTES, endpoint};
+use crate::client::{MAX_MESSAGE_BYTES, endpoint, only_message};
 use crate::entry::{Entry, EntryId, Namespace, PutOutcome};
 use crate::head::Head;
 use crate::proto::convert;
@@ -166,8 +166,7 @@ impl Peer for GrpcPeer {
             .await
             .map_err(peer_error)?
             .into_inner();
-        let response = responses
-            .message()
+        let response = only_message(&mut responses)
             .await
             .map_err(peer_error)?
             .ok_or(PeerError::Closed)?;
