@@ -156,6 +156,9 @@ pub struct RawReplication {
     /// A cursor into a peer that left the topology is removed once it has
     /// not moved for this long.
     pub cursor_retention_ms: u64,
+    /// The config file is read again this often and, when it changed, its
+    /// replication settings applied, as on SIGHUP (0: only on SIGHUP).
+    pub config_poll_ms: u64,
 }
 
 impl Default for RawReplication {
@@ -176,6 +179,7 @@ impl Default for RawReplication {
             max_inflight_mb: 48,
             max_peer_inflight_mb: 16,
             cursor_retention_ms: 7 * 24 * 3600 * 1000,
+            config_poll_ms: 5_000,
         }
     }
 }
@@ -660,6 +664,10 @@ fn validate_replication(
             raw.cursor_retention_ms,
             1_000,
         )?,
+        config_poll: match raw.config_poll_ms {
+            0 => None,
+            v => Some(ms("replication.config_poll_ms", v, 100)?),
+        },
     };
     settings.peers = settings.select(peers);
     Ok(settings)
@@ -716,5 +724,6 @@ impl RawPolicy {
     }
 }
 
+pub mod reload;
 #[cfg(test)]
 mod tests;

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use mindoo_replica::config::{ConfigError, RawConfig, Settings};
-use mindoo_replica::replication::settings::ReplicationSettings;
 use mindoo_replica::server::{self, Listeners};
 use mindoo_replica::telemetry;
 use mindoo_replica::tools::{bench, inspect, mesh};
@@ -291,7 +290,7 @@ async fn serve(settings: Settings, config: Option<PathBuf>) -> anyhow::Result<()
         Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-files limit"),
     }
     let (peers, peers_rx) = tokio::sync::watch::channel(settings.replication.clone());
-    let reload = tokio::spawn(reload_on_sighup(config, peers));
+    let reload = tokio::spawn(mindoo_replica::config::reload::follow(config, peers));
     let shutdown = shutdown_signal()?;
     let listeners = match server::inherited_listeners()? {
         Some(listeners) => listeners,
@@ -308,31 +307,6 @@ async fn serve(settings: Settings, config: Option<PathBuf>) -> anyhow::Result<()
     let result = server::serve_with(settings, store, listeners, shutdown, peers_rx).await;
     reload.abort();
     result
-}
-
-/// On SIGHUP, re-reads the configuration and applies its replication
-/// settings (peers, topology, filters) without a restart. Other sections need
-/// a restart; an invalid file is reported and the running settings kept.
-async fn reload_on_sighup(
-    config: Option<PathBuf>,
-    peers: tokio::sync::watch::Sender<ReplicationSettings>,
-) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot install a SIGHUP handler; config reload is off");
-        return;
-    };
-    while hup.recv().await.is_some() {
-        match load(config.as_deref()) {
-            Ok((_, settings)) => {
-                tracing::info!(peers = ?settings.replication.peers, "SIGHUP: replication settings reloaded");
-                peers.send_replace(settings.replication);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "SIGHUP: configuration rejected; keeping the running settings")
-            }
-        }
-    }
 }
 
 /// Installs the SIGTERM and SIGINT handlers now; the future resolves on either.

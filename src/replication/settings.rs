@@ -26,6 +26,9 @@ pub struct ReplicationSettings {
     /// A cursor into a peer that has not been pulled for this long, and is
     /// not in the topology, is removed.
     pub cursor_retention: Duration,
+    /// How often the config file is checked for changes; `None`: only on
+    /// SIGHUP (see [`crate::config::reload`]).
+    pub config_poll: Option<Duration>,
 }
 
 impl ReplicationSettings {

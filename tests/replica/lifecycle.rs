@@ -319,7 +319,8 @@ async fn sighup_reloads_the_peer_list_without_a_restart() {
     source.client().await.put(&entries(40)).await.unwrap();
 
     let file = dirs[1].path().join("replica.toml");
-    std::fs::write(&file, "[replication]\npeers = []\n").unwrap();
+    // Only the signal reloads: the file is not polled.
+    std::fs::write(&file, "[replication]\npeers = []\nconfig_poll_ms = 0\n").unwrap();
     let env = [("MINDOO_REPLICA_CONFIG", file.to_str().unwrap())];
     let puller = ReplicaProcess::spawn(EXE.as_ref(), &dirs[1].path().join("db"), false, &env)
         .await
@@ -332,9 +333,14 @@ async fn sighup_reloads_the_peer_list_without_a_restart() {
 
     std::fs::write(
         &file,
-        format!("[replication]\npeers = [\"{}\"]\n", source.addr),
+        format!(
+            "[replication]\npeers = [\"{}\"]\nconfig_poll_ms = 0\n",
+            source.addr
+        ),
     )
     .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(client.head().await.unwrap().entry_count, 0);
     // SAFETY: kill(2) on our own child with a valid signal.
     unsafe { libc::kill(puller.pid().unwrap() as i32, libc::SIGHUP) };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -347,5 +353,53 @@ async fn sighup_reloads_the_peer_list_without_a_restart() {
     }
     let pid = puller.pid();
     assert!(puller.stop().await.unwrap().success(), "pid {pid:?}");
+    source.stop().await.unwrap();
+}
+
+/// A config file mounted from a Kubernetes ConfigMap is replaced in place
+/// (a `..data` symlink swapped to a new directory) and no signal is sent:
+/// the replica notices the new content and pulls from the added peer.
+#[tokio::test]
+async fn a_config_file_replaced_in_place_adds_the_peer() {
+    use std::os::unix::fs::symlink;
+
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let source = TestReplica::start(dirs[0].path(), |_| {}).await;
+    source.client().await.put(&entries(40)).await.unwrap();
+
+    let mount = dirs[1].path().join("config");
+    let version = |name: &str, peers: String| {
+        let dir = mount.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let toml = format!("[replication]\npeers = [{peers}]\nconfig_poll_ms = 200\n");
+        std::fs::write(dir.join("config.toml"), toml).unwrap();
+    };
+    version("..v1", String::new());
+    symlink("..v1", mount.join("..data")).unwrap();
+    symlink("..data/config.toml", mount.join("config.toml")).unwrap();
+    let file = mount.join("config.toml");
+    let env = [("MINDOO_REPLICA_CONFIG", file.to_str().unwrap())];
+    let puller = ReplicaProcess::spawn(EXE.as_ref(), &dirs[1].path().join("db"), false, &env)
+        .await
+        .unwrap();
+    let mut client = mindoo_replica::client::StoreClient::connect(&puller.grpc.to_string())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(client.head().await.unwrap().entry_count, 0);
+
+    // What the kubelet does: a new directory, then an atomic swap of `..data`.
+    version("..v2", format!("\"{}\"", source.addr));
+    symlink("..v2", mount.join("..data_tmp")).unwrap();
+    std::fs::rename(mount.join("..data_tmp"), mount.join("..data")).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while client.head().await.unwrap().entry_count < 40 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the changed file did not add the peer"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(puller.stop().await.unwrap().success());
     source.stop().await.unwrap();
 }
