@@ -579,10 +579,7 @@ fn validate_replication(
     let mut namespaces = Vec::new();
     for (i, n) in raw.namespaces.iter().enumerate() {
         let key = format!("replication.namespaces[{i}]");
-        let (tenant, db) = n
-            .split_once('/')
-            .ok_or_else(|| invalid(&key, format!("{n:?} is not tenant/db")))?;
-        namespaces.push(Namespace::new(tenant, db).map_err(|e| invalid(&key, e.to_string()))?);
+        namespaces.push(Namespace::from_path(n).map_err(|e| invalid(&key, e.to_string()))?);
     }
     let ms = |key: &str, v: u64, min: u64| {
         if v >= min {

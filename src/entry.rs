@@ -157,6 +157,18 @@ impl Namespace {
         Ok(Self { tenant, db })
     }
 
+    /// A namespace written `tenant/db`, as in configuration and commands.
+    pub fn from_path(path: &str) -> Result<Self, InvalidNamespace> {
+        match path.split_once('/') {
+            Some((tenant, db)) => Self::new(tenant, db),
+            None => Err(InvalidNamespace {
+                field: "path",
+                value: path.to_owned(),
+                why: "is not tenant/db",
+            }),
+        }
+    }
+
     pub fn tenant(&self) -> &str {
         &self.tenant
     }

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use mindoo_replica::config::{ConfigError, RawConfig, Settings};
 use mindoo_replica::server::{self, Listeners};
 use mindoo_replica::telemetry;
-use mindoo_replica::tools::{bench, inspect, mesh};
+use mindoo_replica::tools::{bench, check, inspect, mesh};
 
 #[derive(Parser)]
 #[command(name = "mindoo-replica", version, about)]
@@ -49,6 +49,19 @@ enum Command {
         /// The replica's gRPC address.
         #[arg(long, default_value = "127.0.0.1:7700")]
         addr: String,
+    },
+    /// Write one new entry through the first replica and wait until every
+    /// other one serves it; exits non-zero if one does not in time.
+    Check {
+        /// A replica's gRPC address; repeat for each replica to check.
+        #[arg(long = "addr", required = true)]
+        addrs: Vec<String>,
+        /// The `tenant/db` namespace the entry goes to.
+        #[arg(long, default_value = "mindoo-check/probe")]
+        namespace: String,
+        /// Seconds for all of it, waiting for replicas to come up included.
+        #[arg(long, default_value_t = 60)]
+        timeout_secs: u64,
     },
     /// List a running replica's peers, one line each.
     Peers {
@@ -198,6 +211,19 @@ fn main() -> ExitCode {
             }),
         Command::Status { addr } => runtime.block_on(inspect::status(&addr, true)),
         Command::Peers { addr } => runtime.block_on(inspect::status(&addr, false)),
+        Command::Check {
+            addrs,
+            namespace,
+            timeout_secs,
+        } => runtime.block_on(async {
+            let namespace = mindoo_replica::entry::Namespace::from_path(&namespace)?;
+            check::check(check::CheckOptions {
+                addrs,
+                namespace,
+                timeout: std::time::Duration::from_secs(timeout_secs),
+            })
+            .await
+        }),
         Command::Bench { command } => std::env::current_exe()
             .map_err(anyhow::Error::from)
             .and_then(|exe| runtime.block_on(run_bench(command, exe))),

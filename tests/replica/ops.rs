@@ -209,3 +209,46 @@ async fn a_real_prometheus_scrapes_the_replica() {
     prometheus.kill().await.unwrap();
     replica.stop().await.unwrap();
 }
+
+/// `check` (the chart's test pod) passes on a mesh and fails, naming the
+/// replica, when one does not replicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_passes_on_a_mesh_and_names_a_replica_that_does_not_replicate() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let replicas = mesh(&dirs[..2]).await;
+    let alone = TestReplica::start(dirs[2].path(), |_| {}).await;
+    let run = |addrs: Vec<String>| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_mindoo-replica"));
+        cmd.args(["check", "--timeout-secs", "3"]);
+        for a in addrs {
+            cmd.args(["--addr", &a]);
+        }
+        cmd.output()
+    };
+    let meshed: Vec<String> = replicas.iter().map(|r| r.addr.to_string()).collect();
+    let out = run(meshed.clone()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("check: {} serves it after", meshed[1])),
+        "{stdout}"
+    );
+
+    let out = run(vec![meshed[0].clone(), alone.addr.to_string()])
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("{} does not serve", alone.addr)),
+        "{stderr}"
+    );
+    for r in replicas {
+        r.stop().await.unwrap();
+    }
+    alone.stop().await.unwrap();
+}
