@@ -1,6 +1,6 @@
 # The two commands a newcomer needs:
 #   make run    start a local mesh of 3 replicas on embedded RocksDB and watch entries flow
-#   make test   format check, clippy and every test
+#   make test   format check, clippy, every test, and the Helm chart's checks
 # Both install what a fresh Debian machine lacks first (see .ci/deps).
 
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/mindoo-replica/target
@@ -17,6 +17,7 @@ test: deps
 	cargo fmt --all -- --check
 	cargo clippy $(CARGO_FLAGS) --all-targets -- -D warnings
 	cargo test $(CARGO_FLAGS) --lib --bins --tests
+	bash tests/chart/lint.sh
 
 bench: deps
 	cargo run $(CARGO_FLAGS) -- bench append

@@ -142,7 +142,12 @@ by key (an empty value there still replaces the rendered one).
       "drain_timeout_ms" $v.shutdown.drainTimeoutMs -}}
 {{- $storage := dict "path" "/var/lib/mindoo-replica" -}}
 {{- $log := dict "filter" $v.log.filter "format" $v.log.format -}}
-{{- $replication := dict -}}
+{{- $fd := $v.failureDetection -}}
+{{- $replication := dict
+      "keepalive_interval_ms" $fd.keepaliveIntervalMs
+      "session_idle_timeout_ms" $fd.sessionIdleTimeoutMs
+      "connect_timeout_ms" $fd.connectTimeoutMs
+      "backoff_max_ms" $fd.backoffMaxMs -}}
 {{- $derived := list -}}
 {{- if .peers -}}
 {{- $derived = include "mindoo-replica.peerList" .ctx | fromJsonArray -}}
