@@ -63,6 +63,17 @@ fn set_inheritable(fd: std::os::fd::RawFd, inheritable: bool) -> std::io::Result
     Ok(())
 }
 
+/// `exe` listening on ephemeral loopback ports it picks itself.
+fn on_ephemeral_ports(exe: &Path, metrics: bool) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.env("MINDOO_REPLICA__SERVER__LISTEN", "127.0.0.1:0")
+        .env(
+            "MINDOO_REPLICA__SERVER__METRICS_LISTEN",
+            if metrics { "127.0.0.1:0" } else { "" },
+        );
+    cmd
+}
+
 /// A running child replica. Killed (SIGKILL) if dropped while still running.
 pub struct ReplicaProcess {
     child: Child,
@@ -80,13 +91,7 @@ impl ReplicaProcess {
         metrics: bool,
         extra_env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
-        let mut cmd = Command::new(exe);
-        cmd.env("MINDOO_REPLICA__SERVER__LISTEN", "127.0.0.1:0")
-            .env(
-                "MINDOO_REPLICA__SERVER__METRICS_LISTEN",
-                if metrics { "127.0.0.1:0" } else { "" },
-            );
-        Self::start(cmd, data_dir, extra_env, None).await
+        Self::start(on_ephemeral_ports(exe, metrics), data_dir, extra_env, None).await
     }
 
     /// Like [`Self::spawn`] (with metrics), in a process whose open-files
@@ -97,9 +102,7 @@ impl ReplicaProcess {
         open_files: u64,
         extra_env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
-        let mut cmd = Command::new(exe);
-        cmd.env("MINDOO_REPLICA__SERVER__LISTEN", "127.0.0.1:0")
-            .env("MINDOO_REPLICA__SERVER__METRICS_LISTEN", "127.0.0.1:0");
+        let mut cmd = on_ephemeral_ports(exe, true);
         let limit = libc::rlimit {
             rlim_cur: open_files,
             rlim_max: open_files,
