@@ -264,13 +264,7 @@ pub async fn serve_with(
         "replica serving"
     );
 
-    tokio::select! {
-        result = &mut grpc => {
-            result.context("gRPC server failed")?;
-            anyhow::bail!("gRPC server stopped unexpectedly");
-        }
-        _ = shutdown => {}
-    }
+    serve_until(grpc.as_mut(), shutdown).await?;
 
     tracing::info!("shutting down: health NOT_SERVING");
     drop(readiness);
@@ -280,7 +274,13 @@ pub async fn serve_with(
     health
         .set_service_status("", ServingStatus::NotServing)
         .await;
-    tokio::time::sleep(settings.server.shutdown_delay).await;
+    // Keep accepting through the delay: a load balancer's or kubelet's
+    // probe opens a new connection each time and must read NOT_SERVING.
+    serve_until(
+        grpc.as_mut(),
+        tokio::time::sleep(settings.server.shutdown_delay),
+    )
+    .await?;
     stop_replication.cancel();
     if tokio::time::timeout(settings.server.drain_timeout, &mut replicator)
         .await
@@ -300,6 +300,21 @@ pub async fn serve_with(
     replica.flush().await.context("flushing the store")?;
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Drives the gRPC server (its accept loop included) until `until` is
+/// done; the server ending first is an error.
+async fn serve_until<E: std::error::Error + Send + Sync + 'static>(
+    mut grpc: std::pin::Pin<&mut impl Future<Output = Result<(), E>>>,
+    until: impl Future,
+) -> anyhow::Result<()> {
+    tokio::select! {
+        result = &mut grpc => {
+            result.context("gRPC server failed")?;
+            anyhow::bail!("gRPC server stopped unexpectedly");
+        }
+        _ = until => Ok(()),
+    }
 }
 
 /// Hands memory freed inside the allocator back to the system every few

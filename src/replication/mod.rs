@@ -77,6 +77,10 @@ impl Replicator {
             .clamp(Duration::from_millis(250), Duration::from_secs(3600));
         let mut next_cleanup = tokio::time::Instant::now() + cleanup_every;
         loop {
+            // Workers end when stopping; none is started again.
+            if self.cancel.is_cancelled() {
+                break;
+            }
             let settings = Arc::new(self.settings.borrow_and_update().clone());
             pull_tx.send_if_modified(|pull| {
                 let changed = *pull != settings.pull;

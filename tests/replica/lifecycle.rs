@@ -99,6 +99,15 @@ async fn graceful_shutdown_loses_no_acknowledged_entry() {
     replica.begin_stop();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(check(&mut health).await.unwrap(), ServingStatus::NotServing);
+    // So does a probe on a new connection, as Kubernetes makes each time.
+    let probe = async {
+        let mut probe = HealthClient::new(replica.channel().await);
+        check(&mut probe).await
+    };
+    let status = tokio::time::timeout(Duration::from_secs(1), probe)
+        .await
+        .expect("a new connection is answered during the shutdown delay");
+    assert_eq!(status.unwrap(), ServingStatus::NotServing);
 
     let end = loop {
         match responses.message().await {
