@@ -48,8 +48,9 @@ ok "$(promtool --version 2>&1 | head -1)"
 ok "hadolint $(hadolint --version | awk '{print $NF}'), shellcheck $(shellcheck --version | awk '/^version/ {print $2}'), node $(node --version)"
 
 step "shell scripts (shellcheck)"
-shellcheck -x tests/chart/lint.sh tests/chart/tools.sh || fail "shellcheck found problems in tests/chart/*.sh"
-ok "tests/chart/lint.sh tests/chart/tools.sh"
+shellcheck -x tests/chart/lint.sh tests/chart/tools.sh tests/containers/run.sh \
+  || fail "shellcheck found problems in tests/chart/*.sh or tests/containers/run.sh"
+ok "tests/chart/lint.sh tests/chart/tools.sh tests/containers/run.sh"
 
 step "Dockerfile (hadolint and the stages the tests rely on)"
 hadolint Dockerfile || fail "hadolint found problems in Dockerfile"

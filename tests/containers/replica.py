@@ -1,0 +1,290 @@
+"""Talking to a running replica from the host: gRPC (health, Head, PutEntries,
+MissingIds) through stubs compiled from proto/, and /metrics.
+
+`Writer` writes entries in the background to a changing set of replicas and
+keeps every acknowledged entry, so a scenario can ask each replica afterwards
+whether it holds all of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import blake3
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+store_pb2 = store_pb2_grpc = None
+
+# Quick reconnects: replicas restart under the same published port.
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
+
+
+def compile_protos(proto_dir: Path, out_dir: Path) -> None:
+    """Python stubs for proto/mindoo/replica/v1/*.proto, importable from out_dir."""
+    global store_pb2, store_pb2_grpc
+    out_dir.mkdir(parents=True, exist_ok=True)
+    protos = sorted(str(p.relative_to(proto_dir)) for p in proto_dir.rglob("*.proto"))
+    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{proto_dir}", f"--python_out={out_dir}",
+                    f"--grpc_python_out={out_dir}", *protos], check=True)
+    sys.path.insert(0, str(out_dir))
+    from mindoo.replica.v1 import store_pb2 as pb, store_pb2_grpc as pb_grpc
+    store_pb2, store_pb2_grpc = pb, pb_grpc
+
+
+NAMESPACE = ("containers", "mesh")  # tenant, db of every entry written here
+AUTHOR = bytes(range(32))
+
+
+def make_entry(size: int) -> tuple[bytes, bytes]:
+    """A new entry in the canonical encoding (store.proto): (id, data).
+    Unsigned, random ciphertext of `size` bytes."""
+
+    def short(b: bytes) -> bytes:
+        return bytes([len(b)]) + b
+
+    tenant, db = (s.encode() for s in NAMESPACE)
+    ciphertext = os.urandom(size)
+    body = (b"MDE\x01" + short(tenant) + short(db) + AUTHOR + struct.pack(">Q", int(time.time() * 1000))
+            + short(b"doc_change") + short(os.urandom(16)) + struct.pack(">H", 0)
+            + struct.pack(">I", len(ciphertext)) + ciphertext)
+    return blake3.blake3(body).digest(), body + b"\x00"
+
+
+class Replica:
+    """A gRPC client of one replica at host:port. A call that times out or
+    finds the replica unavailable drops the connection, so the next call
+    connects anew: a replica that got a new address behind the same
+    published port (restarted, or reconnected to its network) leaves the old
+    connection dead, and nothing else would notice."""
+
+    def __init__(self, addr: str):
+        self.addr = addr
+        self._connect()
+
+    def _connect(self) -> None:
+        self.channel = grpc.insecure_channel(self.addr, options=CHANNEL_OPTIONS)
+        self.store = store_pb2_grpc.StoreStub(self.channel)
+
+    def _call(self, fn):
+        try:
+            return fn()
+        except grpc.RpcError as e:
+            if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                self.reset()
+            raise
+
+    def reset(self) -> None:
+        """Drops the connection: the next call connects anew."""
+        self.channel.close()
+        self._connect()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def head(self, timeout: float = 5):
+        return self._call(lambda: self.store.Head(store_pb2.HeadRequest(), timeout=timeout))
+
+    def put(self, entries: list[tuple[bytes, bytes]], timeout: float = 10) -> list[str]:
+        """Writes one batch; each entry's PutStatus name."""
+        req = store_pb2.PutEntriesRequest(entries=[store_pb2.Entry(id=i, data=d) for i, d in entries])
+        resp = self._call(lambda: next(self.store.PutEntries(iter([req]), timeout=timeout)))
+        return [store_pb2.PutStatus.Name(s) for s in resp.status]
+
+    def missing(self, ids: list[bytes], timeout: float = 30) -> list[bytes]:
+        """The ids of `ids` this replica does not hold."""
+        limit = max(1, min(self.head().max_ids_per_request or 1000, 5000))
+        ns = store_pb2.Namespace(tenant=NAMESPACE[0], db=NAMESPACE[1])
+        out = []
+        for i in range(0, len(ids), limit):
+            req = store_pb2.MissingIdsRequest(namespace=ns, ids=ids[i:i + limit])
+            resp = self._call(lambda: self.store.MissingIds(req, timeout=timeout))
+            out += list(resp.missing)
+        return out
+
+
+def health(addr: str, service: str, timeout: float = 1.0) -> str:
+    """SERVING / NOT_SERVING / ..., or UNREACHABLE; a new connection each time,
+    as the kubelet's gRPC probe makes. (Without a local subchannel pool, gRPC
+    would reuse any connection to the same address another channel holds.)"""
+    with grpc.insecure_channel(addr, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+        try:
+            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service),
+                                                        timeout=timeout)
+            return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+        except grpc.RpcError as e:
+            return "UNREACHABLE" if e.code() in (grpc.StatusCode.UNAVAILABLE,
+                                                  grpc.StatusCode.DEADLINE_EXCEEDED) else e.code().name
+
+
+class HealthClient:
+    """grpc.health.v1 on one connection kept open."""
+
+    def __init__(self, addr: str):
+        self.channel = grpc.insecure_channel(addr, options=[("grpc.use_local_subchannel_pool", 1)])
+        self.stub = health_pb2_grpc.HealthStub(self.channel)
+
+    def check(self, service: str, timeout: float = 1.0) -> str:
+        try:
+            resp = self.stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+            return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+        except grpc.RpcError as e:
+            return "UNREACHABLE" if e.code() in (grpc.StatusCode.UNAVAILABLE,
+                                                  grpc.StatusCode.DEADLINE_EXCEEDED) else e.code().name
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+# --- metrics -----------------------------------------------------------------
+
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)')
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+@dataclasses.dataclass
+class Metrics:
+    samples: list[tuple[str, dict[str, str], float]]
+
+    def get(self, name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
+        return [(lab, v) for n, lab, v in self.samples
+                if n == name and all(lab.get(k) == want for k, want in labels.items())]
+
+    def total(self, name: str, **labels: str) -> float:
+        return sum(v for _, v in self.get(name, **labels))
+
+    def by(self, name: str, label: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for lab, v in self.get(name):
+            out[lab.get(label, "")] = out.get(lab.get(label, ""), 0) + v
+        return out
+
+
+def parse_metrics(text: str) -> Metrics:
+    samples = []
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        m = _SAMPLE.match(line)
+        if m:
+            samples.append((m.group(1), dict(_LABEL.findall(m.group(2) or "")), float(m.group(3))))
+    return Metrics(samples)
+
+
+def scrape(addr: str, timeout: float = 3) -> Metrics:
+    with urllib.request.urlopen(f"http://{addr}/metrics", timeout=timeout) as resp:
+        return parse_metrics(resp.read().decode())
+
+
+def scrape_in_netns(pid: int, port: int, timeout: float = 3) -> Metrics:
+    """/metrics on the container's own loopback, from inside its network
+    namespace: works while the container is cut off from its network."""
+    code = ("import sys, urllib.request; sys.stdout.write(urllib.request.urlopen("
+            f"'http://127.0.0.1:{port}/metrics', timeout={timeout}).read().decode())")
+    proc = subprocess.run(["nsenter", "-t", str(pid), "-n", sys.executable, "-c", code],
+                          capture_output=True, text=True, timeout=timeout + 5)
+    if proc.returncode != 0:
+        raise RuntimeError(f"metrics inside the netns of pid {pid}: {proc.stderr.strip()}")
+    return parse_metrics(proc.stdout)
+
+
+# --- the background writer -----------------------------------------------------
+
+@dataclasses.dataclass
+class Acked:
+    id: bytes
+    size: int  # bytes of Entry.data
+    replica: int  # the ordinal it was written to
+    at: float  # time.monotonic() of the acknowledgement
+
+
+class Writer(threading.Thread):
+    """Writes batches of new entries round-robin to the replicas in `targets`
+    (ordinals) at about `rate` entries a second; keeps every acknowledged
+    entry (STORED or DUPLICATE) and counts failed batches per replica."""
+
+    def __init__(self, clients: dict[int, Replica], rate: float = 100, batch: int = 5, size: int = 1024):
+        super().__init__(daemon=True)
+        self.clients = clients
+        self.rate, self.batch, self.size = rate, batch, size
+        self.acked: list[Acked] = []
+        self.failed: Counter = Counter()
+        self.last_error: dict[int, str] = {}
+        self._targets: list[int] = []
+        self._lock = threading.Lock()
+        self._in_batch = threading.Lock()
+        self._running = threading.Event()
+        self._closing = threading.Event()
+        self.start()
+
+    def write_to(self, targets) -> None:
+        """Writes go to these ordinals from the next batch on; empty pauses."""
+        with self._lock:
+            self._targets = sorted(targets)
+        (self._running.set if self._targets else self._running.clear)()
+
+    def pause(self) -> None:
+        """No more writes; returns once a batch under way is acknowledged."""
+        self.write_to([])
+        with self._in_batch:
+            pass
+
+    def close(self) -> None:
+        self._closing.set()
+        self._running.set()
+        self.join()
+
+    def acked_since(self, t: float, exclude: int | None = None) -> list[Acked]:
+        with self._lock:
+            return [a for a in self.acked if a.at >= t and a.replica != exclude]
+
+    def ids(self) -> list[bytes]:
+        with self._lock:
+            return [a.id for a in self.acked]
+
+    def run(self) -> None:
+        turn = 0
+        interval = self.batch / self.rate
+        while not self._closing.is_set():
+            self._running.wait()
+            with self._lock:
+                targets = list(self._targets)
+            if self._closing.is_set() or not targets:
+                continue
+            target = targets[turn % len(targets)]
+            turn += 1
+            started = time.monotonic()
+            with self._in_batch:
+                if self._running.is_set():
+                    self._write(target)
+            time.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+    def _write(self, target: int) -> None:
+        entries = [make_entry(self.size) for _ in range(self.batch)]
+        try:
+            statuses = self.clients[target].put(entries, timeout=5)
+            now = time.monotonic()
+            with self._lock:
+                for (eid, data), status in zip(entries, statuses):
+                    if status in ("PUT_STATUS_STORED", "PUT_STATUS_DUPLICATE"):
+                        self.acked.append(Acked(eid, len(data), target, now))
+                    else:
+                        self.failed[target] += 1
+                        self.last_error[target] = status
+        except grpc.RpcError as e:
+            self.failed[target] += 1
+            self.last_error[target] = f"{e.code().name}: {e.details()}"
