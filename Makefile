@@ -1,6 +1,7 @@
 # The two commands a newcomer needs:
 #   make run    start a local mesh of 3 replicas on embedded RocksDB and watch entries flow
-#   make test   format check, clippy, every test, and the Helm chart's checks
+#   make test   format check, clippy, every test, the Helm chart's checks, and the
+#               chart run as real containers (root and podman, installed if missing)
 # Both install what a fresh Debian machine lacks first (see .ci/deps).
 
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/mindoo-replica/target
@@ -18,6 +19,7 @@ test: deps
 	cargo clippy $(CARGO_FLAGS) --all-targets -- -D warnings
 	cargo test $(CARGO_FLAGS) --lib --bins --tests
 	bash tests/chart/lint.sh
+	bash tests/containers/run.sh
 
 bench: deps
 	cargo run $(CARGO_FLAGS) -- bench append

@@ -16,7 +16,8 @@
 # aardvark-dns, debootstrap (Debian), helm and a Python venv (tests/chart/tools.sh).
 # No registry is reachable, so debian:bookworm-slim is made with debootstrap
 # (cached under the tools dir). The binary is the host's release build
-# (MINDOO_REPLICA_BINARY, default ~/.cache/mindoo-replica/target/release/mindoo-replica),
+# (MINDOO_REPLICA_BINARY, default $CARGO_TARGET_DIR/release/mindoo-replica, and without
+# CARGO_TARGET_DIR ~/.cache/mindoo-replica/target/release/mindoo-replica),
 # copied and stripped for the image's `binary` stage. Lines starting "FAIL" say
 # what failed; the exit status is non-zero then.
 
@@ -39,7 +40,7 @@ source tests/chart/tools.sh
 tools_venv_add grpcio==1.85.1 grpcio-tools==1.85.1 grpcio-health-checking==1.85.1 protobuf==7.36.2 \
   blake3==1.0.11 PyYAML==6.0.4
 PY=$MINDOO_TOOLS/venv/bin/python
-BINARY_SRC=${MINDOO_REPLICA_BINARY:-$HOME/.cache/mindoo-replica/target/release/mindoo-replica}
+BINARY_SRC=${MINDOO_REPLICA_BINARY:-${CARGO_TARGET_DIR:-$HOME/.cache/mindoo-replica/target}/release/mindoo-replica}
 IMAGE=mindoo-replica:test
 BASE_IMAGE=docker.io/library/debian:bookworm-slim
 BASE_TARBALL=$MINDOO_TOOLS/images/debian-bookworm-minbase.tar.gz
