@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Helm chart proven in real containers: the rendered StatefulSet, ConfigMap,
 # Secret and headless Service run as podman containers of the image built from
-# the Dockerfile, then (tests/containers/scenarios.py):
+# the Dockerfile, then (tests/containers/scenarios.py runs scenario_<name>.py in this order):
 #   start      3 replicas ready, with the rendered env, args, ports, security context, volumes
 #   mesh       writes through every replica reach every replica; the helm test pod passes
 #   restart    rolling restart in reverse ordinal order under writes: 0 acknowledged entries lost
