@@ -59,7 +59,9 @@ impl From<Error> for Status {
             Error::DataLoss(_) => Code::DataLoss,
             Error::ShuttingDown => Code::Unavailable,
             Error::Store(StoreError::DiskFull(_)) => Code::ResourceExhausted,
-            Error::Store(StoreError::Locked { .. }) => Code::Unavailable,
+            Error::Store(StoreError::Locked { .. } | StoreError::OutOfFiles(_)) => {
+                Code::Unavailable
+            }
             Error::Store(_) | Error::Internal(_) => Code::Internal,
         };
         if code == Code::Internal {

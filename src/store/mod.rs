@@ -114,6 +114,8 @@ pub enum StoreError {
     Locked { path: String },
     #[error("no space left on the storage device: {0}")]
     DiskFull(String),
+    #[error("the replica has no file descriptor left for the store: {0}")]
+    OutOfFiles(String),
     #[error("database schema version {found} is not supported (expected {expected})")]
     Schema { found: u32, expected: u32 },
     #[error("corrupt record in {what}: {detail}")]

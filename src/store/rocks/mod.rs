@@ -253,9 +253,16 @@ fn fixed<const N: usize>(v: &[u8], what: &'static str) -> Result<[u8; N], StoreE
 }
 
 fn backend(e: rocksdb::Error) -> StoreError {
-    let msg = e.into_string();
+    classify(e.into_string())
+}
+
+/// An engine error by what a caller can do about it: wait for space or
+/// descriptors (the store recovers by itself), or nothing.
+fn classify(msg: String) -> StoreError {
     if msg.contains("No space left on device") {
         StoreError::DiskFull(msg)
+    } else if msg.contains("Too many open files") {
+        StoreError::OutOfFiles(msg)
     } else {
         StoreError::Backend(msg)
     }
@@ -270,10 +277,8 @@ fn map_io(path: &Path, msg: String) -> StoreError {
         StoreError::Locked {
             path: path.display().to_string(),
         }
-    } else if msg.contains("No space left on device") {
-        StoreError::DiskFull(msg)
     } else {
-        StoreError::Backend(msg)
+        classify(msg)
     }
 }
 

@@ -117,3 +117,15 @@ fn a_version_1_database_is_upgraded_on_open() {
     let families = DB::list_cf(&Options::default(), dir.path()).unwrap();
     assert!(!families.iter().any(|f| f == CF_ENTRIES_V1), "{families:?}");
 }
+
+#[test]
+fn engine_errors_say_what_ran_out() {
+    let full = "IO error: While appending to file: 000012.log: No space left on device";
+    assert!(matches!(classify(full.into()), StoreError::DiskFull(_)));
+    let files = "IO error: While open a file for appending: 000008.log: Too many open files";
+    assert!(matches!(classify(files.into()), StoreError::OutOfFiles(_)));
+    assert!(matches!(
+        classify("Corruption: bad block".into()),
+        StoreError::Backend(_)
+    ));
+}
