@@ -23,12 +23,12 @@ pub async fn follow(path: Option<PathBuf>, replication: watch::Sender<Replicatio
         Some(_) => replication.borrow().config_poll,
         None => None,
     };
-    let mut seen = content_digest(path.as_deref()).await;
+    let mut seen = content(path.as_deref()).await;
     loop {
         let why = tokio::select! {
             Some(()) = async { hup.as_mut()?.recv().await } => "SIGHUP",
             _ = async { tokio::time::sleep(poll?).await; Some(()) }, if poll.is_some() => {
-                let now = content_digest(path.as_deref()).await;
+                let now = content(path.as_deref()).await;
                 if now == seen {
                     continue;
                 }
@@ -41,9 +41,8 @@ pub async fn follow(path: Option<PathBuf>, replication: watch::Sender<Replicatio
     }
 }
 
-async fn content_digest(path: Option<&Path>) -> Option<blake3::Hash> {
-    let bytes = tokio::fs::read(path?).await.ok()?;
-    Some(blake3::hash(&bytes))
+async fn content(path: Option<&Path>) -> Option<Vec<u8>> {
+    tokio::fs::read(path?).await.ok()
 }
 
 fn apply(path: Option<&Path>, replication: &watch::Sender<ReplicationSettings>, why: &str) {

@@ -141,13 +141,11 @@ impl LogFollower {
                 return Ok(None);
             }
             let live_data = self.opts.live_data && self.live && self.remaining.is_none();
-            let mut grant = match self.opts.with_data || live_data {
-                true => self
-                    .replica
-                    .send_budget()
-                    .grant(limits.message_data_budget()),
-                false => self.replica.send_budget().grant(0),
+            let wanted = match self.opts.with_data || live_data {
+                true => limits.message_data_budget(),
+                false => 0,
             };
+            let mut grant = self.replica.send_budget().grant(wanted);
             let budget = grant.bytes();
             let with = match self.opts {
                 FollowOptions {

@@ -103,7 +103,6 @@ pub fn get(
         ns,
         ids,
         pos: 0,
-        fetched: VecDeque::new(),
         sent: None,
     };
     fused(futures::stream::unfold(state, |mut st| async move {
@@ -116,10 +115,8 @@ struct GetState {
     replica: Arc<Replica>,
     ns: Namespace,
     ids: Vec<EntryId>,
-    /// Ids before `pos` have been looked up.
+    /// Ids before `pos` have been sent.
     pos: usize,
-    /// Looked up, not yet sent.
-    fetched: VecDeque<(EntryId, Option<Bytes>)>,
     budget: usize,
     /// The data of the last message sent, until the next is asked for.
     sent: Option<SendGrant>,
@@ -132,8 +129,10 @@ impl GetState {
         let mut grant = self.replica.send_budget().grant(self.budget);
         let mut batch = proto::EntryBatch::default();
         let mut bytes = 0;
+        // Looked up, not yet in the message.
+        let mut fetched: VecDeque<(EntryId, Option<Bytes>)> = VecDeque::new();
         loop {
-            if self.fetched.is_empty() {
+            if fetched.is_empty() {
                 if self.pos >= self.ids.len() {
                     break;
                 }
@@ -143,15 +142,15 @@ impl GetState {
                 let chunk: Vec<_> = self.ids[self.pos..].iter().take(take).copied().collect();
                 self.pos += chunk.len();
                 let found = self.replica.get(self.ns.clone(), chunk.clone()).await?;
-                self.fetched.extend(chunk.into_iter().zip(found));
+                fetched.extend(chunk.into_iter().zip(found));
             }
-            let Some((id, data)) = self.fetched.pop_front() else {
+            let Some((id, data)) = fetched.pop_front() else {
                 break;
             };
             match data {
                 Some(data) => {
                     if !batch.entries.is_empty() && bytes + data.len() > grant.bytes() {
-                        self.fetched.push_front((id, Some(data)));
+                        fetched.push_front((id, Some(data)));
                         break;
                     }
                     bytes += data.len();
@@ -165,8 +164,7 @@ impl GetState {
         }
         // What was looked up but does not fit is looked up again for the
         // next message rather than held meanwhile.
-        self.pos -= self.fetched.len();
-        self.fetched.clear();
+        self.pos -= fetched.len();
         grant.shrink_to(bytes);
         self.sent = Some(grant);
         let empty = batch.entries.is_empty() && batch.missing.is_empty();

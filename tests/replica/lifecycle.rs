@@ -321,6 +321,31 @@ async fn a_full_disk_is_resource_exhausted_and_loses_nothing_acknowledged() {
     replica.stop().await.unwrap();
 }
 
+/// A replica process reading `file` (`--config` through the environment),
+/// with a client connected to it.
+async fn replica_with_config(
+    file: &std::path::Path,
+    db: &std::path::Path,
+) -> (ReplicaProcess, mindoo_replica::client::StoreClient) {
+    let env = [("MINDOO_REPLICA_CONFIG", file.to_str().unwrap())];
+    let replica = ReplicaProcess::spawn(EXE.as_ref(), db, false, &env)
+        .await
+        .unwrap();
+    let client = mindoo_replica::client::StoreClient::connect(&replica.grpc.to_string())
+        .await
+        .unwrap();
+    (replica, client)
+}
+
+/// Waits up to 10 s until the replica holds `count` entries.
+async fn holds_within(client: &mut mindoo_replica::client::StoreClient, count: u64, why: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while client.head().await.unwrap().entry_count < count {
+        assert!(tokio::time::Instant::now() < deadline, "{why}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn sighup_reloads_the_peer_list_without_a_restart() {
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
@@ -330,13 +355,7 @@ async fn sighup_reloads_the_peer_list_without_a_restart() {
     let file = dirs[1].path().join("replica.toml");
     // Only the signal reloads: the file is not polled.
     std::fs::write(&file, "[replication]\npeers = []\nconfig_poll_ms = 0\n").unwrap();
-    let env = [("MINDOO_REPLICA_CONFIG", file.to_str().unwrap())];
-    let puller = ReplicaProcess::spawn(EXE.as_ref(), &dirs[1].path().join("db"), false, &env)
-        .await
-        .unwrap();
-    let mut client = mindoo_replica::client::StoreClient::connect(&puller.grpc.to_string())
-        .await
-        .unwrap();
+    let (puller, mut client) = replica_with_config(&file, &dirs[1].path().join("db")).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(client.head().await.unwrap().entry_count, 0);
 
@@ -352,14 +371,7 @@ async fn sighup_reloads_the_peer_list_without_a_restart() {
     assert_eq!(client.head().await.unwrap().entry_count, 0);
     // SAFETY: kill(2) on our own child with a valid signal.
     unsafe { libc::kill(puller.pid().unwrap() as i32, libc::SIGHUP) };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while client.head().await.unwrap().entry_count < 40 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "reload did not add the peer"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    holds_within(&mut client, 40, "reload did not add the peer").await;
     let pid = puller.pid();
     assert!(puller.stop().await.unwrap().success(), "pid {pid:?}");
     source.stop().await.unwrap();
@@ -387,13 +399,7 @@ async fn a_config_file_replaced_in_place_adds_the_peer() {
     symlink("..v1", mount.join("..data")).unwrap();
     symlink("..data/config.toml", mount.join("config.toml")).unwrap();
     let file = mount.join("config.toml");
-    let env = [("MINDOO_REPLICA_CONFIG", file.to_str().unwrap())];
-    let puller = ReplicaProcess::spawn(EXE.as_ref(), &dirs[1].path().join("db"), false, &env)
-        .await
-        .unwrap();
-    let mut client = mindoo_replica::client::StoreClient::connect(&puller.grpc.to_string())
-        .await
-        .unwrap();
+    let (puller, mut client) = replica_with_config(&file, &dirs[1].path().join("db")).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(client.head().await.unwrap().entry_count, 0);
 
@@ -401,14 +407,7 @@ async fn a_config_file_replaced_in_place_adds_the_peer() {
     version("..v2", format!("\"{}\"", source.addr));
     symlink("..v2", mount.join("..data_tmp")).unwrap();
     std::fs::rename(mount.join("..data_tmp"), mount.join("..data")).unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while client.head().await.unwrap().entry_count < 40 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the changed file did not add the peer"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    holds_within(&mut client, 40, "the changed file did not add the peer").await;
     assert!(puller.stop().await.unwrap().success());
     source.stop().await.unwrap();
 }

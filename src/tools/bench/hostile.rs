@@ -190,21 +190,20 @@ impl Attack {
                 continue;
             };
             let sent = match self {
-                Attack::HalfOpen => {
+                // Connections kept open, the oldest let go past a number.
+                Attack::HalfOpen | Attack::UnreadWatch => {
+                    let (keep, pause_ms) = match self {
+                        Attack::HalfOpen => (50, 20),
+                        _ => {
+                            let _ = conn.write_all(&frames::unread_watch()).await;
+                            (25, 100)
+                        }
+                    };
                     held.push(conn);
-                    if held.len() > 50 {
+                    if held.len() > keep {
                         held.remove(0);
                     }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-                Attack::UnreadWatch => {
-                    let _ = conn.write_all(&frames::unread_watch()).await;
-                    held.push(conn);
-                    if held.len() > 25 {
-                        held.remove(0);
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(Duration::from_millis(pause_ms)).await;
                     continue;
                 }
                 Attack::RapidReset => {
