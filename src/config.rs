@@ -58,11 +58,21 @@ pub struct RawServer {
     pub shutdown_delay_ms: u64,
     /// How long in-flight calls may take to finish on shutdown.
     pub drain_timeout_ms: u64,
-    /// gRPC connections open at once; at the cap new ones wait to be
-    /// accepted.
+    /// gRPC connections open at once; at the cap the connection idle
+    /// longest is closed to make room, and a new one is refused when none
+    /// is idle.
     pub max_connections: u64,
+    /// Connections from one source address (raise it for many clients
+    /// behind one NAT or proxy address); capped at `max_connections`.
+    pub max_connections_per_address: u64,
     /// A connection that has not started HTTP/2 within this long is closed.
     pub handshake_timeout_ms: u64,
+    /// A request's header block, or any HTTP/2 frame, once begun must end
+    /// within this long, or the connection is closed.
+    pub header_timeout_ms: u64,
+    /// A connection whose calls hold response data and that takes none of
+    /// it for this long is closed.
+    pub send_timeout_ms: u64,
     /// A connection with no call open for this long is closed (clients
     /// reconnect when they next call).
     pub idle_connection_timeout_ms: u64,
@@ -96,8 +106,12 @@ pub struct RawLimits {
     /// A PutEntries stream with no batch for this long is closed.
     pub stream_idle_timeout_ms: u64,
     /// Entry data (MiB) that responses on their way out may hold in memory,
-    /// all streams together; beyond it each message carries one entry.
+    /// all streams together; beyond it streams wait.
     pub max_send_data_mb: u64,
+    /// ... the streams of one connection.
+    pub max_send_data_per_connection_mb: u64,
+    /// ... the streams of all connections from one source address.
+    pub max_send_data_per_address_mb: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -195,6 +209,7 @@ pub struct RawLog {
 
 impl Default for RawServer {
     fn default() -> Self {
+        let c = crate::connections::ConnectionLimits::default();
         Self {
             listen: "127.0.0.1:7700".into(),
             metrics_listen: "127.0.0.1:9700".into(),
@@ -202,9 +217,12 @@ impl Default for RawServer {
             // its Service endpoints before the listener closes.
             shutdown_delay_ms: 5_000,
             drain_timeout_ms: 10_000,
-            max_connections: 1024,
-            handshake_timeout_ms: 10_000,
-            idle_connection_timeout_ms: 300_000,
+            max_connections: c.max_connections as u64,
+            max_connections_per_address: c.max_per_address as u64,
+            handshake_timeout_ms: c.handshake_timeout.as_millis() as u64,
+            header_timeout_ms: c.header_timeout.as_millis() as u64,
+            send_timeout_ms: c.send_timeout.as_millis() as u64,
+            idle_connection_timeout_ms: c.idle_timeout.as_millis() as u64,
             max_streams_per_connection: 128,
         }
     }
@@ -227,14 +245,17 @@ impl Default for RawStorage {
 impl Default for RawLimits {
     fn default() -> Self {
         let l = Limits::default();
+        let c = crate::connections::ConnectionLimits::default();
         Self {
-            max_entry_bytes: 1 << 20,
+            max_entry_bytes: l.max_entry_bytes as u64,
             max_message_bytes: l.max_message_bytes as u64,
             max_ids_per_request: l.max_ids_per_request as u64,
             max_batch_entries: l.max_batch_entries as u64,
             max_page: l.max_page as u64,
             stream_idle_timeout_ms: l.stream_idle_timeout.as_millis() as u64,
             max_send_data_mb: (l.max_send_data_bytes >> 20) as u64,
+            max_send_data_per_connection_mb: (c.send_per_connection >> 20) as u64,
+            max_send_data_per_address_mb: (c.send_per_address >> 20) as u64,
         }
     }
 }
@@ -379,9 +400,23 @@ impl RawConfig {
             )? as u32,
             connections: crate::connections::ConnectionLimits {
                 max_connections: count("server.max_connections", s.max_connections, 1, 1 << 20)?,
+                max_per_address: count(
+                    "server.max_connections_per_address",
+                    s.max_connections_per_address,
+                    1,
+                    1 << 20,
+                )?
+                .min(s.max_connections as usize),
                 handshake_timeout: Duration::from_millis(in_range(
                     "server.handshake_timeout_ms",
                     s.handshake_timeout_ms,
+                    100,
+                    600_000,
+                    " ms",
+                )? as u64),
+                header_timeout: Duration::from_millis(in_range(
+                    "server.header_timeout_ms",
+                    s.header_timeout_ms,
                     100,
                     600_000,
                     " ms",
@@ -393,6 +428,25 @@ impl RawConfig {
                     86_400_000,
                     " ms",
                 )? as u64),
+                send_timeout: Duration::from_millis(in_range(
+                    "server.send_timeout_ms",
+                    s.send_timeout_ms,
+                    100,
+                    3_600_000,
+                    " ms",
+                )? as u64),
+                send_per_connection: mib(
+                    "limits.max_send_data_per_connection_mb",
+                    self.limits.max_send_data_per_connection_mb,
+                    1,
+                    4095,
+                )?,
+                send_per_address: mib(
+                    "limits.max_send_data_per_address_mb",
+                    self.limits.max_send_data_per_address_mb,
+                    1,
+                    4095,
+                )?,
             },
         };
         let st = &self.storage;
@@ -439,6 +493,7 @@ impl RawConfig {
         };
         let max_entry_bytes = range("limits.max_entry_bytes", l.max_entry_bytes, 256, 16 << 20)?;
         let limits = Limits {
+            max_entry_bytes,
             max_message_bytes: range(
                 "limits.max_message_bytes",
                 l.max_message_bytes,
@@ -459,8 +514,38 @@ impl RawConfig {
                 100,
                 86_400_000,
             )? as u64),
-            max_send_data_bytes: mib("limits.max_send_data_mb", l.max_send_data_mb, 1, 65536)?,
+            max_send_data_bytes: mib("limits.max_send_data_mb", l.max_send_data_mb, 1, 4095)?,
         };
+        // The largest entry must fit in a connection's pool, and each pool
+        // within the one around it.
+        let c = &server.connections;
+        for (key, pool, within, what) in [
+            (
+                "limits.max_send_data_per_connection_mb",
+                c.send_per_connection,
+                max_entry_bytes,
+                "at least limits.max_entry_bytes",
+            ),
+            (
+                "limits.max_send_data_per_address_mb",
+                c.send_per_address,
+                c.send_per_connection,
+                "at least limits.max_send_data_per_connection_mb",
+            ),
+            (
+                "limits.max_send_data_mb",
+                limits.max_send_data_bytes,
+                c.send_per_address,
+                "at least limits.max_send_data_per_address_mb",
+            ),
+        ] {
+            if pool < within {
+                return Err(invalid(
+                    key,
+                    format!("{} MiB is too small: it must be {what}", pool >> 20),
+                ));
+            }
+        }
         if limits.max_message_bytes < max_entry_bytes + 4096 {
             return Err(invalid(
                 "limits.max_message_bytes",

@@ -12,6 +12,8 @@ use crate::error::Error;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub max_message_bytes: usize,
+    /// The largest entry accepted.
+    pub max_entry_bytes: usize,
     pub max_ids_per_request: usize,
     pub max_batch_entries: usize,
     pub max_page: usize,
@@ -25,6 +27,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_message_bytes: 2 << 20,
+            max_entry_bytes: 1 << 20,
             max_ids_per_request: 10_000,
             max_batch_entries: 10_000,
             max_page: 10_000,
@@ -48,6 +51,13 @@ impl Limits {
     /// limit leaves room for framing. A single larger entry travels alone.
     pub fn message_data_budget(&self) -> usize {
         MAX_MESSAGE_DATA.min(self.max_message_bytes / 2)
+    }
+
+    /// What a stream sending entry data takes from the send pools for one
+    /// message: a full message, and at least the largest entry, so that
+    /// whatever it reads fits in what it holds.
+    pub fn send_grant_bytes(&self) -> usize {
+        self.message_data_budget().max(self.max_entry_bytes)
     }
 
     /// Log records per message, so that a batch without data always fits in

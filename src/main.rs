@@ -116,15 +116,27 @@ enum BenchCommand {
         #[arg(long, default_value_t = 65_536)]
         size: usize,
     },
-    /// A well-behaved client alone and beside hostile clients: its
-    /// throughput and p99, the replica's RSS and open files.
+    /// A well-behaved client alone and beside each attack in turn: its
+    /// throughput and p99, whether new clients get answered, the replica's
+    /// RSS and open files during and after.
     Hostile {
         /// Seconds each phase lasts.
         #[arg(long, default_value_t = 20)]
         seconds: u64,
-        /// Seconds to wait after the attack before the final RSS and files.
+        /// Seconds to wait after each attack before the final RSS and files.
         #[arg(long, default_value_t = 30)]
         settle_secs: u64,
+        /// The attacks to run, in this order.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "slowloris,idle,slow-read,mixed"
+        )]
+        attacks: Vec<bench::Attack>,
+        /// A config override for the replica, `section.key=value`
+        /// (as MINDOO_REPLICA__SECTION__KEY); repeatable.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
     },
     /// Time for a new entry to reach every replica of a full mesh.
     Propagation {
@@ -276,10 +288,14 @@ async fn run_bench(command: BenchCommand, exe: PathBuf) -> anyhow::Result<()> {
         BenchCommand::Hostile {
             seconds,
             settle_secs,
+            attacks,
+            overrides,
         } => {
             bench::hostile(bench::HostileOptions {
                 seconds: seconds.max(1),
                 settle_secs,
+                attacks,
+                overrides,
                 exe,
             })
             .await

@@ -215,6 +215,7 @@ pub async fn serve_with(
     let open_files = connections::open_files_limit();
     limits.max_connections =
         connections::connections_that_fit(limits.max_connections, store_files, open_files);
+    limits.max_per_address = limits.max_per_address.min(limits.max_connections);
     if limits.max_connections < settings.server.connections.max_connections {
         tracing::warn!(
             open_files,
@@ -240,7 +241,8 @@ pub async fn serve_with(
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .layer(GrpcMetricsLayer::new(metrics.clone(), served_methods()?))
         .layer(connections::CallsLayer)
-        .add_service(health_service)
+        .layer(connections::SlicesLayer)
+        .add_service(health_service.clone())
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(StoreService::server(replica.clone()))
@@ -251,7 +253,11 @@ pub async fn serve_with(
     let metrics_server = listeners.metrics.map(|listener| {
         let addr = listener.local_addr().ok();
         tracing::info!(?addr, "serving /metrics");
-        let task = tokio::spawn(serve_metrics(listener, replica.clone()));
+        let task = tokio::spawn(serve_metrics(
+            listener,
+            replica.clone(),
+            health_service.clone(),
+        ));
         AbortOnDropHandle::new(task)
     });
     let stats = replica.stats();
@@ -398,8 +404,24 @@ fn served_methods() -> anyhow::Result<Vec<String>> {
     Ok(methods)
 }
 
-async fn serve_metrics(listener: TcpListener, replica: Arc<Replica>) {
-    let app = axum::Router::new().route(
+/// The operations listener: `/metrics` over HTTP/1.1, and `grpc.health.v1`
+/// over HTTP/2, so probes reach the replica however busy its gRPC listener
+/// is (its connection caps and deadlines are for clients).
+async fn serve_metrics<H>(listener: TcpListener, replica: Arc<Replica>, health: H)
+where
+    H: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    H::Future: Send + 'static,
+{
+    let health = tonic::service::Routes::new(health).into_axum_router();
+    let app = health.route(
         "/metrics",
         axum::routing::get(move || {
             let replica = replica.clone();

@@ -84,6 +84,36 @@ fn errors_name_the_key() {
             &[],
             "storage.log_tail_mb",
         ),
+        (
+            "[limits]\nmax_send_data_per_address_mb = 4\n",
+            &[],
+            "limits.max_send_data_per_address_mb",
+        ),
+        (
+            "[limits]\nmax_send_data_per_connection_mb = 0\n",
+            &[],
+            "limits.max_send_data_per_connection_mb",
+        ),
+        (
+            "[limits]\nmax_send_data_mb = 8\n",
+            &[],
+            "limits.max_send_data_mb",
+        ),
+        (
+            "[server]\nheader_timeout_ms = 10\n",
+            &[],
+            "server.header_timeout_ms",
+        ),
+        (
+            "[server]\nsend_timeout_ms = 0\n",
+            &[],
+            "server.send_timeout_ms",
+        ),
+        (
+            "[server]\nmax_connections_per_address = 0\n",
+            &[],
+            "server.max_connections_per_address",
+        ),
     ];
     for (toml, vars, key) in cases {
         let err = load(toml, vars).unwrap_err().to_string();

@@ -40,6 +40,14 @@ pub struct Metrics {
     /// Connections closed for not starting HTTP/2 in time.
     pub handshake_timeouts: IntCounter,
     pub idle_closed: IntCounter,
+    /// Connections closed for a frame or header block left unfinished.
+    pub header_timeouts: IntCounter,
+    /// Connections closed for not taking the response data they asked for.
+    pub send_timeouts: IntCounter,
+    /// Connections closed to make room at a cap.
+    pub connections_evicted: IntCounter,
+    /// New connections refused at a cap, by which cap.
+    pub connections_refused: IntCounterVec,
     /// Replication cursors stored, counted at each clean-up pass.
     pub peer_cursors: IntGauge,
     /// Entry data held in memory by pulls right now.
@@ -102,6 +110,21 @@ impl Metrics {
             &["method"],
         )
         .expect("valid metric");
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "connections_refused_total",
+                "New connections closed at once because a cap was reached and no connection \
+                 in reach was idle, by cap (per_address, max_connections)",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        for reason in [
+            crate::connections::Refusal::PerAddress,
+            crate::connections::Refusal::MaxConnections,
+        ] {
+            connections_refused.with_label_values(&[reason.label()]);
+        }
         let store_memory_bytes = IntGaugeVec::new(
             Opts::new(
                 "store_memory_bytes",
@@ -116,6 +139,7 @@ impl Metrics {
             Box::new(grpc_requests.clone()),
             Box::new(grpc_duration.clone()),
             Box::new(grpc_in_flight.clone()),
+            Box::new(connections_refused.clone()),
         ] {
             registry.register(m).expect("unique");
         }
@@ -177,6 +201,22 @@ impl Metrics {
                 "Connections closed because no call was open on them for \
                  server.idle_connection_timeout_ms",
             ),
+            header_timeouts: counter(
+                "connection_header_timeouts_total",
+                "Connections closed because a frame or a request's header block, once begun, \
+                 did not end within server.header_timeout_ms",
+            ),
+            send_timeouts: counter(
+                "connection_send_timeouts_total",
+                "Connections closed because their streams held response data and they took \
+                 none for server.send_timeout_ms",
+            ),
+            connections_evicted: counter(
+                "connections_evicted_total",
+                "Idle connections closed to make room for a new one at \
+                 server.max_connections or server.max_connections_per_address",
+            ),
+            connections_refused,
             peer_cursors: gauge(
                 "peer_cursors",
                 "Replication cursors stored (one per peer pulled within the retention period), \
@@ -189,7 +229,7 @@ impl Metrics {
             send_data_held_bytes: gauge(
                 "send_data_held_bytes",
                 "Entry data held by outgoing messages not yet taken by the transport, within \
-                 limits.max_send_data_mb (beyond it, one entry per stream)",
+                 limits.max_send_data_mb (streams wait for it)",
             ),
             peers: peer::PeerMetrics::new(&registry),
             registry,

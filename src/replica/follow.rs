@@ -12,7 +12,7 @@ use futures::Stream;
 use tokio::sync::watch;
 
 use super::Replica;
-use super::outgoing::SendGrant;
+use super::outgoing::{SendGrant, SendScope};
 use crate::entry::Namespace;
 use crate::error::{Error, Result};
 use crate::store::{LogRecord, PeerCursor, Seq};
@@ -87,6 +87,8 @@ pub struct LogFollower {
     head: watch::Receiver<Seq>,
     /// The follower has been at the head: what follows is live.
     live: bool,
+    /// The pools the data of its messages is granted from.
+    send: SendScope,
     /// The data of the last message sent, until the next is asked for.
     sent: Option<SendGrant>,
 }
@@ -99,8 +101,10 @@ impl LogFollower {
         after: Seq,
         limit: Option<usize>,
         opts: FollowOptions,
+        send: SendScope,
     ) -> Self {
         Self {
+            send,
             // Starting at the head, everything that follows is live.
             live: after >= replica.stats().head_seq,
             head: replica.subscribe(),
@@ -129,7 +133,8 @@ impl LogFollower {
     /// The next batch, a heartbeat, or `None` once a ScanSince is done.
     pub async fn next_batch(&mut self) -> Result<Option<LogBatch>> {
         let limits = *self.replica.limits();
-        // Asked for the next message: the last one has left.
+        // Asked for the next message: the last one has left (all but its
+        // last slice, see `connections::slices`).
         self.sent = None;
         let mut held = false;
         loop {
@@ -141,12 +146,12 @@ impl LogFollower {
                 return Ok(None);
             }
             let live_data = self.opts.live_data && self.live && self.remaining.is_none();
-            let wanted = match self.opts.with_data || live_data {
-                true => limits.message_data_budget(),
-                false => 0,
+            let with_data = self.opts.with_data || live_data;
+            let mut grant = match with_data {
+                true => self.send.grant(limits.send_grant_bytes()).await,
+                false => self.send.grant(0).await,
             };
-            let mut grant = self.replica.send_budget().grant(wanted);
-            let budget = grant.bytes();
+            let budget = grant.bytes().min(limits.message_data_budget());
             let with = match self.opts {
                 FollowOptions {
                     with_data: true, ..

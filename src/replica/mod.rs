@@ -57,7 +57,7 @@ pub struct Replica {
     commit: Arc<commit::Committer>,
     /// The policy never changes while the replica runs.
     policy_digest: u64,
-    send_budget: outgoing::SendBudget,
+    send_pool: outgoing::BytePool,
     shutdown: CancellationToken,
 }
 
@@ -90,7 +90,7 @@ impl Replica {
         Self {
             store,
             identity,
-            send_budget: outgoing::SendBudget::new(limits.max_send_data_bytes),
+            send_pool: outgoing::BytePool::new(limits.max_send_data_bytes),
             limits,
             metrics,
             commit,
@@ -113,8 +113,8 @@ impl Replica {
     }
 
     /// What outgoing messages may hold in entry data, all streams together.
-    pub fn send_budget(&self) -> &outgoing::SendBudget {
-        &self.send_budget
+    pub fn send_pool(&self) -> &outgoing::BytePool {
+        &self.send_pool
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -155,7 +155,7 @@ impl Replica {
         self.metrics.set_store_memory(&memory);
         self.metrics
             .send_data_held_bytes
-            .set(self.send_budget.held() as i64);
+            .set(self.send_pool.held() as i64);
         self.metrics.render(&self.stats(), disk_bytes)
     }
 

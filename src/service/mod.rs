@@ -10,12 +10,14 @@ use std::sync::Arc;
 use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::connections::ConnectionInfo;
 use crate::error::Error;
 use crate::proto;
 use crate::proto::convert;
 // The generated trait is the wire API; `Store` alone names the storage trait.
 use crate::proto::store_server::{Store as StoreApi, StoreServer};
 use crate::replica::Replica;
+use crate::replica::outgoing::SendScope;
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -67,11 +69,17 @@ impl StoreApi for StoreService {
         &self,
         request: Request<proto::GetEntriesRequest>,
     ) -> Result<Response<Self::GetEntriesStream>, Status> {
+        let send = self.send_scope(&request);
         let req = request.into_inner();
         let ids = convert::ids(req.ids, self.replica.limits().max_ids_per_request)?;
         let ns = convert::namespace(req.namespace)?;
         self.replica.check_namespace(&ns)?;
-        Ok(Response::new(streams::get(self.replica.clone(), ns, ids)))
+        Ok(Response::new(streams::get(
+            self.replica.clone(),
+            ns,
+            ids,
+            send,
+        )))
     }
 
     async fn list_ids(
@@ -111,17 +119,19 @@ impl StoreApi for StoreService {
         &self,
         request: Request<proto::ScanSinceRequest>,
     ) -> Result<Response<Self::ScanSinceStream>, Status> {
+        let send = self.send_scope(&request);
         let req = request.into_inner();
         let limit = page_limit(req.limit, usize::MAX)?;
         let opts =
             streams::follow_options(&self.replica, req.include_data, false, req.namespaces, 0, 0)?;
-        self.log_stream(req.cursor, opts, Some(limit)).await
+        self.log_stream(req.cursor, opts, Some(limit), send).await
     }
 
     async fn watch(
         &self,
         request: Request<proto::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let send = self.send_scope(&request);
         let req = request.into_inner();
         let opts = streams::follow_options(
             &self.replica,
@@ -131,7 +141,7 @@ impl StoreApi for StoreService {
             req.heartbeat_ms,
             req.relay_delay_ms,
         )?;
-        self.log_stream(req.cursor, opts, None).await
+        self.log_stream(req.cursor, opts, None, send).await
     }
 }
 
@@ -143,6 +153,7 @@ impl StoreService {
         cursor: Option<proto::Cursor>,
         opts: crate::replica::FollowOptions,
         limit: Option<usize>,
+        send: SendScope,
     ) -> Result<Response<ResponseStream<proto::LogBatch>>, Status> {
         let after = self.replica.resume_point(convert::cursor(cursor)?).await?;
         Ok(Response::new(streams::log(
@@ -150,7 +161,20 @@ impl StoreService {
             after,
             limit,
             opts,
+            send,
         )))
+    }
+
+    /// The pools a call's response data is granted from: its connection's
+    /// and its source address's (when it came over one), and the replica's.
+    fn send_scope<T>(&self, request: &Request<T>) -> SendScope {
+        let mut pools = request
+            .extensions()
+            .get::<ConnectionInfo>()
+            .map(ConnectionInfo::send_pools)
+            .unwrap_or_default();
+        pools.push(self.replica.send_pool().clone());
+        SendScope::new(pools)
     }
 }
 

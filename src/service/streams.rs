@@ -3,10 +3,9 @@
 //! HTTP/2 flow control is the backpressure, and dropping the stream (client
 //! gone, server stopping) stops the work. No task is spawned per stream.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tonic::{Status, Streaming};
 
@@ -15,7 +14,7 @@ use crate::entry::{EntryId, Namespace};
 use crate::error::Error;
 use crate::proto;
 use crate::proto::convert;
-use crate::replica::outgoing::SendGrant;
+use crate::replica::outgoing::{SendGrant, SendScope};
 use crate::replica::{FollowOptions, LogFollower, MAX_RELAY_DELAY, Replica};
 use crate::store::Seq;
 
@@ -91,11 +90,12 @@ fn limit_status(status: Status) -> Status {
 
 /// GetEntries: entries packed into messages of at most
 /// [`crate::limits::Limits::message_data_budget`] bytes of data, within
-/// what the replica's send budget grants (a single entry always travels).
+/// what the call's send pools grant (see [`crate::replica::outgoing`]).
 pub fn get(
     replica: Arc<Replica>,
     ns: Namespace,
     ids: Vec<EntryId>,
+    send: SendScope,
 ) -> ResponseStream<proto::EntryBatch> {
     let state = GetState {
         budget: replica.limits().message_data_budget(),
@@ -103,6 +103,8 @@ pub fn get(
         ns,
         ids,
         pos: 0,
+        largest_seen: 0,
+        send,
         sent: None,
     };
     fused(futures::stream::unfold(state, |mut st| async move {
@@ -118,53 +120,53 @@ struct GetState {
     /// Ids before `pos` have been sent.
     pos: usize,
     budget: usize,
+    /// The largest entry looked up so far (0: none yet), to look up about
+    /// as many as a grant holds.
+    largest_seen: usize,
+    send: SendScope,
     /// The data of the last message sent, until the next is asked for.
     sent: Option<SendGrant>,
 }
 
 impl GetState {
     async fn next_batch(&mut self) -> Result<Option<proto::EntryBatch>, Error> {
-        // Asked for the next message: the last one has left.
+        // Asked for the next message: the last one has left (all but its
+        // last slice, see `connections::slices`).
         self.sent = None;
-        let mut grant = self.replica.send_budget().grant(self.budget);
+        let mut grant = self
+            .send
+            .grant(self.replica.limits().send_grant_bytes())
+            .await;
         let mut batch = proto::EntryBatch::default();
         let mut bytes = 0;
-        // Looked up, not yet in the message.
-        let mut fetched: VecDeque<(EntryId, Option<Bytes>)> = VecDeque::new();
-        loop {
-            if fetched.is_empty() {
-                if self.pos >= self.ids.len() {
-                    break;
-                }
-                // With nothing granted the message carries one entry:
-                // look up just that one.
-                let take = if grant.bytes() > 0 { GET_CHUNK } else { 1 };
-                let chunk: Vec<_> = self.ids[self.pos..].iter().take(take).copied().collect();
-                self.pos += chunk.len();
-                let found = self.replica.get(self.ns.clone(), chunk.clone()).await?;
-                fetched.extend(chunk.into_iter().zip(found));
-            }
-            let Some((id, data)) = fetched.pop_front() else {
-                break;
+        'fill: while self.pos < self.ids.len() {
+            // About as many as fit, judging by the largest entry so far.
+            let take = match self.largest_seen {
+                0 => 1,
+                largest => (self.budget.saturating_sub(bytes) / largest).clamp(1, GET_CHUNK),
             };
-            match data {
-                Some(data) => {
-                    if !batch.entries.is_empty() && bytes + data.len() > grant.bytes() {
-                        fetched.push_front((id, Some(data)));
-                        break;
+            let chunk: Vec<_> = self.ids[self.pos..].iter().take(take).copied().collect();
+            let found = self.replica.get(self.ns.clone(), chunk.clone()).await?;
+            for (id, data) in chunk.into_iter().zip(found) {
+                if let Some(data) = data {
+                    self.largest_seen = self.largest_seen.max(data.len());
+                    // Always one entry: it fits in the grant.
+                    if !batch.entries.is_empty() && bytes + data.len() > self.budget {
+                        // Looked up again for the next message rather than
+                        // held meanwhile.
+                        break 'fill;
                     }
                     bytes += data.len();
                     batch.entries.push(proto::Entry {
                         id: convert::id_bytes(&id),
                         data,
                     });
+                } else {
+                    batch.missing.push(convert::id_bytes(&id));
                 }
-                None => batch.missing.push(convert::id_bytes(&id)),
+                self.pos += 1;
             }
         }
-        // What was looked up but does not fit is looked up again for the
-        // next message rather than held meanwhile.
-        self.pos -= fetched.len();
         grant.shrink_to(bytes);
         self.sent = Some(grant);
         let empty = batch.entries.is_empty() && batch.missing.is_empty();
@@ -224,8 +226,9 @@ pub fn log(
     after: Seq,
     limit: Option<usize>,
     opts: FollowOptions,
+    send: SendScope,
 ) -> ResponseStream<proto::LogBatch> {
-    let follower = LogFollower::new(replica, after, limit, opts);
+    let follower = LogFollower::new(replica, after, limit, opts, send);
     Box::pin(
         follower
             .into_stream()

@@ -13,6 +13,7 @@ use super::peer::{EntryChunk, EntryStream, FollowRequest, LogStream, Peer, PeerE
 use crate::entry::{Entry, EntryId, Namespace, PutOutcome};
 use crate::error::Error;
 use crate::head::Head;
+use crate::replica::outgoing::SendScope;
 use crate::replica::{FollowOptions, LogFollower, Replica};
 
 pub struct LocalPeer {
@@ -71,7 +72,8 @@ impl Peer for LocalPeer {
             heartbeat: request.heartbeat,
             relay_delay: request.relay_delay,
         };
-        let follower = LogFollower::new(self.replica.clone(), after, None, opts);
+        let send = SendScope::replica(self.replica.send_pool());
+        let follower = LogFollower::new(self.replica.clone(), after, None, opts, send);
         Ok(follower
             .into_stream()
             .map(|b| b.map_err(peer_error))

@@ -84,3 +84,62 @@ pub fn unread_watches(streams: u32) -> Vec<u8> {
     }
     out
 }
+
+const PING: u8 = 0x6;
+const WINDOW_UPDATE: u8 = 0x8;
+pub const ACK: u8 = 0x1;
+
+/// A WINDOW_UPDATE opening `stream`'s window (0: the connection's) by
+/// `increment` bytes.
+pub fn window_update(stream: u32, increment: u32) -> Vec<u8> {
+    frame(
+        WINDOW_UPDATE,
+        0,
+        stream,
+        &(increment & 0x7fff_ffff).to_be_bytes(),
+    )
+}
+
+/// One frame as read off a connection.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub kind: u8,
+    pub flags: u8,
+    pub stream: u32,
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    pub fn is_data(&self) -> bool {
+        self.kind == DATA
+    }
+
+    pub fn is_ping(&self) -> bool {
+        self.kind == PING && self.flags & ACK == 0
+    }
+
+    pub fn is_goaway(&self) -> bool {
+        self.kind == 0x7
+    }
+
+    /// The answer to a PING: the same payload, acknowledged.
+    pub fn ping_ack(&self) -> Vec<u8> {
+        frame(PING, ACK, 0, &self.payload)
+    }
+}
+
+/// Reads the next frame the server sends; an error once it closes.
+pub async fn read_frame(conn: &mut (impl tokio::io::AsyncRead + Unpin)) -> std::io::Result<Frame> {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 9];
+    conn.read_exact(&mut head).await?;
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0; len];
+    conn.read_exact(&mut payload).await?;
+    Ok(Frame {
+        kind: head[3],
+        flags: head[4],
+        stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
+        payload,
+    })
+}

@@ -306,9 +306,10 @@ check(env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
       and env["MINDOO_REPLICA__REPLICATION__ADVERTISE"]["value"] == f"$(POD_NAME).{headless}.{ns}.svc.cluster.local:7700",
       "advertise = $(POD_NAME).<headless>.<ns>.svc.cluster.local:7700 from the downward API")
 check(c["args"] == ["serve", "--config", "/etc/mindoo-replica/config/config.toml"], "serve --config /etc/mindoo-replica/config/config.toml")
-check(c["readinessProbe"]["grpc"] == {"port": 7700, "service": "mindoo.replica.v1.Store"}
-      and c["livenessProbe"]["grpc"] == {"port": 7700} and c["startupProbe"]["grpc"] == {"port": 7700},
-      "gRPC probes: readiness on mindoo.replica.v1.Store, liveness and startup on the overall health")
+check(c["readinessProbe"]["grpc"] == {"port": 9700, "service": "mindoo.replica.v1.Store"}
+      and c["livenessProbe"]["grpc"] == {"port": 9700} and c["startupProbe"]["grpc"] == {"port": 9700}
+      and {"name": "metrics", "containerPort": 9700, "protocol": "TCP"} in c["ports"],
+      "gRPC probes on the metrics port (9700): readiness on mindoo.replica.v1.Store, liveness and startup on the overall health")
 sc, psc = c["securityContext"], pod["securityContext"]
 check(psc["runAsNonRoot"] and psc["runAsUser"] == 10001 and psc["runAsGroup"] == 10001 and psc["fsGroup"] == 10001
       and psc["seccompProfile"]["type"] == "RuntimeDefault"
@@ -381,7 +382,30 @@ check_rendered "$COMMON"'
 cfg = config()
 check(cfg["storage"]["sync_writes"] is True and cfg["storage"]["path"] == "/var/lib/mindoo-replica", "config: a new key joins the rendered section")
 check(cfg["server"]["metrics_listen"] == "" and cfg["limits"]["max_page"] == 500, "config: an empty value replaces the rendered one; a new section is added")
+c = one("StatefulSet")["spec"]["template"]["spec"]["containers"][0]
+check({c[p]["grpc"]["port"] for p in ("startupProbe", "livenessProbe", "readinessProbe")} == {7700},
+      "config.server.metrics_listen empty: the probes go to the gRPC port")
 ' --set config.storage.sync_writes=true --set config.server.metrics_listen= --set config.limits.max_page=500
+
+check_rendered "$COMMON"'
+c = one("StatefulSet")["spec"]["template"]["spec"]["containers"][0]
+check({c[p]["grpc"]["port"] for p in ("startupProbe", "livenessProbe", "readinessProbe")} == {7700}
+      and [p["name"] for p in c["ports"]] == ["grpc"] and config()["server"]["metrics_listen"] == "",
+      "metrics.enabled false: no metrics listener, the probes go to the gRPC port")
+' --set metrics.enabled=false
+
+check_rendered "$COMMON"'
+c = one("StatefulSet")["spec"]["template"]["spec"]["containers"][0]
+check({c[p]["grpc"]["port"] for p in ("startupProbe", "livenessProbe", "readinessProbe")} == {9800}
+      and config()["server"]["metrics_listen"] == "0.0.0.0:9800",
+      "containerPorts.metrics 9800: metrics_listen and the probes follow it")
+' --set containerPorts.metrics=9800
+
+check_rendered "$COMMON"'
+c = one("StatefulSet")["spec"]["template"]["spec"]["containers"][0]
+check({c[p]["grpc"]["port"] for p in ("startupProbe", "livenessProbe", "readinessProbe")} == {7700},
+      "config.server.metrics_listen on loopback: the kubelet cannot reach it, the probes go to the gRPC port")
+' --set config.server.metrics_listen=127.0.0.1:9700
 
 check_rendered "$COMMON"'
 pod = one("StatefulSet")["spec"]["template"]["spec"]

@@ -130,6 +130,17 @@ class PodPlan:
     active_deadline: int | None
     labels: dict[str, str]
 
+    def probe_port_name(self, probe: dict) -> str:
+        """The name of the container port a rendered gRPC probe asks (the
+        metrics port when the chart serves metrics, else the gRPC port): the
+        kubelet probes a port number, this harness publishes ports by name."""
+        port = probe["grpc"]["port"]
+        names = [name for name, number in self.ports.items() if number == port]
+        if not names:
+            raise ChartError(f"pod {self.name}: the probe's port {port} is none of the container's ports "
+                             f"{self.ports}; this harness reaches declared container ports only")
+        return names[0]
+
 
 def quantity_bytes(q: str) -> int:
     """A Kubernetes quantity of bytes (64Mi, 1G, ...)."""
@@ -244,6 +255,9 @@ def pod_plan(r: Render, pod_spec: dict, meta: dict, *, claims: tuple[str, ...] =
         probe = c.get(kind) or {}
         if probe and "grpc" not in probe:
             raise ChartError(f"{kind}: only gRPC probes are supported by this harness")
+        if probe and probe["grpc"].get("port") not in {p["containerPort"] for p in c.get("ports") or []}:
+            raise ChartError(f"{kind}: port {probe['grpc'].get('port')} is not a container port of pod "
+                             f"{meta['name']}; this harness reaches declared container ports only")
         probes[kind] = probe
 
     limits = (c.get("resources") or {}).get("limits") or {}

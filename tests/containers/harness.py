@@ -112,7 +112,9 @@ class Mesh:
     def wait_ready(self, ordinal: int) -> float:
         pod = self.pods[ordinal]
         probe = pod.plan.readiness
-        port_name = next(n for n, p in pod.plan.ports.items() if p == probe["grpc"]["port"])
+        # The port the rendered probe names: the metrics port when the chart
+        # serves metrics (its listener answers grpc.health.v1 too), else grpc.
+        port_name = pod.plan.probe_port_name(probe)
         # The startup probe's budget bounds the wait, at most a minute here.
         startup = pod.plan.startup or {}
         budget = min(60, startup.get("periodSeconds", 10) * startup.get("failureThreshold", 3))

@@ -1,8 +1,9 @@
 """Scenario 3, restart: a rolling restart under writes, in reverse ordinal order.
 
 Each replica in turn gets SIGTERM (podman stop with the rendered grace period)
-while writes go on through the others. Checks that its readiness probe (on a
-new connection each time, as the kubelet's) answers NOT_SERVING before the
+while writes go on through the others. Checks that its readiness probe (on the
+port the rendered probe names, the metrics port when metrics are served, and
+on a new connection each time, as the kubelet's) answers NOT_SERVING before the
 replica stops answering, that it exits 0, and that the new container is ready
 again. Afterwards: no acknowledged entry lost, and each replica pulled about
 what was written while it was away, not everything again.
@@ -23,10 +24,12 @@ TITLE = "rolling restart under writes"
 def stop_watching_readiness(pod: podman.Pod, grace: int) -> dict:
     """Stops the pod (SIGTERM) while asking for its readiness (the rendered
     probe's service) every 50 ms two ways: as the kubelet's gRPC probe does,
-    on a new connection each time, and on one connection opened before the
-    stop, as a client or peer holds one. For each way, the answers as they
-    changed: [(seconds after the stop began, answer)]."""
+    on the probe's port with a new connection each time, and on one
+    connection to the gRPC port opened before the stop, as a client or peer
+    holds one. For each way, the answers as they changed: [(seconds after
+    the stop began, answer)]."""
     service = pod.plan.readiness["grpc"].get("service", "")
+    probe_addr = pod.addr(pod.plan.probe_port_name(pod.plan.readiness))
     seen = {"probe": [], "open connection": []}
     done = threading.Event()
     held = replica.HealthClient(pod.addr("grpc"))
@@ -38,7 +41,7 @@ def stop_watching_readiness(pod: podman.Pod, grace: int) -> dict:
                 seen[way].append((time.monotonic(), answer))
             time.sleep(0.05)
 
-    pollers = [threading.Thread(target=poll, args=("probe", lambda: replica.health(pod.addr("grpc"), service, 0.5)),
+    pollers = [threading.Thread(target=poll, args=("probe", lambda: replica.health(probe_addr, service, 0.5)),
                                 daemon=True),
                threading.Thread(target=poll, args=("open connection", lambda: held.check(service, 0.5)), daemon=True)]
     for t in pollers:

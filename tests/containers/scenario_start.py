@@ -42,7 +42,8 @@ def run(m: Mesh) -> str:
         where = {"claim": f"volume {v.source}-{plan.name}", "configMap": f"ConfigMap {v.source} (kubelet layout)",
                  "secret": f"Secret {v.source} (mode {v.mode:o})", "emptyDir": f"emptyDir tmpfs {v.size}"}[v.kind]
         info(f"       {v.mount_path} <- {where}{' read-only' if v.read_only else ''}")
-    info(f"       ports {plan.ports}, readiness gRPC {plan.readiness['grpc']}, grace {plan.grace_seconds} s")
+    info(f"       ports {plan.ports}, readiness gRPC {plan.readiness['grpc']} "
+         f"(the {plan.probe_port_name(plan.readiness)} port), grace {plan.grace_seconds} s")
 
     podman.create_network(NETWORK)
     t0 = time.monotonic()

@@ -72,12 +72,18 @@ async fn half_open_handshakes_beyond_the_cap_are_shed() {
     let mut half = TcpStream::connect(replica.addr).await.unwrap();
     half.write_all(&frames::PREFACE[..10]).await.unwrap();
 
-    // Each silent connection is accepted in turn and closed after the
-    // handshake timeout; the well-behaved client gets in behind them.
+    // Each silent connection is accepted and makes the oldest idle one
+    // give way; the well-behaved client gets in the same way.
     still_serves(&replica, Duration::from_secs(20)).await;
     assert!(closed_by_server(&mut half, Duration::from_secs(20)).await);
+    // The oldest gave way to newer ones; those left timed out.
     let text = replica.metrics_text().await;
-    assert!(metric(&text, "mindoo_replica_connection_handshake_timeouts_total") >= 8.0);
+    let timed_out = metric(&text, "mindoo_replica_connection_handshake_timeouts_total");
+    let evicted = metric(&text, "mindoo_replica_connections_evicted_total");
+    assert!(
+        timed_out >= 1.0 && timed_out + evicted >= 41.0,
+        "{timed_out} + {evicted}"
+    );
     assert!(metric(&text, "mindoo_replica_connections_open") <= 8.0);
     drop(silent);
     replica.stop().await.unwrap();
@@ -281,8 +287,8 @@ async fn hanging_calls_end_within_the_drain_deadline() {
 }
 
 /// Under a low open-files limit, connections beyond what fits beside the
-/// store wait in the kernel's backlog: RocksDB keeps the descriptors it
-/// needs for new WAL and table files, and no write fails.
+/// store make room by closing idle ones, or are refused: RocksDB keeps the
+/// descriptors it needs for new WAL and table files, and no write fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_never_take_the_stores_descriptors() {
     use mindoo_replica::tools::child::{ReplicaProcess, http_get};
@@ -345,111 +351,6 @@ async fn connections_never_take_the_stores_descriptors() {
         replica.open_files() + 70 <= during,
         "{during} -> {}",
         replica.open_files()
-    );
-    let status = replica.stop().await.unwrap();
-    assert!(status.success(), "{status}");
-}
-
-/// Thousands of Watches with data that are never read, over a few
-/// connections and over many. Together they hold the send budget plus one
-/// entry each; the replica keeps
-/// serving a well-behaved client; once the attackers leave, the replica's
-/// descriptors and memory come back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unread_streams_hold_a_bounded_budget() {
-    use mindoo_replica::tools::child::{ReplicaProcess, http_get};
-
-    mindoo_replica::connections::raise_open_files_limit().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let env = [
-        ("MINDOO_REPLICA__SERVER__MAX_STREAMS_PER_CONNECTION", "64"),
-        // Keep the data out of the in-memory log tail: each stream reads
-        // its own copy from the store.
-        ("MINDOO_REPLICA__STORAGE__LOG_TAIL_MB", "1"),
-        ("MINDOO_REPLICA__LIMITS__MAX_SEND_DATA_MB", "16"),
-    ];
-    let exe = env!("CARGO_BIN_EXE_mindoo-replica");
-    let replica = ReplicaProcess::spawn(exe.as_ref(), dir.path(), true, &env)
-        .await
-        .unwrap();
-    let addr = replica.grpc.to_string();
-    let mut client = mindoo_replica::client::StoreClient::connect(&addr)
-        .await
-        .unwrap();
-    let mut ids = Vec::new();
-    for _ in 0..14 {
-        let batch = mindoo_replica::tools::fixtures::sample_entries(&ns(), &author(), 30, 60_000);
-        client.put(&batch).await.unwrap();
-        ids.extend(batch.iter().map(|e| e.id));
-    }
-    let (base_rss, _) = replica.memory().unwrap();
-    let base_fds = replica.open_files();
-
-    let attack = |connections: usize, streams: u32| {
-        let grpc = replica.grpc;
-        async move {
-            let mut held = Vec::new();
-            for _ in 0..connections {
-                let mut conn = TcpStream::connect(grpc).await.unwrap();
-                conn.write_all(&frames::unread_watches(streams))
-                    .await
-                    .unwrap();
-                held.push(conn);
-            }
-            held
-        }
-    };
-    // A connection asking for far more streams than it may open has them
-    // refused, and is closed for the resets that brings.
-    let mut greedy = attack(1, 1000).await.pop().unwrap();
-    assert!(closed_by_server(&mut greedy, Duration::from_secs(10)).await);
-    let few = attack(4, 64).await;
-    let many = attack(200, 10).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let text = http_get(replica.metrics.unwrap(), "/metrics")
-        .await
-        .unwrap();
-    let watches = metric(
-        &text,
-        "mindoo_replica_grpc_requests_in_flight{method=\"mindoo.replica.v1.Store/Watch\"}",
-    );
-    // 4 × 64 + 200 × 10.
-    assert_eq!(watches, 2256.0, "unread Watches open");
-    // The send budget, plus per stream one entry (in an encoding buffer of
-    // up to twice its size) and what HTTP/2 and gRPC keep; without the
-    // budget each holds a whole message of up to 1 MiB (3.2 GB here).
-    let (rss, _) = replica.memory().unwrap();
-    let allowed = (16 << 20) + 2256 * (2 * 60_000 + (64 << 10));
-    assert!(
-        rss - base_rss <= allowed,
-        "RSS {} MB -> {} MB with {watches} unread Watches",
-        base_rss >> 20,
-        rss >> 20
-    );
-
-    // A well-behaved client is served meanwhile.
-    let started = std::time::Instant::now();
-    let batch = entries(10);
-    client.put(&batch).await.unwrap();
-    let got = client.get(&ns(), &ids[..20]).await.unwrap();
-    assert_eq!(got.len(), 20);
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
-
-    drop((few, many));
-    // 30 s after the attack: descriptors within 10, RSS within 1.5x.
-    tokio::time::sleep(Duration::from_secs(30)).await;
-    let (final_rss, _) = replica.memory().unwrap();
-    let final_fds = replica.open_files();
-    assert!(final_fds <= base_fds + 10, "{base_fds} -> {final_fds}");
-    assert!(
-        final_rss as f64 <= base_rss as f64 * 1.5,
-        "RSS {} MB -> {} MB",
-        base_rss >> 20,
-        final_rss >> 20
     );
     let status = replica.stop().await.unwrap();
     assert!(status.success(), "{status}");

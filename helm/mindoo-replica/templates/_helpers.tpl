@@ -197,6 +197,29 @@ by key (an empty value there still replaces the rendered one).
 {{ toToml $out.config }}
 {{- end -}}
 
+{{/*
+The container port the kubelet's gRPC probes use: the metrics port whenever
+the replicas serve on it (metrics.enabled, and config.server.metrics_listen not
+moved to another port or to loopback), since that listener answers
+grpc.health.v1 beside /metrics and has none of the gRPC port's connection caps;
+else the gRPC port. With existingConfigMap, that file must then serve metrics
+on containerPorts.metrics, as the metrics Service already assumes.
+*/}}
+{{- define "mindoo-replica.probePort" -}}
+{{- $port := int .Values.containerPorts.grpc -}}
+{{- if .Values.metrics.enabled -}}
+{{- $out := dict -}}
+{{- include "mindoo-replica.configDict" (dict "ctx" . "peers" false "out" $out) -}}
+{{- $listen := toString (get $out.config.server "metrics_listen") -}}
+{{- $suffix := printf ":%d" (int .Values.containerPorts.metrics) -}}
+{{- $host := trimSuffix $suffix $listen -}}
+{{- if and (hasSuffix $suffix $listen) $host (not (regexMatch "^(127\\.|localhost$|\\[::1\\]$)" $host)) -}}
+{{- $port = int .Values.containerPorts.metrics -}}
+{{- end -}}
+{{- end -}}
+{{- $port -}}
+{{- end -}}
+
 {{/* Checks across values that the schema cannot express. */}}
 {{- define "mindoo-replica.validateValues" -}}
 {{- $out := dict -}}
@@ -207,6 +230,23 @@ by key (an empty value there still replaces the rendered one).
 {{- $needMs := add $delay (mul 2 $drain) -}}
 {{- if le $graceMs $needMs -}}
 {{- fail (printf "terminationGracePeriodSeconds (%d s) must be longer than the shutdown delay (%d ms) plus twice the drain timeout (2 × %d ms: workers, then calls), %d ms in all" (int64 .Values.terminationGracePeriodSeconds) $delay $drain $needMs) -}}
+{{- end -}}
+{{- /* The send-data pools nest: the largest entry fits in a connection's
+       pool, which fits in an address's, which fits in the total. Keys left
+       unset take the binary's defaults (src/config.rs). */ -}}
+{{- $limits := get $out.config "limits" | default dict -}}
+{{- $entryBytes := int64 (get $limits "max_entry_bytes" | default 1048576) -}}
+{{- $perConn := int64 (get $limits "max_send_data_per_connection_mb" | default 8) -}}
+{{- $perAddr := int64 (get $limits "max_send_data_per_address_mb" | default 16) -}}
+{{- $total := int64 (get $limits "max_send_data_mb" | default 64) -}}
+{{- if lt (mul $perConn 1048576) $entryBytes -}}
+{{- fail (printf "config.limits.max_send_data_per_connection_mb (%d MiB) must hold the largest entry, config.limits.max_entry_bytes (%d bytes)" $perConn $entryBytes) -}}
+{{- end -}}
+{{- if lt $perAddr $perConn -}}
+{{- fail (printf "config.limits.max_send_data_per_address_mb (%d MiB) must be at least config.limits.max_send_data_per_connection_mb (%d MiB)" $perAddr $perConn) -}}
+{{- end -}}
+{{- if lt $total $perAddr -}}
+{{- fail (printf "config.limits.max_send_data_mb (%d MiB) must be at least config.limits.max_send_data_per_address_mb (%d MiB)" $total $perAddr) -}}
 {{- end -}}
 {{- if and (eq .Values.topology.mode "peers") (empty .Values.topology.peers) -}}
 {{- fail "topology.mode peers needs topology.peers (the host:port of each replica)" -}}

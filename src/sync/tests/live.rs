@@ -56,7 +56,8 @@ async fn relayed_records_are_held_back_and_client_records_are_not() {
             relay_delay: Some(delay),
             ..Default::default()
         };
-        LogFollower::new(r.clone(), r.stats().head_seq, None, opts)
+        let send = crate::replica::outgoing::SendScope::replica(r.send_pool());
+        LogFollower::new(r.clone(), r.stats().head_seq, None, opts, send)
     };
     let relay = |batch: Vec<Entry>| {
         let r = r.clone();

@@ -10,7 +10,7 @@ mod propagation;
 
 pub use append::{AppendOptions, append};
 pub use bootstrap::{BootstrapOptions, bootstrap};
-pub use hostile::{HostileOptions, hostile};
+pub use hostile::{Attack, HostileOptions, hostile};
 pub use missing::{MissingOptions, missing_ids};
 pub use propagation::{PropagationOptions, propagation};
 
@@ -31,6 +31,19 @@ use crate::client::{StoreClient, endpoint};
 pub fn memory_mb(p: &ReplicaProcess) -> (f64, f64) {
     let (rss, peak) = p.memory().unwrap_or_default();
     (rss as f64 / 1e6, peak as f64 / 1e6)
+}
+
+/// The sum of a metric's samples over all its label sets, in Prometheus
+/// text; `None` when the text has none.
+pub fn metric_sum(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold(None, |sum, v| Some(sum.unwrap_or(0.0) + v))
 }
 
 /// CPU seconds (user + system) a process has used so far.
