@@ -225,6 +225,9 @@ pub async fn serve_with(
              accepting fewer connections"
         );
     }
+    if let Err(e) = connections::deepen_backlog(&listeners.grpc) {
+        tracing::warn!(error = %e, "could not lengthen the listen backlog");
+    }
     let incoming = connections::incoming(listeners.grpc, limits, metrics.clone());
     let grpc = Server::builder()
         // HTTP/2 settings chosen for a server facing clients it does not

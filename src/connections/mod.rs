@@ -80,6 +80,23 @@ impl Default for ConnectionLimits {
     }
 }
 
+/// Connections the kernel may hold for the accept loop (capped by
+/// `net.core.somaxconn`): a burst of new connections, an attacker's
+/// included, waits there rather than having its handshakes dropped, which
+/// would cost every other new client a one-second SYN retry.
+pub const BACKLOG: i32 = 4096;
+
+/// Sets `listener`'s backlog to [`BACKLOG`], whoever bound it (Linux
+/// takes a second `listen` on a listening socket as a new backlog).
+pub fn deepen_backlog(listener: &TcpListener) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: listen(2) on a socket this listener owns.
+    match unsafe { libc::listen(listener.as_raw_fd(), BACKLOG) } {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
 /// Connections accepted from `listener` within `limits`.
 pub fn incoming(
     listener: TcpListener,

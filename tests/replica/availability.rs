@@ -324,6 +324,11 @@ async fn readers_that_never_open_their_window_are_cut_off_within_bounded_memory(
     assert_eq!(client.get(&ns(), &ids[..4]).await.unwrap().len(), 4);
     client.put(&entries(10)).await.unwrap();
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    // Probes on new connections, at either listener.
+    probe(PROBE, replica.grpc, "").await.unwrap();
+    probe(PROBE, metrics_addr, "mindoo.replica.v1.Store")
+        .await
+        .unwrap();
 
     // Until every attacking connection is closed: the Watches open, the
     // data they hold, the replica's memory.

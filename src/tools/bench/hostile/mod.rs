@@ -7,7 +7,8 @@
 //! 1. **Baseline.** The well-behaved client, from 127.0.0.2, writes
 //!    [`clients::BATCH`] entries of 1 KiB and reads them back, again and
 //!    again: first closed loop (the rate the replica sustains for it), then
-//!    paced at half that rate: its `alone` throughput and p99.
+//!    paced at half that rate: its `alone` throughput and p99, measured
+//!    again just before each attack.
 //! 2. **Each attack** of `--attacks`, from 127.0.0.1 ([`Attack`]):
 //!    `slowloris`, `idle`, `slow-read` and `mixed` (half-open handshakes,
 //!    rapid resets, CONTINUATION floods, unread Watches, made-up methods,
@@ -27,6 +28,11 @@
 //!    start of the log, with data) ask for big data: the replica should
 //!    hold no more than its send budget for them, so RSS should grow by at
 //!    most that budget + 128 MB.
+//!
+//! The well-behaved client and the prober each run on a thread and
+//! runtime of their own, as clients on other machines would: their calls
+//! wait for the replica (and the two cores everything shares), never behind
+//! the attackers' tasks in this process.
 //!
 //! Each attack prints one line starting `hostile: <attack>:` with the
 //! targets, the replica's own count of connections it refused, evicted or
@@ -129,7 +135,7 @@ pub async fn hostile(opts: HostileOptions) -> anyhow::Result<()> {
         source: PROBER,
     };
 
-    let sustained = good.clone().run(length, None).await;
+    let sustained = apart(good.clone().run(length, None)).await?;
     let target = sustained.rate / 2.0;
     anyhow::ensure!(
         target > 0.0,
@@ -141,9 +147,9 @@ pub async fn hostile(opts: HostileOptions) -> anyhow::Result<()> {
         sustained.rate,
         clients::BATCH
     );
-    let alone = good.clone().run(length, Some(target)).await;
+    let alone = apart(good.clone().run(length, Some(target))).await?;
     println!(
-        "hostile: alone: {:.0} writes/s, p99 {:.2} ms, {} failed",
+        "hostile: alone: {:.0} writes/s, p99 {:.2} ms, {} failed (measured again before each attack)",
         alone.rate, alone.p99_ms, alone.failures
     );
 
@@ -152,6 +158,9 @@ pub async fn hostile(opts: HostileOptions) -> anyhow::Result<()> {
             write_big_entries(&good).await?;
         }
         wait_quiet(&replica, Duration::from_secs(10)).await;
+        // The client alone again, just before the attack: the share
+        // compares like with like on a machine whose speed drifts.
+        let alone = apart(good.clone().run(length, Some(target))).await?;
         let phase = Phase::run(attack, &replica, metrics, &good, &prober, target, &opts).await;
         println!("{}", phase.report(&alone, send_budget_mb));
         for (who, failure) in [
@@ -213,6 +222,21 @@ struct Phase {
     cores: (f64, f64),
 }
 
+/// Runs a client on a thread and runtime of its own, as a client on
+/// another machine would be: its calls never wait behind the attackers'
+/// tasks in this process, only for the replica (and the shared cores).
+fn apart<T: Send + 'static>(
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> tokio::task::JoinHandle<T> {
+    tokio::task::spawn_blocking(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a client runtime starts")
+            .block_on(work)
+    })
+}
+
 impl Phase {
     async fn run(
         attack: Attack,
@@ -236,8 +260,8 @@ impl Phase {
         }
         let length = Duration::from_secs(opts.seconds);
         let cpu = Cpu::now(replica);
-        let load = tokio::spawn(good.clone().run(length, Some(rate)));
-        let probes = tokio::spawn(prober.clone().run(length));
+        let load = apart(good.clone().run(length, Some(rate)));
+        let probes = apart(prober.clone().run(length));
         while !(load.is_finished() && probes.is_finished()) {
             peak = peak.max(Usage::now(replica, metrics).await);
             tokio::time::sleep(SAMPLE_EVERY).await;
@@ -266,12 +290,14 @@ impl Phase {
     fn report(&self, alone: &Load, send_budget_mb: f64) -> String {
         let (p, l) = (&self.probes, &self.load);
         let mut line = format!(
-            "hostile: {}: new clients {:.1} % answered (Health+Head p50 {:.1} ms, p99 {:.1} ms; target >= 99 %, p99 <= 100 ms); good client {:.0} % of alone, p99 {:.1} ms, {} failed (target >= 80 %, p99 <= 50 ms); RSS {:.0} -> {:.0} -> {:.0} MB, open files {} -> {} -> {}",
+            "hostile: {}: new clients {:.1} % answered (Health+Head p50 {:.1} ms, p99 {:.1} ms; target >= 99 %, p99 <= 100 ms); good client {:.0} % of alone ({:.0} of {:.0} writes/s), p99 {:.1} ms, {} failed (target >= 80 %, p99 <= 50 ms); RSS {:.0} -> {:.0} -> {:.0} MB, open files {} -> {} -> {}",
             self.attack.name(),
             100.0 * p.answered as f64 / p.attempts.max(1) as f64,
             p.p50_ms,
             p.p99_ms,
             100.0 * l.rate / alone.rate.max(1e-9),
+            l.rate,
+            alone.rate,
             l.p99_ms,
             l.failures,
             self.before.rss_mb,
