@@ -5,11 +5,10 @@
 //! must be served connect from 127.0.0.2 and 127.0.0.3 (loopback has them
 //! all), as a kubelet's probes come from the node's own address.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpSocket, TcpStream};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -18,85 +17,6 @@ use mindoo_replica::client::StoreClient;
 use mindoo_replica::entry::EntryId;
 use mindoo_replica::tools::child::{ReplicaProcess, http_get};
 use mindoo_replica::tools::h2frames as frames;
-
-const ATTACKER: &str = "127.0.0.1";
-const CLIENT: &str = "127.0.0.2";
-const PROBE: &str = "127.0.0.3";
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-/// A TCP connection to `to` from the loopback address `from`.
-async fn connect_from(from: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::new(ip(from), 0))?;
-    socket.connect(to).await
-}
-
-/// A channel to `to` from the loopback address `from`.
-async fn channel_from(from: &str, to: SocketAddr) -> Result<tonic::transport::Channel, String> {
-    mindoo_replica::client::endpoint(&to.to_string())
-        .unwrap()
-        .local_address(Some(ip(from)))
-        .connect_timeout(Duration::from_secs(2))
-        .connect()
-        .await
-        .map_err(|e| format!("{e:?}"))
-}
-
-/// A kubelet-style probe: a new connection, one health check, closed.
-async fn probe(from: &str, to: SocketAddr, service: &str) -> Result<Duration, String> {
-    let started = Instant::now();
-    let check = async {
-        let mut health = HealthClient::new(channel_from(from, to).await?);
-        let status = health
-            .check(HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .map_err(|s| s.to_string())?
-            .into_inner()
-            .status;
-        match status {
-            1 => Ok(started.elapsed()),
-            other => Err(format!("status {other}")),
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(2), check)
-        .await
-        .map_err(|_| "no answer within 2 s".to_owned())?
-}
-
-/// A new client from `from` writes and reads back within `within`.
-async fn served_from(from: &str, to: SocketAddr, within: Duration) {
-    let work = async {
-        let mut client = StoreClient::new(channel_from(from, to).await.unwrap());
-        client.head().await.unwrap();
-        let batch = entries(5);
-        client.put(&batch).await.unwrap();
-        let ids: Vec<_> = batch.iter().map(|e| e.id).collect();
-        assert_eq!(client.get(&ns(), &ids).await.unwrap().len(), 5);
-    };
-    tokio::time::timeout(within, work)
-        .await
-        .unwrap_or_else(|_| panic!("a client from {from} is served within {within:?}"));
-}
-
-/// True once the server has closed `conn` (false if `within` passes).
-async fn closed(conn: &mut TcpStream, within: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, frames::read_frame(conn)).await {
-            Err(_) => return false,
-            Ok(Err(_)) => return true,
-            Ok(Ok(f)) if f.is_ping() => {
-                let _ = conn.write_all(&f.ping_ack()).await;
-            }
-            Ok(Ok(_)) => {}
-        }
-    }
-}
 
 /// A connection from `from` with a call open: a health Watch.
 async fn busy_connection(
@@ -149,7 +69,7 @@ async fn headers_sent_a_byte_at_a_time_are_cut_off_and_new_clients_answered() {
                     break;
                 }
             }
-            let was_closed = closed(&mut conn, Duration::from_secs(5)).await;
+            let was_closed = closed_by_server(&mut conn, Duration::from_secs(5)).await;
             (was_closed, started.elapsed())
         }));
     }
@@ -189,8 +109,8 @@ async fn at_the_cap_idle_connections_make_room_before_new_ones_are_refused() {
     }
     // A new client gets in: the oldest idle connection gave way.
     served_from(CLIENT, replica.addr, Duration::from_secs(3)).await;
-    assert!(closed(&mut idle[0], Duration::from_secs(2)).await);
-    assert!(!closed(&mut idle[5], Duration::from_millis(200)).await);
+    assert!(closed_by_server(&mut idle[0], Duration::from_secs(2)).await);
+    assert!(!closed_by_server(&mut idle[5], Duration::from_millis(200)).await);
 
     // With every slot busy, a new connection is refused at once.
     let mut busy = Vec::new();
@@ -198,7 +118,7 @@ async fn at_the_cap_idle_connections_make_room_before_new_ones_are_refused() {
         busy.push(busy_connection(ATTACKER, replica.addr).await);
     }
     let mut refused = connect_from(CLIENT, replica.addr).await.unwrap();
-    assert!(closed(&mut refused, Duration::from_secs(2)).await);
+    assert!(closed_by_server(&mut refused, Duration::from_secs(2)).await);
     let text = replica.metrics_text().await;
     assert!(metric(&text, "mindoo_replica_connections_evicted_total") >= 6.0);
     assert!(
@@ -241,7 +161,7 @@ async fn one_address_cannot_take_every_slot() {
     }
     // The fifth from the same address is refused; other addresses are served.
     let mut fifth = connect_from(ATTACKER, replica.addr).await.unwrap();
-    assert!(closed(&mut fifth, Duration::from_secs(2)).await);
+    assert!(closed_by_server(&mut fifth, Duration::from_secs(2)).await);
     served_from(CLIENT, replica.addr, Duration::from_secs(3)).await;
     probe(PROBE, replica.addr, "").await.unwrap();
     let text = replica.metrics_text().await;
@@ -264,7 +184,7 @@ async fn zero_window_reader(to: SocketAddr, streams: u32) -> tokio::task::JoinHa
         .await
         .unwrap();
     tokio::spawn(async move {
-        closed(&mut conn, Duration::from_secs(600)).await;
+        closed_by_server(&mut conn, Duration::from_secs(600)).await;
         Instant::now()
     })
 }
@@ -312,7 +232,7 @@ async fn readers_that_never_open_their_window_are_cut_off_within_bounded_memory(
         .write_all(&frames::unread_watches(1000))
         .await
         .unwrap();
-    assert!(closed(&mut greedy, Duration::from_secs(10)).await);
+    assert!(closed_by_server(&mut greedy, Duration::from_secs(10)).await);
 
     let started = Instant::now();
     let mut readers = Vec::new();

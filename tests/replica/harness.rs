@@ -1,10 +1,10 @@
 //! Real replicas for tests: RocksDB in a temp dir, gRPC and metrics on
 //! `127.0.0.1:0` listeners bound before the server starts.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use mindoo_replica::client::StoreClient;
@@ -14,10 +14,14 @@ use mindoo_replica::replication::settings::ReplicationSettings;
 use mindoo_replica::server::{self, Listeners};
 use mindoo_replica::store::Store;
 use mindoo_replica::tools::fixtures::sample_entries;
-use tokio::net::TcpListener;
+use mindoo_replica::tools::h2frames as frames;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
 
 pub struct TestReplica {
     pub addr: SocketAddr,
@@ -211,4 +215,87 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Where attackers connect from; clients that must be served, and probes,
+/// connect from addresses of their own, as on a network (loopback has them
+/// all).
+pub const ATTACKER: &str = "127.0.0.1";
+pub const CLIENT: &str = "127.0.0.2";
+pub const PROBE: &str = "127.0.0.3";
+
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// A TCP connection to `to` from the loopback address `from`.
+pub async fn connect_from(from: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(ip(from), 0))?;
+    socket.connect(to).await
+}
+
+/// A channel to `to` from the loopback address `from`.
+pub async fn channel_from(from: &str, to: SocketAddr) -> Result<tonic::transport::Channel, String> {
+    mindoo_replica::client::endpoint(&to.to_string())
+        .unwrap()
+        .local_address(Some(ip(from)))
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .map_err(|e| format!("{e:?}"))
+}
+
+/// A kubelet-style probe: a new connection, one health check, closed.
+pub async fn probe(from: &str, to: SocketAddr, service: &str) -> Result<Duration, String> {
+    let started = Instant::now();
+    let check = async {
+        let mut health = HealthClient::new(channel_from(from, to).await?);
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .map_err(|s| s.to_string())?
+            .into_inner()
+            .status;
+        match status {
+            1 => Ok(started.elapsed()),
+            other => Err(format!("status {other}")),
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(2), check)
+        .await
+        .map_err(|_| "no answer within 2 s".to_owned())?
+}
+
+/// A new client from `from` writes and reads back within `within`.
+pub async fn served_from(from: &str, to: SocketAddr, within: Duration) {
+    let work = async {
+        let mut client = StoreClient::new(channel_from(from, to).await.unwrap());
+        client.head().await.unwrap();
+        let batch = entries(5);
+        client.put(&batch).await.unwrap();
+        let ids: Vec<_> = batch.iter().map(|e| e.id).collect();
+        assert_eq!(client.get(&ns(), &ids).await.unwrap().len(), 5);
+    };
+    tokio::time::timeout(within, work)
+        .await
+        .unwrap_or_else(|_| panic!("a client from {from} is served within {within:?}"));
+}
+
+/// True once the server has closed `conn` (false if `within` passes). What
+/// it sends meanwhile is read and dropped; its PINGs are answered.
+pub async fn closed_by_server(conn: &mut TcpStream, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, frames::read_frame(conn)).await {
+            Err(_) => return false,
+            Ok(Err(_)) => return true,
+            Ok(Ok(f)) if f.is_ping() => {
+                let _ = conn.write_all(&f.ping_ack()).await;
+            }
+            Ok(Ok(_)) => {}
+        }
+    }
 }

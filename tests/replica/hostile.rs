@@ -5,39 +5,16 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::harness::*;
 
 use mindoo_replica::tools::h2frames as frames;
 
-/// Reads until the server closes the connection (true) or `within` passes
-/// (false). What it sends meanwhile (SETTINGS, GOAWAY) is discarded.
-async fn closed_by_server(conn: &mut TcpStream, within: Duration) -> bool {
-    let mut buf = vec![0u8; 64 << 10];
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
-            Err(_) => return false,
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => {}
-        }
-    }
-}
-
 /// A well-behaved client writes and reads back within `within`.
 async fn still_serves(replica: &TestReplica, within: Duration) {
-    let work = async {
-        let mut client = replica.client().await;
-        let batch = entries(5);
-        client.put(&batch).await.unwrap();
-        let ids: Vec<_> = batch.iter().map(|e| e.id).collect();
-        assert_eq!(client.get(&ns(), &ids).await.unwrap().len(), 5);
-    };
-    tokio::time::timeout(within, work)
-        .await
-        .expect("a well-behaved client is served");
+    served_from(CLIENT, replica.addr, within).await;
 }
 
 /// A connection that has started HTTP/2 (preface and SETTINGS sent).
