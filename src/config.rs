@@ -405,8 +405,7 @@ impl RawConfig {
                     s.max_connections_per_address,
                     1,
                     1 << 20,
-                )?
-                .min(s.max_connections as usize),
+                )?,
                 handshake_timeout: Duration::from_millis(in_range(
                     "server.handshake_timeout_ms",
                     s.handshake_timeout_ms,

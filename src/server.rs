@@ -244,7 +244,9 @@ pub async fn serve_with(
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .layer(GrpcMetricsLayer::new(metrics.clone(), served_methods()?))
         .layer(connections::CallsLayer)
-        .layer(connections::SlicesLayer)
+        .layer(tower::util::MapResponseLayer::new(
+            connections::slices::sliced,
+        ))
         .add_service(health_service.clone())
         .add_service(reflection)
         .add_service(reflection_alpha)

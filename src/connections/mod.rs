@@ -25,7 +25,6 @@ mod registry;
 pub mod slices;
 
 use std::io;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,7 +36,6 @@ pub use calls::CallsLayer;
 pub use files::{SPARE_FILES, connections_that_fit, open_files_limit, raise_open_files_limit};
 pub use guarded::Guarded;
 pub use registry::Refusal;
-pub use slices::SlicesLayer;
 
 use crate::metrics::Metrics;
 use crate::replica::outgoing::BytePool;
@@ -146,11 +144,6 @@ pub struct ConnectionInfo {
 }
 
 impl ConnectionInfo {
-    /// The source address of the call.
-    pub fn ip(&self) -> IpAddr {
-        self.conn.ip()
-    }
-
     /// The pools the call's response data is granted from, narrowest
     /// first: its connection's, then its address's.
     pub fn send_pools(&self) -> Vec<BytePool> {

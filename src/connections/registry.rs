@@ -74,10 +74,6 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn ip(&self) -> IpAddr {
-        self.ip
-    }
-
     /// Since when no call has been open; `None` while one is.
     pub fn idle_since(&self) -> Option<Instant> {
         (self.open_calls.load(Ordering::Acquire) == 0).then(|| *lock(&self.last_end))

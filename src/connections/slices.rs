@@ -8,73 +8,22 @@
 //! HTTP/2 holds no more than the last slice of it, and that slice does not
 //! keep the message's allocation alive.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
-use tower::{Layer, Service};
 
 /// Largest slice: HTTP/2's default frame size.
 pub const SLICE_BYTES: usize = 16 << 10;
 
-/// Slices every response body.
-#[derive(Clone, Copy, Default)]
-pub struct SlicesLayer;
-
-impl<S> Layer<S> for SlicesLayer {
-    type Service = Slice<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Slice { inner }
-    }
-}
-
-#[derive(Clone)]
-pub struct Slice<S> {
-    inner: S,
-}
-
-impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Slice<S>
-where
-    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
-{
-    type Response = http::Response<Sliced<ResBody>>;
-    type Error = S::Error;
-    type Future = SliceFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
-        SliceFuture {
-            inner: self.inner.call(req),
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    pub struct SliceFuture<F> {
-        #[pin]
-        inner: F,
-    }
-}
-
-impl<F, ResBody, E> Future for SliceFuture<F>
-where
-    F: Future<Output = Result<http::Response<ResBody>, E>>,
-{
-    type Output = Result<http::Response<Sliced<ResBody>>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let response = std::task::ready!(self.project().inner.poll(cx))?;
-        Poll::Ready(Ok(response.map(|body| Sliced {
-            body,
-            rest: Bytes::new(),
-        })))
-    }
+/// A response whose body comes out in slices (for
+/// `tower::util::MapResponseLayer`).
+pub fn sliced<B>(response: http::Response<B>) -> http::Response<Sliced<B>> {
+    response.map(|body| Sliced {
+        body,
+        rest: Bytes::new(),
+    })
 }
 
 pin_project_lite::pin_project! {

@@ -147,10 +147,12 @@ impl LogFollower {
             }
             let live_data = self.opts.live_data && self.live && self.remaining.is_none();
             let with_data = self.opts.with_data || live_data;
-            let mut grant = match with_data {
-                true => self.send.grant(limits.send_grant_bytes()).await,
-                false => self.send.grant(0).await,
+            let wanted = if with_data {
+                limits.send_grant_bytes()
+            } else {
+                0
             };
+            let mut grant = self.send.grant(wanted).await;
             let budget = grant.bytes().min(limits.message_data_budget());
             let with = match self.opts {
                 FollowOptions {

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::Semaphore;
 
 /// Largest pool: grants count bytes in `u32` permits.
-pub const MAX_POOL_BYTES: usize = u32::MAX as usize;
+const MAX_POOL_BYTES: usize = u32::MAX as usize;
 
 /// One pool of bytes that grants are taken from.
 #[derive(Clone)]

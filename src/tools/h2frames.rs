@@ -143,3 +143,14 @@ pub async fn read_frame(conn: &mut (impl tokio::io::AsyncRead + Unpin)) -> std::
         payload,
     })
 }
+
+/// Reads what the server sends, answering its PINGs (as a live client
+/// does) but nothing else, until it closes the connection.
+pub async fn answer_pings_until_closed(conn: &mut tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    while let Ok(frame) = read_frame(conn).await {
+        if frame.is_ping() && conn.write_all(&frame.ping_ack()).await.is_err() {
+            return;
+        }
+    }
+}

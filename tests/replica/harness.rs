@@ -15,7 +15,6 @@ use mindoo_replica::server::{self, Listeners};
 use mindoo_replica::store::Store;
 use mindoo_replica::tools::fixtures::sample_entries;
 use mindoo_replica::tools::h2frames as frames;
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -287,15 +286,7 @@ pub async fn served_from(from: &str, to: SocketAddr, within: Duration) {
 /// True once the server has closed `conn` (false if `within` passes). What
 /// it sends meanwhile is read and dropped; its PINGs are answered.
 pub async fn closed_by_server(conn: &mut TcpStream, within: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, frames::read_frame(conn)).await {
-            Err(_) => return false,
-            Ok(Err(_)) => return true,
-            Ok(Ok(f)) if f.is_ping() => {
-                let _ = conn.write_all(&f.ping_ack()).await;
-            }
-            Ok(Ok(_)) => {}
-        }
-    }
+    tokio::time::timeout(within, frames::answer_pings_until_closed(conn))
+        .await
+        .is_ok()
 }

@@ -139,12 +139,8 @@ async fn until_closed(mut rx: impl AsyncRead + Unpin) -> std::io::Result<()> {
 async fn slow_read(mut conn: TcpStream) -> std::io::Result<()> {
     conn.write_all(&frames::unread_watches(SLOW_READ_WATCHES))
         .await?;
-    loop {
-        let frame = frames::read_frame(&mut conn).await?;
-        if frame.is_ping() {
-            conn.write_all(&frame.ping_ack()).await?;
-        }
-    }
+    frames::answer_pings_until_closed(&mut conn).await;
+    Ok(())
 }
 
 /// Connections an attack made, and how many it held open at once.
