@@ -1,0 +1,251 @@
+//! The configuration file's schema as written, with the built-in defaults:
+//! what `config print` shows and what [`RawConfig::validate`] checks.
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits::Limits;
+
+/// The configuration as written, before validation. `config print` shows it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub server: RawServer,
+    pub storage: RawStorage,
+    pub limits: RawLimits,
+    pub policy: RawPolicy,
+    pub replication: RawReplication,
+    pub log: RawLog,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    /// gRPC listen address.
+    pub listen: String,
+    /// Prometheus `/metrics` listen address; empty disables the endpoint.
+    pub metrics_listen: String,
+    /// How long to wait, once health reports NOT_SERVING, before draining.
+    pub shutdown_delay_ms: u64,
+    /// How long in-flight calls may take to finish on shutdown.
+    pub drain_timeout_ms: u64,
+    /// gRPC connections open at once; at the cap the connection idle
+    /// longest is closed to make room, and a new one is refused when none
+    /// is idle.
+    pub max_connections: u64,
+    /// Connections from one source address (raise it for many clients
+    /// behind one NAT or proxy address); capped at `max_connections`.
+    pub max_connections_per_address: u64,
+    /// A connection that has not started HTTP/2 within this long is closed.
+    pub handshake_timeout_ms: u64,
+    /// A request's header block, or any HTTP/2 frame, once begun must end
+    /// within this long, or the connection is closed.
+    pub header_timeout_ms: u64,
+    /// A connection whose calls hold response data and that takes none of
+    /// it for this long is closed.
+    pub send_timeout_ms: u64,
+    /// A connection with no call open for this long is closed (clients
+    /// reconnect when they next call).
+    pub idle_connection_timeout_ms: u64,
+    /// Concurrent calls (HTTP/2 streams) one connection may open.
+    pub max_streams_per_connection: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStorage {
+    /// `rocksdb` or `memory`.
+    pub backend: String,
+    pub path: String,
+    pub block_cache_mb: u64,
+    pub write_buffer_mb: u64,
+    pub sync_writes: bool,
+    /// Files RocksDB keeps open at most.
+    pub max_open_files: u64,
+    /// The newest log records kept in memory with their data (0: none).
+    pub log_tail_mb: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    pub max_entry_bytes: u64,
+    pub max_message_bytes: u64,
+    pub max_ids_per_request: u64,
+    pub max_batch_entries: u64,
+    pub max_page: u64,
+    /// A PutEntries stream with no batch for this long is closed.
+    pub stream_idle_timeout_ms: u64,
+    /// Entry data (MiB) that responses on their way out may hold in memory,
+    /// all streams together; beyond it streams wait.
+    pub max_send_data_mb: u64,
+    /// ... the streams of one connection.
+    pub max_send_data_per_connection_mb: u64,
+    /// ... the streams of all connections from one source address.
+    pub max_send_data_per_address_mb: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPolicy {
+    pub allow_unlisted: bool,
+    pub namespaces: Vec<RawNamespace>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawNamespace {
+    pub tenant: String,
+    pub db: String,
+    /// Hex ed25519 public keys; non-empty means signatures are required.
+    pub trusted_authors: Vec<String>,
+    pub require_signature: bool,
+}
+
+/// Who this replica pulls from. Every replica pulls from its peers, so a
+/// full mesh is every replica listing every other one (or all, itself included:
+/// the entry equal to `advertise` is dropped).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawReplication {
+    /// This replica's own address as peers reach it; removed from `peers`.
+    pub advertise: String,
+    /// `host:port` of every replica to pull from.
+    pub peers: Vec<String>,
+    /// Hub-and-spoke when non-empty: a hub pulls from every peer, any other
+    /// replica pulls only from the hubs.
+    pub hubs: Vec<String>,
+    /// A `host:port` DNS name whose every address is a peer (a headless
+    /// Service), re-resolved every `discovery_interval_ms`.
+    pub discovery: String,
+    pub discovery_interval_ms: u64,
+    /// `tenant/db` namespaces to pull; empty pulls all.
+    pub namespaces: Vec<String>,
+    pub connect_timeout_ms: u64,
+    /// HTTP/2 keepalive PING interval on peer connections: the only traffic
+    /// of an idle pair, and how a dead peer is noticed.
+    pub keepalive_interval_ms: u64,
+    /// A session with no message for this long is ended and restarted; the
+    /// peer sends a heartbeat every third of it while its log is idle.
+    pub session_idle_timeout_ms: u64,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Peers hold back entries they pulled from others up to this long
+    /// before announcing them here, to announce them together (0: at once).
+    /// Ignored on a spoke, which learns everything through its hubs.
+    pub relay_delay_ms: u64,
+    /// Entry data (MiB) all pulls together may hold in memory.
+    pub max_inflight_mb: u64,
+    /// Entry data (MiB) one peer's pull may hold in memory.
+    pub max_peer_inflight_mb: u64,
+    /// A cursor into a peer that left the topology is removed once it has
+    /// not moved for this long.
+    pub cursor_retention_ms: u64,
+    /// The config file is read again this often and, when it changed, its
+    /// replication settings applied, as on SIGHUP (0: only on SIGHUP).
+    pub config_poll_ms: u64,
+}
+
+impl Default for RawReplication {
+    fn default() -> Self {
+        Self {
+            advertise: String::new(),
+            peers: Vec::new(),
+            hubs: Vec::new(),
+            discovery: String::new(),
+            discovery_interval_ms: 30_000,
+            namespaces: Vec::new(),
+            connect_timeout_ms: 5_000,
+            keepalive_interval_ms: 5_000,
+            session_idle_timeout_ms: 30_000,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 5_000,
+            relay_delay_ms: 10,
+            max_inflight_mb: 48,
+            max_peer_inflight_mb: 16,
+            cursor_retention_ms: 7 * 24 * 3600 * 1000,
+            config_poll_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    /// An env-filter directive such as `info` or `mindoo_replica=debug`.
+    pub filter: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        let c = crate::connections::ConnectionLimits::default();
+        Self {
+            listen: "127.0.0.1:7700".into(),
+            metrics_listen: "127.0.0.1:9700".into(),
+            // Long enough for Kubernetes to take a terminating pod out of
+            // its Service endpoints before the listener closes.
+            shutdown_delay_ms: 5_000,
+            drain_timeout_ms: 10_000,
+            max_connections: c.max_connections as u64,
+            max_connections_per_address: c.max_per_address as u64,
+            handshake_timeout_ms: c.handshake_timeout.as_millis() as u64,
+            header_timeout_ms: c.header_timeout.as_millis() as u64,
+            send_timeout_ms: c.send_timeout.as_millis() as u64,
+            idle_connection_timeout_ms: c.idle_timeout.as_millis() as u64,
+            max_streams_per_connection: 128,
+        }
+    }
+}
+
+impl Default for RawStorage {
+    fn default() -> Self {
+        Self {
+            backend: "rocksdb".into(),
+            path: "./data".into(),
+            block_cache_mb: 64,
+            write_buffer_mb: 32,
+            sync_writes: false,
+            max_open_files: 1024,
+            log_tail_mb: 8,
+        }
+    }
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        let l = Limits::default();
+        let c = crate::connections::ConnectionLimits::default();
+        Self {
+            max_entry_bytes: l.max_entry_bytes as u64,
+            max_message_bytes: l.max_message_bytes as u64,
+            max_ids_per_request: l.max_ids_per_request as u64,
+            max_batch_entries: l.max_batch_entries as u64,
+            max_page: l.max_page as u64,
+            stream_idle_timeout_ms: l.stream_idle_timeout.as_millis() as u64,
+            max_send_data_mb: (l.max_send_data_bytes >> 20) as u64,
+            max_send_data_per_connection_mb: (c.send_per_connection >> 20) as u64,
+            max_send_data_per_address_mb: (c.send_per_address >> 20) as u64,
+        }
+    }
+}
+
+impl Default for RawPolicy {
+    fn default() -> Self {
+        Self {
+            allow_unlisted: true,
+            namespaces: Vec::new(),
+        }
+    }
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            // h2 warns once per misbehaving frame: a flood of them under
+            // attack. Those connections are closed and counted anyway.
+            filter: "info,h2=error".into(),
+            format: "text".into(),
+        }
+    }
+}
