@@ -100,7 +100,7 @@ if missing or unknown:
 print(f"   ok    {len(keys)} keys, each with a ## @param line")
 PY
 
-"$PY" - "$CHART/values.schema.json" src/config.rs <<'PY' || fail "values.schema.json: the keys under config differ from the binary's (src/config.rs): update the schema"
+"$PY" - "$CHART/values.schema.json" src/config/raw.rs <<'PY' || fail "values.schema.json: the keys under config differ from the binary's (src/config/raw.rs): update the schema"
 import json, re, sys
 schema = json.load(open(sys.argv[1]))["properties"]["config"]
 src = open(sys.argv[2]).read()
@@ -121,7 +121,7 @@ for path, (struct, node) in pairs.items():
         print(f"   {path}: {k} is in the schema but not in {struct}"); bad = True
 if bad:
     sys.exit(1)
-print(f"   ok    the schema's config keys are the fields of src/config.rs ({len(pairs)} structs)")
+print(f"   ok    the schema's config keys are the fields of src/config/raw.rs ({len(pairs)} structs)")
 PY
 
 step "one copy of the alert rules"
