@@ -233,7 +233,7 @@ on containerPorts.metrics, as the metrics Service already assumes.
 {{- end -}}
 {{- /* The send-data pools nest: the largest entry fits in a connection's
        pool, which fits in an address's, which fits in the total. Keys left
-       unset take the binary's defaults (src/config.rs). */ -}}
+       unset take the binary's defaults (src/config/raw.rs, src/limits.rs, src/connections/mod.rs). */ -}}
 {{- $limits := get $out.config "limits" | default dict -}}
 {{- $entryBytes := int64 (get $limits "max_entry_bytes" | default 1048576) -}}
 {{- $perConn := int64 (get $limits "max_send_data_per_connection_mb" | default 8) -}}
