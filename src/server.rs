@@ -182,6 +182,7 @@ pub async fn serve_with(
     let stop_replication = CancellationToken::new();
     let replicator = Replicator::new(
         replica.clone(),
+        crate::sync::grpc::GrpcPeer::connector(),
         peers,
         board.clone(),
         Env::system(),

@@ -5,7 +5,8 @@
 //! the replica core; store gauges are refreshed on every scrape.
 
 pub mod layer;
-pub mod peer;
+
+use std::sync::Arc;
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -14,6 +15,7 @@ use prometheus::{
 
 use crate::entry::RejectReason;
 use crate::store::StoreStats;
+use crate::sync::metrics::SyncMetrics;
 
 const PREFIX: &str = "mindoo_replica";
 
@@ -50,11 +52,10 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     /// Replication cursors stored, counted at each clean-up pass.
     pub peer_cursors: IntGauge,
-    /// Entry data held in memory by pulls right now.
-    pub pull_inflight_bytes: IntGauge,
     /// Entry data granted to outgoing messages right now.
     pub send_data_held_bytes: IntGauge,
-    pub peers: peer::PeerMetrics,
+    /// The sync engine's, in this registry.
+    pub sync: Arc<SyncMetrics>,
 }
 
 impl Metrics {
@@ -222,16 +223,12 @@ impl Metrics {
                 "Replication cursors stored (one per peer pulled within the retention period), \
                  as of the last clean-up pass",
             ),
-            pull_inflight_bytes: gauge(
-                "pull_inflight_bytes",
-                "Entry data held in memory by pulls, within replication.max_inflight_mb",
-            ),
             send_data_held_bytes: gauge(
                 "send_data_held_bytes",
                 "Entry data held by outgoing messages not yet taken by the transport, within \
                  limits.max_send_data_mb (streams wait for it)",
             ),
-            peers: peer::PeerMetrics::new(&registry),
+            sync: Arc::new(SyncMetrics::new(&registry)),
             registry,
         }
     }

@@ -245,12 +245,19 @@ pub fn log_batch(b: proto::LogBatch) -> Result<LogBatch> {
 }
 
 pub fn put_request(entries: &[Entry]) -> proto::PutEntriesRequest {
+    put_request_raw(entries.iter().map(|e| (e.id, e.data().clone())))
+}
+
+/// A put of `(id, data)` pairs.
+pub fn put_request_raw(
+    entries: impl IntoIterator<Item = (EntryId, Bytes)>,
+) -> proto::PutEntriesRequest {
     proto::PutEntriesRequest {
         entries: entries
-            .iter()
-            .map(|e| proto::Entry {
-                id: id_bytes(&e.id),
-                data: e.data().clone(),
+            .into_iter()
+            .map(|(id, data)| proto::Entry {
+                id: id_bytes(&id),
+                data,
             })
             .collect(),
     }

@@ -11,14 +11,11 @@ use tokio::sync::watch;
 
 use super::recent::RecentIds;
 use super::tail::LogTail;
-use crate::entry::{Rejection, VerifiedEntry};
+use crate::entry::VerifiedEntry;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::store::{Appended, CursorUpdate, Seq, Store, StoreError};
-
-/// The entries of a batch that passed the policy, in order, and the index
-/// and reason of each one that did not.
-pub type Checked = (Vec<VerifiedEntry>, Vec<(usize, Rejection)>);
+use crate::sync::local::Checked;
 
 /// Where a commit's entries come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,11 +6,14 @@
 
 mod commit;
 mod follow;
+pub mod in_process;
+mod local;
 pub mod outgoing;
 mod recent;
 mod tail;
 
-pub use commit::{Checked, Origin};
+pub use crate::sync::local::Checked;
+pub use commit::Origin;
 pub use follow::{FollowOptions, LogBatch, LogFollower, MAX_RELAY_DELAY, WithData};
 
 use std::sync::{Arc, Mutex};

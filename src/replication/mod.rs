@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::replica::Replica;
 use crate::sync::budget::ByteBudget;
 use crate::sync::env::Env;
-use crate::sync::grpc::{ConnectOptions, GrpcPeer};
+use crate::sync::peer::{ConnectOptions, Connector};
 use crate::sync::puller::Puller;
 use crate::sync::status::StatusBoard;
 use crate::sync::{Claims, PullSettings, Shared};
@@ -35,6 +35,7 @@ use settings::ReplicationSettings;
 
 pub struct Replicator {
     replica: Arc<Replica>,
+    connect: Connector,
     settings: watch::Receiver<ReplicationSettings>,
     board: StatusBoard,
     env: Env,
@@ -47,8 +48,10 @@ struct Running {
 }
 
 impl Replicator {
+    /// A supervisor that reaches peers through `connect`.
     pub fn new(
         replica: Arc<Replica>,
+        connect: Connector,
         settings: watch::Receiver<ReplicationSettings>,
         board: StatusBoard,
         env: Env,
@@ -56,6 +59,7 @@ impl Replicator {
     ) -> Self {
         Self {
             replica,
+            connect,
             settings,
             board,
             env,
@@ -117,15 +121,15 @@ impl Replicator {
                     connect_timeout: settings.pull.connect_timeout,
                     keepalive_interval: settings.keepalive_interval,
                 };
-                let id = match GrpcPeer::lazy(address, options) {
+                let id = match (self.connect)(address, options) {
                     Ok(peer) => {
                         let puller = Puller {
                             local: self.replica.clone(),
-                            peer: Arc::new(peer),
+                            peer,
                             settings: pull_rx.clone(),
                             budget: budget.for_peer(settings.max_peer_inflight_bytes),
                             shared: shared.clone(),
-                            metrics: self.replica.metrics().clone(),
+                            metrics: self.replica.metrics().sync.clone(),
                             status,
                             env: self.env.clone(),
                             cancel: cancel.clone(),

@@ -1,25 +1,24 @@
 //! The gRPC adapter of [`Peer`]: a replica reached over the network.
 //! Protobuf stops here; everything it returns is validated domain data.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use futures::StreamExt;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use super::peer::{EntryChunk, EntryStream, FollowRequest, LogStream, Peer, PeerError};
+use super::peer::{
+    ConnectOptions, Connector, EntryChunk, EntryStream, FollowRequest, LogStream, Peer, PeerError,
+};
 use crate::client::{MAX_MESSAGE_BYTES, endpoint, only_message};
-use crate::entry::{Entry, EntryId, Namespace, PutOutcome};
+use bytes::Bytes;
+
+use crate::entry::{EntryId, Namespace, PutOutcome};
 use crate::head::Head;
 use crate::proto::convert;
 use crate::proto::{self, store_client::StoreClient as RawClient};
 use crate::replica::{LogBatch, MAX_RELAY_DELAY};
-
-/// How a [`GrpcPeer`] connects.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnectOptions {
-    pub connect_timeout: std::time::Duration,
-    pub keepalive_interval: std::time::Duration,
-}
 
 pub struct GrpcPeer {
     address: String,
@@ -47,6 +46,11 @@ impl GrpcPeer {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         })
+    }
+
+    /// Connects to peers over gRPC, for a supervisor.
+    pub fn connector() -> Connector {
+        Arc::new(|address, options| Ok(Arc::new(Self::lazy(address, options)?) as Arc<dyn Peer>))
     }
 }
 
@@ -157,8 +161,8 @@ impl Peer for GrpcPeer {
             .boxed())
     }
 
-    async fn put(&self, entries: Vec<Entry>) -> Result<Vec<PutOutcome>, PeerError> {
-        let request = convert::put_request(&entries);
+    async fn put(&self, entries: Vec<(EntryId, Bytes)>) -> Result<Vec<PutOutcome>, PeerError> {
+        let request = convert::put_request_raw(entries);
         let mut responses = self
             .client
             .clone()

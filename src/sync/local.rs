@@ -1,120 +1,126 @@
-//! The in-process adapter of [`Peer`]: a replica core (over any store) in
-//! this process, pulled from or pushed to without a network. The same
-//! engine that pulls from a remote replica syncs two local stores with it,
-//! and tests drive the engine deterministically through it.
+//! The local side of a sync: what the engine needs from the store it syncs,
+//! whether that is a replica's core, a device's store or a test's. A pull
+//! checks and commits what a peer sends, each batch with the cursor that
+//! passed it; a push reads the local log and the bodies a peer lacks.
+//!
+//! Every method that touches storage is async and keeps the store's
+//! blocking calls off the executor.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::StreamExt;
+use tokio::sync::watch;
 
-use super::peer::{EntryChunk, EntryStream, FollowRequest, LogStream, Peer, PeerError};
-use crate::entry::{Entry, EntryId, Namespace, PutOutcome};
-use crate::error::Error;
-use crate::head::Head;
-use crate::replica::outgoing::SendScope;
-use crate::replica::{FollowOptions, LogFollower, Replica};
+use crate::entry::{EntryId, Namespace, Rejection, VerifiedEntry};
+use crate::error::Result;
+use crate::store::{Appended, CursorRecord, CursorUpdate, Incarnation, LogRecord, Seq, StoreStats};
 
-pub struct LocalPeer {
-    name: String,
-    replica: Arc<Replica>,
+/// The entries of a batch that passed the local side's checks, in order,
+/// and the index and reason of each one that did not.
+pub type Checked = (Vec<VerifiedEntry>, Vec<(usize, Rejection)>);
+
+/// Whether a rejection fails the whole batch it is in.
+pub type Fatal = for<'a> fn(&'a Rejection) -> bool;
+
+/// Who the local side is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalIdentity {
+    /// New for every process start: a peer that reports this instance is
+    /// this very process, reached through some address.
+    pub instance: [u8; 16],
+    /// One life of the local log; cursors into it name it.
+    pub incarnation: Incarnation,
 }
 
-impl LocalPeer {
-    pub fn new(replica: Arc<Replica>) -> Self {
-        Self {
-            name: format!("local:{}", replica.identity().node),
-            replica,
-        }
-    }
-}
-
-/// What an error of the core means to the engine.
-fn peer_error(e: Error) -> PeerError {
-    match e {
-        Error::CursorIncarnation { .. }
-        | Error::CursorBeyondHead { .. }
-        | Error::CursorMismatch { .. } => PeerError::CursorRefused(e.to_string()),
-        Error::ShuttingDown => PeerError::Unavailable(e.to_string()),
-        Error::DataLoss(m) => PeerError::DataLoss(m),
-        other => PeerError::Refused {
-            code: "local".into(),
-            message: other.to_string(),
-        },
-    }
-}
-
+/// The local side of the engine. See the module docs.
 #[async_trait]
-impl Peer for LocalPeer {
-    fn address(&self) -> &str {
-        &self.name
-    }
+pub trait Local: Send + Sync + 'static {
+    fn identity(&self) -> LocalIdentity;
 
-    async fn head(&self) -> Result<Head, PeerError> {
-        self.replica.head().await.map_err(peer_error)
-    }
+    /// Entries held and where the local log ends.
+    fn stats(&self) -> StoreStats;
 
-    async fn follow(&self, request: FollowRequest) -> Result<LogStream, PeerError> {
-        for ns in &request.namespaces {
-            self.replica.check_namespace(ns).map_err(peer_error)?;
+    /// A digest of what decides which entries are stored here. A cursor
+    /// moved under another digest may have passed entries now wanted.
+    fn policy_digest(&self) -> u64;
+
+    /// The most ids this side asks for or answers in one request.
+    fn max_ids_per_request(&self) -> usize;
+
+    /// The head of the local log, as entries are stored.
+    fn subscribe(&self) -> watch::Receiver<Seq>;
+
+    /// The persisted cursor under `key` (a peer's node identity, or a
+    /// push's key, see [`super::pusher`]).
+    async fn cursor(&self, key: &str) -> Result<Option<CursorRecord>>;
+
+    /// The ids of `ids` not held here.
+    async fn missing(&self, ns: Namespace, ids: Vec<EntryId>) -> Result<Vec<EntryId>>;
+
+    /// Checks `(claimed id, data)` pairs as entries from a peer.
+    async fn verify(&self, items: Vec<(Bytes, Bytes)>) -> Result<Checked>;
+
+    /// Stores checked entries from a peer, with `cursor`, in one atomic
+    /// batch. A cursor alone is stored too.
+    async fn ingest(
+        &self,
+        entries: Vec<VerifiedEntry>,
+        cursor: Option<CursorUpdate>,
+    ) -> Result<Vec<Appended>>;
+
+    /// [`Self::verify`] then [`Self::ingest`]: the entries that pass are
+    /// stored with `cursor`, unless a rejection is `fatal`, in which case
+    /// nothing is. Returns the rejections, and what the store did when it
+    /// was asked.
+    async fn verify_and_ingest(
+        &self,
+        items: Vec<(Bytes, Bytes)>,
+        cursor: Option<CursorUpdate>,
+        fatal: Fatal,
+    ) -> Result<(Vec<(usize, Rejection)>, Option<Vec<Appended>>)> {
+        let (verified, rejections) = self.verify(items).await?;
+        if rejections.iter().any(|(_, r)| fatal(r)) {
+            return Ok((rejections, None));
         }
-        let after = self
-            .replica
-            .resume_point(request.from)
-            .await
-            .map_err(peer_error)?;
-        let opts = FollowOptions {
-            with_data: request.with_data,
-            live_data: request.live_data,
-            only: (!request.namespaces.is_empty())
-                .then(|| request.namespaces.into_iter().collect()),
-            heartbeat: request.heartbeat,
-            relay_delay: request.relay_delay,
+        let appended = match verified.is_empty() && cursor.is_none() {
+            true => Vec::new(),
+            false => self.ingest(verified, cursor).await?,
         };
-        let send = SendScope::replica(self.replica.send_pool());
-        let follower = LogFollower::new(self.replica.clone(), after, None, opts, send);
-        Ok(follower
-            .into_stream()
-            .map(|b| b.map_err(peer_error))
-            .boxed())
+        Ok((rejections, Some(appended)))
     }
 
-    async fn missing(&self, ns: &Namespace, ids: Vec<EntryId>) -> Result<Vec<EntryId>, PeerError> {
-        self.replica
-            .missing(ns.clone(), ids)
-            .await
-            .map_err(peer_error)
-    }
+    /// Local log records after `after`, ids only, in order: up to `limit`
+    /// read, and with `namespaces` only theirs returned.
+    async fn log_since(
+        &self,
+        after: Seq,
+        limit: usize,
+        namespaces: Option<Vec<Namespace>>,
+    ) -> Result<LogRead>;
 
-    async fn get(&self, ns: &Namespace, ids: Vec<EntryId>) -> Result<EntryStream, PeerError> {
-        self.replica.check_namespace(ns).map_err(peer_error)?;
-        let (replica, ns) = (self.replica.clone(), ns.clone());
-        // One store read per chunk of ids, as the engine asks for them.
-        let chunks: Vec<Vec<EntryId>> = ids.chunks(64).map(<[EntryId]>::to_vec).collect();
-        Ok(futures::stream::iter(chunks)
-            .then(move |chunk| {
-                let (replica, ns) = (replica.clone(), ns.clone());
-                async move {
-                    let found = replica.get(ns, chunk.clone()).await.map_err(peer_error)?;
-                    let mut out = EntryChunk::default();
-                    for (id, data) in chunk.into_iter().zip(found) {
-                        match data {
-                            Some(data) => out.entries.push((id, data)),
-                            None => out.missing.push(id),
-                        }
-                    }
-                    Ok(out)
-                }
-            })
-            .boxed())
-    }
+    /// The id logged at `seq`, if any.
+    async fn log_at(&self, seq: Seq) -> Result<Option<EntryId>>;
 
-    async fn put(&self, entries: Vec<Entry>) -> Result<Vec<PutOutcome>, PeerError> {
-        let items: Vec<(Bytes, Bytes)> = entries
-            .iter()
-            .map(|e| (Bytes::copy_from_slice(&e.id.0), e.data().clone()))
-            .collect();
-        self.replica.put(items).await.map_err(peer_error)
+    /// The data of each id, if held.
+    async fn get(&self, ns: Namespace, ids: Vec<EntryId>) -> Result<Vec<Option<Bytes>>>;
+}
+
+/// A read of the local log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogRead {
+    /// The records asked for, in log order.
+    pub records: Vec<LogRecord>,
+    /// The last position the read passed and the id logged there (records
+    /// of other namespaces included); `None` when it passed nothing.
+    pub through: Option<(Seq, EntryId)>,
+}
+
+/// Log records grouped by namespace, each group in log order.
+pub fn by_namespace(records: Vec<LogRecord>) -> BTreeMap<Namespace, Vec<EntryId>> {
+    let mut out: BTreeMap<Namespace, Vec<EntryId>> = BTreeMap::new();
+    for r in records {
+        out.entry(r.namespace).or_default().push(r.id);
     }
+    out
 }

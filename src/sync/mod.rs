@@ -1,10 +1,14 @@
-//! The sync engine: moves entries from a peer into a local replica core,
-//! whatever the peer is. One engine serves every pair: replica ↔ replica
-//! over gRPC today, device ↔ replica and store ↔ store through the same
-//! [`peer::Peer`] interface.
+//! The sync engine: moves entries between a local side and a peer, both
+//! ways, whatever either is. One engine serves every pair: replica ↔
+//! replica, device ↔ replica and store ↔ store.
 //!
-//! - [`peer`]: the interface, in domain types; [`grpc`] and [`local`] adapt it.
-//! - [`puller`]: one worker per peer, an explicit state machine.
+//! - [`local`]: the local side's interface (a replica core, a device's
+//!   store, a test's); [`device`] is one over any [`crate::store::Store`].
+//! - [`peer`]: the peer's interface, in domain types; [`grpc`] adapts a
+//!   replica over the network, [`crate::replica::in_process`] one in this
+//!   process.
+//! - [`puller`]: one worker per peer, an explicit state machine;
+//!   [`pusher`]: the other direction.
 //! - [`budget`]: the byte budget every pull draws from; `sink`: where a
 //!   pull's entries are verified and committed.
 //! - [`env`]: the clock and random source, injectable for replay.
@@ -16,12 +20,16 @@
 
 pub mod backoff;
 pub mod budget;
+pub mod device;
 pub mod env;
+pub mod error;
 pub mod grpc;
 pub mod inflight;
 pub mod local;
+pub mod metrics;
 pub mod peer;
 pub mod puller;
+pub mod pusher;
 mod sink;
 pub mod status;
 

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
-use crate::entry::{Entry, EntryId, Namespace, PutOutcome};
+use crate::entry::{EntryId, Namespace, PutOutcome};
 use crate::head::Head;
 use crate::replica::LogBatch;
 use crate::store::PeerCursor;
@@ -38,6 +38,19 @@ pub struct EntryChunk {
     pub entries: Vec<(EntryId, Bytes)>,
     pub missing: Vec<EntryId>,
 }
+
+/// How a peer is connected to.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectOptions {
+    pub connect_timeout: Duration,
+    pub keepalive_interval: Duration,
+}
+
+/// Makes a peer for an address: how a supervisor reaches the peers its
+/// topology names (over gRPC, or in this process in tests).
+pub type Connector = std::sync::Arc<
+    dyn Fn(&str, ConnectOptions) -> Result<std::sync::Arc<dyn Peer>, PeerError> + Send + Sync,
+>;
 
 pub type LogStream = BoxStream<'static, Result<LogBatch, PeerError>>;
 pub type EntryStream = BoxStream<'static, Result<EntryChunk, PeerError>>;
@@ -94,6 +107,8 @@ pub trait Peer: Send + Sync + 'static {
     /// `max_ids_per_request` ids per call.
     async fn get(&self, ns: &Namespace, ids: Vec<EntryId>) -> Result<EntryStream, PeerError>;
 
-    /// Stores entries at the peer; one outcome per entry.
-    async fn put(&self, entries: Vec<Entry>) -> Result<Vec<PutOutcome>, PeerError>;
+    /// Stores entries, as `(id, data)`, at the peer; one outcome per
+    /// entry. At most the peer's `max_ids_per_request` entries and
+    /// `max_message_bytes` per call.
+    async fn put(&self, entries: Vec<(EntryId, Bytes)>) -> Result<Vec<PutOutcome>, PeerError>;
 }

@@ -1,6 +1,6 @@
 //! One pull worker per peer: an explicit state machine that moves the
-//! peer's entries into the local replica core, each batch committed together
-//! with the advanced cursor.
+//! peer's entries into the local side, each batch committed together with
+//! the advanced cursor.
 //!
 //! ```text
 //!            ┌──────────── backoff ◄──────────── any error ──┐
@@ -38,46 +38,24 @@ use tracing::Instrument;
 use super::backoff::Backoff;
 use super::budget::PeerBudget;
 use super::env::Env;
+use super::error::SyncError;
+use super::local::Local;
+use super::metrics::{PeerHandles, SyncMetrics};
 use super::peer::{Peer, PeerError};
 use super::status::PeerStatus;
 use super::{Claim, PullSettings, Shared};
 use crate::entry::EntryId;
-use crate::error::Error;
 use crate::head::Head;
-use crate::metrics::Metrics;
-use crate::metrics::peer::PeerHandles;
-use crate::replica::{Origin, Replica};
 use crate::store::{CursorRecord, CursorUpdate, PeerCursor};
-
-#[derive(Debug, thiserror::Error)]
-pub enum PullError {
-    #[error(transparent)]
-    Peer(#[from] PeerError),
-    #[error("storing pulled entries failed: {0}")]
-    Store(#[from] Error),
-    #[error("node {node} is already being pulled through {holder}")]
-    Duplicate { node: String, holder: String },
-}
-
-impl PullError {
-    /// The `kind` label of `peer_errors_total`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Peer(e) => e.kind(),
-            Self::Store(_) => "store",
-            Self::Duplicate { .. } => "duplicate",
-        }
-    }
-}
 
 /// Everything a worker needs; the supervisor builds one per peer address.
 pub struct Puller {
-    pub local: Arc<Replica>,
+    pub local: Arc<dyn Local>,
     pub peer: Arc<dyn Peer>,
     pub settings: watch::Receiver<PullSettings>,
     pub budget: PeerBudget,
     pub shared: Shared,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<SyncMetrics>,
     pub status: Arc<Mutex<PeerStatus>>,
     pub env: Env,
     pub cancel: CancellationToken,
@@ -101,7 +79,7 @@ enum State {
     Follow(Link, Option<PeerCursor>),
     Rescan(Link, PeerCursor),
     Reset(Link, String),
-    Backoff(PullError),
+    Backoff(SyncError),
     Paused(String),
 }
 
@@ -141,7 +119,7 @@ impl Puller {
     pub async fn run(self) {
         let worker = Worker {
             label: self.peer.address().to_owned(),
-            handles: self.metrics.peers.peer(self.peer.address()),
+            handles: self.metrics.peer(self.peer.address()),
             progressed: false,
             caught_up_at: Arc::new(Mutex::new(Instant::now())),
             backoff: {
@@ -172,7 +150,7 @@ impl Worker {
         // address (a peer's node identity is usually the address it is
         // reached by).
         let address = self.p.peer.address().to_owned();
-        if let Ok(Some(record)) = self.p.local.peer_cursor(&address).await {
+        if let Ok(Some(record)) = self.p.local.cursor(&address).await {
             self.show_persisted(&record);
         }
         let mut state = State::Connect;
@@ -185,7 +163,7 @@ impl Worker {
             };
         }
         self.update(|s| s.connected = false);
-        self.p.metrics.peers.remove(&self.label);
+        self.p.metrics.remove(&self.label);
         tracing::debug!(peer = %self.p.peer.address(), "pull worker stopped");
     }
 
@@ -293,9 +271,9 @@ impl Worker {
         }
     }
 
-    fn on_error(&self, link: Link, e: PullError) -> State {
+    fn on_error(&self, link: Link, e: SyncError) -> State {
         match e {
-            PullError::Peer(PeerError::CursorRefused(why)) => State::Reset(link, why),
+            SyncError::Peer(PeerError::CursorRefused(why)) => State::Reset(link, why),
             e => State::Backoff(e),
         }
     }
@@ -307,7 +285,7 @@ impl Worker {
     }
 
     /// Connect: asks the head. `Ok(Err(reason))` pauses the worker.
-    async fn connect(&mut self) -> Result<Result<Link, String>, PullError> {
+    async fn connect(&mut self) -> Result<Result<Link, String>, SyncError> {
         let settings = self.settings();
         self.handles.sessions.inc();
         let head = tokio::time::timeout(settings.connect_timeout, self.p.peer.head())
@@ -327,14 +305,14 @@ impl Worker {
             .shared
             .claims
             .claim(&node, &address)
-            .map_err(|holder| PullError::Duplicate {
+            .map_err(|holder| SyncError::Duplicate {
                 node: node.clone(),
                 holder,
             })?;
         if node != self.label {
-            self.p.metrics.peers.remove(&self.label);
+            self.p.metrics.remove(&self.label);
             self.label = node.clone();
-            self.handles = self.p.metrics.peers.peer(&node);
+            self.handles = self.p.metrics.peer(&node);
         }
         let span = tracing::info_span!(
             "pull",
@@ -342,7 +320,7 @@ impl Worker {
             address = %address,
             state = tracing::field::Empty
         );
-        let shares = head.incarnation == self.p.local.incarnation();
+        let shares = head.incarnation == me.incarnation;
         if shares {
             tracing::error!(
                 parent: &span,
@@ -374,10 +352,11 @@ impl Worker {
     /// a running one to end); otherwise ids only, fetching just what is
     /// missing.
     async fn start_over(&self, mut link: Link) -> State {
-        let lacks_most = |r: &Replica| r.stats().entries.saturating_mul(2) < link.head.entry_count;
-        if lacks_most(&self.p.local) {
+        let lacks_most =
+            |l: &dyn Local| l.stats().entries.saturating_mul(2) < link.head.entry_count;
+        if lacks_most(&*self.p.local) {
             let permit = self.p.shared.bootstrap().await;
-            if lacks_most(&self.p.local) {
+            if lacks_most(&*self.p.local) {
                 link.bootstrap = Some(permit);
                 return State::Bootstrap(link, None);
             }
@@ -385,8 +364,8 @@ impl Worker {
         State::Follow(link, None)
     }
 
-    async fn check_cursor(&self, link: Link) -> Result<State, PullError> {
-        let stored = self.p.local.peer_cursor(&link.node).await?;
+    async fn check_cursor(&self, link: Link) -> Result<State, SyncError> {
+        let stored = self.p.local.cursor(&link.node).await?;
         if let Some(record) = &stored {
             self.show_persisted(record);
         }
@@ -403,7 +382,7 @@ impl Worker {
     }
 
     /// Persists a cursor at the start of the peer's log, then starts over.
-    async fn reset(&self, link: Link, reason: &str) -> Result<State, PullError> {
+    async fn reset(&self, link: Link, reason: &str) -> Result<State, SyncError> {
         tracing::warn!(
             reason,
             "cursor refused; pulling this peer's log from the start"
@@ -419,7 +398,7 @@ impl Worker {
     }
 
     /// A rescan is done: the cursor is where it was, now under the new filter.
-    async fn finish_rescan(&self, link: &Link, at: PeerCursor) -> Result<(), PullError> {
+    async fn finish_rescan(&self, link: &Link, at: PeerCursor) -> Result<(), SyncError> {
         self.persist_cursor(link, at).await?;
         tracing::info!(parent: &link.span, seq = at.seq, "rescan under the new namespace filter done");
         Ok(())
@@ -433,7 +412,7 @@ impl Worker {
     }
 
     /// Stores `cursor` for the link's peer, under the link's filter.
-    async fn persist_cursor(&self, link: &Link, cursor: PeerCursor) -> Result<(), PullError> {
+    async fn persist_cursor(&self, link: &Link, cursor: PeerCursor) -> Result<(), SyncError> {
         let update = CursorUpdate {
             peer: link.node.clone(),
             record: CursorRecord {
@@ -442,14 +421,11 @@ impl Worker {
                 updated_ms: self.p.env.unix_ms(),
             },
         };
-        self.p
-            .local
-            .ingest(Origin::Peer, Vec::new(), Some(update))
-            .await?;
+        self.p.local.ingest(Vec::new(), Some(update)).await?;
         Ok(())
     }
 
-    async fn back_off(&mut self, e: PullError) {
+    async fn back_off(&mut self, e: SyncError) {
         self.show_disconnected();
         if std::mem::take(&mut self.progressed) {
             self.backoff.reset();

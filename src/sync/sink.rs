@@ -13,21 +13,21 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::budget::{BytePermit, PeerBudget};
 use super::env::Env;
+use super::error::SyncError;
 use super::inflight::Fetching;
+use super::local::Local;
+use super::metrics::PeerHandles;
 use super::peer::PeerError;
-use super::puller::PullError;
 use super::status::PeerStatus;
 use crate::entry::{EntryId, RejectReason, Rejection};
 use crate::error::Error;
-use crate::metrics::peer::PeerHandles;
-use crate::replica::{Origin, Replica};
 use crate::store::{Appended, CursorRecord, CursorUpdate, PeerCursor, Seq};
 
 /// Entries on their way into the store: collected up to a chunk, verified,
 /// then committed while the next chunk is collected. Holds permits for every
 /// byte it keeps.
 pub(super) struct Sink {
-    local: Arc<Replica>,
+    local: Arc<dyn Local>,
     budget: PeerBudget,
     report: Report,
     node: String,
@@ -54,7 +54,7 @@ fn is_fatal(r: &Rejection) -> bool {
     matches!(r.reason, RejectReason::IdMismatch | RejectReason::Malformed)
 }
 
-fn data_loss(rejections: &[(usize, Rejection)]) -> PullError {
+fn data_loss(rejections: &[(usize, Rejection)]) -> SyncError {
     let first = rejections.iter().map(|(_, r)| r).find(|r| is_fatal(r));
     PeerError::DataLoss(first.map_or_else(String::new, |r| r.to_string())).into()
 }
@@ -63,7 +63,7 @@ fn data_loss(rejections: &[(usize, Rejection)]) -> PullError {
 const COMMIT_DEPTH: usize = 2;
 
 struct Commit {
-    task: AbortOnDropHandle<Result<Vec<Appended>, PullError>>,
+    task: AbortOnDropHandle<Result<Vec<Appended>, SyncError>>,
     /// Claims on entries this commit (and those before it) store; reported
     /// stored when it lands, failed if it is dropped.
     fetching: Vec<Fetching>,
@@ -86,7 +86,7 @@ impl Sink {
     /// A sink for entries from `node`, whose cursor advances under the
     /// filter digest `scope`, from `applied`.
     pub(super) fn new(
-        local: Arc<Replica>,
+        local: Arc<dyn Local>,
         budget: PeerBudget,
         report: Report,
         node: String,
@@ -123,7 +123,7 @@ impl Sink {
 
     /// Takes one received entry. Waits for budget when needed, after
     /// storing everything held, so a waiting worker holds nothing.
-    pub(super) async fn add(&mut self, id: EntryId, data: Bytes) -> Result<(), PullError> {
+    pub(super) async fn add(&mut self, id: EntryId, data: Bytes) -> Result<(), SyncError> {
         self.report.handles.bytes.inc_by(data.len() as u64);
         let permit = match self.budget.try_acquire(data.len()) {
             Some(p) => p,
@@ -154,7 +154,7 @@ impl Sink {
         &mut self,
         cursor: Option<PeerCursor>,
         head_seq: Seq,
-    ) -> Result<(), PullError> {
+    ) -> Result<(), SyncError> {
         if self.pending.is_empty() && cursor.is_none() && self.claims.is_empty() {
             return Ok(());
         }
@@ -180,9 +180,8 @@ impl Sink {
             let appended = match previous {
                 // Nothing to overlap with: verify and commit in one go.
                 None => {
-                    let (rejections, appended) = local
-                        .verify_and_ingest(Origin::Peer, items, update, is_fatal)
-                        .await?;
+                    let (rejections, appended) =
+                        local.verify_and_ingest(items, update, is_fatal).await?;
                     match appended {
                         Some(appended) => appended,
                         None => return Err(data_loss(&rejections)),
@@ -195,11 +194,11 @@ impl Sink {
                         return Err(data_loss(&rejections));
                     }
                     if previous.await.is_err() {
-                        return Err(PullError::Store(Error::Internal(
+                        return Err(SyncError::Store(Error::Internal(
                             "an earlier commit of this pull failed".into(),
                         )));
                     }
-                    local.ingest(Origin::Peer, verified, update).await?
+                    local.ingest(verified, update).await?
                 }
             };
             let _ = done.send(());
@@ -240,7 +239,7 @@ impl Sink {
     }
 
     /// Waits for every chunk in flight and records their progress.
-    pub(super) async fn drain(&mut self) -> Result<(), PullError> {
+    pub(super) async fn drain(&mut self) -> Result<(), SyncError> {
         while !self.inflight.is_empty() {
             self.finish_oldest().await?;
         }
@@ -248,7 +247,7 @@ impl Sink {
     }
 
     /// Waits for the oldest chunk in flight and records its progress.
-    async fn finish_oldest(&mut self) -> Result<(), PullError> {
+    async fn finish_oldest(&mut self) -> Result<(), SyncError> {
         let Some(commit) = self.inflight.pop_front() else {
             return Ok(());
         };

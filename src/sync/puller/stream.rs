@@ -8,10 +8,11 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tracing::Instrument;
 
-use super::{End, Link, Mode, PullError, Worker};
+use super::{End, Link, Mode, Worker};
 use crate::entry::{EntryId, Namespace};
 use crate::error::Error;
 use crate::store::{PeerCursor, Seq};
+use crate::sync::error::SyncError;
 use crate::sync::inflight;
 use crate::sync::peer::{FollowRequest, PeerError};
 use crate::sync::sink::{Report, Sink};
@@ -23,7 +24,7 @@ impl Worker {
         link: &Link,
         from: Option<PeerCursor>,
         mode: Mode,
-    ) -> Result<End, PullError> {
+    ) -> Result<End, SyncError> {
         let name = match mode {
             Mode::Bootstrap => "bootstrap",
             Mode::Follow => "follow",
@@ -42,7 +43,7 @@ impl Worker {
         link: &Link,
         from: Option<PeerCursor>,
         mode: Mode,
-    ) -> Result<End, PullError> {
+    ) -> Result<End, SyncError> {
         let request = FollowRequest {
             from,
             with_data: matches!(mode, Mode::Bootstrap),
@@ -227,7 +228,7 @@ impl Worker {
         link: &Link,
         sink: &mut Sink,
         records: Vec<crate::store::LogRecord>,
-    ) -> Result<(), PullError> {
+    ) -> Result<(), SyncError> {
         let mut wanted: BTreeMap<Namespace, Vec<EntryId>> = BTreeMap::new();
         let mut carried: BTreeMap<Namespace, Vec<(EntryId, Bytes)>> = BTreeMap::new();
         for r in records {
@@ -292,11 +293,11 @@ impl Worker {
         sink: &mut Sink,
         ns: &Namespace,
         ids: &[EntryId],
-    ) -> Result<(), PullError> {
+    ) -> Result<(), SyncError> {
         let per_request = link
             .head
             .max_ids_per_request
-            .min(self.p.local.limits().max_ids_per_request)
+            .min(self.p.local.max_ids_per_request())
             .clamp(1, 4096);
         let timeout = link.settings.connect_timeout;
         for chunk in ids.chunks(per_request) {

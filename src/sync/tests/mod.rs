@@ -13,8 +13,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::budget::ByteBudget;
+use super::device::DeviceStore;
 use super::env::{Env, SystemClock};
-use super::local::LocalPeer;
+use super::local::Local;
+use super::metrics::SyncMetrics;
 use super::peer::{EntryStream, FollowRequest, LogStream, Peer, PeerError};
 use super::puller::Puller;
 use super::status::StatusBoard;
@@ -23,13 +25,16 @@ use crate::entry::{Entry, EntryId, Namespace, PutOutcome};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
+use crate::replica::in_process::LocalPeer;
 use crate::replica::{NodeIdentity, Replica};
 use crate::store::decorated::{Decorated, Hooks};
 use crate::store::memory::MemoryStore;
 use crate::store::{Incarnation, Store, StoreError};
 
 mod live;
+mod local_suite;
 mod pull;
+mod push;
 
 fn ns(db: &str) -> Namespace {
     Namespace::new("acme", db).unwrap()
@@ -127,17 +132,30 @@ fn pull_from(
     budget_bytes: usize,
     shared: Shared,
 ) -> Pulling {
+    let metrics = local.metrics().sync.clone();
+    pull_into(local.clone(), metrics, peer, settings, budget_bytes, shared)
+}
+
+/// A pull worker from `peer` into any local side.
+fn pull_into(
+    local: Arc<dyn Local>,
+    metrics: Arc<SyncMetrics>,
+    peer: Arc<dyn Peer>,
+    settings: PullSettings,
+    budget_bytes: usize,
+    shared: Shared,
+) -> Pulling {
     let (tx, rx) = watch::channel(settings);
     let budget = ByteBudget::new(budget_bytes);
     let board = StatusBoard::default();
     let cancel = CancellationToken::new();
     let puller = Puller {
-        local: local.clone(),
+        local,
         peer,
         settings: rx,
         budget: budget.for_peer(budget_bytes),
         shared,
-        metrics: local.metrics().clone(),
+        metrics,
         status: board.slot("source"),
         env: Env::new(Arc::new(SystemClock), 1),
         cancel: cancel.clone(),
@@ -149,6 +167,19 @@ fn pull_from(
         cancel,
         _task: tokio_util::task::AbortOnDropHandle::new(tokio::spawn(puller.run())),
     }
+}
+
+/// Metrics in a registry of their own.
+fn sync_metrics() -> Arc<SyncMetrics> {
+    Arc::new(SyncMetrics::new(&prometheus::Registry::new()))
+}
+
+/// A device store on memory.
+fn device() -> Arc<DeviceStore> {
+    Arc::new(DeviceStore::new(
+        Arc::new(MemoryStore::new()),
+        Policy::default(),
+    ))
 }
 
 async fn wait_for(r: &Replica, count: u64) {
@@ -239,7 +270,7 @@ impl Peer for Observed {
         self.gets.fetch_add(1, Ordering::SeqCst);
         self.inner.get(ns, ids).await
     }
-    async fn put(&self, entries: Vec<Entry>) -> Result<Vec<PutOutcome>, PeerError> {
+    async fn put(&self, entries: Vec<(EntryId, Bytes)>) -> Result<Vec<PutOutcome>, PeerError> {
         self.inner.put(entries).await
     }
 }
@@ -264,7 +295,7 @@ impl Peer for Silent {
     async fn get(&self, ns: &Namespace, ids: Vec<EntryId>) -> Result<EntryStream, PeerError> {
         self.0.get(ns, ids).await
     }
-    async fn put(&self, entries: Vec<Entry>) -> Result<Vec<PutOutcome>, PeerError> {
+    async fn put(&self, entries: Vec<(EntryId, Bytes)>) -> Result<Vec<PutOutcome>, PeerError> {
         self.0.put(entries).await
     }
 }

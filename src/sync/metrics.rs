@@ -1,12 +1,17 @@
-//! Per-peer replication metrics, labelled by the peer's address. Label values
-//! are removed when a peer leaves the topology, so the set stays bounded.
+//! The sync engine's metrics, registered in whatever registry its owner
+//! keeps (a replica's, or a private one in a client). Per-peer series are
+//! labelled by the peer's node identity (its address until it says who it
+//! is) and removed when a peer leaves, so the set stays bounded.
 
 use prometheus::{
     Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
-pub struct PeerMetrics {
+pub struct SyncMetrics {
+    /// Entry data held in memory by pulls right now.
+    pub pull_inflight_bytes: IntGauge,
     entries: IntCounterVec,
+    pushed: IntCounterVec,
     bytes: IntCounterVec,
     lag_entries: IntGaugeVec,
     lag_seconds: GaugeVec,
@@ -33,6 +38,8 @@ pub const ERROR_KINDS: [&str; 8] = [
 #[derive(Clone)]
 pub struct PeerHandles {
     pub entries: IntCounter,
+    /// Entries pushed to the peer and newly stored there.
+    pub pushed: IntCounter,
     pub bytes: IntCounter,
     pub lag_entries: IntGauge,
     pub lag_seconds: Gauge,
@@ -59,7 +66,7 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registr
     c
 }
 
-impl PeerMetrics {
+impl SyncMetrics {
     pub fn new(registry: &Registry) -> Self {
         let ivec = |name: &str, help: &str| {
             register(
@@ -80,6 +87,18 @@ impl PeerMetrics {
             )
         };
         Self {
+            pull_inflight_bytes: register(
+                registry,
+                IntGauge::new(
+                    "pull_inflight_bytes",
+                    "Entry data held in memory by pulls, within replication.max_inflight_mb",
+                )
+                .expect("valid"),
+            ),
+            pushed: ivec(
+                "peer_entries_pushed_total",
+                "Entries pushed to a peer and newly stored there",
+            ),
             entries: ivec(
                 "peer_entries_pulled_total",
                 "Entries pulled from a peer and newly stored",
@@ -129,6 +148,7 @@ impl PeerMetrics {
         }
         PeerHandles {
             entries: self.entries.with_label_values(&[peer]),
+            pushed: self.pushed.with_label_values(&[peer]),
             bytes: self.bytes.with_label_values(&[peer]),
             lag_entries: self.lag_entries.with_label_values(&[peer]),
             lag_seconds: self.lag_seconds.with_label_values(&[peer]),
@@ -144,6 +164,7 @@ impl PeerMetrics {
     /// Forgets a peer that left the topology.
     pub fn remove(&self, peer: &str) {
         let _ = self.entries.remove_label_values(&[peer]);
+        let _ = self.pushed.remove_label_values(&[peer]);
         let _ = self.bytes.remove_label_values(&[peer]);
         let _ = self.lag_entries.remove_label_values(&[peer]);
         let _ = self.lag_seconds.remove_label_values(&[peer]);

@@ -1,0 +1,89 @@
+//! The replica core as the sync engine's local side: what a pull commits
+//! into and a push reads from.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use super::{Origin, Replica, WithData};
+use crate::entry::{EntryId, Namespace, Rejection, VerifiedEntry};
+use crate::error::Result;
+use crate::store::{Appended, CursorRecord, CursorUpdate, Seq, StoreStats};
+use crate::sync::local::{Checked, Fatal, Local, LocalIdentity, LogRead};
+
+#[async_trait]
+impl Local for Replica {
+    fn identity(&self) -> LocalIdentity {
+        LocalIdentity {
+            instance: self.identity().instance,
+            incarnation: self.incarnation(),
+        }
+    }
+
+    fn stats(&self) -> StoreStats {
+        Replica::stats(self)
+    }
+
+    fn policy_digest(&self) -> u64 {
+        Replica::policy_digest(self)
+    }
+
+    fn max_ids_per_request(&self) -> usize {
+        self.limits().max_ids_per_request
+    }
+
+    fn subscribe(&self) -> watch::Receiver<Seq> {
+        Replica::subscribe(self)
+    }
+
+    async fn cursor(&self, key: &str) -> Result<Option<CursorRecord>> {
+        self.peer_cursor(key).await
+    }
+
+    async fn missing(&self, ns: Namespace, ids: Vec<EntryId>) -> Result<Vec<EntryId>> {
+        Replica::missing(self, ns, ids).await
+    }
+
+    async fn verify(&self, items: Vec<(Bytes, Bytes)>) -> Result<Checked> {
+        Replica::verify(self, items).await
+    }
+
+    async fn ingest(
+        &self,
+        entries: Vec<VerifiedEntry>,
+        cursor: Option<CursorUpdate>,
+    ) -> Result<Vec<Appended>> {
+        Replica::ingest(self, Origin::Peer, entries, cursor).await
+    }
+
+    async fn verify_and_ingest(
+        &self,
+        items: Vec<(Bytes, Bytes)>,
+        cursor: Option<CursorUpdate>,
+        fatal: Fatal,
+    ) -> Result<(Vec<(usize, Rejection)>, Option<Vec<Appended>>)> {
+        Replica::verify_and_ingest(self, Origin::Peer, items, cursor, fatal).await
+    }
+
+    async fn log_since(
+        &self,
+        after: Seq,
+        limit: usize,
+        namespaces: Option<Vec<Namespace>>,
+    ) -> Result<LogRead> {
+        let mut records = Replica::log_since(self, after, limit, WithData::No).await?;
+        let through = records.last().map(|r| (r.seq, r.id));
+        if let Some(only) = namespaces {
+            records.retain(|r| only.contains(&r.namespace));
+        }
+        Ok(LogRead { records, through })
+    }
+
+    async fn log_at(&self, seq: Seq) -> Result<Option<EntryId>> {
+        Replica::log_at(self, seq).await
+    }
+
+    async fn get(&self, ns: Namespace, ids: Vec<EntryId>) -> Result<Vec<Option<Bytes>>> {
+        Replica::get(self, ns, ids).await
+    }
+}

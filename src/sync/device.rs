@@ -1,0 +1,167 @@
+//! A device's store as the engine's local side: any [`Store`] (RocksDB on
+//! disk, or memory) with the entry checks of a [`Policy`], and nothing of a
+//! replica's serving machinery (no metrics registry, send pools or log
+//! tail). What a client syncs through, and what tests sync two stores with.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use super::local::{Checked, Local, LocalIdentity, LogRead};
+use crate::entry::{EntryId, Namespace, VerifiedEntry};
+use crate::error::{Error, Result};
+use crate::policy::Policy;
+use crate::store::{Appended, CursorRecord, CursorUpdate, Seq, Store, StoreError, StoreStats};
+
+/// The most ids a device asks a peer for, or answers, in one request.
+pub const MAX_IDS_PER_REQUEST: usize = 10_000;
+
+pub struct DeviceStore {
+    store: Arc<dyn Store>,
+    policy: Arc<Policy>,
+    instance: [u8; 16],
+    head: watch::Sender<Seq>,
+}
+
+impl DeviceStore {
+    /// A device store over `store`, taking the entries `policy` allows.
+    pub fn new(store: Arc<dyn Store>, policy: Policy) -> Self {
+        let head = watch::channel(store.stats().head_seq).0;
+        Self {
+            store,
+            policy: Arc::new(policy),
+            instance: rand::random(),
+            head,
+        }
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Stores entries written on this device (checked like any other).
+    pub async fn write(&self, items: Vec<(Bytes, Bytes)>) -> Result<Checked> {
+        let (verified, rejections) = self.verify(items).await?;
+        self.ingest(verified.clone(), None).await?;
+        Ok((verified, rejections))
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&*store))
+            .await
+            .map_err(|e| Error::Internal(format!("store task failed: {e}")))?
+            .map_err(Error::from)
+    }
+}
+
+#[async_trait]
+impl Local for DeviceStore {
+    fn identity(&self) -> LocalIdentity {
+        LocalIdentity {
+            instance: self.instance,
+            incarnation: self.store.incarnation(),
+        }
+    }
+
+    fn stats(&self) -> StoreStats {
+        self.store.stats()
+    }
+
+    fn policy_digest(&self) -> u64 {
+        self.policy.digest()
+    }
+
+    fn max_ids_per_request(&self) -> usize {
+        MAX_IDS_PER_REQUEST
+    }
+
+    fn subscribe(&self) -> watch::Receiver<Seq> {
+        self.head.subscribe()
+    }
+
+    async fn cursor(&self, key: &str) -> Result<Option<CursorRecord>> {
+        let key = key.to_owned();
+        self.blocking(move |s| s.cursor(&key)).await
+    }
+
+    async fn missing(&self, ns: Namespace, ids: Vec<EntryId>) -> Result<Vec<EntryId>> {
+        self.blocking(move |s| {
+            let held = s.contains(&ns, &ids)?;
+            Ok(ids
+                .into_iter()
+                .zip(held)
+                .filter_map(|(id, held)| (!held).then_some(id))
+                .collect())
+        })
+        .await
+    }
+
+    async fn verify(&self, items: Vec<(Bytes, Bytes)>) -> Result<Checked> {
+        let policy = self.policy.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut verified = Vec::with_capacity(items.len());
+            let mut rejections = Vec::new();
+            for (index, (id, data)) in items.into_iter().enumerate() {
+                match policy.check(&id, data) {
+                    Ok(entry) => verified.push(entry),
+                    Err(rejection) => rejections.push((index, rejection)),
+                }
+            }
+            (verified, rejections)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("verify task failed: {e}")))
+    }
+
+    async fn ingest(
+        &self,
+        entries: Vec<VerifiedEntry>,
+        cursor: Option<CursorUpdate>,
+    ) -> Result<Vec<Appended>> {
+        if entries.is_empty() && cursor.is_none() {
+            return Ok(Vec::new());
+        }
+        let head = self.head.clone();
+        self.blocking(move |s| {
+            let out = s.append(&entries, cursor.as_ref())?;
+            // Woken from the thread that committed, so a caller that goes
+            // away mid-commit cannot lose the wakeup.
+            let last = s.stats().head_seq;
+            head.send_if_modified(|h| std::mem::replace(h, last.max(*h)) < last);
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn log_since(
+        &self,
+        after: Seq,
+        limit: usize,
+        namespaces: Option<Vec<Namespace>>,
+    ) -> Result<LogRead> {
+        self.blocking(move |s| {
+            let mut records = s.log_since(after, limit, None)?;
+            let through = records.last().map(|r| (r.seq, r.id));
+            if let Some(only) = namespaces {
+                records.retain(|r| only.contains(&r.namespace));
+            }
+            Ok(LogRead { records, through })
+        })
+        .await
+    }
+
+    async fn log_at(&self, seq: Seq) -> Result<Option<EntryId>> {
+        self.blocking(move |s| s.log_at(seq)).await
+    }
+
+    async fn get(&self, ns: Namespace, ids: Vec<EntryId>) -> Result<Vec<Option<Bytes>>> {
+        self.blocking(move |s| s.get(&ns, &ids)).await
+    }
+}

@@ -1,0 +1,322 @@
+//! The push direction: moves the local side's entries to a peer. It reads
+//! the local log from a persisted push cursor, asks the peer which of those
+//! entries it lacks, sends just those, and persists the cursor once the
+//! peer has acknowledged everything before it.
+//!
+//! ```text
+//!   connect ──► resume ──► push batches ──► at the head ──► wait for records ─┐
+//!      ▲                        ▲───────────────────────────────────────────────┘
+//!      └────── backoff ◄────── any error (live pushes; a push to the head returns it)
+//! ```
+//!
+//! The cursor is a position in the *local* log, stored under
+//! `push:<peer node>` with the namespace filter's digest. A cursor from
+//! another incarnation, under another filter, or that no longer matches the
+//! local log starts the push over; the peer's missing-ids answers keep that
+//! cheap, so no body the peer holds is sent again. A push stopped half way
+//! reads again at most the batch it was in.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::PullSettings;
+use super::backoff::Backoff;
+use super::env::Env;
+use super::error::SyncError;
+use super::local::{Local, by_namespace};
+use super::metrics::SyncMetrics;
+use super::peer::{Peer, PeerError};
+use crate::entry::{EntryId, Namespace, PutOutcome};
+use crate::error::Error;
+use crate::head::Head;
+use crate::store::{CursorRecord, CursorUpdate, PeerCursor, Seq};
+
+/// Log records read per batch.
+const READ_RECORDS: usize = 4096;
+/// Put calls in flight at once.
+const PUTS_IN_FLIGHT: usize = 4;
+/// Entry data per put call, at most (and at most half the peer's message
+/// limit).
+const PUT_DATA_BYTES: usize = 1 << 20;
+
+/// What a push did so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PushProgress {
+    /// The peer's node identity, once it answered.
+    pub node: String,
+    /// The local log position pushed through.
+    pub through: Seq,
+    /// The local head when last looked at.
+    pub head: Seq,
+    /// Log records read, in the push's namespaces.
+    pub records: u64,
+    /// Bodies sent.
+    pub sent: u64,
+    /// Entries the peer newly stored.
+    pub stored: u64,
+    /// Entries the peer already held when they arrived.
+    pub duplicate: u64,
+    /// Entries the peer refused (its policy); the push moves past them.
+    pub rejected: u64,
+}
+
+/// A push worker for one peer.
+pub struct Pusher {
+    pub local: Arc<dyn Local>,
+    pub peer: Arc<dyn Peer>,
+    pub settings: watch::Receiver<PullSettings>,
+    pub metrics: Arc<SyncMetrics>,
+    pub env: Env,
+    pub cancel: CancellationToken,
+    /// Progress, for whoever shows it.
+    pub progress: watch::Sender<PushProgress>,
+}
+
+/// A push session with one peer node.
+struct Session {
+    head: Head,
+    key: String,
+    scope: u64,
+    namespaces: Option<Vec<Namespace>>,
+    pos: Seq,
+    handles: super::metrics::PeerHandles,
+}
+
+impl Pusher {
+    /// Pushes everything up to the local head as it is when the push
+    /// starts (or further), then returns what it did.
+    pub async fn push_to_head(&self) -> Result<PushProgress, SyncError> {
+        let mut session = self.connect().await?;
+        let target = self.local.stats().head_seq;
+        while session.pos < target {
+            if self.cancel.is_cancelled() {
+                return Err(Error::ShuttingDown.into());
+            }
+            if !self.push_batch(&mut session).await? {
+                break;
+            }
+        }
+        Ok(self.progress.borrow().clone())
+    }
+
+    /// Pushes, then follows the local log and pushes what is stored, until
+    /// cancelled; backs off and reconnects after errors.
+    pub async fn run(self) {
+        let mut backoff = {
+            let s = self.settings.borrow();
+            Backoff::new(s.backoff_initial, s.backoff_max)
+        };
+        let cancel = self.cancel.clone();
+        loop {
+            let result = tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = self.live(&mut backoff) => r,
+            };
+            // A session ends without error when the namespace filter
+            // changed: the next one resumes under the new filter.
+            let Err(e) = result else { continue };
+            let delay = backoff.next_delay(&self.env);
+            tracing::info!(peer = %self.peer.address(), error = %e, retry_in = ?delay, "push ended");
+            self.metrics.peer(self.peer.address()).error(e.kind());
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// One live session: pushes what there is, then what follows, until
+    /// the namespace filter changes.
+    async fn live(&self, backoff: &mut Backoff) -> Result<(), SyncError> {
+        let mut settings = self.settings.clone();
+        let mut session = self.connect().await?;
+        let filter = settings.borrow_and_update().namespaces.clone();
+        let mut head = self.local.subscribe();
+        let mut settings_open = true;
+        loop {
+            if self.push_batch(&mut session).await? {
+                backoff.reset();
+                continue;
+            }
+            let pos = session.pos;
+            tokio::select! {
+                changed = head.wait_for(|h| *h > pos) => {
+                    changed.map_err(|_| Error::ShuttingDown)?;
+                }
+                changed = settings.changed(), if settings_open => {
+                    settings_open = changed.is_ok();
+                    if settings_open && settings.borrow_and_update().namespaces != filter {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Session, SyncError> {
+        let settings = self.settings.borrow().clone();
+        let head = tokio::time::timeout(settings.connect_timeout, self.peer.head())
+            .await
+            .map_err(|_| PeerError::Timeout("Head"))??;
+        let me = self.local.identity();
+        if head.instance == me.instance {
+            return Err(PeerError::Refused {
+                code: "self".into(),
+                message: "the address leads back to this store".into(),
+            }
+            .into());
+        }
+        let node = match head.node.is_empty() {
+            true => self.peer.address().to_owned(),
+            false => head.node.clone(),
+        };
+        let key = format!("push:{node}");
+        let scope = settings.scope();
+        let pos = match self.local.cursor(&key).await? {
+            Some(r)
+                if r.cursor.incarnation == me.incarnation
+                    && r.scope == scope
+                    && r.cursor.seq <= self.local.stats().head_seq
+                    && self.local.log_at(r.cursor.seq).await? == Some(r.cursor.id_at_seq) =>
+            {
+                r.cursor.seq
+            }
+            Some(_) => {
+                tracing::info!(peer = %node, "push cursor does not match the local log; pushing from the start");
+                0
+            }
+            None => 0,
+        };
+        self.progress.send_modify(|p| {
+            p.node = node.clone();
+            p.through = pos;
+            p.head = self.local.stats().head_seq;
+        });
+        Ok(Session {
+            handles: self.metrics.peer(&node),
+            head,
+            key,
+            scope,
+            namespaces: (!settings.namespaces.is_empty()).then_some(settings.namespaces),
+            pos,
+        })
+    }
+
+    /// Pushes the next batch of the local log. Returns whether it read any.
+    async fn push_batch(&self, s: &mut Session) -> Result<bool, SyncError> {
+        let read = self
+            .local
+            .log_since(s.pos, READ_RECORDS, s.namespaces.clone())
+            .await?;
+        let Some((seq, id)) = read.through else {
+            return Ok(false);
+        };
+        let records = read.records.len() as u64;
+        let per_request = s
+            .head
+            .max_ids_per_request
+            .min(self.local.max_ids_per_request())
+            .clamp(1, 4096);
+        let timeout = self.settings.borrow().session_idle_timeout;
+        for (ns, ids) in by_namespace(read.records) {
+            for chunk in ids.chunks(per_request) {
+                let missing = tokio::time::timeout(timeout, self.peer.missing(&ns, chunk.to_vec()))
+                    .await
+                    .map_err(|_| PeerError::Timeout("MissingIds"))??;
+                self.send(s, &ns, missing, per_request).await?;
+            }
+        }
+        let update = CursorUpdate {
+            peer: s.key.clone(),
+            record: CursorRecord {
+                cursor: PeerCursor {
+                    incarnation: self.local.identity().incarnation,
+                    seq,
+                    id_at_seq: id,
+                },
+                scope: s.scope,
+                updated_ms: self.env.unix_ms(),
+            },
+        };
+        self.local.ingest(Vec::new(), Some(update)).await?;
+        s.pos = seq;
+        self.progress.send_modify(|p| {
+            p.through = seq;
+            p.head = self.local.stats().head_seq;
+            p.records += records;
+        });
+        Ok(true)
+    }
+
+    /// Sends the bodies of `ids` to the peer, a few put calls at a time.
+    async fn send(
+        &self,
+        s: &Session,
+        ns: &Namespace,
+        ids: Vec<EntryId>,
+        per_request: usize,
+    ) -> Result<(), SyncError> {
+        let data_per_put = PUT_DATA_BYTES.min(s.head.max_message_bytes / 2).max(1);
+        let mut puts: Vec<Vec<(EntryId, Bytes)>> = Vec::new();
+        for chunk in ids.chunks(per_request) {
+            let bodies = self.local.get(ns.clone(), chunk.to_vec()).await?;
+            let mut current: Vec<(EntryId, Bytes)> = Vec::new();
+            let mut bytes = 0;
+            for (id, data) in chunk.iter().zip(bodies) {
+                let data = data.ok_or_else(|| {
+                    Error::Internal(format!("{id} is logged here but its data is not held"))
+                })?;
+                if !current.is_empty() && bytes + data.len() > data_per_put {
+                    puts.push(std::mem::take(&mut current));
+                    bytes = 0;
+                }
+                bytes += data.len();
+                current.push((*id, data));
+            }
+            if !current.is_empty() {
+                puts.push(current);
+            }
+        }
+        let timeout = self.settings.borrow().session_idle_timeout;
+        let mut calls = futures::stream::iter(puts)
+            .map(|batch| {
+                let sent = batch.len() as u64;
+                let put = tokio::time::timeout(timeout, self.peer.put(batch));
+                async move { (sent, put.await) }
+            })
+            .buffered(PUTS_IN_FLIGHT);
+        while let Some((sent, outcome)) = calls.next().await {
+            let outcomes = outcome.map_err(|_| PeerError::Timeout("PutEntries"))??;
+            let (mut stored, mut duplicate, mut rejected) = (0, 0, 0);
+            for o in &outcomes {
+                match o {
+                    PutOutcome::Stored => stored += 1,
+                    PutOutcome::Duplicate => duplicate += 1,
+                    PutOutcome::Rejected(r) => {
+                        rejected += 1;
+                        tracing::debug!(peer = %s.head.node, reason = %r, "the peer refused a pushed entry");
+                    }
+                }
+            }
+            if outcomes.len() as u64 != sent {
+                return Err(PeerError::DataLoss(format!(
+                    "sent {sent} entries, got {} outcomes",
+                    outcomes.len()
+                ))
+                .into());
+            }
+            s.handles.pushed.inc_by(stored);
+            self.progress.send_modify(|p| {
+                p.sent += sent;
+                p.stored += stored;
+                p.duplicate += duplicate;
+                p.rejected += rejected;
+            });
+        }
+        Ok(())
+    }
+}
