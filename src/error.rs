@@ -3,6 +3,7 @@
 use tonic::{Code, Status};
 
 use crate::entry::{InvalidId, InvalidNamespace, Namespace};
+use crate::proto::convert::Invalid;
 use crate::store::{Seq, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +43,23 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<Invalid> for Error {
+    fn from(e: Invalid) -> Self {
+        match e {
+            Invalid::Field(m) => Error::InvalidArgument(m),
+            Invalid::Id(e) => Error::InvalidId(e),
+            Invalid::Namespace(e) => Error::InvalidNamespace(e),
+            Invalid::TooMany { what, got, limit } => Error::LimitExceeded { what, got, limit },
+        }
+    }
+}
+
+impl From<Invalid> for Status {
+    fn from(e: Invalid) -> Self {
+        Error::from(e).into()
+    }
 }
 
 impl From<Error> for Status {

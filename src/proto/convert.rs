@@ -1,19 +1,38 @@
 //! Conversions between protobuf messages and domain types. Every request field
-//! is validated here, before a handler does any work.
+//! is validated here, before a handler does any work. Shared by the server's
+//! handlers and the clients; it knows neither, and its errors are its own.
 
 use bytes::Bytes;
 
 use crate::entry::PutOutcome;
-use crate::entry::{Entry, EntryId, Namespace, RejectReason, Rejection};
-use crate::error::{Error, Result};
+use crate::entry::{Entry, EntryId, InvalidId, InvalidNamespace, Namespace, RejectReason, Rejection};
 use crate::head::Head;
-use crate::limits::check_count;
 use crate::proto;
 use crate::replica::LogBatch;
 use crate::store::{Incarnation, LogRecord, PeerCursor};
 
+/// Why a message does not convert.
+#[derive(Debug, thiserror::Error)]
+pub enum Invalid {
+    #[error("{0}")]
+    Field(String),
+    #[error(transparent)]
+    Id(#[from] InvalidId),
+    #[error(transparent)]
+    Namespace(#[from] InvalidNamespace),
+    /// A list over its limit, refused before anything is allocated for it.
+    #[error("{what}: {got} is over the limit of {limit}")]
+    TooMany {
+        what: &'static str,
+        got: usize,
+        limit: usize,
+    },
+}
+
+type Result<T, E = Invalid> = std::result::Result<T, E>;
+
 pub fn namespace(ns: Option<proto::Namespace>) -> Result<Namespace> {
-    let ns = ns.ok_or_else(|| Error::InvalidArgument("namespace is required".into()))?;
+    let ns = ns.ok_or_else(|| Invalid::Field("namespace is required".into()))?;
     Ok(Namespace::new(ns.tenant, ns.db)?)
 }
 
@@ -27,7 +46,13 @@ pub fn namespace_to_proto(ns: &Namespace) -> proto::Namespace {
 /// Parses a list of ids, refusing more than `limit` of them. An id named
 /// twice is kept once (first place), so nothing is answered twice.
 pub fn ids(ids: Vec<Bytes>, limit: usize) -> Result<Vec<EntryId>> {
-    check_count("ids in one request", ids.len(), limit)?;
+    if ids.len() > limit {
+        return Err(Invalid::TooMany {
+            what: "ids in one request",
+            got: ids.len(),
+            limit,
+        });
+    }
     let mut seen = std::collections::HashSet::with_capacity(ids.len());
     let mut out = Vec::with_capacity(ids.len());
     for id in &ids {
@@ -50,7 +75,7 @@ pub fn cursor(c: Option<proto::Cursor>) -> Result<Option<PeerCursor>> {
         return Ok(None);
     }
     let incarnation = c.incarnation.as_ref().try_into().map_err(|_| {
-        Error::InvalidArgument(format!(
+        Invalid::Field(format!(
             "cursor incarnation is 16 bytes, got {}",
             c.incarnation.len()
         ))
@@ -144,7 +169,7 @@ pub fn head_to_proto(h: &Head) -> proto::HeadResponse {
 /// the limits default to the smallest valid ones.
 pub fn head(h: proto::HeadResponse) -> Result<Head> {
     let incarnation = h.incarnation.as_ref().try_into().map_err(|_| {
-        Error::InvalidArgument(format!(
+        Invalid::Field(format!(
             "head incarnation is 16 bytes, got {}",
             h.incarnation.len()
         ))
@@ -152,7 +177,7 @@ pub fn head(h: proto::HeadResponse) -> Result<Head> {
     let instance = match h.instance.len() {
         0 => [0; 16],
         _ => h.instance.as_ref().try_into().map_err(|_| {
-            Error::InvalidArgument(format!(
+            Invalid::Field(format!(
                 "head instance is 16 bytes, got {}",
                 h.instance.len()
             ))
@@ -215,7 +240,7 @@ pub fn log_batch(b: proto::LogBatch) -> Result<LogBatch> {
             let namespace = namespaces
                 .get(r.namespace as usize)
                 .ok_or_else(|| {
-                    Error::InvalidArgument(format!(
+                    Invalid::Field(format!(
                         "record {} names namespace #{} of {}",
                         r.seq,
                         r.namespace,
@@ -233,7 +258,7 @@ pub fn log_batch(b: proto::LogBatch) -> Result<LogBatch> {
         .collect::<Result<Vec<_>>>()?;
     let next = cursor(b.next)?;
     if next.is_none() && !records.is_empty() {
-        return Err(Error::InvalidArgument(
+        return Err(Invalid::Field(
             "a log batch with records has no cursor".into(),
         ));
     }

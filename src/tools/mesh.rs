@@ -16,7 +16,7 @@ use crate::config::RawConfig;
 use crate::entry::PutOutcome;
 use crate::entry::{EntryId, Namespace};
 use crate::proto;
-use crate::tools::bench::sample_entries;
+use crate::tools::fixtures::sample_entries;
 use crate::tools::child::{ChildListeners, ReplicaProcess, http_get};
 
 #[derive(Debug, Clone)]
