@@ -5,7 +5,9 @@
 use bytes::Bytes;
 
 use crate::entry::PutOutcome;
-use crate::entry::{Entry, EntryId, InvalidId, InvalidNamespace, Namespace, RejectReason, Rejection};
+use crate::entry::{
+    Entry, EntryId, InvalidId, InvalidNamespace, Namespace, RejectReason, Rejection,
+};
 use crate::head::Head;
 use crate::proto;
 use crate::replica::LogBatch;

@@ -16,8 +16,8 @@ use crate::config::RawConfig;
 use crate::entry::PutOutcome;
 use crate::entry::{EntryId, Namespace};
 use crate::proto;
-use crate::tools::fixtures::sample_entries;
 use crate::tools::child::{ChildListeners, ReplicaProcess, http_get};
+use crate::tools::fixtures::sample_entries;
 
 #[derive(Debug, Clone)]
 pub struct MeshOptions {
