@@ -40,36 +40,123 @@ impl Backoff {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    #[test]
-    fn grows_to_the_ceiling_and_resets() {
-        let (initial, max) = (Duration::from_millis(10), Duration::from_millis(100));
-        let env = Env::new(std::sync::Arc::new(super::super::env::SystemClock), 7);
-        let mut b = Backoff::new(initial, max);
-        for n in 0..10 {
-            let ceiling = (initial * 2u32.pow(n)).min(max);
-            assert!(b.next_delay(&env) <= ceiling);
-        }
-        b.reset();
-        assert!(b.next_delay(&env) <= initial);
-    }
-}
-
-#[cfg(test)]
-mod replay {
-    use super::*;
-    use crate::sync::env::SystemClock;
+    use std::collections::BTreeSet;
     use std::sync::Arc;
 
+    use super::*;
+    use crate::sync::env::SystemClock;
+
+    const INITIAL: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_millis(100);
+    /// The ceiling of each attempt: doubling from `INITIAL`, then held at
+    /// `MAX`, also long after the doubling would overflow.
+    const CEILINGS: [(u32, u64); 9] = [
+        (0, 10),
+        (1, 20),
+        (2, 40),
+        (3, 80),
+        (4, 100),
+        (5, 100),
+        (20, 100),
+        (40, 100),
+        (200, 100),
+    ];
+    /// Backoffs drawn from per property checked.
+    const DRAWS: usize = 2_000;
+
+    fn env(seed: u64) -> Env {
+        Env::new(Arc::new(SystemClock), seed)
+    }
+
+    /// The delay of attempt `n`: `n` delays drawn before it.
+    fn delay_at(b: &mut Backoff, env: &Env, n: u32) -> Duration {
+        for _ in 0..n {
+            b.next_delay(env);
+        }
+        b.next_delay(env)
+    }
+
     #[test]
-    fn the_same_seed_gives_the_same_delays() {
+    fn delays_are_spread_over_the_whole_doubling_ceiling() {
+        let env = env(7);
+        for (n, ceiling_ms) in CEILINGS {
+            let ceiling = Duration::from_millis(ceiling_ms);
+            let delays: Vec<Duration> = (0..DRAWS)
+                .map(|_| delay_at(&mut Backoff::new(INITIAL, MAX), &env, n))
+                .collect();
+            let (low, high) = (delays.iter().min().unwrap(), delays.iter().max().unwrap());
+            let mean = delays.iter().sum::<Duration>() / DRAWS as u32;
+            assert!(*high < ceiling, "attempt {n}: {high:?} ≥ {ceiling:?}");
+            // The ceiling is reached, not a lower one; the floor is zero, not
+            // a share of the ceiling (full jitter); uniform in between.
+            assert!(*high > ceiling * 98 / 100, "attempt {n}: at most {high:?}");
+            assert!(*low < ceiling * 2 / 100, "attempt {n}: at least {low:?}");
+            assert!(
+                mean > ceiling * 45 / 100 && mean < ceiling * 55 / 100,
+                "attempt {n}: mean {mean:?} of [0, {ceiling:?})"
+            );
+            let distinct = delays.iter().collect::<BTreeSet<_>>().len();
+            assert!(
+                distinct > DRAWS * 99 / 100,
+                "attempt {n}: {distinct} distinct"
+            );
+        }
+    }
+
+    #[test]
+    fn reset_starts_again_from_initial() {
+        let env = env(11);
+        let mut b = Backoff::new(INITIAL, MAX);
+        let (mut after_reset, mut grown) = (Vec::new(), Vec::new());
+        for _ in 0..DRAWS {
+            b.reset();
+            after_reset.push((b.next_delay(&env), b.next_delay(&env)));
+            // Grown to MAX: the next delay is drawn from [0, MAX).
+            for _ in 0..4 {
+                b.next_delay(&env);
+            }
+            grown.push(b.next_delay(&env));
+        }
+        // Had reset kept the ceiling, nine in ten first delays would be at
+        // least INITIAL, as nine in ten grown ones are.
+        for (n, (first, second)) in after_reset.iter().enumerate() {
+            assert!(*first < INITIAL, "draw {n}: {first:?} after a reset");
+            assert!(
+                *second < 2 * INITIAL,
+                "draw {n}: {second:?} second after a reset"
+            );
+        }
+        let above = grown.iter().filter(|d| **d >= INITIAL).count();
+        assert!(
+            above > DRAWS * 85 / 100,
+            "{above} of {DRAWS} above {INITIAL:?}"
+        );
+    }
+
+    #[test]
+    fn a_seed_replays_the_same_delays_and_another_seed_draws_others() {
+        // Attempts 0..6, a reset, attempts 0..3: under their ceilings.
+        let ceilings_ms = [10, 20, 40, 80, 100, 100, 10, 20, 40];
         let delays = |seed| {
-            let env = Env::new(Arc::new(SystemClock), seed);
-            let mut b = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
-            (0..8).map(|_| b.next_delay(&env)).collect::<Vec<_>>()
+            let env = env(seed);
+            let mut b = Backoff::new(INITIAL, MAX);
+            let mut out: Vec<Duration> = (0..6).map(|_| b.next_delay(&env)).collect();
+            b.reset();
+            out.extend((0..3).map(|_| b.next_delay(&env)));
+            out
         };
-        assert_eq!(delays(1), delays(1));
-        assert_ne!(delays(1), delays(2));
+        let runs: Vec<Vec<Duration>> = (1..=4).map(delays).collect();
+        for (seed, run) in (1..).zip(&runs) {
+            assert_eq!(*run, delays(seed), "seed {seed} replayed");
+            for (d, ceiling) in run.iter().zip(ceilings_ms) {
+                assert!(*d < Duration::from_millis(ceiling), "seed {seed}: {run:?}");
+            }
+        }
+        // Every seed draws its own delays, at every attempt.
+        for (i, a) in runs.iter().enumerate() {
+            for b in &runs[i + 1..] {
+                assert!(a.iter().zip(b).all(|(x, y)| x != y), "{a:?} and {b:?}");
+            }
+        }
     }
 }
