@@ -1,4 +1,5 @@
-//! RocksDB-only behaviour: schema upgrades and what existence checks read.
+//! RocksDB-only behaviour: schema upgrades, what existence checks read, and
+//! the errors the engine really returns when a resource runs out.
 
 use super::*;
 use crate::store::conformance::entry_with;
@@ -118,14 +119,306 @@ fn a_version_1_database_is_upgraded_on_open() {
     assert!(!families.iter().any(|f| f == CF_ENTRIES_V1), "{families:?}");
 }
 
+// What the store returns when the engine fails: each error below is
+// produced for real (another process holding the lock, a full filesystem,
+// no descriptor left), never by handing `classify` a made-up message. A
+// second open in this very process is `rocks_reports_a_locked_database`
+// in the conformance suite.
+
 #[test]
-fn engine_errors_say_what_ran_out() {
-    let full = "IO error: While appending to file: 000012.log: No space left on device";
-    assert!(matches!(classify(full.into()), StoreError::DiskFull(_)));
-    let files = "IO error: While open a file for appending: 000008.log: Too many open files";
-    assert!(matches!(classify(files.into()), StoreError::OutOfFiles(_)));
-    assert!(matches!(
-        classify("Corruption: bad block".into()),
-        StoreError::Backend(_)
-    ));
+fn a_database_open_in_another_process_is_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = RocksConfig::new(dir.path());
+    let mut holder = ChildProcess::spawn("hold", dir.path());
+    assert_eq!(holder.report(), "open");
+    let err = RocksStore::open(&config)
+        .err()
+        .expect("a database another process holds does not open");
+    assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("locked by another process"),
+        "{err}"
+    );
+    // The lock goes with the process that held it.
+    holder.finish();
+    let store = RocksStore::open(&config).unwrap();
+    assert_eq!(store.stats(), StoreStats::default());
+}
+
+#[test]
+fn a_full_disk_is_disk_full_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(dir.path(), "size=4m");
+    let config = RocksConfig::new(dir.path());
+    let ns = Namespace::new("t", "d").unwrap();
+    let big = |n: u32| entry_with(&ns, n, &vec![n as u8; 64 << 10]);
+    let store = RocksStore::open(&config).unwrap();
+    let (acked, err) = append_until_refused(&store, big, 1024);
+    assert!(matches!(err, StoreError::DiskFull(_)), "{err:?}");
+    assert!(acked > 0, "the 4 MiB filesystem took no batch at all");
+    // The refused batch did not count.
+    assert_eq!(store.stats().entries, u64::from(acked));
+    assert_eq!(store.stats().head_seq, u64::from(acked));
+    drop(store);
+    // With room again, the database holds exactly what was acknowledged.
+    disk.resize("size=64m");
+    let store = RocksStore::open(&config).unwrap();
+    assert_holds_exactly(&store, &ns, acked, big);
+}
+
+#[test]
+fn running_out_of_descriptors_is_out_of_files_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = ChildProcess::spawn("out_of_files", dir.path());
+    let report = child.report();
+    child.finish();
+    let (acked, err) = report.split_once(' ').expect("`acked error`");
+    let acked: u32 = acked.parse().unwrap();
+    assert!(err.starts_with("OutOfFiles("), "{err}");
+    assert!(acked > 0, "no batch was stored before the limit: {err}");
+    let ns = Namespace::new("t", "d").unwrap();
+    let store = RocksStore::open(&RocksConfig::new(dir.path())).unwrap();
+    assert_holds_exactly(&store, &ns, acked, |n| out_of_files_entry(&ns, n));
+}
+
+/// Appends batches of 8 entries `entry(0..)` until the store refuses one;
+/// the entries acknowledged before it, and the error.
+fn append_until_refused(
+    store: &RocksStore,
+    entry: impl Fn(u32) -> VerifiedEntry,
+    at_most: u32,
+) -> (u32, StoreError) {
+    let mut acked = 0;
+    loop {
+        assert!(acked < at_most, "{acked} entries stored, none refused");
+        let batch: Vec<_> = (acked..acked + 8).map(&entry).collect();
+        match store.append(&batch, None) {
+            Ok(out) => {
+                let stored = (acked + 1..=acked + 8).map(|s| Appended::Stored(s.into()));
+                assert!(out.iter().copied().eq(stored), "{out:?} after {acked}");
+                acked += 8;
+            }
+            Err(e) => return (acked, e),
+        }
+    }
+}
+
+/// The store holds `entry(0..acked)`, byte for byte, at seqs 1..=acked,
+/// nothing of the batch refused after them, and numbers the next append
+/// right after them.
+fn assert_holds_exactly(
+    store: &RocksStore,
+    ns: &Namespace,
+    acked: u32,
+    entry: impl Fn(u32) -> VerifiedEntry,
+) {
+    let held: Vec<_> = (0..acked).map(&entry).collect();
+    let ids: Vec<EntryId> = held.iter().map(|e| e.id).collect();
+    assert_eq!(
+        store.stats(),
+        StoreStats {
+            head_seq: acked.into(),
+            entries: acked.into()
+        }
+    );
+    let got = store.get(ns, &ids).unwrap();
+    for (n, (got, e)) in got.iter().zip(&held).enumerate() {
+        assert_eq!(got.as_ref(), Some(&e.data), "entry {n}");
+    }
+    let log = store.log_since(0, usize::MAX, None).unwrap();
+    assert!(log.iter().map(|r| r.id).eq(ids.iter().copied()));
+    let refused: Vec<_> = (acked..acked + 8).map(&entry).collect();
+    let refused_ids: Vec<EntryId> = refused.iter().map(|e| e.id).collect();
+    assert_eq!(store.contains(ns, &refused_ids).unwrap(), [false; 8]);
+    let out = store.append(&refused, None).unwrap();
+    assert_eq!(out[0], Appended::Stored(u64::from(acked) + 1));
+}
+
+/// A tmpfs mounted over a directory, unmounted however the test ends.
+struct Tmpfs(std::ffi::CString);
+
+impl Tmpfs {
+    fn mount(dir: &Path, options: &str) -> Self {
+        // SAFETY: geteuid has no preconditions.
+        let uid = unsafe { libc::geteuid() };
+        assert_eq!(
+            uid, 0,
+            "this test mounts a small tmpfs to fill it and needs root (CI and the dev \
+             containers run as root); it runs as uid {uid}"
+        );
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+        let tmpfs = Self(path);
+        tmpfs.call(0, options).unwrap_or_else(|e| {
+            panic!(
+                "mounting a tmpfs ({options}) at {}: {e}; this test needs to mount one \
+                 (CAP_SYS_ADMIN, not denied by seccomp or a user namespace)",
+                dir.display()
+            )
+        });
+        tmpfs
+    }
+
+    /// Changes the size of the mounted filesystem, keeping its files.
+    fn resize(&self, options: &str) {
+        self.call(libc::MS_REMOUNT, options)
+            .unwrap_or_else(|e| panic!("remounting the tmpfs with {options}: {e}"));
+    }
+
+    fn call(&self, flags: libc::c_ulong, options: &str) -> std::io::Result<()> {
+        let options = std::ffi::CString::new(options).unwrap();
+        // SAFETY: every pointer is a valid NUL-terminated string for the call.
+        let rc = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                self.0.as_ptr(),
+                c"tmpfs".as_ptr(),
+                flags,
+                options.as_ptr().cast(),
+            )
+        };
+        match rc {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // SAFETY: a valid NUL-terminated path; a lazy unmount has no other
+        // preconditions.
+        unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// What [`child_process`] does, and where.
+const CHILD_TASK: &str = "MINDOO_ROCKS_TEST_CHILD_TASK";
+const CHILD_DIR: &str = "MINDOO_ROCKS_TEST_CHILD_DIR";
+/// Marks the lines a child reports on; the test harness prints others.
+const REPORT: &str = "child-report: ";
+
+/// This test binary, run again to do one of [`child_process`]'s tasks:
+/// a lock held by another process, or a limit on descriptors that must not
+/// touch the tests running in this one. Killed if the test ends first.
+struct ChildProcess {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl ChildProcess {
+    fn spawn(task: &str, dir: &Path) -> Self {
+        use std::io::BufRead;
+        let module = module_path!().split_once("::").unwrap().1;
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", &format!("{module}::child_process")])
+            .args(["--ignored", "--nocapture", "--test-threads=1"])
+            .env(CHILD_TASK, task)
+            .env(CHILD_DIR, dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let (send, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                let _ = send.send(line);
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The child's next report, within a minute.
+    fn report(&mut self) -> String {
+        loop {
+            match self.lines.recv_timeout(std::time::Duration::from_secs(60)) {
+                // The harness may have begun a line of its own.
+                Ok(line) => match line.split_once(REPORT) {
+                    Some((_, report)) => return report.to_owned(),
+                    None => self.seen.push(line),
+                },
+                Err(e) => panic!(
+                    "the child process reported nothing ({e}); its output:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Closes the child's stdin (its signal to end) and waits for it to
+    /// succeed.
+    fn finish(&mut self) {
+        drop(self.child.stdin.take());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "the child process failed: {status}");
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the child process did not end"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The entries the out-of-files child appends.
+fn out_of_files_entry(ns: &Namespace, n: u32) -> VerifiedEntry {
+    entry_with(ns, n, &vec![n as u8; 8 << 10])
+}
+
+/// Not a test of its own: the body of the processes [`ChildProcess`]
+/// starts, which does nothing unless started so. Reports on stdout, then
+/// waits for stdin to close.
+#[test]
+#[ignore = "run in a child process by the tests above"]
+fn child_process() {
+    use std::io::Read;
+    let (Ok(task), Some(dir)) = (std::env::var(CHILD_TASK), std::env::var_os(CHILD_DIR)) else {
+        return;
+    };
+    let mut config = RocksConfig::new(dir);
+    match task.as_str() {
+        "hold" => {
+            let _store = RocksStore::open(&config).unwrap();
+            println!("{REPORT}open");
+            std::io::stdin().read_to_end(&mut Vec::new()).unwrap();
+        }
+        "out_of_files" => {
+            // Small memtables: new WAL, table and blob files every few
+            // batches.
+            config.write_buffer_bytes = 256 << 10;
+            let store = RocksStore::open(&config).unwrap();
+            let ns = Namespace::new("t", "d").unwrap();
+            // Two descriptors more than are open now.
+            let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+            let limit = libc::rlimit {
+                rlim_cur: open + 2,
+                rlim_max: open + 2,
+            };
+            // SAFETY: setrlimit only reads `limit`.
+            assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
+            let (acked, err) = append_until_refused(&store, |n| out_of_files_entry(&ns, n), 4096);
+            println!("{REPORT}{acked} {err:?}");
+            std::io::stdin().read_to_end(&mut Vec::new()).unwrap();
+        }
+        other => panic!("no child task {other}"),
+    }
 }
