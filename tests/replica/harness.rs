@@ -290,3 +290,102 @@ pub async fn closed_by_server(conn: &mut TcpStream, within: Duration) -> bool {
         .await
         .is_ok()
 }
+
+/// Every id `replica` holds in `ns`, in id order, read page by page.
+pub async fn listed_ids(
+    replica: &TestReplica,
+    ns: &Namespace,
+) -> Vec<mindoo_replica::entry::EntryId> {
+    let mut client = replica.client().await;
+    let (mut ids, mut page_token) = (Vec::new(), bytes::Bytes::new());
+    loop {
+        let page = client
+            .raw()
+            .list_ids(mindoo_replica::proto::ListIdsRequest {
+                namespace: Some(mindoo_replica::proto::convert::namespace_to_proto(ns)),
+                page_token,
+                limit: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        ids.extend(
+            page.ids
+                .iter()
+                .map(|id| mindoo_replica::entry::EntryId::from_slice(id).unwrap()),
+        );
+        if page.next_page_token.is_empty() {
+            return ids;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// Asserts that `replica` holds exactly `expected` in `ns`: the same ids,
+/// none missing, none more, and read back through GetEntries, the same bytes.
+pub async fn assert_holds_exactly(replica: &TestReplica, ns: &Namespace, expected: &[Entry]) {
+    let mut want: Vec<mindoo_replica::entry::EntryId> = expected.iter().map(|e| e.id).collect();
+    want.sort();
+    let held = listed_ids(replica, ns).await;
+    let extra = held
+        .iter()
+        .filter(|id| want.binary_search(id).is_err())
+        .count();
+    let missing = want
+        .iter()
+        .filter(|id| held.binary_search(id).is_err())
+        .count();
+    assert!(
+        held == want,
+        "replica {} holds {} entries in {ns}: {missing} written are missing, {extra} are not written",
+        replica.addr,
+        held.len()
+    );
+    let got = replica.client().await.get(ns, &want).await.unwrap();
+    assert_eq!(
+        got.len(),
+        expected.len(),
+        "GetEntries from {}",
+        replica.addr
+    );
+    let got: std::collections::HashMap<mindoo_replica::entry::EntryId, Entry> =
+        got.into_iter().map(|e| (e.id, e)).collect();
+    for e in expected {
+        let read = got.get(&e.id).expect("every id read back");
+        assert_eq!(
+            read.data(),
+            e.data(),
+            "entry {} read from {}",
+            e.id,
+            replica.addr
+        );
+    }
+}
+
+/// What `replica` reports of its peers (the PeerStatus call).
+pub async fn peer_status(replica: &TestReplica) -> mindoo_replica::proto::PeerStatusResponse {
+    mindoo_replica::proto::replication_client::ReplicationClient::new(replica.channel().await)
+        .peer_status(mindoo_replica::proto::PeerStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Waits until `replica`'s cursor into the peer `node` reaches `seq`, or
+/// panics after `secs`.
+pub async fn wait_for_cursor(replica: &TestReplica, node: &str, seq: u64, secs: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let status = peer_status(replica).await;
+        let state = status.peers.iter().find(|p| p.peer == node);
+        if state.is_some_and(|p| p.cursor_seq >= seq) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replica {}'s cursor into {node} did not reach {seq}: {state:?}",
+            replica.addr
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -298,7 +298,8 @@ async fn namespace_filters_and_self_detection() {
     let dirs = dirs(2);
     let source = TestReplica::start(dirs[0].path(), |_| {}).await;
     let other = Namespace::new("acme", "other").unwrap();
-    source.client().await.put(&entries(30)).await.unwrap();
+    let notes = entries(30);
+    source.client().await.put(&notes).await.unwrap();
     source
         .client()
         .await
@@ -317,7 +318,10 @@ async fn namespace_filters_and_self_detection() {
     })
     .await;
     puller.wait_for_count(30, 10).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Once the cursor has passed the source's whole log, the 20 records of
+    // acme/other included, the puller holds acme/notes and nothing else.
+    wait_for_cursor(&puller, &source.addr.to_string(), 50, 10).await;
+    assert_holds_exactly(&puller, &ns(), &notes).await;
     assert_eq!(puller.entry_count().await, 30, "only acme/notes is pulled");
 
     let channel = mindoo_replica::client::endpoint(&me.to_string())
@@ -377,18 +381,33 @@ async fn a_rebuilt_peer_is_pulled_from_the_start_again() {
     puller.wait_for_count(60, 10).await;
 
     // The peer is rebuilt on the same address: a new database (new
-    // incarnation) holding some old entries and some new ones.
+    // incarnation) holding some old entries and some new ones, written
+    // before the puller reaches it, as a restored replica would be.
     source.stop().await.unwrap();
+    let node = addr.to_string();
+    let filling = TestReplica::start(dirs[2].path(), |c| c.replication.advertise = node).await;
+    filling.client().await.put(&batch[30..]).await.unwrap();
+    filling.stop().await.unwrap();
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let rebuilt = TestReplica::start_on(dirs[2].path(), listener, |_| {}).await;
-    rebuilt.client().await.put(&batch[30..]).await.unwrap();
 
     puller.wait_for_count(120, 20).await;
+    assert_holds_exactly(&puller, &ns(), &batch).await;
     let text = puller.metrics_text().await;
     let resets = format!("mindoo_replica_peer_cursor_resets_total{{peer=\"{addr}\"}}");
     assert_eq!(metric(&text, &resets), 1.0);
-    // Old entries were recognised by id, not stored twice.
-    assert_eq!(metric(&text, "mindoo_replica_entries_stored_total"), 120.0);
+    // Old entries were recognised by id: each body crossed once (60 from
+    // the source, the 60 new ones from the rebuilt peer; the 30 the puller
+    // held were not fetched again), and none reached the store twice.
+    let bytes = format!("mindoo_replica_peer_bytes_pulled_total{{peer=\"{addr}\"}}");
+    let written: usize = batch.iter().map(|e| e.data().len()).sum();
+    assert_eq!(
+        metric(&text, &bytes),
+        written as f64,
+        "bytes pulled from {addr}, for {written} bytes written"
+    );
+    let duplicates = metric(&text, "mindoo_replica_entries_duplicate_total");
+    assert_eq!(duplicates, 0.0, "entries the puller's store already held");
     puller.stop().await.unwrap();
     rebuilt.stop().await.unwrap();
 }
