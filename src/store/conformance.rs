@@ -197,6 +197,144 @@ fn concurrent_appends_keep_the_log_dense(store: &dyn Store) {
     assert!(log.iter().enumerate().all(|(i, r)| r.seq == i as u64 + 1));
 }
 
+fn seqs(records: &[LogRecord]) -> Vec<Seq> {
+    records.iter().map(|r| r.seq).collect()
+}
+
+/// What `log_since_in` must return: the whole log, filtered.
+fn filtered_log(
+    store: &dyn Store,
+    namespaces: &[Namespace],
+    after: Seq,
+    limit: usize,
+) -> Vec<LogRecord> {
+    let mut all = store.log_since(after, usize::MAX, None).unwrap();
+    all.retain(|r| namespaces.contains(&r.namespace));
+    all.truncate(limit);
+    all
+}
+
+fn log_since_in_merges_namespaces_in_log_order(store: &dyn Store) {
+    let (a, b, c) = (ns("a"), ns("b"), ns("ab"));
+    // Interleaved: seq 1 in a, 2 in b, 3 in ab, 4 in a, ...
+    let spaces = [&a, &b, &c];
+    for i in 0..30u32 {
+        let e = entry_with(spaces[i as usize % 3], i, &vec![i as u8; 10 + i as usize]);
+        store.append(&[e], None).unwrap();
+    }
+    let ab = [a.clone(), b.clone()];
+    let got = store.log_since_in(&ab, 0, 100, None).unwrap();
+    let want: Vec<Seq> = (1..=30).filter(|s| s % 3 != 0).collect();
+    assert_eq!(seqs(&got), want);
+    assert!(got.iter().all(|r| r.data.is_none()));
+    assert_eq!(got, filtered_log(store, &ab, 0, 100));
+    // The same records as the whole log holds at those seqs.
+    for r in &got {
+        assert_eq!(store.log_at(r.seq).unwrap(), Some(r.id));
+    }
+    // `after` and `limit`, at every position; order and repeats of the
+    // filter do not matter.
+    let ba = [b.clone(), a.clone(), b.clone()];
+    for after in 0..=31 {
+        for limit in [0, 1, 4, 100] {
+            let got = store.log_since_in(&ba, after, limit, None).unwrap();
+            assert_eq!(
+                got,
+                filtered_log(store, &ab, after, limit),
+                "{after} {limit}"
+            );
+        }
+    }
+    // A namespace whose key starts like another's holds only its own.
+    let only_a = store
+        .log_since_in(std::slice::from_ref(&a), 0, 100, None)
+        .unwrap();
+    assert_eq!(seqs(&only_a), (1..=30).step_by(3).collect::<Vec<_>>());
+    assert!(only_a.iter().all(|r| r.namespace == a));
+    // Unknown namespaces, no namespaces, nothing after the head.
+    assert!(
+        store
+            .log_since_in(&[ns("zzz")], 0, 100, None)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.log_since_in(&[], 0, 100, None).unwrap().is_empty());
+    assert!(store.log_since_in(&ab, 30, 100, None).unwrap().is_empty());
+    assert!(
+        store
+            .log_since_in(&ab, u64::MAX, 100, None)
+            .unwrap()
+            .is_empty()
+    );
+
+    // With data: each record carries its entry's bytes, within the budget,
+    // and always one record.
+    let full = store.log_since_in(&ab, 0, 100, Some(usize::MAX)).unwrap();
+    assert_eq!(seqs(&full), want);
+    let whole = store.log_since(0, 100, Some(usize::MAX)).unwrap();
+    for r in &full {
+        assert_eq!(r.data, whole[r.seq as usize - 1].data);
+        assert!(r.data.is_some());
+    }
+    let size = |n: usize| -> usize {
+        full[..n]
+            .iter()
+            .map(|r| r.data.as_ref().unwrap().len())
+            .sum()
+    };
+    assert_eq!(store.log_since_in(&ab, 0, 100, Some(1)).unwrap().len(), 1);
+    assert_eq!(
+        store
+            .log_since_in(&ab, 0, 100, Some(size(3)))
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(
+        store
+            .log_since_in(&ab, 0, 100, Some(size(4) - 1))
+            .unwrap()
+            .len(),
+        3
+    );
+    let late = store.log_since_in(&ab, 20, 2, Some(usize::MAX)).unwrap();
+    assert_eq!(seqs(&late), [22, 23]);
+    assert_eq!(late[0].data, whole[21].data);
+}
+
+fn log_since_in_reads_only_its_namespaces(store: &dyn Store) {
+    // 40 namespaces of 25 entries each, written round-robin.
+    let spaces: Vec<Namespace> = (0..40).map(|i| ns(&format!("db-{i}"))).collect();
+    for round in 0..25u32 {
+        let batch: Vec<_> = spaces.iter().map(|s| entry(s, round)).collect();
+        store.append(&batch, None).unwrap();
+    }
+    let one = [spaces[7].clone()];
+    let before = store.log_records_read();
+    let got = store
+        .log_since_in(&one, 0, 10_000, Some(usize::MAX))
+        .unwrap();
+    let read = store.log_records_read() - before;
+    assert_eq!(got.len(), 25);
+    assert!(got.iter().all(|r| r.namespace == spaces[7]));
+    assert!(
+        (25..=26).contains(&read),
+        "read {read} rows for 25 records of 1000"
+    );
+    // From the middle, and for two namespaces: their rows only (each read at
+    // most one row ahead).
+    let two = [spaces[3].clone(), spaces[30].clone()];
+    let before = store.log_records_read();
+    let got = store.log_since_in(&two, 500, 10, None).unwrap();
+    let read = store.log_records_read() - before;
+    assert_eq!(got.len(), 10);
+    assert!(read <= 12, "read {read} rows for 10 records");
+    // The measure works: a whole-log read counts every row.
+    let before = store.log_records_read();
+    assert_eq!(store.log_since(0, 10_000, None).unwrap().len(), 1000);
+    assert_eq!(store.log_records_read() - before, 1000);
+}
+
 macro_rules! conformance {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -218,6 +356,18 @@ macro_rules! conformance {
             fn cursors_commit_with_the_batch() {
                 let (store, _guard) = $make;
                 super::cursors_commit_with_the_batch(&store);
+            }
+
+            #[test]
+            fn log_since_in_merges_namespaces_in_log_order() {
+                let (store, _guard) = $make;
+                super::log_since_in_merges_namespaces_in_log_order(&store);
+            }
+
+            #[test]
+            fn log_since_in_reads_only_its_namespaces() {
+                let (store, _guard) = $make;
+                super::log_since_in_reads_only_its_namespaces(&store);
             }
 
             #[test]

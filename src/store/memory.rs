@@ -1,14 +1,18 @@
 //! An in-memory [`Store`]: same semantics as RocksDB, nothing on disk. Used by
-//! tests and by throwaway replicas (`storage.backend = "memory"`).
+//! tests and by throwaway replicas (`storage.backend = "memory"`). Like the
+//! RocksDB backend it indexes the log by namespace, so a read of a few
+//! namespaces ([`Store::log_since_in`]) touches only their records.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
 use super::{
-    Appended, CursorRecord, CursorUpdate, Incarnation, LogRecord, Seq, Store, StoreError,
-    StoreStats,
+    Appended, CursorRecord, CursorUpdate, Incarnation, LogRecord, MergeBySeq, Seq, Store,
+    StoreError, StoreStats, distinct,
 };
 use crate::entry::VerifiedEntry;
 use crate::entry::{EntryId, Namespace};
@@ -16,6 +20,8 @@ use crate::entry::{EntryId, Namespace};
 pub struct MemoryStore {
     incarnation: Incarnation,
     inner: RwLock<Inner>,
+    /// See [`Store::log_records_read`].
+    records_read: AtomicU64,
 }
 
 #[derive(Default)]
@@ -24,6 +30,8 @@ struct Inner {
     count: u64,
     /// `log[i]` has sequence number `i + 1`.
     log: Vec<(Namespace, EntryId)>,
+    /// Each namespace's sequence numbers, ascending.
+    by_namespace: HashMap<Namespace, Vec<Seq>>,
     cursors: HashMap<String, CursorRecord>,
 }
 
@@ -32,6 +40,7 @@ impl MemoryStore {
         Self {
             incarnation: Incarnation::random(),
             inner: RwLock::new(Inner::default()),
+            records_read: AtomicU64::new(0),
         }
     }
 
@@ -87,7 +96,13 @@ impl Store for MemoryStore {
                 .insert(e.id, e.data.clone());
             inner.count += 1;
             inner.log.push((e.namespace.clone(), e.id));
-            out.push(Appended::Stored(inner.log.len() as Seq));
+            let seq = inner.log.len() as Seq;
+            inner
+                .by_namespace
+                .entry(e.namespace.clone())
+                .or_default()
+                .push(seq);
+            out.push(Appended::Stored(seq));
         }
         if let Some(update) = cursor {
             inner.cursors.insert(update.peer.clone(), update.record);
@@ -124,6 +139,7 @@ impl Store for MemoryStore {
         let mut records = Vec::new();
         let mut bytes = 0;
         for (i, (ns, id)) in inner.log.iter().enumerate().skip(start).take(limit) {
+            self.records_read.fetch_add(1, Ordering::Relaxed);
             let data = data_budget.map(|_| inner.entries[ns][id].clone());
             let len = data.as_ref().map_or(0, Bytes::len);
             if !records.is_empty() && data_budget.is_some_and(|budget| bytes + len > budget) {
@@ -138,6 +154,54 @@ impl Store for MemoryStore {
             });
         }
         Ok(records)
+    }
+
+    fn log_since_in(
+        &self,
+        namespaces: &[Namespace],
+        after: Seq,
+        limit: usize,
+        data_budget: Option<usize>,
+    ) -> Result<Vec<LogRecord>, StoreError> {
+        let inner = self.read();
+        let namespaces = distinct(namespaces);
+        let read = Cell::new(0u64);
+        let runs = namespaces
+            .iter()
+            .map(|ns| {
+                let seqs = inner.by_namespace.get(*ns).map_or(&[][..], Vec::as_slice);
+                let from = seqs.partition_point(|&s| s <= after);
+                let (log, read) = (&inner.log, &read);
+                seqs[from..].iter().map(move |&seq| {
+                    read.set(read.get() + 1);
+                    Ok((seq, log[seq as usize - 1].1))
+                })
+            })
+            .collect();
+        let mut records = Vec::new();
+        let mut bytes = 0;
+        for item in MergeBySeq::new(runs)?.take(limit) {
+            let (seq, run, id) = item?;
+            let namespace = namespaces[run];
+            let data = data_budget.map(|_| inner.entries[namespace][&id].clone());
+            let len = data.as_ref().map_or(0, Bytes::len);
+            if !records.is_empty() && data_budget.is_some_and(|budget| bytes + len > budget) {
+                break;
+            }
+            bytes += len;
+            records.push(LogRecord {
+                seq,
+                namespace: namespace.clone(),
+                id,
+                data,
+            });
+        }
+        self.records_read.fetch_add(read.get(), Ordering::Relaxed);
+        Ok(records)
+    }
+
+    fn log_records_read(&self) -> u64 {
+        self.records_read.load(Ordering::Relaxed)
     }
 
     fn log_at(&self, seq: Seq) -> Result<Option<EntryId>, StoreError> {

@@ -6,6 +6,10 @@
 //! entries, their log records and an optional advanced cursor are committed
 //! together, so a crash never loses, duplicates or skips anything.
 //!
+//! The log can be read whole ([`Store::log_since`]) or for a few namespaces
+//! ([`Store::log_since_in`]); the backends index the log by namespace, so a
+//! reader of one namespace pays for its records, not for the replica's.
+//!
 //! Methods are blocking; async callers run them on the blocking pool (see
 //! [`crate::replica`]). [`rocks::RocksStore`] is the production backend and the
 //! only module that touches RocksDB; [`memory::MemoryStore`] serves tests and
@@ -18,6 +22,8 @@ pub mod decorated;
 pub mod memory;
 pub mod rocks;
 
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashSet};
 use std::fmt;
 
 use bytes::Bytes;
@@ -164,6 +170,29 @@ pub trait Store: Send + Sync + 'static {
         data_budget: Option<usize>,
     ) -> Result<Vec<LogRecord>, StoreError>;
 
+    /// Up to `limit` log records with `seq > after` whose namespace is one
+    /// of `namespaces`, in log order across them (merged by seq), with
+    /// `data_budget` as in [`Self::log_since`]. Cursors stay positions in the
+    /// one log: a record's `seq` is the same whichever way it was read.
+    ///
+    /// The backends read only those namespaces' rows of their per-namespace
+    /// index; this default, for stores without one, scans the whole log.
+    fn log_since_in(
+        &self,
+        namespaces: &[Namespace],
+        after: Seq,
+        limit: usize,
+        data_budget: Option<usize>,
+    ) -> Result<Vec<LogRecord>, StoreError> {
+        scan_log_in(self, namespaces, after, limit, data_budget)
+    }
+
+    /// Log and index rows that [`Self::log_since`] and [`Self::log_since_in`]
+    /// have read since the store was opened: what log reads cost.
+    fn log_records_read(&self) -> u64 {
+        0
+    }
+
     /// The id logged at `seq`, if any.
     fn log_at(&self, seq: Seq) -> Result<Option<EntryId>, StoreError>;
 
@@ -192,6 +221,94 @@ pub trait Store: Send + Sync + 'static {
     fn probe_write(&self) -> Result<(), StoreError> {
         Ok(())
     }
+}
+
+/// `namespaces` without repeats, in a fixed order: one run of the log each.
+pub(crate) fn distinct(namespaces: &[Namespace]) -> Vec<&Namespace> {
+    let mut out: Vec<&Namespace> = namespaces.iter().collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Merges runs of `(seq, id)`, each in seq order (one per namespace), into
+/// one in seq order, yielding `(seq, run, id)`. A run is read one row ahead
+/// of what has been yielded from it.
+pub(crate) struct MergeBySeq<I> {
+    runs: Vec<I>,
+    heads: BinaryHeap<Reverse<(Seq, usize, EntryId)>>,
+}
+
+impl<I: Iterator<Item = Result<(Seq, EntryId), StoreError>>> MergeBySeq<I> {
+    pub(crate) fn new(mut runs: Vec<I>) -> Result<Self, StoreError> {
+        let mut heads = BinaryHeap::with_capacity(runs.len());
+        for (i, run) in runs.iter_mut().enumerate() {
+            if let Some(first) = run.next() {
+                let (seq, id) = first?;
+                heads.push(Reverse((seq, i, id)));
+            }
+        }
+        Ok(Self { runs, heads })
+    }
+}
+
+impl<I: Iterator<Item = Result<(Seq, EntryId), StoreError>>> Iterator for MergeBySeq<I> {
+    type Item = Result<(Seq, usize, EntryId), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let Reverse((seq, run, id)) = self.heads.pop()?;
+        match self.runs[run].next() {
+            Some(Ok((next, next_id))) => self.heads.push(Reverse((next, run, next_id))),
+            Some(Err(e)) => return Some(Err(e)),
+            None => {}
+        }
+        Some(Ok((seq, run, id)))
+    }
+}
+
+/// [`Store::log_since_in`] for a store without a namespace index: pages
+/// through the whole log, then reads the data of the records kept.
+fn scan_log_in<S: Store + ?Sized>(
+    store: &S,
+    namespaces: &[Namespace],
+    after: Seq,
+    limit: usize,
+    data_budget: Option<usize>,
+) -> Result<Vec<LogRecord>, StoreError> {
+    const PAGE: usize = 4096;
+    let wanted: HashSet<&Namespace> = namespaces.iter().collect();
+    let mut records = Vec::new();
+    let mut at = after;
+    while records.len() < limit && !wanted.is_empty() {
+        let page = store.log_since(at, PAGE, None)?;
+        let Some(last) = page.last() else { break };
+        at = last.seq;
+        records.extend(page.into_iter().filter(|r| wanted.contains(&r.namespace)));
+    }
+    records.truncate(limit);
+    let Some(budget) = data_budget else {
+        return Ok(records);
+    };
+    let mut bytes = 0;
+    let mut kept = 0;
+    for r in records.iter_mut() {
+        let data = store
+            .get(&r.namespace, &[r.id])?
+            .pop()
+            .flatten()
+            .ok_or_else(|| StoreError::Corrupt {
+                what: "log",
+                detail: format!("no entry for the record at seq {}", r.seq),
+            })?;
+        if kept > 0 && bytes + data.len() > budget {
+            break;
+        }
+        bytes += data.len();
+        r.data = Some(data);
+        kept += 1;
+    }
+    records.truncate(kept);
+    Ok(records)
 }
 
 /// Encodes a cursor record as stored: incarnation ‖ seq (u64 BE) ‖ id ‖

@@ -3,6 +3,7 @@
 
 use rocksdb::{DB, IteratorMode, WriteBatch, WriteOptions};
 
+use super::nslog::KEY_BUILT as KEY_NSLOG_BUILT;
 use super::{
     CF_BODIES, CF_ENTRIES_V1, CF_IDS, CF_LOG, CF_META, KEY_COUNT, KEY_HEAD, KEY_INCARNATION,
     KEY_NODE, KEY_SCHEMA, SCHEMA_VERSION, backend, fixed,
@@ -51,6 +52,8 @@ pub(super) fn load_meta(
         let incarnation = Incarnation::random();
         let mut batch = WriteBatch::default();
         batch.put_cf(meta, KEY_SCHEMA, SCHEMA_VERSION.to_be_bytes());
+        // An empty log is indexed by namespace already.
+        batch.put_cf(meta, KEY_NSLOG_BUILT, [1]);
         batch.put_cf(meta, KEY_INCARNATION, incarnation.0);
         batch.put_cf(meta, KEY_HEAD, 0u64.to_be_bytes());
         batch.put_cf(meta, KEY_COUNT, 0u64.to_be_bytes());

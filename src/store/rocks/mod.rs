@@ -7,6 +7,7 @@
 //! | `log`     | seq (u64 BE)            | ns ‖ id (lz4)                           |
 //! | `bodies`  | seq (u64 BE)            | entry data (blob files, uncompressed: it is ciphertext) |
 //! | `ids`     | ns ‖ id                 | seq (u64 BE)                            |
+//! | `nslog`   | ns ‖ seq (u64 BE)       | id (lz4): the log by namespace (`nslog.rs`) |
 //! | `meta`    | `incarnation`, `node`, `head_seq`, `entry_count`, `schema_version` | small values |
 //! | `cursors` | peer node name          | see [`super::encode_cursor`]            |
 //!
@@ -16,6 +17,8 @@
 //! files rather than rewrite them. `ids` indexes them by entry id: existence
 //! checks (dedup on append, `MissingIds`, `ListIds`) read only this small
 //! family, never a body, and `GetEntries` looks up the seq there first.
+//! `nslog` indexes the log by namespace: a reader of a few namespaces
+//! iterates their rows only.
 //!
 //! `ns` is [`Namespace::encode_key`], which is prefix-free, so a namespace's
 //! ids are one contiguous key range. Appends are serialised by a mutex and
@@ -45,7 +48,9 @@ use super::{
 use crate::entry::{EntryId, ID_LEN, Namespace, VerifiedEntry};
 
 mod meta;
+mod nslog;
 use meta::{load_meta, synced};
+use nslog::CF_NSLOG;
 
 /// Version 1's bodies by ns ‖ id; only read while upgrading.
 const CF_ENTRIES_V1: &str = "entries";
@@ -65,7 +70,7 @@ const KEY_NODE: &[u8] = b"node";
 /// 2 keeps bodies by seq and ids in an index; 1 is upgraded on open.
 const SCHEMA_VERSION: u32 = 2;
 /// Families of the current layout.
-const FAMILIES: [&str; 5] = [CF_LOG, CF_BODIES, CF_IDS, CF_META, CF_CURSORS];
+const FAMILIES: [&str; 6] = [CF_LOG, CF_BODIES, CF_IDS, CF_NSLOG, CF_META, CF_CURSORS];
 
 /// Tuning for the RocksDB backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +110,8 @@ pub struct RocksStore {
     count: AtomicU64,
     write_lock: Mutex<()>,
     sync_writes: bool,
+    /// See [`Store::log_records_read`].
+    records_read: AtomicU64,
 }
 
 impl RocksStore {
@@ -153,6 +160,8 @@ impl RocksStore {
         log.set_block_based_table_factory(&table(false));
         log.set_compression_type(DBCompressionType::Lz4);
         log.set_write_buffer_size(config.write_buffer_bytes / 4);
+        // The namespace index is read like the log: by ranges, in order.
+        let nslog = log.clone();
         let mut small = Options::default();
         small.set_block_based_table_factory(&table(false));
         let mut ids = Options::default();
@@ -180,6 +189,7 @@ impl RocksStore {
             ColumnFamilyDescriptor::new(CF_LOG, log),
             ColumnFamilyDescriptor::new(CF_BODIES, bodies),
             ColumnFamilyDescriptor::new(CF_IDS, ids),
+            ColumnFamilyDescriptor::new(CF_NSLOG, nslog),
             ColumnFamilyDescriptor::new(CF_META, small.clone()),
             ColumnFamilyDescriptor::new(CF_CURSORS, small.clone()),
         ];
@@ -192,6 +202,8 @@ impl RocksStore {
             .map_err(|e| map_err(&config.path, e))?;
         let mut db = db;
         let (incarnation, head, count) = load_meta(&mut db, config.node.as_deref())?;
+        // A database from before the namespace index is indexed now.
+        nslog::ensure_built(&db)?;
         Ok(Self {
             db,
             incarnation,
@@ -199,6 +211,7 @@ impl RocksStore {
             count: AtomicU64::new(count),
             write_lock: Mutex::new(()),
             sync_writes: config.sync_writes,
+            records_read: AtomicU64::new(0),
         })
     }
 
@@ -327,10 +340,11 @@ impl Store for RocksStore {
         entries: &[VerifiedEntry],
         cursor: Option<&CursorUpdate>,
     ) -> Result<Vec<Appended>, StoreError> {
-        let (cf_bodies, cf_ids, cf_log, cf_meta) = (
+        let (cf_bodies, cf_ids, cf_log, cf_nslog, cf_meta) = (
             self.cf(CF_BODIES),
             self.cf(CF_IDS),
             self.cf(CF_LOG),
+            self.cf(CF_NSLOG),
             self.cf(CF_META),
         );
         let keys: Vec<Vec<u8>> = entries
@@ -355,6 +369,7 @@ impl Store for RocksStore {
             batch.put_cf(cf_bodies, seq, &entry.data);
             batch.put_cf(cf_ids, key, seq);
             batch.put_cf(cf_log, seq, key);
+            batch.put_cf(cf_nslog, nslog::key(&entry.namespace, head), entry.id.0);
             out.push(Appended::Stored(head));
         }
         if let Some(update) = cursor {
@@ -434,7 +449,9 @@ impl Store for RocksStore {
         let budget = data_budget.unwrap_or(usize::MAX);
         let mut records = Vec::with_capacity(limit.min(4096));
         let mut bytes = 0;
+        let mut read = 0;
         for item in log.take(limit) {
+            read += 1;
             let (k, v) = item.map_err(backend)?;
             let seq = u64::from_be_bytes(fixed(&k, "log key")?);
             // Records above the head belong to a batch still being committed.
@@ -469,7 +486,22 @@ impl Store for RocksStore {
                 data,
             });
         }
+        self.records_read.fetch_add(read, Ordering::Relaxed);
         Ok(records)
+    }
+
+    fn log_since_in(
+        &self,
+        namespaces: &[Namespace],
+        after: Seq,
+        limit: usize,
+        data_budget: Option<usize>,
+    ) -> Result<Vec<LogRecord>, StoreError> {
+        nslog::read(self, namespaces, after, limit, data_budget)
+    }
+
+    fn log_records_read(&self) -> u64 {
+        self.records_read.load(Ordering::Relaxed)
     }
 
     fn log_at(&self, seq: Seq) -> Result<Option<EntryId>, StoreError> {

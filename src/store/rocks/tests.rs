@@ -57,6 +57,78 @@ fn existence_checks_do_not_read_bodies() {
     assert!(thread_rchar() - before >= body_bytes);
 }
 
+fn seqs(records: &[LogRecord]) -> Vec<Seq> {
+    records.iter().map(|r| r.seq).collect()
+}
+
+#[test]
+fn a_database_from_before_the_namespace_index_is_indexed_on_open() {
+    // Left as the release before the index left it, and with a backfill
+    // that stopped part way.
+    for partial in [None, Some(37)] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = RocksConfig::new(dir.path());
+        let spaces: Vec<Namespace> = (0..5)
+            .map(|i| Namespace::new("t", format!("d{i}")).unwrap())
+            .collect();
+        let batch: Vec<_> = (0..100)
+            .map(|i| entry(&spaces[i as usize % 5], i))
+            .collect();
+        let (incarnation, at_64) = {
+            let store = RocksStore::open(&config).unwrap();
+            store.append(&batch, None).unwrap();
+            store.flush().unwrap();
+            (store.incarnation(), store.log_at(64).unwrap().unwrap())
+        };
+        nslog::remove_index(dir.path(), partial);
+        if partial.is_none() {
+            let families = DB::list_cf(&Options::default(), dir.path()).unwrap();
+            assert!(!families.iter().any(|f| f == CF_NSLOG), "{families:?}");
+        }
+
+        let store = RocksStore::open(&config).unwrap();
+        // The log is unchanged: a cursor from before still names its entry.
+        assert_eq!(store.incarnation(), incarnation);
+        assert_eq!(store.stats().head_seq, 100);
+        assert_eq!(store.log_at(64).unwrap(), Some(at_64));
+        let whole = store.log_since(0, 1000, Some(usize::MAX)).unwrap();
+        let filtered = |spaces: &[Namespace], after: Seq| -> Vec<LogRecord> {
+            whole
+                .iter()
+                .filter(|r| r.seq > after && spaces.contains(&r.namespace))
+                .cloned()
+                .collect()
+        };
+        for ns in &spaces {
+            let got = store
+                .log_since_in(std::slice::from_ref(ns), 0, 1000, Some(usize::MAX))
+                .unwrap();
+            let want = filtered(std::slice::from_ref(ns), 0);
+            assert_eq!(want.len(), 20);
+            assert_eq!(seqs(&got), seqs(&want), "{partial:?} {ns}");
+            assert_eq!(got, want, "{partial:?} {ns}");
+        }
+        let two = [spaces[1].clone(), spaces[3].clone()];
+        let got = store
+            .log_since_in(&two, 64, 1000, Some(usize::MAX))
+            .unwrap();
+        let want = filtered(&two, 64);
+        assert_eq!(seqs(&got), seqs(&want), "{partial:?}");
+        assert_eq!(got, want, "{partial:?}");
+        // Entries stored from now on are indexed as they are appended.
+        assert_eq!(
+            store.append(&[entry(&spaces[2], 1000)], None).unwrap(),
+            [Appended::Stored(101)]
+        );
+        let got = store.log_since_in(&spaces[2..3], 97, 10, None).unwrap();
+        assert_eq!(seqs(&got), [98, 101]);
+        // Marked complete: the next open does not index again.
+        let meta = |key: &[u8]| store.db.get_cf(store.cf(CF_META), key).unwrap();
+        assert_eq!(meta(nslog::KEY_BUILT).as_deref(), Some(&[1u8][..]));
+        assert_eq!(meta(b"nslog_backfill_at"), None);
+    }
+}
+
 #[test]
 fn a_version_1_database_is_upgraded_on_open() {
     let dir = tempfile::tempdir().unwrap();
