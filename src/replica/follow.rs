@@ -61,7 +61,11 @@ pub struct FollowOptions {
     /// here by a client carry their data (Watch only): a peer that follows
     /// gets a new entry in one message from the replica that took it.
     pub live_data: bool,
-    /// Only these namespaces; `None` sends all.
+    /// Only these namespaces, read from the store's index of them (a reader
+    /// of one namespace costs its records, not the log's); `None` sends
+    /// all. The reader's position still moves along the whole log: when
+    /// none of its namespaces' records remain up to the head, a batch
+    /// without records moves it there.
     pub only: Option<HashSet<Namespace>>,
     /// Send a heartbeat after this long without records (Watch only).
     pub heartbeat: Option<Duration>,
@@ -161,7 +165,14 @@ impl LogFollower {
                 _ if live_data => WithData::ClientWritten { budget },
                 _ => WithData::No,
             };
-            let records = self.replica.log_since(self.after, limit, with).await?;
+            // A filtered read that finds nothing has passed over everything
+            // up to the head before it (see `Replica::log_since`).
+            let head = self.replica.stats().head_seq;
+            let only = self.opts.only.as_ref();
+            let records = self
+                .replica
+                .log_since(self.after, limit, with, only)
+                .await?;
             if !records.is_empty()
                 && !held
                 && let Some(delay) = self.relay_delay()
@@ -186,10 +197,17 @@ impl LogFollower {
                 self.sent = Some(grant);
                 return Ok(Some(self.batch(records)));
             }
+            drop(grant);
+            if only.is_some() && head > self.after {
+                // Nothing of its namespaces up to `head`: the reader's
+                // position moves there, once, so its cursor and lag follow
+                // the log without it being sent what it did not ask for.
+                self.live = true;
+                return self.advance_to(head).await.map(Some);
+            }
             if self.remaining.is_some() {
                 return Ok(None);
             }
-            drop(grant);
             self.live = true;
             let after = self.after;
             let heartbeat = async {
@@ -239,15 +257,30 @@ impl LogFollower {
         }
     }
 
-    fn batch(&self, mut records: Vec<LogRecord>) -> LogBatch {
+    /// A batch without records that moves the reader's position to `seq`.
+    async fn advance_to(&mut self, seq: Seq) -> Result<LogBatch> {
+        let id_at_seq = self.replica.log_at(seq).await?.ok_or_else(|| {
+            Error::Internal(format!("no log record at seq {seq}, below the head"))
+        })?;
+        self.after = seq;
+        Ok(LogBatch {
+            records: Vec::new(),
+            next: Some(PeerCursor {
+                incarnation: self.replica.incarnation(),
+                seq,
+                id_at_seq,
+            }),
+            head_seq: self.replica.stats().head_seq,
+        })
+    }
+
+    /// Records read (of the follower's namespaces only, when it has some).
+    fn batch(&self, records: Vec<LogRecord>) -> LogBatch {
         let next = records.last().map(|r| PeerCursor {
             incarnation: self.replica.incarnation(),
             seq: r.seq,
             id_at_seq: r.id,
         });
-        if let Some(only) = &self.opts.only {
-            records.retain(|r| only.contains(&r.namespace));
-        }
         LogBatch {
             records,
             next,

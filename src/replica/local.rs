@@ -71,7 +71,7 @@ impl Local for Replica {
         limit: usize,
         namespaces: Option<Vec<Namespace>>,
     ) -> Result<LogRead> {
-        let mut records = Replica::log_since(self, after, limit, WithData::No).await?;
+        let mut records = Replica::log_since(self, after, limit, WithData::No, None).await?;
         let through = records.last().map(|r| (r.seq, r.id));
         if let Some(only) = namespaces {
             records.retain(|r| only.contains(&r.namespace));

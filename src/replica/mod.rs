@@ -372,21 +372,39 @@ impl Replica {
     /// Log records after `after`, from memory when the newest records are
     /// asked for, else from the store (see [`Store::log_since`]). Records
     /// read from the store carry data only when all data is asked for.
+    ///
+    /// With `only`, up to `limit` records of those namespaces, read from the
+    /// store's index of them ([`Store::log_since_in`]), never the whole log.
+    /// Unless a data budget cut it short, an answer of fewer than `limit`
+    /// (an empty one in any case) means none of theirs beyond it up to the
+    /// head read before the call (`stats().head_seq`, or the head announced
+    /// by [`Self::subscribe`], which never runs ahead of it).
     pub async fn log_since(
         &self,
         after: Seq,
         limit: usize,
         with: WithData,
+        only: Option<&std::collections::HashSet<Namespace>>,
     ) -> Result<Vec<LogRecord>> {
-        let out = match self.commit.tail.since(after, limit, with) {
+        let head = self.stats().head_seq;
+        let out = match self.commit.tail.since(after, limit, with, only, head) {
             Some(out) => out,
             None => {
                 let budget = match with {
                     WithData::All { budget } => Some(budget),
                     WithData::No | WithData::ClientWritten { .. } => None,
                 };
-                self.blocking(move |s| s.log_since(after, limit, budget))
-                    .await?
+                match only {
+                    None => {
+                        self.blocking(move |s| s.log_since(after, limit, budget))
+                            .await?
+                    }
+                    Some(only) => {
+                        let only: Vec<Namespace> = only.iter().cloned().collect();
+                        self.blocking(move |s| s.log_since_in(&only, after, limit, budget))
+                            .await?
+                    }
+                }
             }
         };
         let sent: usize = out

@@ -7,9 +7,10 @@
 //!
 //! The tail covers every record after `before`, in log order; records are
 //! pushed by the commit, in the order the store assigned their sequence
-//! numbers.
+//! numbers, before the head signal announces them. So a read here that finds
+//! nothing of a reader's namespaces has seen the log up to the announced head.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
@@ -107,7 +108,20 @@ impl LogTail {
     /// The records after `after` (up to `limit`, and with the data asked
     /// for within its budget, at least one record), or `None` when the tail
     /// does not reach back to `after` or lacks data asked for.
-    pub fn since(&self, after: Seq, limit: usize, with: WithData) -> Option<Vec<LogRecord>> {
+    ///
+    /// With `only`, the records of those namespaces (up to `limit` of
+    /// theirs); the others are passed over. Since what is passed over is not
+    /// returned, the tail then answers only when it holds every record up to
+    /// `head` (the store's, which a commit moves before it pushes here), so
+    /// that a short answer means none of theirs up to `head`.
+    pub fn since(
+        &self,
+        after: Seq,
+        limit: usize,
+        with: WithData,
+        only: Option<&HashSet<Namespace>>,
+        head: Seq,
+    ) -> Option<Vec<LogRecord>> {
         if self.max_bytes == 0 {
             return None;
         }
@@ -115,10 +129,19 @@ impl LogTail {
         if after < inner.before {
             return None;
         }
+        let end = inner.records.back().map_or(inner.before, |r| r.seq);
+        if only.is_some() && end < head {
+            return None;
+        }
         let skip = (after - inner.before) as usize;
         let mut out = Vec::new();
         let mut bytes = 0;
-        for held in inner.records.iter().skip(skip).take(limit) {
+        let wanted = inner
+            .records
+            .iter()
+            .skip(skip)
+            .filter(|held| only.is_none_or(|only| only.contains(&*held.namespace)));
+        for held in wanted.take(limit) {
             let data = match with {
                 WithData::No => None,
                 WithData::ClientWritten { .. } if held.relayed => None,
@@ -234,17 +257,23 @@ mod tests {
         let tail = LogTail::new(10, 1 << 20);
         let batch = [entry("a", 1, 10), entry("a", 2, 10), entry("b", 3, 10)];
         tail.push(false, (11..).zip(&batch));
-        assert_eq!(seqs(&tail.since(10, 100, No).unwrap()), [11, 12, 13]);
-        assert_eq!(seqs(&tail.since(12, 100, No).unwrap()), [13]);
-        assert_eq!(tail.since(13, 100, No).unwrap(), []);
-        assert_eq!(seqs(&tail.since(10, 2, No).unwrap()), [11, 12]);
+        assert_eq!(
+            seqs(&tail.since(10, 100, No, None, 13).unwrap()),
+            [11, 12, 13]
+        );
+        assert_eq!(seqs(&tail.since(12, 100, No, None, 13).unwrap()), [13]);
+        assert_eq!(tail.since(13, 100, No, None, 13).unwrap(), []);
+        assert_eq!(seqs(&tail.since(10, 2, No, None, 13).unwrap()), [11, 12]);
         // Before the tail starts: the store answers.
-        assert_eq!(tail.since(9, 100, No), None);
+        assert_eq!(tail.since(9, 100, No, None, 13), None);
         // Data within the budget, at least one record.
-        let with = tail.since(10, 100, All { budget: 15 }).unwrap();
+        let with = tail.since(10, 100, All { budget: 15 }, None, 13).unwrap();
         assert_eq!(seqs(&with), [11]);
         assert_eq!(with[0].data.as_deref(), Some(&[1u8; 10][..]));
-        assert_eq!(seqs(&tail.since(10, 100, All { budget: 1 }).unwrap()), [11]);
+        assert_eq!(
+            seqs(&tail.since(10, 100, All { budget: 1 }, None, 13).unwrap()),
+            [11]
+        );
     }
 
     #[test]
@@ -253,13 +282,16 @@ mod tests {
         let tail = LogTail::new(0, max);
         let batch: Vec<_> = (1..=6).map(|n| entry("a", n, 100)).collect();
         tail.push(false, (1..).zip(&batch));
-        assert_eq!(tail.since(1, 100, No), None, "the oldest are gone");
-        assert_eq!(seqs(&tail.since(2, 100, No).unwrap()), [3, 4, 5, 6]);
+        assert_eq!(tail.since(1, 100, No, None, 7), None, "the oldest are gone");
+        assert_eq!(
+            seqs(&tail.since(2, 100, No, None, 7).unwrap()),
+            [3, 4, 5, 6]
+        );
         // Too large to keep: logged, but its data comes from the store.
         let big = entry("a", 7, max / 8 + 1);
         tail.push(false, [(7, &big)]);
-        assert_eq!(seqs(&tail.since(6, 100, No).unwrap()), [7]);
-        assert_eq!(tail.since(6, 100, All { budget: 1 << 20 }), None);
+        assert_eq!(seqs(&tail.since(6, 100, No, None, 7).unwrap()), [7]);
+        assert_eq!(tail.since(6, 100, All { budget: 1 << 20 }, None, 7), None);
         let ns = Namespace::new("t", "a").unwrap();
         assert_eq!(tail.get(&ns, &[big.id]), None);
     }
@@ -270,8 +302,8 @@ mod tests {
         let batch = [entry("a", 1, 10), entry("a", 2, 10)];
         tail.push(false, [(1, &batch[0])]);
         tail.push(false, [(5, &batch[1])]);
-        assert_eq!(tail.since(0, 100, No), None);
-        assert_eq!(seqs(&tail.since(4, 100, No).unwrap()), [5]);
+        assert_eq!(tail.since(0, 100, No, None, 5), None);
+        assert_eq!(seqs(&tail.since(4, 100, No, None, 5).unwrap()), [5]);
     }
 
     #[test]
@@ -306,21 +338,62 @@ mod tests {
         let batch = [entry("a", 1, 10), entry("a", 2, 10)];
         tail.push(true, [(1, &batch[0])]);
         tail.push(false, [(2, &batch[1])]);
-        let got = tail.since(0, 100, ClientWritten { budget: 100 }).unwrap();
+        let got = tail
+            .since(0, 100, ClientWritten { budget: 100 }, None, 2)
+            .unwrap();
         assert_eq!(seqs(&got), [1, 2]);
         assert_eq!(got[0].data, None, "relayed: id only");
         assert_eq!(got[1].data.as_deref(), Some(&[2u8; 10][..]));
         // Relayed data is not kept: whole-data reads and fetches go to the store.
-        assert_eq!(tail.since(0, 100, All { budget: 100 }), None);
+        assert_eq!(tail.since(0, 100, All { budget: 100 }, None, 2), None);
         let a = Namespace::new("t", "a").unwrap();
         assert_eq!(tail.get(&a, &[batch[0].id]), None);
+    }
+
+    #[test]
+    fn serves_only_the_namespaces_asked_for() {
+        let tail = LogTail::new(0, 1 << 20);
+        let batch = [
+            entry("a", 1, 10),
+            entry("b", 2, 10),
+            entry("a", 3, 10),
+            entry("c", 4, 10),
+            entry("b", 5, 10),
+        ];
+        tail.push(false, (1..).zip(&batch));
+        let only = |names: &[&str]| -> HashSet<Namespace> {
+            names
+                .iter()
+                .map(|n| Namespace::new("t", *n).unwrap())
+                .collect()
+        };
+        let ab = only(&["a", "b"]);
+        // Records the store holds and the tail not yet: the store answers.
+        assert_eq!(tail.since(0, 100, No, Some(&ab), 6), None);
+        assert_eq!(
+            seqs(&tail.since(0, 100, No, Some(&ab), 5).unwrap()),
+            [1, 2, 3, 5]
+        );
+        // The limit counts the records served, not those passed over.
+        assert_eq!(seqs(&tail.since(2, 2, No, Some(&ab), 5).unwrap()), [3, 5]);
+        // Nothing of theirs up to the end of the tail; nothing of unknown ones.
+        assert_eq!(tail.since(5, 100, No, Some(&ab), 5).unwrap(), []);
+        assert_eq!(tail.since(0, 100, No, Some(&only(&["z"])), 5).unwrap(), []);
+        // Only the data of the records served must be held.
+        let big = entry("c", 6, (1 << 20) / 8 + 1);
+        tail.push(false, [(6, &big)]);
+        let all = All { budget: 1 << 20 };
+        let got = tail.since(0, 100, all, Some(&ab), 6).unwrap();
+        assert_eq!(seqs(&got), [1, 2, 3, 5]);
+        assert_eq!(got[3].data.as_deref(), Some(&[5u8; 10][..]));
+        assert_eq!(tail.since(0, 100, all, None, 6), None);
     }
 
     #[test]
     fn holds_nothing_when_turned_off() {
         let tail = LogTail::new(0, 0);
         tail.push(false, [(1, &entry("a", 1, 10))]);
-        assert_eq!(tail.since(0, 100, No), None, "the store answers");
-        assert_eq!(tail.since(1, 100, No), None);
+        assert_eq!(tail.since(0, 100, No, None, 1), None, "the store answers");
+        assert_eq!(tail.since(1, 100, No, None, 1), None);
     }
 }

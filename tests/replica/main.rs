@@ -3,6 +3,7 @@
 mod availability;
 mod bad_input;
 mod crash;
+mod filtered;
 mod harness;
 mod hostile;
 mod lifecycle;
