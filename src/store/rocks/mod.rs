@@ -202,8 +202,8 @@ impl RocksStore {
             .map_err(|e| map_err(&config.path, e))?;
         let mut db = db;
         let (incarnation, head, count) = load_meta(&mut db, config.node.as_deref())?;
-        // A database from before the namespace index is indexed now.
-        nslog::ensure_built(&db)?;
+        let index_created = !existing.is_empty() && !existing.iter().any(|cf| cf == CF_NSLOG);
+        nslog::ensure_built(&db, index_created)?;
         Ok(Self {
             db,
             incarnation,

@@ -12,6 +12,11 @@
 //! records how far it got, so an interrupted backfill resumes there; the
 //! `nslog_built` mark in `meta` is written last. The log itself is untouched,
 //! so cursors (global seqs) stay valid.
+//!
+//! A release from before the index cannot open a database that has the
+//! family (RocksDB opens all families or none); running one means dropping
+//! the family, which leaves the mark behind. So a family that did not exist
+//! before this open is built from the start, whatever the mark says.
 
 use std::cell::Cell;
 use std::sync::atomic::Ordering;
@@ -137,23 +142,24 @@ fn bodies(
 }
 
 /// Fills the index from the log unless it is marked complete, resuming an
-/// interrupted backfill where it stopped.
-pub(super) fn ensure_built(db: &DB) -> Result<(), StoreError> {
+/// interrupted backfill where it stopped. `created`: the family was created
+/// by this open, so neither the mark nor the progress in `meta` is its own.
+pub(super) fn ensure_built(db: &DB, created: bool) -> Result<(), StoreError> {
     let cf = |name| {
         db.cf_handle(name)
             .expect("column families are created on open")
     };
     let (log, nslog, meta) = (cf(CF_LOG), cf(CF_NSLOG), cf(CF_META));
-    if db
+    let marked = db
         .get_pinned_cf(meta, KEY_BUILT)
         .map_err(backend)?
-        .is_some()
-    {
+        .is_some();
+    if marked && !created {
         return Ok(());
     }
     let resume = match db.get_cf(meta, KEY_BACKFILL_AT).map_err(backend)? {
-        Some(at) => u64::from_be_bytes(fixed(&at, "meta nslog_backfill_at")?),
-        None => 0,
+        Some(at) if !created => u64::from_be_bytes(fixed(&at, "meta nslog_backfill_at")?),
+        _ => 0,
     };
     let started = Instant::now();
     tracing::info!(
@@ -195,15 +201,18 @@ pub(super) fn ensure_built(db: &DB) -> Result<(), StoreError> {
 
 /// Test support: the database at `path` as the release before the index
 /// left it (no `nslog` family, no mark), optionally with a backfill that
-/// stopped after `partial` records.
+/// stopped after `partial` records; or, with `keep_mark`, with the family
+/// dropped by hand to run that release.
 #[cfg(test)]
-pub(super) fn remove_index(path: &std::path::Path, partial: Option<Seq>) {
+pub(super) fn remove_index(path: &std::path::Path, partial: Option<Seq>, keep_mark: bool) {
     let opts = rocksdb::Options::default();
     let families = DB::list_cf(&opts, path).unwrap();
     let mut db = DB::open_cf(&opts, path, &families).unwrap();
     db.drop_cf(CF_NSLOG).unwrap();
-    let meta = db.cf_handle(CF_META).unwrap();
-    db.delete_cf(meta, KEY_BUILT).unwrap();
+    if !keep_mark {
+        let meta = db.cf_handle(CF_META).unwrap();
+        db.delete_cf(meta, KEY_BUILT).unwrap();
+    }
     let Some(partial) = partial else { return };
     // An interrupted backfill: the rows of the first `partial` records and
     // how far it got.

@@ -63,9 +63,10 @@ fn seqs(records: &[LogRecord]) -> Vec<Seq> {
 
 #[test]
 fn a_database_from_before_the_namespace_index_is_indexed_on_open() {
-    // Left as the release before the index left it, and with a backfill
-    // that stopped part way.
-    for partial in [None, Some(37)] {
+    // Left as the release before the index left it, with a backfill that
+    // stopped part way, and with the index dropped by hand (to run that
+    // release) but its mark left behind.
+    for (partial, keep_mark) in [(None, false), (Some(37), false), (None, true)] {
         let dir = tempfile::tempdir().unwrap();
         let config = RocksConfig::new(dir.path());
         let spaces: Vec<Namespace> = (0..5)
@@ -80,7 +81,7 @@ fn a_database_from_before_the_namespace_index_is_indexed_on_open() {
             store.flush().unwrap();
             (store.incarnation(), store.log_at(64).unwrap().unwrap())
         };
-        nslog::remove_index(dir.path(), partial);
+        nslog::remove_index(dir.path(), partial, keep_mark);
         if partial.is_none() {
             let families = DB::list_cf(&Options::default(), dir.path()).unwrap();
             assert!(!families.iter().any(|f| f == CF_NSLOG), "{families:?}");
@@ -105,16 +106,16 @@ fn a_database_from_before_the_namespace_index_is_indexed_on_open() {
                 .unwrap();
             let want = filtered(std::slice::from_ref(ns), 0);
             assert_eq!(want.len(), 20);
-            assert_eq!(seqs(&got), seqs(&want), "{partial:?} {ns}");
-            assert_eq!(got, want, "{partial:?} {ns}");
+            assert_eq!(seqs(&got), seqs(&want), "{partial:?} {keep_mark} {ns}");
+            assert_eq!(got, want, "{partial:?} {keep_mark} {ns}");
         }
         let two = [spaces[1].clone(), spaces[3].clone()];
         let got = store
             .log_since_in(&two, 64, 1000, Some(usize::MAX))
             .unwrap();
         let want = filtered(&two, 64);
-        assert_eq!(seqs(&got), seqs(&want), "{partial:?}");
-        assert_eq!(got, want, "{partial:?}");
+        assert_eq!(seqs(&got), seqs(&want), "{partial:?} {keep_mark}");
+        assert_eq!(got, want, "{partial:?} {keep_mark}");
         // Entries stored from now on are indexed as they are appended.
         assert_eq!(
             store.append(&[entry(&spaces[2], 1000)], None).unwrap(),
