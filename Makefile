@@ -17,6 +17,7 @@ run: deps
 test: deps
 	cargo fmt --all -- --check
 	cargo clippy $(CARGO_FLAGS) --all-targets -- -D warnings
+	cargo clippy $(CARGO_FLAGS) --lib --no-default-features --features client -- -D warnings
 	cargo test $(CARGO_FLAGS) --lib --bins --tests
 	bash tests/chart/lint.sh
 	bash tests/containers/run.sh

@@ -17,7 +17,7 @@ use crate::proto::store_client::StoreClient as RawClient;
 /// Largest message the client accepts; above any replica's configured limit.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
-pub use crate::head::Head;
+pub use crate::log::Head;
 
 /// Totals of a streamed put.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -2,29 +2,49 @@
 //! content-addressed change entries without ever holding the keys to read them.
 //!
 //! Layers, from the wire inwards:
-//! - [`service`]: the `mindoo.replica.v1.Store` gRPC handlers ([`proto`] types stop there);
-//! - [`replica`]: the core every entry passes through (policy, limits, metrics, live head);
+//! - `service`: the `mindoo.replica.v1.Store` gRPC handlers ([`proto`] types stop there);
+//! - `replica`: the core every entry passes through (policy, limits, metrics, live head);
+//! - [`sync`]: the engine that syncs a local side with a peer, both ways;
 //! - [`policy`] and [`entry`]: what a valid entry is;
 //! - [`store`]: the storage trait, with RocksDB and in-memory backends.
 //!
-//! [`server`] wires them into a process; [`client`] is the client library.
+//! `server` wires them into a process; [`client`] is the client library.
+//!
+//! Features: `client` (the client library and the sync engine, over the
+//! shared vocabulary of entries, logs and stores); `server` (the replica
+//! process: service, core, replication, connection limits, the metrics and
+//! health listener, layered config and logs); `tools` (the command's
+//! benchmarks, local mesh and child processes). All are on by default; an
+//! app that only syncs turns the defaults off and asks for `client`.
 
+#[cfg(feature = "client")]
 pub mod client;
+#[cfg(feature = "server")]
 pub mod config;
+#[cfg(feature = "server")]
 pub mod connections;
 pub mod entry;
 pub mod error;
-pub mod head;
+#[cfg(any(test, feature = "tools"))]
+pub mod fixtures;
 pub mod limits;
+pub mod log;
+#[cfg(feature = "server")]
 pub mod metrics;
 pub mod policy;
 pub mod proto;
+#[cfg(feature = "server")]
 pub mod replica;
+#[cfg(feature = "server")]
 pub mod replication;
+#[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
 pub mod service;
 pub mod store;
+#[cfg(feature = "client")]
 pub mod sync;
+#[cfg(feature = "server")]
 pub mod telemetry;
 #[cfg(feature = "tools")]
 pub mod tools;

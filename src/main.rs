@@ -97,6 +97,12 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1000)]
         batch: usize,
     },
+    /// A device store pushes its entries through the sync engine to a
+    /// replica, beside the append path measured in the same run.
+    Push(bench::PushOptions),
+    /// A pull of one namespace from a replica holding many, beside the
+    /// same pull from a replica holding only it: time and records read.
+    Filtered(bench::FilteredOptions),
     /// An empty replica pulls every entry from one peer; then the idle pair's keepalive bytes.
     Bootstrap {
         #[arg(long, default_value_t = 1_000_000)]
@@ -264,6 +270,8 @@ async fn run_bench(command: BenchCommand, exe: PathBuf) -> anyhow::Result<()> {
             })
             .await
         }
+        BenchCommand::Push(opts) => bench::push(opts, exe).await,
+        BenchCommand::Filtered(opts) => bench::filtered(opts, exe).await,
         BenchCommand::Bootstrap {
             entries,
             size,

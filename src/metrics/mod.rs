@@ -32,6 +32,7 @@ pub struct Metrics {
     store_entries: IntGauge,
     store_head_seq: IntGauge,
     store_disk_bytes: IntGauge,
+    store_log_records_read: IntCounter,
     store_memory_bytes: IntGaugeVec,
     /// 1 while the store takes writes, 0 while it refuses them.
     pub store_writable: IntGauge,
@@ -174,6 +175,11 @@ impl Metrics {
                 "store_disk_bytes",
                 "Approximate size of the database (SST files and memtables)",
             ),
+            store_log_records_read: counter(
+                "store_log_records_read_total",
+                "Log records the store read to answer log reads (ScanSince, Watch, pulls); a \
+                 read filtered by namespace reads only its namespaces' records",
+            ),
             store_memory_bytes,
             store_writable: {
                 let g = gauge(
@@ -246,6 +252,13 @@ impl Metrics {
                 .with_label_values(&[*part])
                 .set(*bytes as i64);
         }
+    }
+
+    /// Brings `store_log_records_read_total` up to the store's own count.
+    pub fn set_log_records_read(&self, total: u64) {
+        let seen = self.store_log_records_read.get();
+        self.store_log_records_read
+            .inc_by(total.saturating_sub(seen));
     }
 
     /// The text exposition of every metric, after refreshing the store gauges.

@@ -8,9 +8,9 @@ use crate::entry::PutOutcome;
 use crate::entry::{
     Entry, EntryId, InvalidId, InvalidNamespace, Namespace, RejectReason, Rejection,
 };
-use crate::head::Head;
+use crate::log::Head;
+use crate::log::LogBatch;
 use crate::proto;
-use crate::replica::LogBatch;
 use crate::store::{Incarnation, LogRecord, PeerCursor};
 
 /// Why a message does not convert.

@@ -15,27 +15,8 @@ use super::Replica;
 use super::outgoing::{SendGrant, SendScope};
 use crate::entry::Namespace;
 use crate::error::{Error, Result};
+pub use crate::log::{LogBatch, MAX_RELAY_DELAY};
 use crate::store::{LogRecord, PeerCursor, Seq};
-
-/// One step of a log stream. A batch with no records and no `next` is a
-/// heartbeat: the log is idle and the serving replica's head is `head_seq`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogBatch {
-    /// Records after the reader's position, in log order, filtered by
-    /// namespace when asked.
-    pub records: Vec<LogRecord>,
-    /// The position just after this batch. With a namespace filter it can
-    /// move past records that were not sent; a reader resumes from here.
-    pub next: Option<PeerCursor>,
-    /// The serving replica's head when this batch was read.
-    pub head_seq: Seq,
-}
-
-impl LogBatch {
-    pub fn is_heartbeat(&self) -> bool {
-        self.records.is_empty() && self.next.is_none()
-    }
-}
 
 /// Which records of a log read carry their entry's data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,9 +57,6 @@ pub struct FollowOptions {
     /// when a link is down, and then a little later is as good.
     pub relay_delay: Option<Duration>,
 }
-
-/// The longest a follower holds relayed records back.
-pub const MAX_RELAY_DELAY: Duration = Duration::from_secs(1);
 
 /// Reads the log after a position: up to a number of records (ScanSince),
 /// or forever, waiting for new records at the head (Watch).

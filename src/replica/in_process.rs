@@ -13,7 +13,7 @@ use super::outgoing::SendScope;
 use super::{FollowOptions, LogFollower, Replica};
 use crate::entry::{EntryId, Namespace, PutOutcome};
 use crate::error::Error;
-use crate::head::Head;
+use crate::log::Head;
 use crate::sync::peer::{EntryChunk, EntryStream, FollowRequest, LogStream, Peer, PeerError};
 
 pub struct LocalPeer {

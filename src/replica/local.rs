@@ -1,6 +1,8 @@
 //! The replica core as the sync engine's local side: what a pull commits
 //! into and a push reads from.
 
+use std::collections::HashSet;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::watch;
@@ -9,7 +11,7 @@ use super::{Origin, Replica, WithData};
 use crate::entry::{EntryId, Namespace, Rejection, VerifiedEntry};
 use crate::error::Result;
 use crate::store::{Appended, CursorRecord, CursorUpdate, Seq, StoreStats};
-use crate::sync::local::{Checked, Fatal, Local, LocalIdentity, LogRead};
+use crate::sync::local::{Checked, Fatal, Local, LocalIdentity, LogRead, passed};
 
 #[async_trait]
 impl Local for Replica {
@@ -71,11 +73,15 @@ impl Local for Replica {
         limit: usize,
         namespaces: Option<Vec<Namespace>>,
     ) -> Result<LogRead> {
-        let mut records = Replica::log_since(self, after, limit, WithData::No, None).await?;
-        let through = records.last().map(|r| (r.seq, r.id));
-        if let Some(only) = namespaces {
-            records.retain(|r| only.contains(&r.namespace));
-        }
+        let Some(only) = namespaces else {
+            let records = Replica::log_since(self, after, limit, WithData::No, None).await?;
+            let through = records.last().map(|r| (r.seq, r.id));
+            return Ok(LogRead { records, through });
+        };
+        let head = self.stats().head_seq;
+        let only: HashSet<Namespace> = only.into_iter().collect();
+        let records = Replica::log_since(self, after, limit, WithData::No, Some(&only)).await?;
+        let through = passed(&records, limit, after, head, |seq| self.log_at(seq)).await?;
         Ok(LogRead { records, through })
     }
 

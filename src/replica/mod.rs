@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::entry::{EntryId, Namespace, PutOutcome, Rejection, VerifiedEntry};
 use crate::error::{Error, Result};
-use crate::head::Head;
 use crate::limits::{Limits, check_count};
+use crate::log::Head;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::store::{
@@ -156,6 +156,8 @@ impl Replica {
                 .await
                 .unwrap_or_default();
         self.metrics.set_store_memory(&memory);
+        self.metrics
+            .set_log_records_read(self.store.log_records_read());
         self.metrics
             .send_data_held_bytes
             .set(self.send_pool.held() as i64);

@@ -79,6 +79,24 @@ impl<H: Hooks> Store for Decorated<H> {
         }
         Ok(records)
     }
+    fn log_since_in(
+        &self,
+        namespaces: &[Namespace],
+        after: Seq,
+        limit: usize,
+        data_budget: Option<usize>,
+    ) -> Result<Vec<LogRecord>, StoreError> {
+        let mut records = self
+            .inner
+            .log_since_in(namespaces, after, limit, data_budget)?;
+        for r in &mut records {
+            r.data = r.data.take().map(|d| self.hooks.data_out(d));
+        }
+        Ok(records)
+    }
+    fn log_records_read(&self) -> u64 {
+        self.inner.log_records_read()
+    }
     fn log_at(&self, seq: Seq) -> Result<Option<EntryId>, StoreError> {
         self.inner.log_at(seq)
     }

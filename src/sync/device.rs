@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::local::{Checked, Local, LocalIdentity, LogRead};
+use super::local::{Checked, Local, LocalIdentity, LogRead, passed};
 use crate::entry::{EntryId, Namespace, VerifiedEntry};
 use crate::error::{Error, Result};
 use crate::policy::Policy;
@@ -146,15 +146,19 @@ impl Local for DeviceStore {
         limit: usize,
         namespaces: Option<Vec<Namespace>>,
     ) -> Result<LogRead> {
-        self.blocking(move |s| {
-            let mut records = s.log_since(after, limit, None)?;
+        let Some(only) = namespaces else {
+            let records = self
+                .blocking(move |s| s.log_since(after, limit, None))
+                .await?;
             let through = records.last().map(|r| (r.seq, r.id));
-            if let Some(only) = namespaces {
-                records.retain(|r| only.contains(&r.namespace));
-            }
-            Ok(LogRead { records, through })
-        })
-        .await
+            return Ok(LogRead { records, through });
+        };
+        let head = self.stats().head_seq;
+        let records = self
+            .blocking(move |s| s.log_since_in(&only, after, limit, None))
+            .await?;
+        let through = passed(&records, limit, after, head, |seq| self.log_at(seq)).await?;
+        Ok(LogRead { records, through })
     }
 
     async fn log_at(&self, seq: Seq) -> Result<Option<EntryId>> {

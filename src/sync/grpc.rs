@@ -15,10 +15,10 @@ use crate::client::{MAX_MESSAGE_BYTES, endpoint, only_message};
 use bytes::Bytes;
 
 use crate::entry::{EntryId, Namespace, PutOutcome};
-use crate::head::Head;
+use crate::log::Head;
+use crate::log::{LogBatch, MAX_RELAY_DELAY};
 use crate::proto::convert;
 use crate::proto::{self, store_client::StoreClient as RawClient};
-use crate::replica::{LogBatch, MAX_RELAY_DELAY};
 
 pub struct GrpcPeer {
     address: String,

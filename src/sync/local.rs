@@ -116,6 +116,28 @@ pub struct LogRead {
     pub through: Option<(Seq, EntryId)>,
 }
 
+/// How far a filtered read of the log passed: its last record when it
+/// filled `limit`; else everything up to `head`, the head seen before the
+/// read (or its last record, if newer). `log_at` names the id at a seq.
+pub async fn passed<F, Fut>(
+    records: &[LogRecord],
+    limit: usize,
+    after: Seq,
+    head: Seq,
+    log_at: F,
+) -> Result<Option<(Seq, EntryId)>>
+where
+    F: FnOnce(Seq) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<EntryId>>>,
+{
+    let last = records.last().map(|r| (r.seq, r.id));
+    match last {
+        Some((seq, _)) if records.len() >= limit || seq >= head => Ok(last),
+        _ if head > after => Ok(log_at(head).await?.map(|id| (head, id)).or(last)),
+        _ => Ok(last),
+    }
+}
+
 /// Log records grouped by namespace, each group in log order.
 pub fn by_namespace(records: Vec<LogRecord>) -> BTreeMap<Namespace, Vec<EntryId>> {
     let mut out: BTreeMap<Namespace, Vec<EntryId>> = BTreeMap::new();

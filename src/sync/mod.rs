@@ -167,6 +167,6 @@ impl Drop for Claim {
     }
 }
 
-// The engine tests use the entry fixtures of the tools.
-#[cfg(all(test, feature = "tools"))]
+// The engine's tests sync replica cores as well as device stores.
+#[cfg(all(test, feature = "server"))]
 mod tests;

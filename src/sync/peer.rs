@@ -9,8 +9,8 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 
 use crate::entry::{EntryId, Namespace, PutOutcome};
-use crate::head::Head;
-use crate::replica::LogBatch;
+use crate::log::Head;
+use crate::log::LogBatch;
 use crate::store::PeerCursor;
 
 /// What to follow of a peer's log.

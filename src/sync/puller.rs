@@ -45,7 +45,7 @@ use super::peer::{Peer, PeerError};
 use super::status::PeerStatus;
 use super::{Claim, PullSettings, Shared};
 use crate::entry::EntryId;
-use crate::head::Head;
+use crate::log::Head;
 use crate::store::{CursorRecord, CursorUpdate, PeerCursor};
 
 /// Everything a worker needs; the supervisor builds one per peer address.

@@ -20,7 +20,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use tokio::sync::mpsc;
 use tokio::sync::watch;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use super::PullSettings;
@@ -32,7 +34,7 @@ use super::metrics::SyncMetrics;
 use super::peer::{Peer, PeerError};
 use crate::entry::{EntryId, Namespace, PutOutcome};
 use crate::error::Error;
-use crate::head::Head;
+use crate::log::Head;
 use crate::store::{CursorRecord, CursorUpdate, PeerCursor, Seq};
 
 /// Log records read per batch.
@@ -92,14 +94,10 @@ impl Pusher {
     pub async fn push_to_head(&self) -> Result<PushProgress, SyncError> {
         let mut session = self.connect().await?;
         let target = self.local.stats().head_seq;
-        while session.pos < target {
-            if self.cancel.is_cancelled() {
-                return Err(Error::ShuttingDown.into());
-            }
-            if !self.push_batch(&mut session).await? {
-                break;
-            }
-        }
+        tokio::select! {
+            _ = self.cancel.cancelled() => return Err(Error::ShuttingDown.into()),
+            pushed = self.push_through(&mut session, target) => pushed?,
+        };
         Ok(self.progress.borrow().clone())
     }
 
@@ -138,9 +136,9 @@ impl Pusher {
         let mut head = self.local.subscribe();
         let mut settings_open = true;
         loop {
-            if self.push_batch(&mut session).await? {
+            let target = self.local.stats().head_seq;
+            if self.push_through(&mut session, target).await? {
                 backoff.reset();
-                continue;
             }
             let pos = session.pos;
             tokio::select! {
@@ -206,30 +204,99 @@ impl Pusher {
         })
     }
 
-    /// Pushes the next batch of the local log. Returns whether it read any.
-    async fn push_batch(&self, s: &mut Session) -> Result<bool, SyncError> {
-        let read = self
-            .local
-            .log_since(s.pos, READ_RECORDS, s.namespaces.clone())
-            .await?;
-        let Some((seq, id)) = read.through else {
-            return Ok(false);
-        };
-        let records = read.records.len() as u64;
+    /// Pushes the local log through `until` (or further), in a pipeline:
+    /// the next batch is read, its missing ids asked and its bodies read
+    /// while the puts of the batch before are in flight. The cursor is
+    /// persisted as each read batch is acknowledged in full. Returns whether
+    /// it read anything.
+    async fn push_through(&self, s: &mut Session, until: Seq) -> Result<bool, SyncError> {
         let per_request = s
             .head
             .max_ids_per_request
             .min(self.local.max_ids_per_request())
             .clamp(1, 4096);
-        let timeout = self.settings.borrow().session_idle_timeout;
-        for (ns, ids) in by_namespace(read.records) {
-            for chunk in ids.chunks(per_request) {
-                let missing = tokio::time::timeout(timeout, self.peer.missing(&ns, chunk.to_vec()))
-                    .await
-                    .map_err(|_| PeerError::Timeout("MissingIds"))??;
-                self.send(s, &ns, missing, per_request).await?;
+        let data_per_put = PUT_DATA_BYTES.min(s.head.max_message_bytes / 2).max(1);
+        let (tx, rx) = mpsc::channel::<Step>(PUTS_IN_FLIGHT);
+        let from = s.pos;
+        let namespaces = s.namespaces.clone();
+        let produce = async move {
+            let mut pos = from;
+            while pos < until {
+                let read = self
+                    .local
+                    .log_since(pos, READ_RECORDS, namespaces.clone())
+                    .await?;
+                let Some((seq, id)) = read.through else { break };
+                let records = read.records.len() as u64;
+                for (ns, ids) in by_namespace(read.records) {
+                    for chunk in ids.chunks(per_request) {
+                        let missing = self.missing(&ns, chunk.to_vec()).await?;
+                        for put in self.bodies(&ns, missing, per_request, data_per_put).await? {
+                            if tx.send(Step::Put(put)).await.is_err() {
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
+                if tx.send(Step::Passed(seq, id, records)).await.is_err() {
+                    return Ok(());
+                }
+                pos = seq;
             }
+            Ok::<_, SyncError>(())
+        };
+        let consume = async {
+            let mut steps = ReceiverStream::new(rx)
+                .map(|step| async move {
+                    match step {
+                        Step::Put(batch) => self.put(batch).await.map(Done::Put),
+                        Step::Passed(seq, id, records) => Ok(Done::Passed(seq, id, records)),
+                    }
+                })
+                .buffered(PUTS_IN_FLIGHT);
+            let mut passed = None;
+            while let Some(done) = steps.next().await {
+                match done? {
+                    Done::Put((sent, stored, duplicate, rejected)) => {
+                        s.handles.pushed.inc_by(stored);
+                        self.progress.send_modify(|p| {
+                            p.sent += sent;
+                            p.stored += stored;
+                            p.duplicate += duplicate;
+                            p.rejected += rejected;
+                        });
+                    }
+                    // Every put before it is acknowledged.
+                    Done::Passed(seq, id, records) => {
+                        self.persist(s, seq, id).await?;
+                        passed = Some(seq);
+                        self.progress.send_modify(|p| {
+                            p.through = seq;
+                            p.head = self.local.stats().head_seq;
+                            p.records += records;
+                        });
+                    }
+                }
+            }
+            Ok::<_, SyncError>(passed)
+        };
+        let ((), passed) = tokio::try_join!(produce, consume)?;
+        if let Some(seq) = passed {
+            s.pos = seq;
         }
+        Ok(passed.is_some())
+    }
+
+    /// The ids of `ids` the peer lacks.
+    async fn missing(&self, ns: &Namespace, ids: Vec<EntryId>) -> Result<Vec<EntryId>, SyncError> {
+        let timeout = self.settings.borrow().session_idle_timeout;
+        Ok(tokio::time::timeout(timeout, self.peer.missing(ns, ids))
+            .await
+            .map_err(|_| PeerError::Timeout("MissingIds"))??)
+    }
+
+    /// Stores the push cursor at `seq`, where `id` is logged.
+    async fn persist(&self, s: &Session, seq: Seq, id: EntryId) -> Result<(), SyncError> {
         let update = CursorUpdate {
             peer: s.key.clone(),
             record: CursorRecord {
@@ -243,24 +310,17 @@ impl Pusher {
             },
         };
         self.local.ingest(Vec::new(), Some(update)).await?;
-        s.pos = seq;
-        self.progress.send_modify(|p| {
-            p.through = seq;
-            p.head = self.local.stats().head_seq;
-            p.records += records;
-        });
-        Ok(true)
+        Ok(())
     }
 
-    /// Sends the bodies of `ids` to the peer, a few put calls at a time.
-    async fn send(
+    /// The bodies of `ids`, in put calls of at most `data_per_put` bytes.
+    async fn bodies(
         &self,
-        s: &Session,
         ns: &Namespace,
         ids: Vec<EntryId>,
         per_request: usize,
-    ) -> Result<(), SyncError> {
-        let data_per_put = PUT_DATA_BYTES.min(s.head.max_message_bytes / 2).max(1);
+        data_per_put: usize,
+    ) -> Result<Vec<Vec<(EntryId, Bytes)>>, SyncError> {
         let mut puts: Vec<Vec<(EntryId, Bytes)>> = Vec::new();
         for chunk in ids.chunks(per_request) {
             let bodies = self.local.get(ns.clone(), chunk.to_vec()).await?;
@@ -281,42 +341,48 @@ impl Pusher {
                 puts.push(current);
             }
         }
+        Ok(puts)
+    }
+
+    /// One put call: `(sent, stored, duplicate, rejected)`.
+    async fn put(&self, batch: Vec<(EntryId, Bytes)>) -> Result<(u64, u64, u64, u64), SyncError> {
         let timeout = self.settings.borrow().session_idle_timeout;
-        let mut calls = futures::stream::iter(puts)
-            .map(|batch| {
-                let sent = batch.len() as u64;
-                let put = tokio::time::timeout(timeout, self.peer.put(batch));
-                async move { (sent, put.await) }
-            })
-            .buffered(PUTS_IN_FLIGHT);
-        while let Some((sent, outcome)) = calls.next().await {
-            let outcomes = outcome.map_err(|_| PeerError::Timeout("PutEntries"))??;
-            let (mut stored, mut duplicate, mut rejected) = (0, 0, 0);
-            for o in &outcomes {
-                match o {
-                    PutOutcome::Stored => stored += 1,
-                    PutOutcome::Duplicate => duplicate += 1,
-                    PutOutcome::Rejected(r) => {
-                        rejected += 1;
-                        tracing::debug!(peer = %s.head.node, reason = %r, "the peer refused a pushed entry");
-                    }
+        let sent = batch.len() as u64;
+        let outcomes = tokio::time::timeout(timeout, self.peer.put(batch))
+            .await
+            .map_err(|_| PeerError::Timeout("PutEntries"))??;
+        if outcomes.len() as u64 != sent {
+            return Err(PeerError::DataLoss(format!(
+                "sent {sent} entries, got {} outcomes",
+                outcomes.len()
+            ))
+            .into());
+        }
+        let (mut stored, mut duplicate, mut rejected) = (0, 0, 0);
+        for o in &outcomes {
+            match o {
+                PutOutcome::Stored => stored += 1,
+                PutOutcome::Duplicate => duplicate += 1,
+                PutOutcome::Rejected(r) => {
+                    rejected += 1;
+                    tracing::debug!(peer = %self.peer.address(), reason = %r, "the peer refused a pushed entry");
                 }
             }
-            if outcomes.len() as u64 != sent {
-                return Err(PeerError::DataLoss(format!(
-                    "sent {sent} entries, got {} outcomes",
-                    outcomes.len()
-                ))
-                .into());
-            }
-            s.handles.pushed.inc_by(stored);
-            self.progress.send_modify(|p| {
-                p.sent += sent;
-                p.stored += stored;
-                p.duplicate += duplicate;
-                p.rejected += rejected;
-            });
         }
-        Ok(())
+        Ok((sent, stored, duplicate, rejected))
     }
+}
+
+/// Work handed from the push's reading side to its sending side, in order.
+enum Step {
+    Put(Vec<(EntryId, Bytes)>),
+    /// Every put before this covers the log through this seq (the id logged
+    /// there), which held this many records of the push's namespaces.
+    Passed(Seq, EntryId, u64),
+}
+
+/// A step done.
+enum Done {
+    Put((u64, u64, u64, u64)),
+    Passed(Seq, EntryId, u64),
 }

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use crate::client::StoreClient;
 use crate::entry::{Namespace, PutOutcome};
-use crate::tools::fixtures::sample_entries;
+use crate::fixtures::sample_entries;
 
 pub struct CheckOptions {
     /// gRPC addresses: the first takes the write, the others must serve it.

@@ -15,9 +15,9 @@ use crate::client::StoreClient;
 use crate::config::RawConfig;
 use crate::entry::PutOutcome;
 use crate::entry::{EntryId, Namespace};
+use crate::fixtures::sample_entries;
 use crate::proto;
 use crate::tools::child::{ChildListeners, ReplicaProcess, http_get};
-use crate::tools::fixtures::sample_entries;
 
 #[derive(Debug, Clone)]
 pub struct MeshOptions {

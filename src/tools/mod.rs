@@ -1,13 +1,11 @@
 //! Tooling of the `mindoo-replica` command, outside the library proper:
 //! benchmarks, the local mesh demo, child replica processes, the `status`
-//! and `check` commands, and the entry fixtures tests and benchmarks share. Behind the
-//! `tools` feature (on by default); a library user that wants only the
-//! replica and client turns it off.
+//! and `check` commands. Behind the `tools` feature (on by default); a
+//! library user that wants only the replica or the client turns it off.
 
 pub mod bench;
 pub mod check;
 pub mod child;
-pub mod fixtures;
 pub mod h2frames;
 pub mod inspect;
 pub mod mesh;

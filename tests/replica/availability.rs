@@ -193,7 +193,7 @@ async fn zero_window_reader(to: SocketAddr, streams: u32) -> tokio::task::JoinHa
 async fn write_big(client: &mut StoreClient, count: usize, size: usize) -> Vec<EntryId> {
     let mut ids = Vec::new();
     for _ in 0..count {
-        let batch = mindoo_replica::tools::fixtures::sample_entries(&ns(), &author(), 1, size);
+        let batch = mindoo_replica::fixtures::sample_entries(&ns(), &author(), 1, size);
         client.put(&batch).await.unwrap();
         ids.extend(batch.iter().map(|e| e.id));
     }

@@ -6,9 +6,9 @@ use ed25519_dalek::SigningKey;
 use mindoo_replica::config::RawNamespace;
 use mindoo_replica::entry::PutOutcome;
 use mindoo_replica::entry::{Entry, Envelope, Namespace, RejectReason};
+use mindoo_replica::fixtures::sample_entries;
 use mindoo_replica::proto;
 use mindoo_replica::proto::convert;
-use mindoo_replica::tools::fixtures::sample_entries;
 use tonic::Code;
 
 use crate::harness::*;

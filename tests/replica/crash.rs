@@ -39,8 +39,7 @@ async fn kill_9_during_a_bootstrap_loses_nothing_and_resends_at_most_one_batch()
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let source = TestReplica::start(dirs[0].path(), |_| {}).await;
     let total = 100_000u64;
-    let batch =
-        mindoo_replica::tools::fixtures::sample_entries(&ns(), &author(), total as usize, 1024);
+    let batch = mindoo_replica::fixtures::sample_entries(&ns(), &author(), total as usize, 1024);
     let ids: Vec<_> = batch.iter().map(|e| e.id).collect();
     let summary = source
         .client()

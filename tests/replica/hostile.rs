@@ -211,7 +211,7 @@ async fn hanging_calls_end_within_the_drain_deadline() {
         .await
         .unwrap();
     client
-        .put(&mindoo_replica::tools::fixtures::sample_entries(
+        .put(&mindoo_replica::fixtures::sample_entries(
             &ns(),
             &author(),
             30,
@@ -295,7 +295,7 @@ async fn connections_never_take_the_stores_descriptors() {
     assert!(accepted_by_kernel > 80, "{accepted_by_kernel}");
     let mut written = 0;
     for _ in 0..40 {
-        let batch = mindoo_replica::tools::fixtures::sample_entries(&ns(), &author(), 100, 4096);
+        let batch = mindoo_replica::fixtures::sample_entries(&ns(), &author(), 100, 4096);
         client.put(&batch).await.expect("writes go on");
         written += batch.len();
     }

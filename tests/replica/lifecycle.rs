@@ -242,7 +242,7 @@ async fn a_full_disk_is_resource_exhausted_and_loses_nothing_acknowledged() {
     let mut acked = Vec::new();
     let mut refusal = None;
     for _ in 0..100 {
-        let batch = mindoo_replica::tools::fixtures::sample_entries(&ns(), &author(), 10, 100_000);
+        let batch = mindoo_replica::fixtures::sample_entries(&ns(), &author(), 10, 100_000);
         match client.put(&batch).await {
             Ok(out) => {
                 assert!(out.iter().all(|o| *o == PutOutcome::Stored));
@@ -304,7 +304,7 @@ async fn a_full_disk_is_resource_exhausted_and_loses_nothing_acknowledged() {
     }
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let batch = mindoo_replica::tools::fixtures::sample_entries(&ns(), &author(), 10, 1_000);
+    let batch = mindoo_replica::fixtures::sample_entries(&ns(), &author(), 10, 1_000);
     loop {
         match client.put(&batch).await {
             Ok(_) => break,

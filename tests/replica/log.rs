@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use mindoo_replica::entry::Namespace;
+use mindoo_replica::fixtures::sample_entries;
 use mindoo_replica::proto;
 use mindoo_replica::proto::convert;
-use mindoo_replica::tools::fixtures::sample_entries;
 use tonic::Code;
 
 use crate::harness::*;

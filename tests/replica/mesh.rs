@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use mindoo_replica::entry::Namespace;
+use mindoo_replica::fixtures::sample_entries;
 use mindoo_replica::proto;
 use mindoo_replica::proto::replication_client::ReplicationClient;
 use mindoo_replica::server;
 use mindoo_replica::store::decorated::{Decorated, Hooks};
-use mindoo_replica::tools::fixtures::sample_entries;
 
 use crate::harness::*;
 

@@ -54,7 +54,7 @@ async fn get_entries_reports_missing_ids_and_streams_large_sets() {
     let replica = TestReplica::start(dir.path(), |_| {}).await;
     let mut client = replica.client().await;
     // 6,000 entries of ~1.3 KB: more than one 1 MiB message.
-    let batch = mindoo_replica::tools::fixtures::sample_entries(&ns(), &author(), 6000, 1200);
+    let batch = mindoo_replica::fixtures::sample_entries(&ns(), &author(), 6000, 1200);
     let summary = client
         .put_stream(futures::stream::iter(
             batch.chunks(1000).map(<[_]>::to_vec).collect::<Vec<_>>(),

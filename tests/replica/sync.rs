@@ -5,10 +5,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use mindoo_replica::fixtures::sample_entries;
 use mindoo_replica::proto;
 use mindoo_replica::proto::replication_client::ReplicationClient;
 use mindoo_replica::tools::child::{ChildListeners, ReplicaProcess};
-use mindoo_replica::tools::fixtures::sample_entries;
 
 use crate::harness::*;
 

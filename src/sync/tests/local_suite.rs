@@ -142,23 +142,23 @@ fn rocks(dir: &tempfile::TempDir) -> Arc<dyn Store> {
     Arc::new(RocksStore::open(&RocksConfig::new(dir.path().join("db"))).unwrap())
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn replica_on_memory() {
     suite(replica("r", Arc::new(MemoryStore::new()))).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn replica_on_rocksdb() {
     let dir = tempfile::tempdir().unwrap();
     suite(replica("r", rocks(&dir))).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn device_on_memory() {
     suite(device()).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn device_on_rocksdb() {
     let dir = tempfile::tempdir().unwrap();
     suite(Arc::new(DeviceStore::new(rocks(&dir), Policy::default()))).await;

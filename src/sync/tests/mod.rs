@@ -1,7 +1,12 @@
-//! The engine driven over the in-process adapter: replica cores on memory
-//! stores, no network, peers and store decorators that fail, stall or
-//! count. The shared helpers are here; the pull's tests are in `pull.rs`,
-//! what a replica serves to live followers in `live.rs`.
+//! The engine driven over the in-process adapter: replica cores and device
+//! stores on memory, no network, peers and store decorators that fail,
+//! stall or count. Every test runs in paused time on one thread: timers
+//! fire as soon as nothing else can run (never while a store call is in
+//! flight), so the tests are fast and each run schedules alike.
+//!
+//! The shared helpers are here; the pull's tests are in `pull.rs`, the
+//! push's in `push.rs`, what a replica serves to live followers in
+//! `live.rs`, and the suite every local side passes in `local_suite.rs`.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,7 +46,7 @@ fn ns(db: &str) -> Namespace {
 }
 
 fn entries(ns: &Namespace, count: usize, size: usize) -> Vec<Entry> {
-    crate::tools::fixtures::sample_entries(ns, &SigningKey::from_bytes(&[7; 32]), count, size)
+    crate::fixtures::sample_entries(ns, &SigningKey::from_bytes(&[7; 32]), count, size)
 }
 
 fn replica(name: &str, store: Arc<dyn Store>) -> Arc<Replica> {
@@ -250,7 +255,7 @@ impl Peer for Observed {
     fn address(&self) -> &str {
         &self.address
     }
-    async fn head(&self) -> Result<crate::head::Head, PeerError> {
+    async fn head(&self) -> Result<crate::log::Head, PeerError> {
         if self.down.load(Ordering::SeqCst) {
             return Err(PeerError::Unavailable("down".into()));
         }
@@ -283,7 +288,7 @@ impl Peer for Silent {
     fn address(&self) -> &str {
         self.0.address()
     }
-    async fn head(&self) -> Result<crate::head::Head, PeerError> {
+    async fn head(&self) -> Result<crate::log::Head, PeerError> {
         self.0.head().await
     }
     async fn follow(&self, _: FollowRequest) -> Result<LogStream, PeerError> {

@@ -3,7 +3,7 @@
 
 use super::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn bootstraps_then_follows_through_the_in_process_adapter() {
     let source = replica("source", Arc::new(MemoryStore::new()));
     let local = replica("local", Arc::new(MemoryStore::new()));
@@ -29,7 +29,7 @@ async fn bootstraps_then_follows_through_the_in_process_adapter() {
     drop(pulling);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn joining_three_peers_moves_each_body_once() {
     // Three peers that all hold the same 300 entries.
     let batch = entries(&ns("a"), 300, 200);
@@ -73,7 +73,7 @@ async fn joining_three_peers_moves_each_body_once() {
 
 /// A filter change that lands while a worker passes from one session to
 /// the next (here: bootstrap done, follow opening) still reaches it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_filter_change_between_two_sessions_is_not_lost() {
     let source = replica("source", Arc::new(MemoryStore::new()));
     let local = replica("local", Arc::new(MemoryStore::new()));
@@ -94,7 +94,7 @@ async fn a_filter_change_between_two_sessions_is_not_lost() {
 /// Entries a policy refused are not forgotten: after a restart with a
 /// policy that trusts their author, the pull looks at what its cursor
 /// passed again and they arrive.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn entries_of_a_newly_trusted_author_arrive_after_a_restart() {
     use crate::policy::NamespaceRules;
     let (alice, bob) = (
@@ -112,7 +112,7 @@ async fn entries_of_a_newly_trusted_author_arrive_after_a_restart() {
         .into(),
         ..Default::default()
     };
-    let sample = |key: &SigningKey| crate::tools::fixtures::sample_entries(&ns("a"), key, 10, 64);
+    let sample = |key: &SigningKey| crate::fixtures::sample_entries(&ns("a"), key, 10, 64);
     let source = replica("source", Arc::new(MemoryStore::new()));
     put(&source, &sample(&alice)).await;
     put(&source, &sample(&bob)).await;
@@ -132,7 +132,7 @@ async fn entries_of_a_newly_trusted_author_arrive_after_a_restart() {
 
 /// Right after a restart, before the peer answers (here: it is down), the
 /// status shows where the pull got to and when, from the persisted cursor.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn after_a_restart_status_shows_the_persisted_cursor() {
     let source = replica("source", Arc::new(MemoryStore::new()));
     put(&source, &entries(&ns("a"), 20, 64)).await;
@@ -206,7 +206,7 @@ async fn a_silent_peer_is_given_up_after_the_idle_timeout_in_simulated_time() {
     assert!(started.elapsed() >= Duration::from_secs(181));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_peer_that_is_this_process_pauses_the_worker() {
     let local = replica("local", Arc::new(MemoryStore::new()));
     let pulling = pull(&local, &local, fast(), 1 << 20);
@@ -221,7 +221,7 @@ async fn a_peer_that_is_this_process_pauses_the_worker() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn two_processes_with_one_incarnation_still_replicate() {
     // The same store under two node identities: one data directory copied
     // to two processes. Neither may take the other for itself.
@@ -241,7 +241,7 @@ async fn two_processes_with_one_incarnation_still_replicate() {
     assert!(!s.is_self && s.shares_incarnation, "{s:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_widened_filter_brings_entries_the_cursor_already_passed() {
     let source = replica("source", Arc::new(MemoryStore::new()));
     let local = replica("local", Arc::new(MemoryStore::new()));
@@ -277,7 +277,7 @@ async fn a_widened_filter_brings_entries_the_cursor_already_passed() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn failing_commits_back_off_and_the_pull_recovers() {
     let source = replica("source", Arc::new(MemoryStore::new()));
     let failures = Arc::new(AtomicUsize::new(3));
@@ -298,7 +298,7 @@ async fn failing_commits_back_off_and_the_pull_recovers() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn entry_data_held_by_a_pull_stays_within_the_budget() {
     let source = replica("source", Arc::new(MemoryStore::new()));
     let store = Faulty::new().store();

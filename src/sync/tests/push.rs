@@ -39,7 +39,7 @@ async fn wait_for_local(l: &dyn Local, count: u64) {
     assert_eq!(l.stats().entries, count);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_device_pushes_to_a_replica_and_another_pulls_back() {
     let server = replica("server", Arc::new(MemoryStore::new()));
     let (laptop, phone) = (device(), device());
@@ -107,7 +107,7 @@ impl Peer for Counting {
     fn address(&self) -> &str {
         self.inner.address()
     }
-    async fn head(&self) -> Result<crate::head::Head, PeerError> {
+    async fn head(&self) -> Result<crate::log::Head, PeerError> {
         self.inner.head().await
     }
     async fn follow(&self, request: FollowRequest) -> Result<LogStream, PeerError> {
@@ -129,7 +129,7 @@ impl Peer for Counting {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_push_stopped_half_way_resumes_from_its_cursor() {
     let server = replica("server", Arc::new(MemoryStore::new()));
     let laptop = device();
@@ -187,7 +187,7 @@ async fn a_push_stopped_half_way_resumes_from_its_cursor() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_filtered_push_sends_only_its_namespaces_and_a_new_filter_starts_over() {
     let server = replica("server", Arc::new(MemoryStore::new()));
     let laptop = device();
@@ -221,7 +221,7 @@ async fn a_filtered_push_sends_only_its_namespaces_and_a_new_filter_starts_over(
     assert_eq!(server.stats().entries, 200);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_live_push_follows_what_the_device_writes() {
     let server = replica("server", Arc::new(MemoryStore::new()));
     let laptop = device();

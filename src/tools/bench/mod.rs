@@ -4,15 +4,19 @@
 
 mod append;
 mod bootstrap;
+mod filtered;
 mod hostile;
 mod missing;
 mod propagation;
+mod push;
 
 pub use append::{AppendOptions, append};
 pub use bootstrap::{BootstrapOptions, bootstrap};
+pub use filtered::{FilteredOptions, filtered};
 pub use hostile::{Attack, HostileOptions, hostile};
 pub use missing::{MissingOptions, missing_ids};
 pub use propagation::{PropagationOptions, propagation};
+pub use push::{PushOptions, push};
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,8 +28,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::child::ReplicaProcess;
-pub use super::fixtures::{sample_entries, unsigned_entries};
 use crate::client::{StoreClient, endpoint};
+pub use crate::fixtures::{sample_entries, unsigned_entries};
 
 /// Resident and peak resident memory of a process, in MB, for reports.
 pub fn memory_mb(p: &ReplicaProcess) -> (f64, f64) {

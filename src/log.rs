@@ -1,0 +1,57 @@
+//! The shared vocabulary of a log, below the client, the engine and the
+//! core alike: what a replica says about itself and its log when first
+//! asked ([`Head`]), and one step of a stream of its log ([`LogBatch`]).
+
+use std::time::Duration;
+
+use crate::entry::EntryId;
+use crate::store::{Incarnation, LogRecord, PeerCursor, Seq};
+
+/// A replica's head: who it is, where its log ends, and the limits its
+/// requests must fit. What a puller asks first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub node: String,
+    pub instance: [u8; 16],
+    pub incarnation: Incarnation,
+    pub head_seq: Seq,
+    /// The id logged at `head_seq` (none for an empty log).
+    pub head_id: Option<EntryId>,
+    pub entry_count: u64,
+    pub max_ids_per_request: usize,
+    pub max_message_bytes: usize,
+}
+
+impl Head {
+    /// A cursor at the head: following from it yields only what comes next.
+    pub fn cursor(&self) -> Option<PeerCursor> {
+        self.head_id.map(|id| PeerCursor {
+            incarnation: self.incarnation,
+            seq: self.head_seq,
+            id_at_seq: id,
+        })
+    }
+}
+
+/// One step of a log stream. A batch with no records and no `next` is a
+/// heartbeat: the log is idle and the serving replica's head is `head_seq`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogBatch {
+    /// Records after the reader's position, in log order, filtered by
+    /// namespace when asked.
+    pub records: Vec<LogRecord>,
+    /// The position just after this batch. With a namespace filter it can
+    /// move past records that were not sent; a reader resumes from here.
+    pub next: Option<PeerCursor>,
+    /// The serving replica's head when this batch was read.
+    pub head_seq: Seq,
+}
+
+impl LogBatch {
+    pub fn is_heartbeat(&self) -> bool {
+        self.records.is_empty() && self.next.is_none()
+    }
+}
+
+/// The longest a follower holds relayed records back.
+pub const MAX_RELAY_DELAY: Duration = Duration::from_secs(1);
