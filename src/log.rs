@@ -1,10 +1,14 @@
 //! The shared vocabulary of a log, below the client, the engine and the
 //! core alike: what a replica says about itself and its log when first
-//! asked ([`Head`]), and one step of a stream of its log ([`LogBatch`]).
+//! asked ([`Head`]), what a reader asks to follow of it ([`FollowRequest`]),
+//! one step of a stream of it ([`LogBatch`]), and entries fetched by id
+//! ([`EntryChunk`]).
 
 use std::time::Duration;
 
-use crate::entry::EntryId;
+use bytes::Bytes;
+
+use crate::entry::{EntryId, Namespace};
 use crate::store::{Incarnation, LogRecord, PeerCursor, Seq};
 
 /// A replica's head: who it is, where its log ends, and the limits its
@@ -55,3 +59,29 @@ impl LogBatch {
 
 /// The longest a follower holds relayed records back.
 pub const MAX_RELAY_DELAY: Duration = Duration::from_secs(1);
+
+/// What a reader asks to follow of a replica's (or a store's) log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FollowRequest {
+    /// Resume after this position; `None` is the start of the log.
+    pub from: Option<PeerCursor>,
+    /// Records carry their entry's data.
+    pub with_data: bool,
+    /// Once at the head, records of entries the peer took from clients
+    /// carry their data (see the replica's `FollowOptions`).
+    pub live_data: bool,
+    /// Only these namespaces; empty follows all.
+    pub namespaces: Vec<Namespace>,
+    /// Ask for a heartbeat after this long without records.
+    pub heartbeat: Option<Duration>,
+    /// Ask for records the peer pulled from others to be held back up to
+    /// this long and sent together (see the replica's `FollowOptions`).
+    pub relay_delay: Option<Duration>,
+}
+
+/// Part of an answer to a fetch by id: entries found, and ids not held.
+#[derive(Debug, Clone, Default)]
+pub struct EntryChunk {
+    pub entries: Vec<(EntryId, Bytes)>,
+    pub missing: Vec<EntryId>,
+}

@@ -9,7 +9,7 @@ use crate::entry::{
     Entry, EntryId, InvalidId, InvalidNamespace, Namespace, RejectReason, Rejection,
 };
 use crate::log::Head;
-use crate::log::LogBatch;
+use crate::log::{EntryChunk, FollowRequest, LogBatch, MAX_RELAY_DELAY};
 use crate::proto;
 use crate::store::{Incarnation, LogRecord, PeerCursor};
 
@@ -311,4 +311,93 @@ pub fn put_outcomes(resp: proto::PutEntriesResponse) -> Vec<PutOutcome> {
             }
         })
         .collect()
+}
+
+/// What a ScanSince or Watch asks to follow, every field checked but the
+/// namespaces' number and whether they are served (the replica's to judge).
+pub fn follow_request(
+    from: Option<proto::Cursor>,
+    with_data: bool,
+    live_data: bool,
+    namespaces: Vec<proto::Namespace>,
+    heartbeat_ms: u32,
+    relay_delay_ms: u32,
+) -> Result<FollowRequest> {
+    let relay_delay = std::time::Duration::from_millis(relay_delay_ms.into());
+    if relay_delay > MAX_RELAY_DELAY {
+        return Err(Invalid::Field(format!(
+            "relay_delay_ms {relay_delay_ms} is above the maximum of {}",
+            MAX_RELAY_DELAY.as_millis()
+        )));
+    }
+    let heartbeat = match heartbeat_ms {
+        0 => None,
+        1..100 => {
+            return Err(Invalid::Field(format!(
+                "heartbeat_ms {heartbeat_ms} is below the minimum of 100"
+            )));
+        }
+        ms => Some(std::time::Duration::from_millis(ms.into())),
+    };
+    let mut unique = std::collections::HashSet::new();
+    let mut names = Vec::new();
+    for ns in namespaces {
+        let ns = namespace(Some(ns))?;
+        if unique.insert(ns.clone()) {
+            names.push(ns);
+        }
+    }
+    Ok(FollowRequest {
+        from: cursor(from)?,
+        with_data,
+        live_data,
+        namespaces: names,
+        heartbeat,
+        relay_delay: (!relay_delay.is_zero()).then_some(relay_delay),
+    })
+}
+
+/// A Watch of what `r` asks for.
+pub fn watch_request(r: &FollowRequest) -> proto::WatchRequest {
+    proto::WatchRequest {
+        cursor: r
+            .from
+            .map(|c| cursor_to_proto(c.incarnation, c.seq, Some(&c.id_at_seq))),
+        include_data: r.with_data,
+        live_data: r.live_data,
+        namespaces: r.namespaces.iter().map(namespace_to_proto).collect(),
+        heartbeat_ms: r
+            .heartbeat
+            .map_or(0, |h| h.as_millis().clamp(100, u32::MAX as u128) as u32),
+        relay_delay_ms: r
+            .relay_delay
+            .map_or(0, |d| d.min(MAX_RELAY_DELAY).as_millis() as u32),
+    }
+}
+
+pub fn entry_chunk_to_proto(c: EntryChunk) -> proto::EntryBatch {
+    proto::EntryBatch {
+        entries: c
+            .entries
+            .into_iter()
+            .map(|(id, data)| proto::Entry {
+                id: id_bytes(&id),
+                data,
+            })
+            .collect(),
+        missing: c.missing.iter().map(id_bytes).collect(),
+    }
+}
+
+/// Entries as a replica sent them, every id checked.
+pub fn entry_chunk(b: proto::EntryBatch) -> Result<EntryChunk> {
+    let entries = b
+        .entries
+        .into_iter()
+        .map(|e| Ok((EntryId::from_slice(&e.id)?, e.data)))
+        .collect::<Result<_>>()?;
+    Ok(EntryChunk {
+        entries,
+        missing: ids(b.missing, usize::MAX)?,
+    })
 }

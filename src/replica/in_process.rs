@@ -9,12 +9,12 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 
+use super::Replica;
 use super::outgoing::SendScope;
-use super::{FollowOptions, LogFollower, Replica};
 use crate::entry::{EntryId, Namespace, PutOutcome};
 use crate::error::Error;
 use crate::log::Head;
-use crate::sync::peer::{EntryChunk, EntryStream, FollowRequest, LogStream, Peer, PeerError};
+use crate::sync::peer::{EntryStream, FollowRequest, LogStream, Peer, PeerError};
 
 pub struct LocalPeer {
     name: String,
@@ -56,28 +56,13 @@ impl Peer for LocalPeer {
     }
 
     async fn follow(&self, request: FollowRequest) -> Result<LogStream, PeerError> {
-        for ns in &request.namespaces {
-            self.replica.check_namespace(ns).map_err(peer_error)?;
-        }
-        let after = self
+        let send = SendScope::replica(self.replica.send_pool());
+        let batches = self
             .replica
-            .resume_point(request.from)
+            .serve_log(request, None, send)
             .await
             .map_err(peer_error)?;
-        let opts = FollowOptions {
-            with_data: request.with_data,
-            live_data: request.live_data,
-            only: (!request.namespaces.is_empty())
-                .then(|| request.namespaces.into_iter().collect()),
-            heartbeat: request.heartbeat,
-            relay_delay: request.relay_delay,
-        };
-        let send = SendScope::replica(self.replica.send_pool());
-        let follower = LogFollower::new(self.replica.clone(), after, None, opts, send);
-        Ok(follower
-            .into_stream()
-            .map(|b| b.map_err(peer_error))
-            .boxed())
+        Ok(batches.map(|b| b.map_err(peer_error)).boxed())
     }
 
     async fn missing(&self, ns: &Namespace, ids: Vec<EntryId>) -> Result<Vec<EntryId>, PeerError> {
@@ -88,26 +73,12 @@ impl Peer for LocalPeer {
     }
 
     async fn get(&self, ns: &Namespace, ids: Vec<EntryId>) -> Result<EntryStream, PeerError> {
-        self.replica.check_namespace(ns).map_err(peer_error)?;
-        let (replica, ns) = (self.replica.clone(), ns.clone());
-        // One store read per chunk of ids, as the engine asks for them.
-        let chunks: Vec<Vec<EntryId>> = ids.chunks(64).map(<[EntryId]>::to_vec).collect();
-        Ok(futures::stream::iter(chunks)
-            .then(move |chunk| {
-                let (replica, ns) = (replica.clone(), ns.clone());
-                async move {
-                    let found = replica.get(ns, chunk.clone()).await.map_err(peer_error)?;
-                    let mut out = EntryChunk::default();
-                    for (id, data) in chunk.into_iter().zip(found) {
-                        match data {
-                            Some(data) => out.entries.push((id, data)),
-                            None => out.missing.push(id),
-                        }
-                    }
-                    Ok(out)
-                }
-            })
-            .boxed())
+        let send = SendScope::replica(self.replica.send_pool());
+        let chunks = self
+            .replica
+            .serve_entries(ns.clone(), ids, send)
+            .map_err(peer_error)?;
+        Ok(chunks.map(|c| c.map_err(peer_error)).boxed())
     }
 
     async fn put(&self, entries: Vec<(EntryId, Bytes)>) -> Result<Vec<PutOutcome>, PeerError> {

@@ -10,6 +10,7 @@ pub mod in_process;
 mod local;
 pub mod outgoing;
 mod recent;
+mod serve;
 mod tail;
 
 pub use crate::sync::local::Checked;

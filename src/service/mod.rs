@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::connections::ConnectionInfo;
 use crate::error::Error;
+use crate::log::FollowRequest;
 use crate::proto;
 use crate::proto::convert;
 // The generated trait is the wire API; `Store` alone names the storage trait.
@@ -73,12 +74,10 @@ impl StoreApi for StoreService {
         let req = request.into_inner();
         let ids = convert::ids(req.ids, self.replica.limits().max_ids_per_request)?;
         let ns = convert::namespace(req.namespace)?;
-        self.replica.check_namespace(&ns)?;
-        Ok(Response::new(streams::get(
-            self.replica.clone(),
-            ns,
-            ids,
-            send,
+        let chunks = self.replica.serve_entries(ns, ids, send)?;
+        Ok(Response::new(streams::served(
+            chunks,
+            convert::entry_chunk_to_proto,
         )))
     }
 
@@ -122,9 +121,9 @@ impl StoreApi for StoreService {
         let send = self.send_scope(&request);
         let req = request.into_inner();
         let limit = page_limit(req.limit, usize::MAX)?;
-        let opts =
-            streams::follow_options(&self.replica, req.include_data, false, req.namespaces, 0, 0)?;
-        self.log_stream(req.cursor, opts, Some(limit), send).await
+        let follow =
+            convert::follow_request(req.cursor, req.include_data, false, req.namespaces, 0, 0)?;
+        self.log_stream(follow, Some(limit), send).await
     }
 
     async fn watch(
@@ -133,35 +132,31 @@ impl StoreApi for StoreService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let send = self.send_scope(&request);
         let req = request.into_inner();
-        let opts = streams::follow_options(
-            &self.replica,
+        let follow = convert::follow_request(
+            req.cursor,
             req.include_data,
             req.live_data,
             req.namespaces,
             req.heartbeat_ms,
             req.relay_delay_ms,
         )?;
-        self.log_stream(req.cursor, opts, None, send).await
+        self.log_stream(follow, None, send).await
     }
 }
 
 impl StoreService {
-    /// ScanSince (with a limit) and Watch (without): validates the request and
-    /// the cursor, then streams the log from there.
+    /// ScanSince (with a limit) and Watch (without): the replica checks the
+    /// request and the cursor, then streams the log from there.
     async fn log_stream(
         &self,
-        cursor: Option<proto::Cursor>,
-        opts: crate::replica::FollowOptions,
+        follow: FollowRequest,
         limit: Option<usize>,
         send: SendScope,
     ) -> Result<Response<ResponseStream<proto::LogBatch>>, Status> {
-        let after = self.replica.resume_point(convert::cursor(cursor)?).await?;
-        Ok(Response::new(streams::log(
-            self.replica.clone(),
-            after,
-            limit,
-            opts,
-            send,
+        let batches = self.replica.serve_log(follow, limit, send).await?;
+        Ok(Response::new(streams::served(
+            batches,
+            convert::log_batch_to_proto,
         )))
     }
 

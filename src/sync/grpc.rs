@@ -9,14 +9,14 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 use super::peer::{
-    ConnectOptions, Connector, EntryChunk, EntryStream, FollowRequest, LogStream, Peer, PeerError,
+    ConnectOptions, Connector, EntryStream, FollowRequest, LogStream, Peer, PeerError,
 };
 use crate::client::{MAX_MESSAGE_BYTES, endpoint, only_message};
 use bytes::Bytes;
 
 use crate::entry::{EntryId, Namespace, PutOutcome};
 use crate::log::Head;
-use crate::log::{LogBatch, MAX_RELAY_DELAY};
+use crate::log::LogBatch;
 use crate::proto::convert;
 use crate::proto::{self, store_client::StoreClient as RawClient};
 
@@ -90,25 +90,7 @@ impl Peer for GrpcPeer {
     }
 
     async fn follow(&self, request: FollowRequest) -> Result<LogStream, PeerError> {
-        let heartbeat_ms = request
-            .heartbeat
-            .map_or(0, |h| h.as_millis().clamp(100, u32::MAX as u128) as u32);
-        let watch = proto::WatchRequest {
-            cursor: request
-                .from
-                .map(|c| convert::cursor_to_proto(c.incarnation, c.seq, Some(&c.id_at_seq))),
-            include_data: request.with_data,
-            live_data: request.live_data,
-            namespaces: request
-                .namespaces
-                .iter()
-                .map(convert::namespace_to_proto)
-                .collect(),
-            heartbeat_ms,
-            relay_delay_ms: request
-                .relay_delay
-                .map_or(0, |d| d.min(MAX_RELAY_DELAY).as_millis() as u32),
-        };
+        let watch = convert::watch_request(&request);
         let stream = self
             .client
             .clone()
@@ -148,16 +130,7 @@ impl Peer for GrpcPeer {
             .map_err(peer_error)?
             .into_inner();
         Ok(stream
-            .map(|item| -> Result<EntryChunk, PeerError> {
-                let batch = item.map_err(peer_error)?;
-                let entries = batch
-                    .entries
-                    .into_iter()
-                    .map(|e| Ok((EntryId::from_slice(&e.id).map_err(corrupt)?, e.data)))
-                    .collect::<Result<_, PeerError>>()?;
-                let missing = convert::ids(batch.missing, usize::MAX).map_err(corrupt)?;
-                Ok(EntryChunk { entries, missing })
-            })
+            .map(|item| convert::entry_chunk(item.map_err(peer_error)?).map_err(corrupt))
             .boxed())
     }
 

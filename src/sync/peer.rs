@@ -9,35 +9,8 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 
 use crate::entry::{EntryId, Namespace, PutOutcome};
-use crate::log::Head;
-use crate::log::LogBatch;
-use crate::store::PeerCursor;
-
-/// What to follow of a peer's log.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FollowRequest {
-    /// Resume after this position; `None` is the start of the log.
-    pub from: Option<PeerCursor>,
-    /// Records carry their entry's data.
-    pub with_data: bool,
-    /// Once at the head, records of entries the peer took from clients
-    /// carry their data (see [`crate::replica::FollowOptions`]).
-    pub live_data: bool,
-    /// Only these namespaces; empty follows all.
-    pub namespaces: Vec<Namespace>,
-    /// Ask for a heartbeat after this long without records.
-    pub heartbeat: Option<Duration>,
-    /// Ask for records the peer pulled from others to be held back up to
-    /// this long and sent together (see [`crate::replica::FollowOptions`]).
-    pub relay_delay: Option<Duration>,
-}
-
-/// Part of a [`Peer::get`] answer: entries found, and ids the peer does not hold.
-#[derive(Debug, Clone, Default)]
-pub struct EntryChunk {
-    pub entries: Vec<(EntryId, Bytes)>,
-    pub missing: Vec<EntryId>,
-}
+pub use crate::log::{EntryChunk, FollowRequest};
+use crate::log::{Head, LogBatch};
 
 /// How a peer is connected to.
 #[derive(Debug, Clone, Copy)]
