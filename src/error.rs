@@ -4,7 +4,9 @@ use tonic::{Code, Status};
 
 use crate::entry::{InvalidId, InvalidNamespace, Namespace};
 use crate::proto::convert::Invalid;
-use crate::store::{Seq, StoreError};
+use std::sync::Arc;
+
+use crate::store::{Seq, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -90,3 +92,15 @@ impl From<Error> for Status {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Runs a store call on tokio's blocking pool, never on the executor.
+pub async fn on_store<T: Send + 'static>(
+    store: &Arc<dyn Store>,
+    f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(&*store))
+        .await
+        .map_err(|e| Error::Internal(format!("store task failed: {e}")))?
+        .map_err(Error::from)
+}

@@ -11,6 +11,10 @@ use bytes::Bytes;
 
 use crate::entry::{Entry, EntryId, Namespace, RejectReason, Rejection, VerifiedEntry};
 
+/// The entries of a batch that passed the checks, in order, and the index
+/// and reason of each one that did not.
+pub type Checked = (Vec<VerifiedEntry>, Vec<(usize, Rejection)>);
+
 /// Rules for one namespace.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NamespaceRules {
@@ -72,6 +76,20 @@ impl Policy {
     /// Whether the replica serves `ns` at all.
     pub fn serves(&self, ns: &Namespace) -> bool {
         self.allow_unlisted || self.namespaces.contains_key(ns)
+    }
+
+    /// Checks `(claimed id, data)` pairs: the entries that pass, in order,
+    /// and the index and reason of each one that does not.
+    pub fn check_batch(&self, items: Vec<(Bytes, Bytes)>) -> Checked {
+        let mut verified = Vec::with_capacity(items.len());
+        let mut rejections = Vec::new();
+        for (index, (id, data)) in items.into_iter().enumerate() {
+            match self.check(&id, data) {
+                Ok(entry) => verified.push(entry),
+                Err(rejection) => rejections.push((index, rejection)),
+            }
+        }
+        (verified, rejections)
     }
 
     /// Checks an entry as received: `claimed_id` is the id the sender gave.

@@ -85,15 +85,7 @@ impl Committer {
 
     /// Checks `(claimed id, data)` pairs against the policy.
     pub fn verify(&self, items: Vec<(Bytes, Bytes)>) -> Checked {
-        let mut verified = Vec::with_capacity(items.len());
-        let mut rejections = Vec::new();
-        for (index, (id, data)) in items.into_iter().enumerate() {
-            match self.policy.check(&id, data) {
-                Ok(entry) => verified.push(entry),
-                Err(rejection) => rejections.push((index, rejection)),
-            }
-        }
-        (verified, rejections)
+        self.policy.check_batch(items)
     }
 
     /// Stores verified entries, and `cursor` with them, in one atomic batch.

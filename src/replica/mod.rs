@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::entry::{EntryId, Namespace, PutOutcome, Rejection, VerifiedEntry};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, on_store};
 use crate::limits::{Limits, check_count};
 use crate::log::Head;
 use crate::metrics::Metrics;
@@ -192,11 +192,7 @@ impl Replica {
         &self,
         f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&*store))
-            .await
-            .map_err(|e| Error::Internal(format!("store task failed: {e}")))?
-            .map_err(Error::from)
+        on_store(&self.store, f).await
     }
 
     /// Rejects a namespace this replica does not serve.
@@ -332,15 +328,7 @@ impl Replica {
         if ids.is_empty() {
             return Ok(ids);
         }
-        self.blocking(move |s| {
-            let held = s.contains(&ns, &ids)?;
-            Ok(ids
-                .into_iter()
-                .zip(held)
-                .filter_map(|(id, held)| (!held).then_some(id))
-                .collect())
-        })
-        .await
+        self.blocking(move |s| s.missing(&ns, ids)).await
     }
 
     /// Whether the records after `after` are known to be all pulled from

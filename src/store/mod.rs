@@ -157,6 +157,16 @@ pub trait Store: Send + Sync + 'static {
     /// For each id, whether the store holds it in `ns`.
     fn contains(&self, ns: &Namespace, ids: &[EntryId]) -> Result<Vec<bool>, StoreError>;
 
+    /// The ids of `ids` not held in `ns`, in order.
+    fn missing(&self, ns: &Namespace, ids: Vec<EntryId>) -> Result<Vec<EntryId>, StoreError> {
+        let held = self.contains(ns, &ids)?;
+        Ok(ids
+            .into_iter()
+            .zip(held)
+            .filter_map(|(id, held)| (!held).then_some(id))
+            .collect())
+    }
+
     /// For each id, the entry's data if held in `ns`.
     fn get(&self, ns: &Namespace, ids: &[EntryId]) -> Result<Vec<Option<Bytes>>, StoreError>;
 

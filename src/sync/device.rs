@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use super::local::{Checked, Local, LocalIdentity, LogRead, passed};
 use crate::entry::{EntryId, Namespace, VerifiedEntry};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, on_store};
 use crate::policy::Policy;
 use crate::store::{Appended, CursorRecord, CursorUpdate, Seq, Store, StoreError, StoreStats};
 
@@ -53,11 +53,7 @@ impl DeviceStore {
         &self,
         f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&*store))
-            .await
-            .map_err(|e| Error::Internal(format!("store task failed: {e}")))?
-            .map_err(Error::from)
+        on_store(&self.store, f).await
     }
 }
 
@@ -92,32 +88,14 @@ impl Local for DeviceStore {
     }
 
     async fn missing(&self, ns: Namespace, ids: Vec<EntryId>) -> Result<Vec<EntryId>> {
-        self.blocking(move |s| {
-            let held = s.contains(&ns, &ids)?;
-            Ok(ids
-                .into_iter()
-                .zip(held)
-                .filter_map(|(id, held)| (!held).then_some(id))
-                .collect())
-        })
-        .await
+        self.blocking(move |s| s.missing(&ns, ids)).await
     }
 
     async fn verify(&self, items: Vec<(Bytes, Bytes)>) -> Result<Checked> {
         let policy = self.policy.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut verified = Vec::with_capacity(items.len());
-            let mut rejections = Vec::new();
-            for (index, (id, data)) in items.into_iter().enumerate() {
-                match policy.check(&id, data) {
-                    Ok(entry) => verified.push(entry),
-                    Err(rejection) => rejections.push((index, rejection)),
-                }
-            }
-            (verified, rejections)
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("verify task failed: {e}")))
+        tokio::task::spawn_blocking(move || policy.check_batch(items))
+            .await
+            .map_err(|e| Error::Internal(format!("verify task failed: {e}")))
     }
 
     async fn ingest(

@@ -16,9 +16,7 @@ use crate::entry::{EntryId, Namespace, Rejection, VerifiedEntry};
 use crate::error::Result;
 use crate::store::{Appended, CursorRecord, CursorUpdate, Incarnation, LogRecord, Seq, StoreStats};
 
-/// The entries of a batch that passed the local side's checks, in order,
-/// and the index and reason of each one that did not.
-pub type Checked = (Vec<VerifiedEntry>, Vec<(usize, Rejection)>);
+pub use crate::policy::Checked;
 
 /// Whether a rejection fails the whole batch it is in.
 pub type Fatal = for<'a> fn(&'a Rejection) -> bool;
