@@ -11,20 +11,27 @@ use tokio::sync::watch;
 
 use crate::entry::{EntryId, Namespace};
 
-type Key = (Namespace, EntryId);
-
 /// The outcome of a fetch: `Some(true)` once stored, `Some(false)` if it
 /// failed; a closed channel means failed too.
 pub type Outcome = watch::Receiver<Option<bool>>;
 
+/// Fetches by entry id, each with the namespace it is fetched into. Keyed
+/// by id alone (the namespace is compared, not hashed or cloned per id): an
+/// id fetched into two namespaces at once is rare, and the second fetch
+/// then simply runs unclaimed.
+type Claims = HashMap<EntryId, (Namespace, Outcome), foldhash::fast::RandomState>;
+
 #[derive(Clone, Default)]
-pub struct InFlight(Arc<Mutex<HashMap<Key, Outcome>>>);
+pub struct InFlight(Arc<Mutex<Claims>>);
 
 /// Entries this worker fetches; reports the outcome to waiting workers
 /// when stored ([`Fetching::stored`]) or dropped (failed).
 pub struct Fetching {
     set: InFlight,
-    keys: Vec<Key>,
+    namespace: Namespace,
+    /// The ids to fetch, and whether each is registered here (so released
+    /// when this fetch ends).
+    ids: Vec<(EntryId, bool)>,
     done: watch::Sender<Option<bool>>,
 }
 
@@ -37,39 +44,47 @@ impl InFlight {
         let mut theirs = Vec::new();
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         for id in ids {
-            let key = (ns.clone(), *id);
-            match map.get(&key) {
-                Some(other) => theirs.push((*id, other.clone())),
+            match map.get(id) {
+                Some((other_ns, other)) if other_ns == ns => theirs.push((*id, other.clone())),
+                // Fetched into another namespace: fetch it here too.
+                Some(_) => mine.push((*id, false)),
                 None => {
-                    map.insert(key.clone(), outcome.clone());
-                    mine.push(key);
+                    map.insert(*id, (ns.clone(), outcome.clone()));
+                    mine.push((*id, true));
                 }
             }
         }
         let fetching = Fetching {
             set: self.clone(),
-            keys: mine,
+            namespace: ns.clone(),
+            ids: mine,
             done,
         };
         (fetching, theirs)
     }
 
-    fn release(&self, keys: &[Key]) {
+    fn release(&self, ids: &[(EntryId, bool)]) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        for key in keys {
-            map.remove(key);
+        for (id, _) in ids.iter().filter(|(_, registered)| *registered) {
+            map.remove(id);
         }
     }
 }
 
 impl Fetching {
     /// Whether this worker claimed `id`.
+    #[cfg(test)]
     pub fn owns(&self, ns: &Namespace, id: &EntryId) -> bool {
-        self.keys.iter().any(|(n, i)| i == id && n == ns)
+        *ns == self.namespace && self.ids.iter().any(|(i, _)| i == id)
+    }
+
+    /// The ids this worker claimed, in the order asked for.
+    pub fn ids(&self) -> impl Iterator<Item = EntryId> + '_ {
+        self.ids.iter().map(|(id, _)| *id)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.ids.is_empty()
     }
 
     /// Everything claimed is stored.
@@ -80,7 +95,7 @@ impl Fetching {
 
 impl Drop for Fetching {
     fn drop(&mut self) {
-        self.set.release(&self.keys);
+        self.set.release(&self.ids);
         self.done.send_if_modified(|v| {
             let unset = v.is_none();
             if unset {
@@ -123,5 +138,13 @@ mod tests {
         // Released: the next claim fetches.
         let (fourth, waits) = set.claim(&ns, &[a, b]);
         assert!(waits.is_empty() && fourth.owns(&ns, &a) && fourth.owns(&ns, &b));
+        // The same id fetched into another namespace is fetched there too,
+        // and ending that fetch releases nothing of this one's.
+        let other = Namespace::new("t", "other").unwrap();
+        let (fifth, waits) = set.claim(&other, &[a]);
+        assert!(waits.is_empty() && fifth.owns(&other, &a) && !fifth.owns(&ns, &a));
+        drop(fifth);
+        let (_, waits) = set.claim(&ns, &[a]);
+        assert_eq!(waits.len(), 1, "a is still fetched by the fourth claim");
     }
 }

@@ -254,11 +254,7 @@ impl Worker {
             };
             while !missing.is_empty() {
                 let (mine, theirs) = self.p.shared.in_flight.claim(&ns, &missing);
-                let to_fetch: Vec<EntryId> = missing
-                    .iter()
-                    .filter(|id| mine.owns(&ns, id))
-                    .copied()
-                    .collect();
+                let to_fetch: Vec<EntryId> = mine.ids().collect();
                 self.fetch(link, sink, &ns, &to_fetch).await?;
                 // Claims ride with the commit that stores their entries.
                 sink.claimed(mine);
