@@ -28,7 +28,6 @@ pub struct InFlight(Arc<Mutex<Claims>>);
 /// when stored ([`Fetching::stored`]) or dropped (failed).
 pub struct Fetching {
     set: InFlight,
-    namespace: Namespace,
     /// The ids to fetch, and whether each is registered here (so released
     /// when this fetch ends).
     ids: Vec<(EntryId, bool)>,
@@ -56,7 +55,6 @@ impl InFlight {
         }
         let fetching = Fetching {
             set: self.clone(),
-            namespace: ns.clone(),
             ids: mine,
             done,
         };
@@ -74,8 +72,8 @@ impl InFlight {
 impl Fetching {
     /// Whether this worker claimed `id`.
     #[cfg(test)]
-    pub fn owns(&self, ns: &Namespace, id: &EntryId) -> bool {
-        *ns == self.namespace && self.ids.iter().any(|(i, _)| i == id)
+    pub fn owns(&self, id: &EntryId) -> bool {
+        self.ids.iter().any(|(i, _)| i == id)
     }
 
     /// The ids this worker claimed, in the order asked for.
@@ -124,9 +122,9 @@ mod tests {
         let ns = Namespace::new("t", "d").unwrap();
         let (a, b) = (EntryId([1; 32]), EntryId([2; 32]));
         let (first, waits) = set.claim(&ns, &[a]);
-        assert!(waits.is_empty() && first.owns(&ns, &a));
+        assert!(waits.is_empty() && first.owns(&a));
         let (second, waits) = set.claim(&ns, &[a, b]);
-        assert!(second.owns(&ns, &b) && !second.owns(&ns, &a));
+        assert!(second.owns(&b) && !second.owns(&a));
         assert_eq!(waits.len(), 1);
         first.stored();
         assert!(stored(waits[0].1.clone()).await);
@@ -137,12 +135,12 @@ mod tests {
         assert!(!stored(waits[0].1.clone()).await);
         // Released: the next claim fetches.
         let (fourth, waits) = set.claim(&ns, &[a, b]);
-        assert!(waits.is_empty() && fourth.owns(&ns, &a) && fourth.owns(&ns, &b));
+        assert!(waits.is_empty() && fourth.owns(&a) && fourth.owns(&b));
         // The same id fetched into another namespace is fetched there too,
         // and ending that fetch releases nothing of this one's.
         let other = Namespace::new("t", "other").unwrap();
         let (fifth, waits) = set.claim(&other, &[a]);
-        assert!(waits.is_empty() && fifth.owns(&other, &a) && !fifth.owns(&ns, &a));
+        assert!(waits.is_empty() && fifth.owns(&a));
         drop(fifth);
         let (_, waits) = set.claim(&ns, &[a]);
         assert_eq!(waits.len(), 1, "a is still fetched by the fourth claim");
