@@ -72,16 +72,19 @@ impl Local for Replica {
         after: Seq,
         limit: usize,
         namespaces: Option<Vec<Namespace>>,
+        data: Option<usize>,
     ) -> Result<LogRead> {
-        let Some(only) = namespaces else {
-            let records = Replica::log_since(self, after, limit, WithData::No, None).await?;
-            let through = records.last().map(|r| (r.seq, r.id));
-            return Ok(LogRead { records, through });
-        };
         let head = self.stats().head_seq;
-        let only: HashSet<Namespace> = only.into_iter().collect();
-        let records = Replica::log_since(self, after, limit, WithData::No, Some(&only)).await?;
-        let through = passed(&records, limit, after, head, |seq| self.log_at(seq)).await?;
+        let with = match data {
+            Some(budget) => WithData::All { budget },
+            None => WithData::No,
+        };
+        let only: Option<HashSet<Namespace>> = namespaces.map(|n| n.into_iter().collect());
+        let records = Replica::log_since(self, after, limit, with, only.as_ref()).await?;
+        let through = passed(&records, limit, data.is_some(), after, head, |seq| {
+            self.log_at(seq)
+        })
+        .await?;
         Ok(LogRead { records, through })
     }
 

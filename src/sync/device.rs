@@ -123,19 +123,23 @@ impl Local for DeviceStore {
         after: Seq,
         limit: usize,
         namespaces: Option<Vec<Namespace>>,
+        data: Option<usize>,
     ) -> Result<LogRead> {
-        let Some(only) = namespaces else {
-            let records = self
-                .blocking(move |s| s.log_since(after, limit, None))
-                .await?;
-            let through = records.last().map(|r| (r.seq, r.id));
-            return Ok(LogRead { records, through });
-        };
         let head = self.stats().head_seq;
-        let records = self
-            .blocking(move |s| s.log_since_in(&only, after, limit, None))
-            .await?;
-        let through = passed(&records, limit, after, head, |seq| self.log_at(seq)).await?;
+        let records = match namespaces {
+            None => {
+                self.blocking(move |s| s.log_since(after, limit, data))
+                    .await?
+            }
+            Some(only) => {
+                self.blocking(move |s| s.log_since_in(&only, after, limit, data))
+                    .await?
+            }
+        };
+        let through = passed(&records, limit, data.is_some(), after, head, |seq| {
+            self.log_at(seq)
+        })
+        .await?;
         Ok(LogRead { records, through })
     }
 

@@ -88,13 +88,16 @@ pub trait Local: Send + Sync + 'static {
         Ok((rejections, Some(appended)))
     }
 
-    /// Local log records after `after`, ids only, in order: up to `limit`
-    /// read, and with `namespaces` only theirs returned.
+    /// Local log records after `after`, in order: up to `limit` read, and
+    /// with `namespaces` only theirs returned. With `data`, each record
+    /// carries its entry's data, within that many bytes (at least one
+    /// record); without, ids only.
     async fn log_since(
         &self,
         after: Seq,
         limit: usize,
         namespaces: Option<Vec<Namespace>>,
+        data: Option<usize>,
     ) -> Result<LogRead>;
 
     /// The id logged at `seq`, if any.
@@ -114,12 +117,14 @@ pub struct LogRead {
     pub through: Option<(Seq, EntryId)>,
 }
 
-/// How far a filtered read of the log passed: its last record when it
-/// filled `limit`; else everything up to `head`, the head seen before the
-/// read (or its last record, if newer). `log_at` names the id at a seq.
+/// How far a read of the log passed: its last record when it filled
+/// `limit` or may have stopped at a data budget (`with_data`); else
+/// everything up to `head`, the head seen before the read (or its last
+/// record, if newer). `log_at` names the id at a seq.
 pub async fn passed<F, Fut>(
     records: &[LogRecord],
     limit: usize,
+    with_data: bool,
     after: Seq,
     head: Seq,
     log_at: F,
@@ -130,17 +135,18 @@ where
 {
     let last = records.last().map(|r| (r.seq, r.id));
     match last {
-        Some((seq, _)) if records.len() >= limit || seq >= head => Ok(last),
+        Some((seq, _)) if with_data || records.len() >= limit || seq >= head => Ok(last),
         _ if head > after => Ok(log_at(head).await?.map(|id| (head, id)).or(last)),
         _ => Ok(last),
     }
 }
 
-/// Log records grouped by namespace, each group in log order.
-pub fn by_namespace(records: Vec<LogRecord>) -> BTreeMap<Namespace, Vec<EntryId>> {
-    let mut out: BTreeMap<Namespace, Vec<EntryId>> = BTreeMap::new();
+/// Log records grouped by namespace, each group in log order, with the
+/// data each carried.
+pub fn by_namespace(records: Vec<LogRecord>) -> BTreeMap<Namespace, Vec<(EntryId, Option<Bytes>)>> {
+    let mut out: BTreeMap<Namespace, Vec<(EntryId, Option<Bytes>)>> = BTreeMap::new();
     for r in records {
-        out.entry(r.namespace).or_default().push(r.id);
+        out.entry(r.namespace).or_default().push((r.id, r.data));
     }
     out
 }

@@ -16,6 +16,7 @@
 //! cheap, so no body the peer holds is sent again. A push stopped half way
 //! reads again at most the batch it was in.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -39,6 +40,9 @@ use crate::store::{CursorRecord, CursorUpdate, PeerCursor, Seq};
 
 /// Log records read per batch.
 const READ_RECORDS: usize = 4096;
+/// Entry data read per batch, at most (at least one record): the log is
+/// read with its bodies, in order, rather than looked up by id afterwards.
+const READ_DATA_BYTES: usize = 4 << 20;
 /// Put calls in flight at once.
 const PUTS_IN_FLIGHT: usize = 4;
 /// Entry data per put call, at most (and at most half the peer's message
@@ -224,14 +228,17 @@ impl Pusher {
             while pos < until {
                 let read = self
                     .local
-                    .log_since(pos, READ_RECORDS, namespaces.clone())
+                    .log_since(pos, READ_RECORDS, namespaces.clone(), Some(READ_DATA_BYTES))
                     .await?;
                 let Some((seq, id)) = read.through else { break };
                 let records = read.records.len() as u64;
-                for (ns, ids) in by_namespace(read.records) {
-                    for chunk in ids.chunks(per_request) {
-                        let missing = self.missing(&ns, chunk.to_vec()).await?;
-                        for put in self.bodies(&ns, missing, per_request, data_per_put).await? {
+                for (ns, entries) in by_namespace(read.records) {
+                    for chunk in entries.chunks(per_request) {
+                        let ids = chunk.iter().map(|(id, _)| *id).collect();
+                        let missing: HashSet<EntryId> =
+                            self.missing(&ns, ids).await?.into_iter().collect();
+                        let lacked = chunk.iter().filter(|(id, _)| missing.contains(id)).cloned();
+                        for put in self.bodies(&ns, lacked, data_per_put).await? {
                             if tx.send(Step::Put(put)).await.is_err() {
                                 return Ok(());
                             }
@@ -313,33 +320,42 @@ impl Pusher {
         Ok(())
     }
 
-    /// The bodies of `ids`, in put calls of at most `data_per_put` bytes.
+    /// `entries` in put calls of at most `data_per_put` bytes, with the
+    /// data of any that came without it looked up.
     async fn bodies(
         &self,
         ns: &Namespace,
-        ids: Vec<EntryId>,
-        per_request: usize,
+        entries: impl Iterator<Item = (EntryId, Option<Bytes>)>,
         data_per_put: usize,
     ) -> Result<Vec<Vec<(EntryId, Bytes)>>, SyncError> {
+        let mut entries: Vec<(EntryId, Option<Bytes>)> = entries.collect();
+        let without: Vec<EntryId> = entries
+            .iter()
+            .filter(|(_, data)| data.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        if !without.is_empty() {
+            let mut found = self.local.get(ns.clone(), without).await?.into_iter();
+            for (_, data) in entries.iter_mut().filter(|(_, data)| data.is_none()) {
+                *data = found.next().flatten();
+            }
+        }
         let mut puts: Vec<Vec<(EntryId, Bytes)>> = Vec::new();
-        for chunk in ids.chunks(per_request) {
-            let bodies = self.local.get(ns.clone(), chunk.to_vec()).await?;
-            let mut current: Vec<(EntryId, Bytes)> = Vec::new();
-            let mut bytes = 0;
-            for (id, data) in chunk.iter().zip(bodies) {
-                let data = data.ok_or_else(|| {
-                    Error::Internal(format!("{id} is logged here but its data is not held"))
-                })?;
-                if !current.is_empty() && bytes + data.len() > data_per_put {
-                    puts.push(std::mem::take(&mut current));
-                    bytes = 0;
-                }
-                bytes += data.len();
-                current.push((*id, data));
+        let mut current: Vec<(EntryId, Bytes)> = Vec::new();
+        let mut bytes = 0;
+        for (id, data) in entries {
+            let data = data.ok_or_else(|| {
+                Error::Internal(format!("{id} is logged here but its data is not held"))
+            })?;
+            if !current.is_empty() && bytes + data.len() > data_per_put {
+                puts.push(std::mem::take(&mut current));
+                bytes = 0;
             }
-            if !current.is_empty() {
-                puts.push(current);
-            }
+            bytes += data.len();
+            current.push((id, data));
+        }
+        if !current.is_empty() {
+            puts.push(current);
         }
         Ok(puts)
     }

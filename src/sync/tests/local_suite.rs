@@ -110,29 +110,45 @@ async fn suite(local: Arc<dyn Local>) {
     assert_eq!(got.last().unwrap(), &None);
 
     // The log: all, then filtered; `through` passes every record read.
-    let all = local.log_since(0, 100, None).await.unwrap();
+    let all = local.log_since(0, 100, None, None).await.unwrap();
     assert_eq!(all.records.len(), 8);
     assert_eq!(all.through, Some((8, batch_b[2].id)));
     let only_b = local
-        .log_since(0, 100, Some(vec![b.clone()]))
+        .log_since(0, 100, Some(vec![b.clone()]), None)
         .await
         .unwrap();
     let ids: Vec<EntryId> = only_b.records.iter().map(|r| r.id).collect();
     assert_eq!(ids, batch_b.iter().map(|e| e.id).collect::<Vec<_>>());
     assert_eq!(only_b.through, Some((8, batch_b[2].id)));
     let only_a_late = local
-        .log_since(5, 100, Some(vec![a.clone()]))
+        .log_since(5, 100, Some(vec![a.clone()]), None)
         .await
         .unwrap();
     assert!(only_a_late.records.is_empty());
     assert_eq!(only_a_late.through.map(|t| t.0), Some(8));
-    let limited = local.log_since(2, 2, None).await.unwrap();
+    let limited = local.log_since(2, 2, None, None).await.unwrap();
     assert_eq!(
         limited.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
         [3, 4]
     );
-    let past = local.log_since(8, 100, None).await.unwrap();
+    let past = local.log_since(8, 100, None, None).await.unwrap();
     assert_eq!(past, Default::default());
+    // With data: every record carries its entry's, and a read that stops
+    // at its data budget passes only what it returned.
+    let one = local.log_since(0, 100, None, Some(1)).await.unwrap();
+    assert_eq!(one.records.len(), 1, "at least one record, within 1 byte");
+    assert_eq!(one.records[0].data.as_ref(), Some(batch_a[0].data()));
+    assert_eq!(one.through, Some((1, batch_a[0].id)));
+    let with_b = local
+        .log_since(0, 100, Some(vec![b.clone()]), Some(1 << 20))
+        .await
+        .unwrap();
+    let data: Vec<Option<&Bytes>> = with_b.records.iter().map(|r| r.data.as_ref()).collect();
+    assert_eq!(
+        data,
+        batch_b.iter().map(|e| Some(e.data())).collect::<Vec<_>>()
+    );
+    assert_eq!(with_b.through, Some((8, batch_b[2].id)));
     assert_eq!(local.log_at(6).await.unwrap(), Some(batch_b[0].id));
     assert_eq!(local.log_at(99).await.unwrap(), None);
     assert!(local.max_ids_per_request() > 0);
