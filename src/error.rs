@@ -3,6 +3,7 @@
 use tonic::{Code, Status};
 
 use crate::entry::{InvalidId, InvalidNamespace, Namespace};
+use crate::proto;
 use crate::proto::convert::Invalid;
 use std::sync::Arc;
 
@@ -87,7 +88,14 @@ impl From<Error> for Status {
         if code == Code::Internal {
             tracing::error!(error = %e, "internal error");
         }
-        Status::new(code, e.to_string())
+        let mut status = Status::new(code, e.to_string());
+        if let Error::NamespaceNotAllowed(_) = e {
+            status.metadata_mut().insert(
+                proto::ERROR_REASON_KEY,
+                tonic::metadata::MetadataValue::from_static(proto::REASON_NAMESPACE_NOT_SERVED),
+            );
+        }
+        status
     }
 }
 

@@ -13,6 +13,12 @@ mod generated {
 
 pub use generated::*;
 
+/// Metadata key of an error status that names its reason where the code
+/// alone is not precise (several causes share `INVALID_ARGUMENT`).
+pub const ERROR_REASON_KEY: &str = "mindoo-error-reason";
+/// [`ERROR_REASON_KEY`]: the replica does not serve the namespace asked for.
+pub const REASON_NAMESPACE_NOT_SERVED: &str = "namespace-not-served";
+
 /// Encoded `FileDescriptorSet` of the API, served by gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/mindoo_replica_descriptor.bin"));

@@ -38,6 +38,7 @@ fn peer_error(e: Error) -> PeerError {
         | Error::CursorMismatch { .. } => PeerError::CursorRefused(e.to_string()),
         Error::ShuttingDown => PeerError::Unavailable(e.to_string()),
         Error::DataLoss(m) => PeerError::DataLoss(m),
+        Error::NamespaceNotAllowed(_) => PeerError::NamespaceNotServed(e.to_string()),
         other => PeerError::Refused {
             code: "local".into(),
             message: other.to_string(),

@@ -57,6 +57,10 @@ impl GrpcPeer {
 /// What a status from a peer means to the engine.
 pub fn peer_error(status: tonic::Status) -> PeerError {
     let message = status.message().to_owned();
+    let reason = status.metadata().get(proto::ERROR_REASON_KEY);
+    if reason.is_some_and(|r| r == proto::REASON_NAMESPACE_NOT_SERVED) {
+        return PeerError::NamespaceNotServed(message);
+    }
     match status.code() {
         Code::Unavailable | Code::Unknown | Code::Cancelled => PeerError::Unavailable(message),
         Code::DeadlineExceeded => PeerError::Timeout("a call"),
@@ -148,5 +152,24 @@ impl Peer for GrpcPeer {
             .map_err(peer_error)?
             .ok_or(PeerError::Closed)?;
         Ok(convert::put_outcomes(response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+
+    #[test]
+    fn a_namespace_the_peer_does_not_serve_is_told_apart_from_other_invalid_arguments() {
+        let ns = Namespace::new("acme", "other").unwrap();
+        let status = tonic::Status::from(Error::NamespaceNotAllowed(ns));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(matches!(
+            peer_error(status),
+            PeerError::NamespaceNotServed(_)
+        ));
+        let status = tonic::Status::from(Error::InvalidArgument("no ids".into()));
+        assert!(matches!(peer_error(status), PeerError::Refused { .. }));
     }
 }

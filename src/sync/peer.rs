@@ -40,6 +40,9 @@ pub enum PeerError {
     CursorRefused(String),
     #[error("the peer answered {code}: {message}")]
     Refused { code: String, message: String },
+    /// The peer does not serve a namespace asked about.
+    #[error("the peer does not serve the namespace: {0}")]
+    NamespaceNotServed(String),
     #[error("the peer sent corrupt data: {0}")]
     DataLoss(String),
     #[error("the peer closed the stream")]
@@ -54,6 +57,7 @@ impl PeerError {
             Self::Timeout(_) => "timeout",
             Self::CursorRefused(_) => "cursor",
             Self::Refused { .. } => "rpc",
+            Self::NamespaceNotServed(_) => "namespace",
             Self::DataLoss(_) => "data_loss",
             Self::Closed => "closed",
         }

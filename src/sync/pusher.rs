@@ -14,7 +14,9 @@
 //! another incarnation, under another filter, or that no longer matches the
 //! local log starts the push over; the peer's missing-ids answers keep that
 //! cheap, so no body the peer holds is sent again. A push stopped half way
-//! reads again at most the batch it was in.
+//! reads again at most the batch it was in. Entries of a namespace the peer
+//! answers it does not serve stay here: the push moves past them and counts
+//! them (`PushProgress::unserved`).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -68,6 +70,9 @@ pub struct PushProgress {
     pub duplicate: u64,
     /// Entries the peer refused (its policy); the push moves past them.
     pub rejected: u64,
+    /// Entries not sent because the peer does not serve their namespace;
+    /// the push moves past them.
+    pub unserved: u64,
 }
 
 /// A push worker for one peer.
@@ -225,18 +230,40 @@ impl Pusher {
         let namespaces = s.namespaces.clone();
         let produce = async move {
             let mut pos = from;
+            // Namespaces the peer answered it does not serve.
+            let mut unserved: HashSet<Namespace> = HashSet::new();
             while pos < until {
                 let read = self
                     .local
                     .log_since(pos, READ_RECORDS, namespaces.clone(), Some(READ_DATA_BYTES))
                     .await?;
                 let Some((seq, id)) = read.through else { break };
-                let records = read.records.len() as u64;
-                for (ns, entries) in by_namespace(read.records) {
-                    for chunk in entries.chunks(per_request) {
+                let mut passed = Passed {
+                    seq,
+                    id,
+                    records: read.records.len() as u64,
+                    unserved: 0,
+                };
+                'namespaces: for (ns, entries) in by_namespace(read.records) {
+                    if unserved.contains(&ns) {
+                        passed.unserved += entries.len() as u64;
+                        continue;
+                    }
+                    for (i, chunk) in entries.chunks(per_request).enumerate() {
                         let ids = chunk.iter().map(|(id, _)| *id).collect();
-                        let missing: HashSet<EntryId> =
-                            self.missing(&ns, ids).await?.into_iter().collect();
+                        let missing: HashSet<EntryId> = match self.missing(&ns, ids).await {
+                            Ok(missing) => missing.into_iter().collect(),
+                            Err(SyncError::Peer(PeerError::NamespaceNotServed(why))) => {
+                                tracing::info!(
+                                    peer = %self.peer.address(), namespace = %ns, reason = %why,
+                                    "the peer does not serve this namespace; its entries stay here"
+                                );
+                                passed.unserved += (entries.len() - i * per_request) as u64;
+                                unserved.insert(ns);
+                                continue 'namespaces;
+                            }
+                            Err(e) => return Err(e),
+                        };
                         let lacked = chunk.iter().filter(|(id, _)| missing.contains(id)).cloned();
                         for put in self.bodies(&ns, lacked, data_per_put).await? {
                             if tx.send(Step::Put(put)).await.is_err() {
@@ -245,7 +272,7 @@ impl Pusher {
                         }
                     }
                 }
-                if tx.send(Step::Passed(seq, id, records)).await.is_err() {
+                if tx.send(Step::Passed(passed)).await.is_err() {
                     return Ok(());
                 }
                 pos = seq;
@@ -257,7 +284,7 @@ impl Pusher {
                 .map(|step| async move {
                     match step {
                         Step::Put(batch) => self.put(batch).await.map(Done::Put),
-                        Step::Passed(seq, id, records) => Ok(Done::Passed(seq, id, records)),
+                        Step::Passed(passed) => Ok(Done::Passed(passed)),
                     }
                 })
                 .buffered(PUTS_IN_FLIGHT);
@@ -274,13 +301,14 @@ impl Pusher {
                         });
                     }
                     // Every put before it is acknowledged.
-                    Done::Passed(seq, id, records) => {
-                        self.persist(s, seq, id).await?;
-                        passed = Some(seq);
+                    Done::Passed(through) => {
+                        self.persist(s, through.seq, through.id).await?;
+                        passed = Some(through.seq);
                         self.progress.send_modify(|p| {
-                            p.through = seq;
+                            p.through = through.seq;
                             p.head = self.local.stats().head_seq;
-                            p.records += records;
+                            p.records += through.records;
+                            p.unserved += through.unserved;
                         });
                     }
                 }
@@ -392,13 +420,23 @@ impl Pusher {
 /// Work handed from the push's reading side to its sending side, in order.
 enum Step {
     Put(Vec<(EntryId, Bytes)>),
-    /// Every put before this covers the log through this seq (the id logged
-    /// there), which held this many records of the push's namespaces.
-    Passed(Seq, EntryId, u64),
+    /// Every put before this covers the log through here.
+    Passed(Passed),
+}
+
+/// A read batch pushed in full.
+struct Passed {
+    /// The last position it passed and the id logged there.
+    seq: Seq,
+    id: EntryId,
+    /// Records of the push's namespaces it held.
+    records: u64,
+    /// Of those, records in namespaces the peer does not serve.
+    unserved: u64,
 }
 
 /// A step done.
 enum Done {
     Put((u64, u64, u64, u64)),
-    Passed(Seq, EntryId, u64),
+    Passed(Passed),
 }

@@ -226,6 +226,44 @@ async fn a_filtered_push_sends_only_its_namespaces_and_a_new_filter_starts_over(
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_push_passes_over_namespaces_the_replica_does_not_serve() {
+    // The replica serves only `b`; the device holds `a`, `b` and `c`,
+    // interleaved over more than one read batch.
+    let policy = Policy {
+        allow_unlisted: false,
+        namespaces: [(ns("b"), Default::default())].into(),
+        ..Policy::default()
+    };
+    let server = replica_with("server", Arc::new(MemoryStore::new()), 8 << 20, policy);
+    let laptop = device();
+    for round in 0..3 {
+        for db in ["a", "b", "c"] {
+            let batch = entries(&ns(db), 3000, 200);
+            write(&laptop, &batch[round * 1000..(round + 1) * 1000]).await;
+        }
+    }
+    let peer: Arc<dyn Peer> = Arc::new(LocalPeer::new(server.clone()));
+    let done = pusher(laptop.clone(), peer.clone(), fast())
+        .push_to_head()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            done.records,
+            done.sent,
+            done.stored,
+            done.unserved,
+            done.through
+        ),
+        (9000, 3000, 3000, 6000, 9000),
+        "b is pushed, a and c are passed over, and the cursor reaches the head"
+    );
+    assert_eq!(server.stats().entries, 3000);
+    let cursor = laptop.cursor("push:server").await.unwrap().unwrap();
+    assert_eq!(cursor.cursor.seq, 9000);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_live_push_follows_what_the_device_writes() {
     let server = replica("server", Arc::new(MemoryStore::new()));
     let laptop = device();
