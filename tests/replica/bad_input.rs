@@ -200,8 +200,15 @@ async fn namespace_and_signature_policy() {
     let err = client.missing(&other, &[batch[0].id]).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("not served"), "{err}");
+    // The reason crosses the wire, so a pushing peer tells it apart.
+    let reason = err.metadata().get(proto::ERROR_REASON_KEY);
+    assert_eq!(
+        reason.and_then(|r| r.to_str().ok()),
+        Some(proto::REASON_NAMESPACE_NOT_SERVED)
+    );
     let err = client.get(&other, &[batch[0].id]).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.metadata().get(proto::ERROR_REASON_KEY).is_some());
 
     let text = replica.metrics_text().await;
     for r in [
