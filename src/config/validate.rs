@@ -10,7 +10,7 @@ use crate::entry::Namespace;
 use crate::policy::{NamespaceRules, Policy};
 use crate::replica::MAX_RELAY_DELAY;
 use crate::replication::settings::ReplicationSettings;
-use crate::sync::PullSettings;
+use crate::sync::SyncSettings;
 
 /// `v` if within `min..=max`, else an error naming `key` and the range.
 pub(super) fn in_range(
@@ -139,7 +139,7 @@ pub(super) fn validate_replication(
             raw.keepalive_interval_ms,
             100,
         )?,
-        pull: PullSettings {
+        pull: SyncSettings {
             namespaces,
             connect_timeout: ms("replication.connect_timeout_ms", raw.connect_timeout_ms, 10)?,
             session_idle_timeout: ms(

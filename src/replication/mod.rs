@@ -30,7 +30,7 @@ use crate::sync::env::Env;
 use crate::sync::peer::{ConnectOptions, Connector};
 use crate::sync::puller::Puller;
 use crate::sync::status::StatusBoard;
-use crate::sync::{Claims, PullSettings, Shared};
+use crate::sync::{Claims, Shared, SyncSettings};
 use settings::ReplicationSettings;
 
 pub struct Replicator {
@@ -71,7 +71,7 @@ impl Replicator {
     pub async fn run(mut self) {
         let first = self.settings.borrow().clone();
         let budget = ByteBudget::new(first.max_inflight_bytes);
-        let (pull_tx, pull_rx) = watch::channel::<PullSettings>(first.pull.clone());
+        let (pull_tx, pull_rx) = watch::channel::<SyncSettings>(first.pull.clone());
         let shared = Shared::default();
         let mut workers: HashMap<String, Running> = HashMap::new();
         let mut tasks: JoinSet<()> = JoinSet::new();

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::sync::PullSettings;
+use crate::sync::SyncSettings;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicationSettings {
@@ -18,7 +18,7 @@ pub struct ReplicationSettings {
     pub discovery_interval: Duration,
     pub keepalive_interval: Duration,
     /// What each worker follows (reloaded into running workers).
-    pub pull: PullSettings,
+    pub pull: SyncSettings,
     /// Entry data all pulls together may hold in memory.
     pub max_inflight_bytes: usize,
     /// Entry data one peer's pull may hold in memory.

@@ -39,10 +39,10 @@ use std::time::Duration;
 
 use crate::entry::Namespace;
 
-/// What a pull worker follows; reloadable while it runs.
+/// What a pull or push worker follows; reloadable while it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PullSettings {
-    /// Namespaces to pull; empty pulls all.
+pub struct SyncSettings {
+    /// Namespaces to sync; empty syncs all.
     pub namespaces: Vec<Namespace>,
     pub connect_timeout: Duration,
     pub session_idle_timeout: Duration,
@@ -53,7 +53,7 @@ pub struct PullSettings {
     pub relay_delay: Duration,
 }
 
-impl Default for PullSettings {
+impl Default for SyncSettings {
     fn default() -> Self {
         Self {
             namespaces: Vec::new(),
@@ -66,7 +66,7 @@ impl Default for PullSettings {
     }
 }
 
-impl PullSettings {
+impl SyncSettings {
     /// How often an idle peer is asked for a heartbeat.
     pub fn heartbeat(&self) -> Duration {
         (self.session_idle_timeout / 3).max(Duration::from_millis(100))

@@ -43,7 +43,7 @@ use super::local::Local;
 use super::metrics::{PeerHandles, SyncMetrics};
 use super::peer::{Peer, PeerError};
 use super::status::PeerStatus;
-use super::{Claim, PullSettings, Shared};
+use super::{Claim, Shared, SyncSettings};
 use crate::entry::EntryId;
 use crate::log::Head;
 use crate::store::{CursorRecord, CursorUpdate, PeerCursor};
@@ -52,7 +52,7 @@ use crate::store::{CursorRecord, CursorUpdate, PeerCursor};
 pub struct Puller {
     pub local: Arc<dyn Local>,
     pub peer: Arc<dyn Peer>,
-    pub settings: watch::Receiver<PullSettings>,
+    pub settings: watch::Receiver<SyncSettings>,
     pub budget: PeerBudget,
     pub shared: Shared,
     pub metrics: Arc<SyncMetrics>,
@@ -67,7 +67,7 @@ struct Link {
     /// Held while bootstrapping with data (see [`Shared::try_bootstrap`]).
     bootstrap: Option<tokio::sync::OwnedSemaphorePermit>,
     node: String,
-    settings: PullSettings,
+    settings: SyncSettings,
     _claim: Claim,
     span: tracing::Span,
 }
@@ -105,7 +105,7 @@ enum End {
     /// A rescan reached the position it was to reach.
     Reached,
     /// The namespace filter changed: check the cursor again.
-    Refiltered(PullSettings),
+    Refiltered(SyncSettings),
 }
 
 enum Mode {
@@ -204,7 +204,7 @@ impl Worker {
         f(&mut self.p.status.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
-    fn settings(&self) -> PullSettings {
+    fn settings(&self) -> SyncSettings {
         self.p.settings.borrow().clone()
     }
 
@@ -278,7 +278,7 @@ impl Worker {
         }
     }
 
-    fn refilter(&self, mut link: Link, settings: PullSettings) -> State {
+    fn refilter(&self, mut link: Link, settings: SyncSettings) -> State {
         tracing::info!(parent: &link.span, namespaces = ?settings.namespaces, "namespace filter changed");
         link.settings = settings;
         State::CheckCursor(link)

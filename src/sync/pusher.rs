@@ -28,7 +28,7 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-use super::PullSettings;
+use super::SyncSettings;
 use super::backoff::Backoff;
 use super::env::Env;
 use super::error::SyncError;
@@ -79,7 +79,7 @@ pub struct PushProgress {
 pub struct Pusher {
     pub local: Arc<dyn Local>,
     pub peer: Arc<dyn Peer>,
-    pub settings: watch::Receiver<PullSettings>,
+    pub settings: watch::Receiver<SyncSettings>,
     pub metrics: Arc<SyncMetrics>,
     pub env: Env,
     pub cancel: CancellationToken,

@@ -25,7 +25,7 @@ use super::metrics::SyncMetrics;
 use super::peer::{EntryStream, FollowRequest, LogStream, Peer, PeerError};
 use super::puller::Puller;
 use super::status::StatusBoard;
-use super::{PullSettings, Shared};
+use super::{Shared, SyncSettings};
 use crate::entry::{Entry, EntryId, Namespace, PutOutcome};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
@@ -82,8 +82,8 @@ async fn put(r: &Replica, batch: &[Entry]) {
     r.put(items).await.unwrap();
 }
 
-fn fast() -> PullSettings {
-    PullSettings {
+fn fast() -> SyncSettings {
+    SyncSettings {
         backoff_initial: Duration::from_millis(5),
         backoff_max: Duration::from_millis(50),
         ..Default::default()
@@ -92,7 +92,7 @@ fn fast() -> PullSettings {
 
 /// A pull worker from `source` into `local`, running until the guard drops.
 struct Pulling {
-    settings: watch::Sender<PullSettings>,
+    settings: watch::Sender<SyncSettings>,
     budget: ByteBudget,
     board: StatusBoard,
     cancel: CancellationToken,
@@ -108,7 +108,7 @@ impl Drop for Pulling {
 fn pull(
     local: &Arc<Replica>,
     source: &Arc<Replica>,
-    settings: PullSettings,
+    settings: SyncSettings,
     budget_bytes: usize,
 ) -> Pulling {
     pull_shared(local, source, settings, budget_bytes, Shared::default())
@@ -117,7 +117,7 @@ fn pull(
 fn pull_shared(
     local: &Arc<Replica>,
     source: &Arc<Replica>,
-    settings: PullSettings,
+    settings: SyncSettings,
     budget_bytes: usize,
     shared: Shared,
 ) -> Pulling {
@@ -133,7 +133,7 @@ fn pull_shared(
 fn pull_from(
     local: &Arc<Replica>,
     peer: Arc<dyn Peer>,
-    settings: PullSettings,
+    settings: SyncSettings,
     budget_bytes: usize,
     shared: Shared,
 ) -> Pulling {
@@ -146,7 +146,7 @@ fn pull_into(
     local: Arc<dyn Local>,
     metrics: Arc<SyncMetrics>,
     peer: Arc<dyn Peer>,
-    settings: PullSettings,
+    settings: SyncSettings,
     budget_bytes: usize,
     shared: Shared,
 ) -> Pulling {

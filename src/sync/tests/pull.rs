@@ -80,7 +80,7 @@ async fn a_filter_change_between_two_sessions_is_not_lost() {
     put(&source, &entries(&ns("a"), 20, 64)).await;
     put(&source, &entries(&ns("b"), 10, 64)).await;
     let peer = Observed::new(&source, true);
-    let only_a = PullSettings {
+    let only_a = SyncSettings {
         namespaces: vec![ns("a")],
         ..fast()
     };
@@ -167,7 +167,7 @@ async fn after_a_restart_status_shows_the_persisted_cursor() {
 async fn a_silent_peer_is_given_up_after_the_idle_timeout_in_simulated_time() {
     let source = replica("source", Arc::new(MemoryStore::new()));
     let local = replica("local", Arc::new(MemoryStore::new()));
-    let settings = PullSettings {
+    let settings = SyncSettings {
         session_idle_timeout: Duration::from_secs(90),
         ..fast()
     };
@@ -250,7 +250,7 @@ async fn a_widened_filter_brings_entries_the_cursor_already_passed() {
         put(&source, &entries(&ns("a"), 20, 64)).await;
         put(&source, &entries(&ns("b"), 10, 64)).await;
     }
-    let only_a = PullSettings {
+    let only_a = SyncSettings {
         namespaces: vec![ns("a")],
         ..fast()
     };

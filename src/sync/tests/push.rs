@@ -5,7 +5,7 @@
 use super::*;
 use crate::sync::pusher::{PushProgress, Pusher};
 
-fn pusher(local: Arc<dyn Local>, peer: Arc<dyn Peer>, settings: PullSettings) -> Pusher {
+fn pusher(local: Arc<dyn Local>, peer: Arc<dyn Peer>, settings: SyncSettings) -> Pusher {
     Pusher {
         local,
         peer,
@@ -198,7 +198,7 @@ async fn a_filtered_push_sends_only_its_namespaces_and_a_new_filter_starts_over(
     write(&laptop, &entries(&ns("a"), 100, 100)).await;
     write(&laptop, &entries(&ns("b"), 100, 100)).await;
     let peer: Arc<dyn Peer> = Arc::new(LocalPeer::new(server.clone()));
-    let only_b = PullSettings {
+    let only_b = SyncSettings {
         namespaces: vec![ns("b")],
         ..fast()
     };

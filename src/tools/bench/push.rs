@@ -17,7 +17,7 @@ use crate::client::StoreClient;
 use crate::entry::{Entry, Namespace};
 use crate::policy::Policy;
 use crate::store::rocks::{RocksConfig, RocksStore};
-use crate::sync::PullSettings;
+use crate::sync::SyncSettings;
 use crate::sync::device::DeviceStore;
 use crate::sync::env::Env;
 use crate::sync::grpc::GrpcPeer;
@@ -92,7 +92,7 @@ pub async fn push(opts: PushOptions, exe: PathBuf) -> anyhow::Result<()> {
     let pusher = Pusher {
         local: device.clone(),
         peer,
-        settings: watch::channel(PullSettings::default()).1,
+        settings: watch::channel(SyncSettings::default()).1,
         metrics: Arc::new(SyncMetrics::new(&prometheus::Registry::new())),
         env: Env::system(),
         cancel: CancellationToken::new(),
