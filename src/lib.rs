@@ -27,6 +27,8 @@ pub mod entry;
 pub mod error;
 #[cfg(any(test, feature = "tools"))]
 pub mod fixtures;
+#[cfg(feature = "client")]
+pub mod keys;
 pub mod limits;
 pub mod log;
 #[cfg(feature = "server")]
@@ -37,6 +39,8 @@ pub mod proto;
 pub mod replica;
 #[cfg(feature = "server")]
 pub mod replication;
+#[cfg(feature = "client")]
+pub mod seal;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]

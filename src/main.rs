@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use mindoo_replica::config::{ConfigError, RawConfig, Settings};
 use mindoo_replica::server::{self, Listeners};
 use mindoo_replica::telemetry;
-use mindoo_replica::tools::{bench, check, inspect, mesh};
+use mindoo_replica::tools::{bench, check, inspect, keys, mesh};
 
 #[derive(Parser)]
 #[command(name = "mindoo-replica", version, about)]
@@ -67,6 +67,12 @@ enum Command {
     Peers {
         #[arg(long, default_value = "127.0.0.1:7700")]
         addr: String,
+    },
+    /// A database's keys on this device: the author key and the database
+    /// keys entries are encrypted with (never sent to a replica).
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
     },
     /// Benchmarks that print their figures.
     Bench {
@@ -227,6 +233,7 @@ fn main() -> ExitCode {
                     exe,
                 }))
             }),
+        Command::Keys { command } => keys::run(command),
         Command::Status { addr } => runtime.block_on(inspect::status(&addr, true)),
         Command::Peers { addr } => runtime.block_on(inspect::status(&addr, false)),
         Command::Check {

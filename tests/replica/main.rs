@@ -6,6 +6,7 @@ mod crash;
 mod filtered;
 mod harness;
 mod hostile;
+mod keys;
 mod lifecycle;
 mod log;
 mod mesh;
