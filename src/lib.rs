@@ -8,7 +8,9 @@
 //! - [`policy`] and [`entry`]: what a valid entry is;
 //! - [`store`]: the storage trait, with RocksDB and in-memory backends.
 //!
-//! `server` wires them into a process; [`client`] is the client library.
+//! `server` wires them into a process; [`client`] is the client library,
+//! with a device's [`keys`], sealed entries ([`seal`]) and Automerge
+//! documents ([`docs`]).
 //!
 //! Features: `client` (the client library and the sync engine, over the
 //! shared vocabulary of entries, logs and stores); `server` (the replica
@@ -23,6 +25,8 @@ pub mod client;
 pub mod config;
 #[cfg(feature = "server")]
 pub mod connections;
+#[cfg(feature = "client")]
+pub mod docs;
 pub mod entry;
 pub mod error;
 #[cfg(any(test, feature = "tools"))]

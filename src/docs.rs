@@ -1,0 +1,424 @@
+//! Documents: Automerge documents whose every local commit becomes one
+//! sealed `doc_change` entry, and which are read back from entries that
+//! arrive in any order.
+//!
+//! A change entry's envelope names the document and lists, as dependency
+//! ids, the entry ids of the changes it builds on; its ciphertext is the
+//! Automerge change, sealed with the database key ([`crate::seal`]). A
+//! `doc_snapshot` entry holds the whole document as saved, and lists the
+//! entry ids of the heads it covers (in the order of those heads' change
+//! hashes), so a new device loads one snapshot plus the changes after it.
+//!
+//! Entries are applied in batches (Automerge applies a batch far faster
+//! than one change at a time); a change whose dependencies have not
+//! arrived waits inside Automerge until they do.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use automerge::{ActorId, AutoCommit, AutoSerde, Change, ChangeHash};
+
+use crate::entry::{Entry, EntryId, Envelope, Namespace};
+use crate::keys::KeyRing;
+use crate::seal::{self, OpenError};
+
+/// The kind of an entry holding one Automerge change.
+pub const KIND_CHANGE: &str = "doc_change";
+/// The kind of an entry holding a whole saved document.
+pub const KIND_SNAPSHOT: &str = "doc_snapshot";
+
+/// Bytes of a document id.
+pub const DOC_ID_LEN: usize = 16;
+
+/// A document's id, random, in every entry's plaintext envelope.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DocId(pub [u8; DOC_ID_LEN]);
+
+impl DocId {
+    pub fn random() -> Self {
+        Self(rand::random())
+    }
+
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        bytes.try_into().ok().map(Self)
+    }
+
+    /// Parses the hex form.
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::from_slice(&hex::decode(text).ok()?)
+    }
+}
+
+impl fmt::Display for DocId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for DocId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DocId({self})")
+    }
+}
+
+/// Why entries could not be read into a document.
+#[derive(Debug, thiserror::Error)]
+pub enum DocError {
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error("entry {entry} belongs to document {found}, not {expected}")]
+    OtherDocument {
+        entry: EntryId,
+        expected: DocId,
+        found: String,
+    },
+    #[error("entry {entry} is a {kind:?} entry, not a document change or snapshot")]
+    NotADocumentEntry { entry: EntryId, kind: String },
+    #[error("entry {entry} does not hold an Automerge {what}: {why}")]
+    Undecodable {
+        entry: EntryId,
+        what: &'static str,
+        why: String,
+    },
+    #[error("the document refused entry {entry}: {why}")]
+    Refused { entry: EntryId, why: String },
+}
+
+/// What reading a batch of entries did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Changes newly applied or queued for their dependencies.
+    pub changes: usize,
+    /// Snapshots merged.
+    pub snapshots: usize,
+    /// Changes the document already held.
+    pub known: usize,
+}
+
+/// An Automerge document of one namespace, with the entry ids of the
+/// changes it holds.
+pub struct Document {
+    id: DocId,
+    namespace: Namespace,
+    doc: AutoCommit,
+    /// Entry ids by Automerge change hash: a new change lists those of its
+    /// dependencies.
+    entries: HashMap<ChangeHash, EntryId>,
+}
+
+impl fmt::Debug for Document {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Document")
+            .field("id", &self.id)
+            .field("namespace", &self.namespace)
+            .field("changes", &self.entries.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Document {
+    /// A new, empty document edited as `actor` (one actor per device).
+    pub fn create(namespace: Namespace, actor: ActorId) -> Self {
+        Self::open(namespace, DocId::random(), actor)
+    }
+
+    /// An existing document, empty until entries are read into it.
+    pub fn open(namespace: Namespace, id: DocId, actor: ActorId) -> Self {
+        Self {
+            id,
+            namespace,
+            doc: AutoCommit::new().with_actor(actor),
+            entries: HashMap::new(),
+        }
+    }
+
+    pub fn id(&self) -> DocId {
+        self.id
+    }
+
+    pub fn namespace(&self) -> &Namespace {
+        &self.namespace
+    }
+
+    /// The Automerge document, to read.
+    pub fn doc(&self) -> &AutoCommit {
+        &self.doc
+    }
+
+    /// The Automerge document, to edit; [`Self::commit`] turns the edits
+    /// into an entry.
+    pub fn doc_mut(&mut self) -> &mut AutoCommit {
+        &mut self.doc
+    }
+
+    /// The document as JSON.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(AutoSerde::from(&self.doc)).expect("a document serialises to JSON")
+    }
+
+    fn envelope(&self, kind: &str, deps: Vec<EntryId>, now_ms: u64) -> Envelope {
+        Envelope {
+            namespace: self.namespace.clone(),
+            author: [0; 32],
+            created_ms: now_ms,
+            kind: kind.into(),
+            doc_id: self.id.0.to_vec(),
+            deps,
+        }
+    }
+
+    /// Commits the edits made since the last commit as one sealed, signed
+    /// `doc_change` entry; `None` when there were none.
+    pub fn commit(&mut self, keys: &KeyRing, now_ms: u64) -> Option<Entry> {
+        self.doc.commit()?;
+        let change = self.doc.get_last_local_change()?;
+        let deps = change
+            .deps()
+            .iter()
+            .filter_map(|h| self.entries.get(h).copied())
+            .collect();
+        let entry = seal::seal(
+            keys,
+            self.envelope(KIND_CHANGE, deps, now_ms),
+            change.raw_bytes(),
+        );
+        self.entries.insert(change.hash(), entry.id);
+        Some(entry)
+    }
+
+    /// The whole document as one sealed `doc_snapshot` entry covering its
+    /// current heads.
+    pub fn snapshot(&mut self, keys: &KeyRing, now_ms: u64) -> Entry {
+        let heads = self.doc.get_heads();
+        let deps = heads
+            .iter()
+            .filter_map(|h| self.entries.get(h).copied())
+            .collect();
+        let saved = self.doc.save();
+        seal::seal(keys, self.envelope(KIND_SNAPSHOT, deps, now_ms), &saved)
+    }
+
+    /// Reads entries of this document, in any order: snapshots are merged,
+    /// then every change is applied in one batch (those whose dependencies
+    /// are missing wait for them).
+    pub fn apply(&mut self, keys: &KeyRing, entries: &[Entry]) -> Result<Applied, DocError> {
+        let mut applied = Applied::default();
+        let mut changes = Vec::new();
+        for entry in entries {
+            if entry.envelope.doc_id != self.id.0 {
+                return Err(DocError::OtherDocument {
+                    entry: entry.id,
+                    expected: self.id,
+                    found: hex::encode(&entry.envelope.doc_id),
+                });
+            }
+            let plaintext = seal::open(keys, entry)?;
+            match entry.envelope.kind.as_str() {
+                KIND_CHANGE => {
+                    let change =
+                        Change::from_bytes(plaintext).map_err(|e| DocError::Undecodable {
+                            entry: entry.id,
+                            what: "change",
+                            why: e.to_string(),
+                        })?;
+                    match self.entries.insert(change.hash(), entry.id) {
+                        Some(_) => applied.known += 1,
+                        None => {
+                            applied.changes += 1;
+                            changes.push(change);
+                        }
+                    }
+                }
+                KIND_SNAPSHOT => {
+                    self.doc
+                        .load_incremental(&plaintext)
+                        .map_err(|e| DocError::Undecodable {
+                            entry: entry.id,
+                            what: "document",
+                            why: e.to_string(),
+                        })?;
+                    // The snapshot's heads, in hash order, are its deps.
+                    let mut saved =
+                        AutoCommit::load(&plaintext).map_err(|e| DocError::Undecodable {
+                            entry: entry.id,
+                            what: "document",
+                            why: e.to_string(),
+                        })?;
+                    let heads = saved.get_heads();
+                    if heads.len() == entry.envelope.deps.len() {
+                        for (hash, id) in heads.into_iter().zip(&entry.envelope.deps) {
+                            self.entries.entry(hash).or_insert(*id);
+                        }
+                    }
+                    applied.snapshots += 1;
+                }
+                other => {
+                    return Err(DocError::NotADocumentEntry {
+                        entry: entry.id,
+                        kind: other.to_owned(),
+                    });
+                }
+            }
+        }
+        if !changes.is_empty() {
+            let first = entries[0].id;
+            self.doc
+                .apply_changes_batch(changes)
+                .map_err(|e| DocError::Refused {
+                    entry: first,
+                    why: e.to_string(),
+                })?;
+        }
+        Ok(applied)
+    }
+
+    /// Changes this document knows of but cannot apply yet: hashes of
+    /// dependencies that have not arrived.
+    pub fn missing(&mut self) -> Vec<ChangeHash> {
+        self.doc.get_missing_deps(&[])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use automerge::transaction::Transactable;
+    use automerge::{ObjType, ROOT, ReadDoc};
+
+    use super::*;
+
+    fn ns() -> Namespace {
+        Namespace::new("acme", "notes").unwrap()
+    }
+
+    fn device(byte: u8) -> ActorId {
+        ActorId::from(vec![byte; 16])
+    }
+
+    /// A document made on one device, its entries, and the list in it.
+    fn started(keys: &KeyRing) -> (Document, Vec<Entry>) {
+        let mut doc = Document::create(ns(), device(1));
+        doc.doc_mut().put(ROOT, "title", "groceries").unwrap();
+        doc.doc_mut()
+            .put_object(ROOT, "items", ObjType::List)
+            .unwrap();
+        let first = doc.commit(keys, 1).unwrap();
+        (doc, vec![first])
+    }
+
+    fn list(doc: &Document) -> automerge::ObjId {
+        let (_, items) = doc.doc().get(ROOT, "items").unwrap().unwrap();
+        items
+    }
+
+    #[test]
+    fn concurrent_edits_on_two_devices_converge_in_any_order() {
+        let keys = KeyRing::generate(1);
+        let (mut a, mut log) = started(&keys);
+        let mut b = Document::open(ns(), a.id(), device(2));
+        b.apply(&keys, &log).unwrap();
+        assert_eq!(b.to_json(), a.to_json());
+
+        // Offline on both: A sets x, B sets y, both set z, both insert
+        // into the same list.
+        let (la, lb) = (list(&a), list(&b));
+        a.doc_mut().put(ROOT, "x", 1).unwrap();
+        a.doc_mut().put(ROOT, "z", "from a").unwrap();
+        a.doc_mut().insert(&la, 0, "milk").unwrap();
+        let from_a = a.commit(&keys, 2).unwrap();
+        b.doc_mut().put(ROOT, "y", 2).unwrap();
+        b.doc_mut().put(ROOT, "z", "from b").unwrap();
+        b.doc_mut().insert(&lb, 0, "eggs").unwrap();
+        let from_b = b.commit(&keys, 2).unwrap();
+        assert_eq!(
+            from_a.envelope.deps,
+            [log[0].id],
+            "deps name the entry built on"
+        );
+        log.extend([from_a.clone(), from_b.clone()]);
+
+        a.apply(&keys, std::slice::from_ref(&from_b)).unwrap();
+        b.apply(&keys, std::slice::from_ref(&from_a)).unwrap();
+        // A third device reads the whole log backwards.
+        let mut c = Document::open(ns(), a.id(), device(3));
+        let reversed: Vec<Entry> = log.iter().rev().cloned().collect();
+        c.apply(&keys, &reversed).unwrap();
+
+        let json = a.to_json();
+        assert_eq!(b.to_json(), json);
+        assert_eq!(c.to_json(), json);
+        assert_eq!(json["x"], 1);
+        assert_eq!(json["y"], 2);
+        assert!(json["z"] == "from a" || json["z"] == "from b", "{json}");
+        let items = json["items"].as_array().unwrap();
+        assert_eq!(items.len(), 2, "{json}");
+    }
+
+    #[test]
+    fn a_change_waits_for_its_dependencies() {
+        let keys = KeyRing::generate(1);
+        let (mut a, mut log) = started(&keys);
+        a.doc_mut().put(ROOT, "title", "errands").unwrap();
+        log.push(a.commit(&keys, 2).unwrap());
+        let mut b = Document::open(ns(), a.id(), device(2));
+        let applied = b.apply(&keys, &log[1..]).unwrap();
+        assert_eq!(applied.changes, 1);
+        assert_eq!(b.to_json(), serde_json::json!({}), "waiting, not applied");
+        assert_eq!(b.missing().len(), 1);
+        b.apply(&keys, &log[..1]).unwrap();
+        assert_eq!(b.to_json(), a.to_json());
+        assert!(b.missing().is_empty());
+        // Read again: nothing new.
+        let again = b.apply(&keys, &log).unwrap();
+        assert_eq!(again.known, 2);
+    }
+
+    #[test]
+    fn a_snapshot_plus_later_changes_loads_the_same_document() {
+        let keys = KeyRing::generate(1);
+        let (mut a, mut log) = started(&keys);
+        let items = list(&a);
+        for i in 0..50 {
+            a.doc_mut().insert(&items, i, i as i64).unwrap();
+            log.push(a.commit(&keys, 2 + i as u64).unwrap());
+        }
+        let snapshot = a.snapshot(&keys, 100);
+        assert_eq!(snapshot.envelope.kind, KIND_SNAPSHOT);
+        assert_eq!(snapshot.envelope.deps, [log.last().unwrap().id]);
+        a.doc_mut().put(ROOT, "done", true).unwrap();
+        let later = a.commit(&keys, 101).unwrap();
+
+        let mut fresh = Document::open(ns(), a.id(), device(2));
+        fresh.apply(&keys, &[snapshot, later.clone()]).unwrap();
+        assert_eq!(fresh.to_json(), a.to_json());
+        // Its next change builds on the entry it read after the snapshot.
+        fresh.doc_mut().put(ROOT, "done", false).unwrap();
+        let next = fresh.commit(&keys, 102).unwrap();
+        assert_eq!(next.envelope.deps, [later.id]);
+
+        let mut full = Document::open(ns(), a.id(), device(3));
+        log.push(later);
+        full.apply(&keys, &log).unwrap();
+        assert_eq!(full.to_json(), a.to_json());
+    }
+
+    #[test]
+    fn a_wrong_key_a_tampered_entry_or_another_document_is_named() {
+        let keys = KeyRing::generate(1);
+        let (a, log) = started(&keys);
+        let stranger = KeyRing::generate(1);
+        let mut b = Document::open(ns(), a.id(), device(2));
+        let err = b.apply(&stranger, &log).unwrap_err();
+        assert!(err.to_string().contains("does not hold"), "{err}");
+        let mut ct = log[0].ciphertext().to_vec();
+        ct[60] ^= 1;
+        let tampered = Entry::create(log[0].envelope.clone(), &ct, None);
+        let err = b.apply(&keys, &[tampered]).unwrap_err();
+        assert!(
+            matches!(err, DocError::Open(OpenError::Tampered(_))),
+            "{err}"
+        );
+        let mut other = Document::open(ns(), DocId::random(), device(2));
+        let err = other.apply(&keys, &log).unwrap_err();
+        assert!(matches!(err, DocError::OtherDocument { .. }), "{err}");
+    }
+}
