@@ -22,6 +22,13 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+/// Where the key file of `ns` lives under a client's `home`.
+pub fn key_path(home: &Path, ns: &crate::entry::Namespace) -> PathBuf {
+    home.join("keys")
+        .join(ns.tenant())
+        .join(format!("{}.toml", ns.db()))
+}
+
 /// Bytes of a database key id.
 pub const KEY_ID_LEN: usize = 16;
 

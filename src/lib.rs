@@ -9,8 +9,8 @@
 //! - [`store`]: the storage trait, with RocksDB and in-memory backends.
 //!
 //! `server` wires them into a process; [`client`] is the client library,
-//! with a device's [`keys`], sealed entries ([`seal`]) and Automerge
-//! documents ([`docs`]).
+//! with a device's [`keys`], sealed entries ([`seal`]), Automerge
+//! documents ([`docs`]) and the databases that keep them ([`database`]).
 //!
 //! Features: `client` (the client library and the sync engine, over the
 //! shared vocabulary of entries, logs and stores); `server` (the replica
@@ -25,6 +25,8 @@ pub mod client;
 pub mod config;
 #[cfg(feature = "server")]
 pub mod connections;
+#[cfg(feature = "client")]
+pub mod database;
 #[cfg(feature = "client")]
 pub mod docs;
 pub mod entry;

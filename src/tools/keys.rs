@@ -5,10 +5,10 @@
 //! environment or standard input, never from the command line.
 
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::entry::Namespace;
-use crate::keys::{KeyError, KeyRing};
+use crate::keys::{KeyError, KeyRing, key_path};
 
 /// The environment variable a passphrase may come from.
 pub const PASSPHRASE_ENV: &str = "MINDOO_PASSPHRASE";
@@ -66,13 +66,6 @@ impl Target {
         let ns = Namespace::from_path(&self.namespace)?;
         Ok(key_path(&self.home, &ns))
     }
-}
-
-/// Where the key file of `ns` lives under `home`.
-pub fn key_path(home: &Path, ns: &Namespace) -> PathBuf {
-    home.join("keys")
-        .join(ns.tenant())
-        .join(format!("{}.toml", ns.db()))
 }
 
 fn now_ms() -> u64 {
