@@ -31,6 +31,8 @@ pub mod database;
 pub mod docs;
 pub mod entry;
 pub mod error;
+#[cfg(feature = "client")]
+pub mod exchange;
 #[cfg(any(test, feature = "tools"))]
 pub mod fixtures;
 #[cfg(feature = "client")]

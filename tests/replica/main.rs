@@ -2,6 +2,7 @@
 
 mod availability;
 mod bad_input;
+mod client;
 mod crash;
 mod filtered;
 mod harness;

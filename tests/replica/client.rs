@@ -1,0 +1,136 @@
+//! The client through a real mesh: two devices edit one document offline,
+//! push to different replicas, pull after the mesh converges, and end with
+//! the same document; no replica holds a readable trace of it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine;
+use mindoo_replica::database::{Database, set_path};
+use mindoo_replica::exchange::Exchange;
+use mindoo_replica::keys::{KeyRing, key_path};
+use serde_json::json;
+
+use crate::harness::*;
+
+fn exchange(replica: &TestReplica) -> Exchange {
+    Exchange {
+        address: replica.addr.to_string(),
+        timeout: Duration::from_secs(20),
+    }
+}
+
+/// Every file under `dir`, read whole.
+fn files(dir: &Path, out: &mut Vec<(std::path::PathBuf, Vec<u8>)>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files(&path, out);
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            out.push((path, bytes));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_edits_through_different_replicas_converge_and_no_replica_can_read_them() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let replicas = mesh(&dirs).await;
+    let (home_a, home_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let keys = KeyRing::generate(1);
+    keys.create(&key_path(home_a.path(), &ns())).unwrap();
+    let sealed = keys.export("pw", false);
+    KeyRing::from_export(KeyRing::open_export(&sealed, "pw").unwrap())
+        .unwrap()
+        .create(&key_path(home_b.path(), &ns()))
+        .unwrap();
+    let a = Database::open(home_a.path(), ns()).unwrap();
+    let b = Database::open(home_b.path(), ns()).unwrap();
+
+    // A starts the document and pushes it; B pulls it through replica 1.
+    let marker = "zebra-marker-4711";
+    let mut doc_a = a
+        .create(&json!({"title": marker, "items": []}))
+        .await
+        .unwrap();
+    let pushed = exchange(&replicas[0]).push(&a).await.unwrap();
+    assert_eq!(pushed.sent, 1);
+    exchange(&replicas[0]).pull(&b).await.unwrap();
+    let mut doc_b = b.load(doc_a.id()).await.unwrap();
+    assert_eq!(doc_b.to_json(), doc_a.to_json());
+
+    // Offline on both, then A pushes to replica 1 and B to replica 3.
+    set_path(&mut doc_a, "x", &json!(1)).unwrap();
+    set_path(&mut doc_a, "z", &json!("from a")).unwrap();
+    set_path(&mut doc_a, "items.0", &json!("milk")).unwrap();
+    a.save(&mut doc_a).await.unwrap();
+    // The marker split across two edits.
+    set_path(&mut doc_a, "note", &json!("zebra-")).unwrap();
+    a.save(&mut doc_a).await.unwrap();
+    set_path(&mut doc_a, "note2", &json!("marker-4711")).unwrap();
+    a.save(&mut doc_a).await.unwrap();
+    set_path(&mut doc_b, "y", &json!(2)).unwrap();
+    set_path(&mut doc_b, "z", &json!("from b")).unwrap();
+    set_path(&mut doc_b, "items.0", &json!("eggs")).unwrap();
+    b.save(&mut doc_b).await.unwrap();
+    exchange(&replicas[0]).push(&a).await.unwrap();
+    let pushed = exchange(&replicas[2]).push(&b).await.unwrap();
+    assert_eq!(pushed.sent, 1, "B sends only its own change: {pushed:?}");
+    for r in &replicas {
+        r.wait_for_count(5, 20).await;
+    }
+    exchange(&replicas[0]).pull(&a).await.unwrap();
+    exchange(&replicas[2]).pull(&b).await.unwrap();
+
+    let (json_a, json_b) = (
+        a.load(doc_a.id()).await.unwrap().to_json(),
+        b.load(doc_a.id()).await.unwrap().to_json(),
+    );
+    assert_eq!(
+        serde_json::to_string(&json_a).unwrap(),
+        serde_json::to_string(&json_b).unwrap()
+    );
+    assert_eq!(json_a["x"], 1);
+    assert_eq!(json_a["y"], 2);
+    assert!(json_a["z"] == "from a" || json_a["z"] == "from b");
+    let mut items: Vec<&str> = json_a["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    items.sort();
+    assert_eq!(items, ["eggs", "milk"]);
+
+    for r in replicas {
+        r.stop().await.unwrap();
+    }
+    // No replica's files hold the marker, whole or split, in any form.
+    let forms = |s: &str| {
+        vec![
+            s.as_bytes().to_vec(),
+            hex::encode(s).into_bytes(),
+            base64::engine::general_purpose::STANDARD
+                .encode(s)
+                .into_bytes(),
+        ]
+    };
+    let mut needles = forms(marker);
+    needles.extend(forms("zebra-"));
+    needles.extend(forms("marker-4711"));
+    let mut all = Vec::new();
+    for d in &dirs {
+        files(d.path(), &mut all);
+    }
+    assert!(all.len() > 5, "the replicas wrote files");
+    for (path, bytes) in &all {
+        for needle in &needles {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == &needle[..]),
+                "{} holds {:?}",
+                path.display(),
+                String::from_utf8_lossy(needle)
+            );
+        }
+    }
+}
