@@ -292,7 +292,10 @@ pub fn set_path(doc: &mut Document, path: &str, value: &Value) -> Result<(), Dat
         };
     }
     let prop = prop_in(d, &obj, last).ok_or_else(|| bad("no such list index"))?;
-    put_json(d, &obj, prop, value)
+    put_json(d, &obj, prop, value).map_err(|e| match e {
+        DatabaseError::BadEdit { why, .. } => bad(&why),
+        other => other,
+    })
 }
 
 /// The property `part` names in `obj`: a list index in a list, else a key.

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use mindoo_replica::config::{ConfigError, RawConfig, Settings};
 use mindoo_replica::server::{self, Listeners};
 use mindoo_replica::telemetry;
-use mindoo_replica::tools::{bench, check, inspect, keys, mesh};
+use mindoo_replica::tools::{bench, check, device, inspect, keys, mesh};
 
 #[derive(Parser)]
 #[command(name = "mindoo-replica", version, about)]
@@ -74,6 +74,15 @@ enum Command {
         #[command(subcommand)]
         command: keys::KeysCommand,
     },
+    /// Documents of a database on this device, offline in its own store.
+    Doc {
+        #[command(subcommand)]
+        command: device::DocCommand,
+    },
+    /// Send a database's entries a replica lacks, through the sync engine.
+    Push(device::ExchangeArgs),
+    /// Fetch a database's entries this device lacks from a replica.
+    Pull(device::ExchangeArgs),
     /// Benchmarks that print their figures.
     Bench {
         #[command(subcommand)]
@@ -234,6 +243,9 @@ fn main() -> ExitCode {
                 }))
             }),
         Command::Keys { command } => keys::run(command),
+        Command::Doc { command } => runtime.block_on(device::doc(command)),
+        Command::Push(args) => runtime.block_on(device::push(args)),
+        Command::Pull(args) => runtime.block_on(device::pull(args)),
         Command::Status { addr } => runtime.block_on(inspect::status(&addr, true)),
         Command::Peers { addr } => runtime.block_on(inspect::status(&addr, false)),
         Command::Check {

@@ -1,11 +1,12 @@
 //! Tooling of the `mindoo-replica` command, outside the library proper:
-//! benchmarks, the local mesh demo, child replica processes, the `status`,
-//! `check` and `keys` commands. Behind the `tools` feature (on by default); a
+//! benchmarks, the local mesh demo, child replica processes, the `status`
+//! and `check` commands, and the client's `keys`, `doc`, `push` and `pull`. Behind the `tools` feature (on by default); a
 //! library user that wants only the replica or the client turns it off.
 
 pub mod bench;
 pub mod check;
 pub mod child;
+pub mod device;
 pub mod h2frames;
 pub mod inspect;
 pub mod keys;

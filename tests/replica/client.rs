@@ -134,3 +134,70 @@ async fn offline_edits_through_different_replicas_converge_and_no_replica_can_re
         }
     }
 }
+
+/// Runs the command with the client's home set; stdout, or the failure.
+fn cli(home: &Path, args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mindoo-replica"))
+        .args(args)
+        .env("MINDOO_CLIENT_HOME", home)
+        .env("MINDOO_PASSPHRASE", "pw")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    match out.status.success() {
+        true => Ok(text),
+        false => Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr))),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_doc_push_and_pull_commands_hand_a_document_to_another_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = TestReplica::start(dir.path(), |_| {}).await;
+    let addr = replica.addr.to_string();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (a.path(), b.path());
+    let ns = ["--namespace", "acme/notes"];
+    let run = |home: &Path, args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(ns);
+        cli(home, &all)
+    };
+
+    let err = run(a, &["doc", "list"]).unwrap_err();
+    assert!(err.contains("keys init"), "{err}");
+    run(a, &["keys", "init"]).unwrap();
+    let id = run(
+        a,
+        &["doc", "create", "--json", r#"{"title":"notes","tags":[]}"#],
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
+    run(a, &["doc", "set", &id, "tags.0", "work"]).unwrap();
+    run(a, &["doc", "set", &id, "pages", "3"]).unwrap();
+    let err = run(a, &["doc", "set", &id, "tags.7", "x"]).unwrap_err();
+    assert!(err.contains("tags.7"), "{err}");
+    let listed = run(a, &["doc", "list"]).unwrap();
+    assert!(listed.contains(&format!("{id} changes 3")), "{listed}");
+    let pushed = run(a, &["push", "--replica", &addr]).unwrap();
+    assert!(pushed.contains("3 sent"), "{pushed}");
+
+    // Another device gets the keys, pulls, and sees the same document.
+    let sealed = a.join("notes.keys");
+    run(a, &["keys", "export", "--out", sealed.to_str().unwrap()]).unwrap();
+    run(b, &["keys", "import", sealed.to_str().unwrap()]).unwrap();
+    let pulled = run(b, &["pull", "--replica", &addr]).unwrap();
+    assert!(pulled.contains("3 new entries"), "{pulled}");
+    let shown = run(b, &["doc", "show", &id]).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(
+        json,
+        json!({"title": "notes", "tags": ["work"], "pages": 3})
+    );
+    let again = run(b, &["pull", "--replica", &addr]).unwrap();
+    assert!(again.contains("0 new entries"), "{again}");
+    let err = run(b, &["doc", "show", "00112233445566778899aabbccddeeff"]).unwrap_err();
+    assert!(err.contains("no document"), "{err}");
+    replica.stop().await.unwrap();
+}

@@ -1,0 +1,168 @@
+//! The client's commands: `doc create|set|show|list` on a database on this
+//! device (offline, in its own store), and `push` / `pull` to move its
+//! entries through a replica. The home and keys are those of
+//! [`super::keys`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::database::{Database, set_path};
+use crate::docs::DocId;
+use crate::entry::Namespace;
+use crate::exchange::Exchange;
+
+/// Which database on this device a command works on.
+#[derive(Debug, clap::Args)]
+pub struct On {
+    /// The client's home directory.
+    #[arg(long, env = "MINDOO_CLIENT_HOME", default_value = ".mindoo-client")]
+    pub home: PathBuf,
+    /// The database, as `tenant/db`.
+    #[arg(long, short)]
+    pub namespace: String,
+}
+
+impl On {
+    fn open(&self) -> anyhow::Result<Database> {
+        Ok(Database::open(
+            &self.home,
+            Namespace::from_path(&self.namespace)?,
+        )?)
+    }
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum DocCommand {
+    /// Create a document from a JSON object; prints its id.
+    Create {
+        #[command(flatten)]
+        on: On,
+        /// The initial value, a JSON object.
+        #[arg(long, default_value = "{}")]
+        json: String,
+    },
+    /// Set a field (`a.b`, `list.0`; an index one past the end appends) to
+    /// a JSON value, as one change.
+    Set {
+        #[command(flatten)]
+        on: On,
+        /// The document id.
+        doc: String,
+        /// Where: map keys and list indexes joined by dots.
+        path: String,
+        /// The value, as JSON (a bare word is taken as a string).
+        value: String,
+    },
+    /// Print a document as JSON.
+    Show {
+        #[command(flatten)]
+        on: On,
+        doc: String,
+    },
+    /// List the documents on this device (from the plaintext envelopes,
+    /// decrypting nothing).
+    List {
+        #[command(flatten)]
+        on: On,
+    },
+}
+
+/// `push` and `pull`.
+#[derive(Debug, clap::Args)]
+pub struct ExchangeArgs {
+    #[command(flatten)]
+    pub on: On,
+    /// The replica's gRPC address.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub replica: String,
+    /// Seconds the whole exchange may take.
+    #[arg(long, default_value_t = 60)]
+    pub timeout_secs: u64,
+}
+
+impl ExchangeArgs {
+    fn exchange(&self) -> Exchange {
+        Exchange {
+            address: self.replica.clone(),
+            timeout: Duration::from_secs(self.timeout_secs),
+        }
+    }
+}
+
+fn doc_id(text: &str) -> anyhow::Result<DocId> {
+    DocId::parse(text)
+        .ok_or_else(|| anyhow::anyhow!("{text:?} is not a document id (32 hex digits)"))
+}
+
+/// Runs one `doc` command.
+pub async fn doc(command: DocCommand) -> anyhow::Result<()> {
+    match command {
+        DocCommand::Create { on, json } => {
+            let value: serde_json::Value = serde_json::from_str(&json)
+                .map_err(|e| anyhow::anyhow!("--json is not JSON: {e}"))?;
+            let doc = on.open()?.create(&value).await?;
+            println!("{}", doc.id());
+        }
+        DocCommand::Set {
+            on,
+            doc,
+            path,
+            value,
+        } => {
+            let db = on.open()?;
+            let value = serde_json::from_str(&value)
+                .unwrap_or_else(|_| serde_json::Value::String(value.clone()));
+            let mut doc = db.load(doc_id(&doc)?).await?;
+            set_path(&mut doc, &path, &value)?;
+            db.save(&mut doc).await?;
+        }
+        DocCommand::Show { on, doc } => {
+            let doc = on.open()?.load(doc_id(&doc)?).await?;
+            println!("{}", serde_json::to_string_pretty(&doc.to_json())?);
+        }
+        DocCommand::List { on } => {
+            for d in on.open()?.list().await? {
+                println!(
+                    "{} changes {} snapshots {} last_ms {}",
+                    d.id, d.changes, d.snapshots, d.last_ms
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `push`: sends what the replica lacks of this database.
+pub async fn push(args: ExchangeArgs) -> anyhow::Result<()> {
+    let db = args.on.open()?;
+    let done = args.exchange().push(&db).await?;
+    println!(
+        "pushed to {} ({}): {} records read, {} sent, {} stored, {} already there, {} refused",
+        args.replica,
+        done.node,
+        done.records,
+        done.sent,
+        done.stored,
+        done.duplicate,
+        done.rejected
+    );
+    anyhow::ensure!(
+        done.unserved == 0,
+        "{} does not serve {}: {} entries stay on this device",
+        args.replica,
+        args.on.namespace,
+        done.unserved
+    );
+    Ok(())
+}
+
+/// `pull`: fetches what this device lacks of this database.
+pub async fn pull(args: ExchangeArgs) -> anyhow::Result<()> {
+    let db = args.on.open()?;
+    let done = args.exchange().pull(&db).await?;
+    println!(
+        "pulled from {}: {} new entries, through its log position {}",
+        args.replica, done.stored, done.through
+    );
+    Ok(())
+}
