@@ -169,7 +169,8 @@ impl Database {
         for (key, value) in fields {
             put_json(doc.doc_mut(), &ROOT, key.as_str().into(), value)?;
         }
-        self.save(&mut doc).await?;
+        let first = doc.begin(&self.keys, now_ms());
+        self.write(std::slice::from_ref(&first)).await?;
         Ok(doc)
     }
 
@@ -403,7 +404,7 @@ mod tests {
             None,
             "nothing new to commit"
         );
-        let other = db.create(&json!({"title": "errands"})).await.unwrap();
+        let other = db.create(&json!({})).await.unwrap();
         let expected = json!({
             "title": "groceries",
             "items": ["milk", "eggs"],
@@ -418,6 +419,7 @@ mod tests {
         let listed = db.list().await.unwrap();
         let mut ids: Vec<DocId> = listed.iter().map(|s| s.id).collect();
         ids.sort();
+        assert_eq!(db.load(other.id()).await.unwrap().to_json(), json!({}));
         let mut want = vec![id, other.id()];
         want.sort();
         assert_eq!(ids, want);

@@ -171,6 +171,21 @@ impl Document {
     /// `doc_change` entry; `None` when there were none.
     pub fn commit(&mut self, keys: &KeyRing, now_ms: u64) -> Option<Entry> {
         self.doc.commit()?;
+        self.seal_last(keys, now_ms)
+    }
+
+    /// A new document's first entry: its edits so far, or an empty change
+    /// when there are none, so that even an empty document exists.
+    pub fn begin(&mut self, keys: &KeyRing, now_ms: u64) -> Entry {
+        if self.doc.commit().is_none() {
+            self.doc
+                .empty_change(automerge::transaction::CommitOptions::default());
+        }
+        self.seal_last(keys, now_ms)
+            .expect("a change was just committed here")
+    }
+
+    fn seal_last(&mut self, keys: &KeyRing, now_ms: u64) -> Option<Entry> {
         let change = self.doc.get_last_local_change()?;
         let deps = change
             .deps()

@@ -115,6 +115,9 @@ enum BenchCommand {
     /// A device store pushes its entries through the sync engine to a
     /// replica, beside the append path measured in the same run.
     Push(bench::PushOptions),
+    /// Automerge changes made, sealed and pushed by one device, pulled and
+    /// materialized by another, beside Automerge alone in the same run.
+    Client(bench::ClientOptions),
     /// A pull of one namespace from a replica holding many, beside the
     /// same pull from a replica holding only it: time and records read.
     Filtered(bench::FilteredOptions),
@@ -290,6 +293,7 @@ async fn run_bench(command: BenchCommand, exe: PathBuf) -> anyhow::Result<()> {
             .await
         }
         BenchCommand::Push(opts) => bench::push(opts, exe).await,
+        BenchCommand::Client(opts) => bench::client(opts, exe).await,
         BenchCommand::Filtered(opts) => bench::filtered(opts, exe).await,
         BenchCommand::Bootstrap {
             entries,

@@ -42,11 +42,18 @@ impl DeviceStore {
         &self.store
     }
 
-    /// Stores entries written on this device (checked like any other).
+    /// Stores entries written on this device (checked like any other), in
+    /// one trip to the blocking pool.
     pub async fn write(&self, items: Vec<(Bytes, Bytes)>) -> Result<Checked> {
-        let (verified, rejections) = self.verify(items).await?;
-        self.ingest(verified.clone(), None).await?;
-        Ok((verified, rejections))
+        let (policy, head) = (self.policy.clone(), self.head.clone());
+        self.blocking(move |s| {
+            let (verified, rejections) = policy.check_batch(items);
+            if !verified.is_empty() {
+                append_and_wake(s, &head, &verified, None)?;
+            }
+            Ok((verified, rejections))
+        })
+        .await
     }
 
     async fn blocking<T: Send + 'static>(
@@ -55,6 +62,21 @@ impl DeviceStore {
     ) -> Result<T> {
         on_store(&self.store, f).await
     }
+}
+
+/// Appends to the store, then moves the head signal. Woken from the thread
+/// that committed, so a caller that goes away mid-commit cannot lose the
+/// wakeup.
+fn append_and_wake(
+    s: &dyn Store,
+    head: &watch::Sender<Seq>,
+    entries: &[VerifiedEntry],
+    cursor: Option<&CursorUpdate>,
+) -> Result<Vec<Appended>, StoreError> {
+    let out = s.append(entries, cursor)?;
+    let last = s.stats().head_seq;
+    head.send_if_modified(|h| std::mem::replace(h, last.max(*h)) < last);
+    Ok(out)
 }
 
 #[async_trait]
@@ -107,15 +129,8 @@ impl Local for DeviceStore {
             return Ok(Vec::new());
         }
         let head = self.head.clone();
-        self.blocking(move |s| {
-            let out = s.append(&entries, cursor.as_ref())?;
-            // Woken from the thread that committed, so a caller that goes
-            // away mid-commit cannot lose the wakeup.
-            let last = s.stats().head_seq;
-            head.send_if_modified(|h| std::mem::replace(h, last.max(*h)) < last);
-            Ok(out)
-        })
-        .await
+        self.blocking(move |s| append_and_wake(s, &head, &entries, cursor.as_ref()))
+            .await
     }
 
     async fn log_since(

@@ -4,6 +4,7 @@
 
 mod append;
 mod bootstrap;
+mod client;
 mod filtered;
 mod hostile;
 mod missing;
@@ -12,6 +13,7 @@ mod push;
 
 pub use append::{AppendOptions, append};
 pub use bootstrap::{BootstrapOptions, bootstrap};
+pub use client::{ClientOptions, client};
 pub use filtered::{FilteredOptions, filtered};
 pub use hostile::{Attack, HostileOptions, hostile};
 pub use missing::{MissingOptions, missing_ids};
