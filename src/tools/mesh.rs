@@ -122,8 +122,14 @@ pub async fn run(opts: MeshOptions) -> anyhow::Result<()> {
             "  curl -s http://{}/metrics | grep mindoo_replica_peer_",
             first.metrics.context("metrics")?
         );
-        println!("Ctrl-C stops every replica.");
-        tokio::signal::ctrl_c().await?;
+        println!("Ctrl-C (or SIGTERM) stops every replica.");
+        // SIGTERM too: its default action would end this process at once
+        // and leave the replicas running.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r?,
+            _ = term.recv() => {}
+        }
     }
     for r in &replicas {
         r.terminate();

@@ -252,3 +252,45 @@ async fn check_passes_on_a_mesh_and_names_a_replica_that_does_not_replicate() {
     }
     alone.stop().await.unwrap();
 }
+
+/// SIGTERM to the mesh (as a process supervisor sends) stops its replicas
+/// too, rather than leaving them running.
+#[test]
+fn sigterm_to_the_mesh_stops_every_replica() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut mesh = Command::new(env!("CARGO_BIN_EXE_mindoo-replica"))
+        .args(["mesh", "--replicas", "2", "--entries", "10", "--data-dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut pids = Vec::new();
+    let stdout = std::io::BufReader::new(mesh.stdout.take().unwrap());
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("replica-")
+            && let Some(pid) = rest.split_whitespace().nth(2)
+        {
+            pids.push(pid.parse::<u32>().unwrap());
+        }
+        if line.contains("stops every replica") {
+            break;
+        }
+    }
+    assert_eq!(pids.len(), 2, "replica pids printed: {pids:?}");
+    let status = Command::new("kill")
+        .args(["-TERM", &mesh.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = mesh.wait().unwrap();
+    assert!(exit.success(), "the mesh exits cleanly on SIGTERM: {exit}");
+    for pid in pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "replica pid {pid} still runs after the mesh got SIGTERM"
+        );
+    }
+}
