@@ -23,6 +23,7 @@ use crate::keys::{KeyError, KeyRing};
 use crate::policy::Policy;
 use crate::store::rocks::{RocksConfig, RocksStore};
 use crate::sync::device::DeviceStore;
+use crate::sync::env::{Clock, SystemClock};
 use crate::sync::local::Local;
 
 /// Log records read at once when looking for a document's entries.
@@ -69,12 +70,6 @@ pub struct Database {
     keys: KeyRing,
     actor: ActorId,
     store: Arc<DeviceStore>,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// This device's actor id, made on first use.
@@ -169,14 +164,14 @@ impl Database {
         for (key, value) in fields {
             put_json(doc.doc_mut(), &ROOT, key.as_str().into(), value)?;
         }
-        let first = doc.begin(&self.keys, now_ms());
+        let first = doc.begin(&self.keys, SystemClock.unix_ms());
         self.write(std::slice::from_ref(&first)).await?;
         Ok(doc)
     }
 
     /// Commits a document's edits as one entry in the device store.
     pub async fn save(&self, doc: &mut Document) -> Result<Option<EntryId>, DatabaseError> {
-        let Some(entry) = doc.commit(&self.keys, now_ms()) else {
+        let Some(entry) = doc.commit(&self.keys, SystemClock.unix_ms()) else {
             return Ok(None);
         };
         self.write(std::slice::from_ref(&entry)).await?;
@@ -185,7 +180,7 @@ impl Database {
 
     /// Writes a snapshot of `doc` covering its heads.
     pub async fn snapshot(&self, doc: &mut Document) -> Result<EntryId, DatabaseError> {
-        let entry = doc.snapshot(&self.keys, now_ms());
+        let entry = doc.snapshot(&self.keys, SystemClock.unix_ms());
         self.write(std::slice::from_ref(&entry)).await?;
         Ok(entry.id)
     }

@@ -245,21 +245,18 @@ impl Document {
                     }
                 }
                 KIND_SNAPSHOT => {
-                    self.doc
-                        .load_incremental(&plaintext)
-                        .map_err(|e| DocError::Undecodable {
-                            entry: entry.id,
-                            what: "document",
-                            why: e.to_string(),
-                        })?;
-                    // The snapshot's heads, in hash order, are its deps.
                     let mut saved =
                         AutoCommit::load(&plaintext).map_err(|e| DocError::Undecodable {
                             entry: entry.id,
                             what: "document",
                             why: e.to_string(),
                         })?;
+                    // The snapshot's heads, in hash order, are its deps.
                     let heads = saved.get_heads();
+                    self.doc.merge(&mut saved).map_err(|e| DocError::Refused {
+                        entry: entry.id,
+                        why: e.to_string(),
+                    })?;
                     if heads.len() == entry.envelope.deps.len() {
                         for (hash, id) in heads.into_iter().zip(&entry.envelope.deps) {
                             self.entries.entry(hash).or_insert(*id);

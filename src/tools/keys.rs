@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use crate::entry::Namespace;
 use crate::keys::{KeyError, KeyRing, key_path};
+use crate::sync::env::{Clock, SystemClock};
 
 /// The environment variable a passphrase may come from.
 pub const PASSPHRASE_ENV: &str = "MINDOO_PASSPHRASE";
@@ -68,12 +69,6 @@ impl Target {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// The passphrase from [`PASSPHRASE_ENV`], else the first line of stdin.
 fn passphrase() -> anyhow::Result<String> {
     if let Ok(p) = std::env::var(PASSPHRASE_ENV) {
@@ -99,19 +94,24 @@ fn describe(ring: &KeyRing) {
     }
 }
 
+/// Writes a new key file and says what it holds.
+fn create(target: &Target, path: &std::path::Path, ring: &KeyRing) -> anyhow::Result<()> {
+    ring.create(path)?;
+    println!(
+        "keys for {} written to {}",
+        target.namespace,
+        path.display()
+    );
+    describe(ring);
+    Ok(())
+}
+
 /// Runs one `keys` command.
 pub fn run(command: KeysCommand) -> anyhow::Result<()> {
     match command {
         KeysCommand::Init(target) => {
             let path = target.path()?;
-            let ring = KeyRing::generate(now_ms());
-            ring.create(&path)?;
-            println!(
-                "keys for {} written to {}",
-                target.namespace,
-                path.display()
-            );
-            describe(&ring);
+            create(&target, &path, &KeyRing::generate(SystemClock.unix_ms()))?;
         }
         KeysCommand::Show { target, secrets } => {
             let path = target.path()?;
@@ -127,7 +127,7 @@ pub fn run(command: KeysCommand) -> anyhow::Result<()> {
         KeysCommand::Rotate(target) => {
             let path = target.path()?;
             let mut ring = KeyRing::load(&path)?;
-            let id = ring.rotate(now_ms());
+            let id = ring.rotate(SystemClock.unix_ms());
             ring.save(&path)?;
             println!(
                 "new entries of {} are encrypted with {id}",
@@ -169,14 +169,7 @@ pub fn run(command: KeysCommand) -> anyhow::Result<()> {
                     );
                 }
                 Err(KeyError::NotFound(_)) => {
-                    let ring = KeyRing::from_export(exported)?;
-                    ring.create(&path)?;
-                    println!(
-                        "keys for {} written to {}",
-                        target.namespace,
-                        path.display()
-                    );
-                    describe(&ring);
+                    create(&target, &path, &KeyRing::from_export(exported)?)?;
                 }
                 Err(e) => return Err(e.into()),
             }
