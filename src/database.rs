@@ -4,11 +4,10 @@
 //! commands and an app's code work with; syncing moves the same entries
 //! through the sync engine.
 //!
-//! The client's home holds `keys/<tenant>/<db>.toml` (see [`crate::keys`]),
-//! `store/` (the device store, one for every namespace) and `actor` (this
-//! device's Automerge actor id).
+//! The store, the keys and the actor id are the client home's (see
+//! [`crate::home`]).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use automerge::transaction::Transactable;
@@ -19,9 +18,9 @@ use serde_json::Value;
 use crate::docs::{DocError, DocId, Document, KIND_CHANGE, KIND_SNAPSHOT};
 use crate::entry::{Entry, EntryId, Namespace};
 use crate::error::Error;
+use crate::home::{DEFAULT_WAIT, Home, HomeError};
 use crate::keys::{KeyError, KeyRing};
 use crate::policy::Policy;
-use crate::store::rocks::{RocksConfig, RocksStore};
 use crate::sync::device::DeviceStore;
 use crate::sync::env::{Clock, SystemClock};
 use crate::sync::local::Local;
@@ -39,11 +38,8 @@ pub enum DatabaseError {
     Document(#[from] DocError),
     #[error("the device store: {0}")]
     Store(#[from] Error),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Home(#[from] HomeError),
     #[error("no document {0} in this database on this device (pull it first?)")]
     NoSuchDocument(DocId),
     #[error("the device store refused an entry it wrote: {0}")]
@@ -70,42 +66,34 @@ pub struct Database {
     keys: KeyRing,
     actor: ActorId,
     store: Arc<DeviceStore>,
-}
-
-/// This device's actor id, made on first use.
-fn actor(home: &Path) -> Result<ActorId, DatabaseError> {
-    let path = home.join("actor");
-    let io = |source| DatabaseError::Io {
-        path: path.clone(),
-        source,
-    };
-    match std::fs::read_to_string(&path) {
-        Ok(text) => match hex::decode(text.trim()) {
-            Ok(bytes) if !bytes.is_empty() => Ok(ActorId::from(bytes)),
-            _ => Err(io(std::io::Error::other("not a hex actor id"))),
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(home).map_err(io)?;
-            let id: [u8; 16] = rand::random();
-            std::fs::write(&path, hex::encode(id)).map_err(io)?;
-            Ok(ActorId::from(id.to_vec()))
-        }
-        Err(e) => Err(io(e)),
-    }
+    /// The home this database's store is in, held while it lives.
+    _home: Option<Arc<Home>>,
 }
 
 impl Database {
     /// Opens the database of `namespace` under `home`: its keys must be
     /// there (`keys init` or `keys import`); the store is made if missing.
+    /// It holds the home (see [`crate::home`]) while it lives.
     pub fn open(home: &Path, namespace: Namespace) -> Result<Self, DatabaseError> {
-        let keys = KeyRing::load(&crate::keys::key_path(home, &namespace))?;
-        let store = RocksStore::open(&RocksConfig::new(home.join("store")))
-            .map_err(|e| DatabaseError::Store(e.into()))?;
+        let home = Home::open(home, DEFAULT_WAIT)?;
+        let store = Arc::new(DeviceStore::new(home.open_store()?, Policy::default()));
+        Self::in_home(Arc::new(home), store, namespace)
+    }
+
+    /// The database of `namespace` in a home this process holds, over its
+    /// store already open (shared by every database of the home).
+    pub fn in_home(
+        home: Arc<Home>,
+        store: Arc<DeviceStore>,
+        namespace: Namespace,
+    ) -> Result<Self, DatabaseError> {
+        let keys = KeyRing::load(&crate::keys::key_path(home.path(), &namespace))?;
         Ok(Self {
             keys,
-            actor: actor(home)?,
-            store: Arc::new(DeviceStore::new(Arc::new(store), Policy::default())),
+            actor: home.actor().clone(),
+            store,
             namespace,
+            _home: Some(home),
         })
     }
 
@@ -122,6 +110,7 @@ impl Database {
             keys,
             actor,
             store,
+            _home: None,
         }
     }
 

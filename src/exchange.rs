@@ -1,107 +1,165 @@
-//! A database on this device exchanging entries with a replica (or another
-//! device serving its store): push what it wrote, pull what others wrote.
-//! Both run the sync engine ([`crate::sync`]) over its gRPC adapter, with
-//! the database's namespace as the filter: the same resumable cursors,
-//! batching and verification as replica-to-replica replication, and no
-//! body the device already holds is downloaded.
+//! This device's store exchanging entries with a peer: a replica, another
+//! device serving its store, or another store in this process. Push sends
+//! what the peer lacks; pull fetches what this side lacks. Both run the
+//! sync engine ([`crate::sync`]) with the exchange's namespaces as the
+//! filter: the same resumable cursors, batching and verification as
+//! replica-to-replica replication, and no body this side already holds is
+//! downloaded.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
-use crate::database::Database;
+use crate::entry::Namespace;
 use crate::sync::budget::ByteBudget;
 use crate::sync::env::Env;
 use crate::sync::error::SyncError;
 use crate::sync::grpc::GrpcPeer;
+use crate::sync::local::Local;
 use crate::sync::metrics::SyncMetrics;
 use crate::sync::peer::{ConnectOptions, Peer, PeerError};
 use crate::sync::puller::Puller;
 use crate::sync::pusher::{PushProgress, Pusher};
-use crate::sync::status::StatusBoard;
+use crate::sync::status::{PeerStatus, StatusBoard};
 use crate::sync::{Shared, SyncSettings};
 
 /// Entry data a pull holds in memory at once, at most.
 const PULL_BUDGET_BYTES: usize = 64 << 20;
 
-/// How an exchange reaches its replica.
-#[derive(Debug, Clone)]
+/// A peer to exchange entries with, and what to exchange.
+#[derive(Clone)]
 pub struct Exchange {
-    /// The replica's gRPC address.
-    pub address: String,
+    peer: Arc<dyn Peer>,
+    /// Only these namespaces; empty: every one.
+    namespaces: Vec<Namespace>,
     /// How long a push or pull may take in all.
-    pub timeout: Duration,
+    timeout: Duration,
 }
 
 /// What a pull did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pulled {
-    /// Entries newly stored on this device.
+    /// Entries newly stored on this side.
     pub stored: u64,
-    /// The replica's log position reached.
+    /// The peer's log position reached.
     pub through: u64,
 }
 
 impl Exchange {
-    fn settings(&self, db: &Database) -> SyncSettings {
+    /// An exchange with `peer`, of every namespace.
+    pub fn new(peer: Arc<dyn Peer>, timeout: Duration) -> Self {
+        Self {
+            peer,
+            namespaces: Vec::new(),
+            timeout,
+        }
+    }
+
+    /// An exchange with the replica (or device) at a gRPC `address`,
+    /// connected when first used.
+    pub fn grpc(address: &str, timeout: Duration) -> Result<Self, SyncError> {
+        let options = ConnectOptions {
+            connect_timeout: timeout.min(Duration::from_secs(10)),
+            keepalive_interval: Duration::from_secs(30),
+        };
+        let peer: Arc<dyn Peer> = Arc::new(GrpcPeer::lazy(address, options)?);
+        Ok(Self::new(peer, timeout))
+    }
+
+    /// Only `namespace` is exchanged (the call adds to the filter).
+    pub fn only(mut self, namespace: Namespace) -> Self {
+        self.namespaces.push(namespace);
+        self
+    }
+
+    /// Where the peer is reached.
+    pub fn address(&self) -> &str {
+        self.peer.address()
+    }
+
+    fn settings(&self) -> SyncSettings {
         SyncSettings {
-            namespaces: vec![db.namespace().clone()],
+            namespaces: self.namespaces.clone(),
             connect_timeout: self.timeout.min(Duration::from_secs(10)),
             ..SyncSettings::default()
         }
     }
 
-    fn peer(&self) -> Result<Arc<GrpcPeer>, SyncError> {
-        let options = ConnectOptions {
-            connect_timeout: self.timeout.min(Duration::from_secs(10)),
-            keepalive_interval: Duration::from_secs(30),
-        };
-        Ok(Arc::new(GrpcPeer::lazy(&self.address, options)?))
-    }
-
-    /// Pushes every entry of the database the replica lacks; resumes where
-    /// an interrupted push stopped.
-    pub async fn push(&self, db: &Database) -> Result<PushProgress, SyncError> {
-        let pusher = Pusher {
-            local: db.store(),
-            peer: self.peer()?,
-            settings: watch::channel(self.settings(db)).1,
+    fn pusher(&self, local: Arc<dyn Local>, cancel: CancellationToken) -> Pusher {
+        Pusher {
+            local,
+            peer: self.peer.clone(),
+            settings: watch::channel(self.settings()).1,
             metrics: Arc::new(SyncMetrics::new(&prometheus::Registry::new())),
             env: Env::system(),
-            cancel: CancellationToken::new(),
+            cancel,
             progress: watch::channel(PushProgress::default()).0,
-        };
+        }
+    }
+
+    fn puller(
+        &self,
+        local: Arc<dyn Local>,
+        status: Arc<Mutex<PeerStatus>>,
+        cancel: CancellationToken,
+    ) -> Puller {
+        Puller {
+            local,
+            peer: self.peer.clone(),
+            settings: watch::channel(self.settings()).1,
+            budget: ByteBudget::new(PULL_BUDGET_BYTES).for_peer(PULL_BUDGET_BYTES),
+            shared: Shared::default(),
+            metrics: Arc::new(SyncMetrics::new(&prometheus::Registry::new())),
+            status,
+            env: Env::system(),
+            cancel,
+        }
+    }
+
+    /// Keeps `local` and the peer in step, both ways, until the returned
+    /// [`Following`] is stopped or dropped: what either stores reaches the
+    /// other as it is stored. Errors back off and reconnect; a peer that
+    /// is away is caught up with when it returns.
+    pub fn follow(&self, local: Arc<dyn Local>) -> Following {
+        let cancel = CancellationToken::new();
+        let status = StatusBoard::default().slot(self.peer.address());
+        let pusher = self.pusher(local.clone(), cancel.clone());
+        let pushed = pusher.progress.subscribe();
+        let puller = self.puller(local, status.clone(), cancel.clone());
+        Following {
+            pulled: status,
+            pushed,
+            tasks: vec![
+                AbortOnDropHandle::new(tokio::spawn(pusher.run())),
+                AbortOnDropHandle::new(tokio::spawn(puller.run())),
+            ],
+            cancel,
+        }
+    }
+
+    /// Pushes every entry of `local` the peer lacks; resumes where an
+    /// interrupted push stopped.
+    pub async fn push(&self, local: Arc<dyn Local>) -> Result<PushProgress, SyncError> {
+        let pusher = self.pusher(local, CancellationToken::new());
         tokio::time::timeout(self.timeout, pusher.push_to_head())
             .await
             .map_err(|_| PeerError::Timeout("the push"))?
     }
 
-    /// Pulls the database's entries the device lacks, up to the replica's
-    /// head as it was when the pull started.
-    pub async fn pull(&self, db: &Database) -> Result<Pulled, SyncError> {
-        let peer = self.peer()?;
-        let target = tokio::time::timeout(self.timeout, peer.head())
+    /// Pulls the entries `local` lacks, up to the peer's head as it was
+    /// when the pull started.
+    pub async fn pull(&self, local: Arc<dyn Local>) -> Result<Pulled, SyncError> {
+        let target = tokio::time::timeout(self.timeout, self.peer.head())
             .await
             .map_err(|_| PeerError::Timeout("Head"))??
             .head_seq;
-        let board = StatusBoard::default();
-        let status = board.slot(&self.address);
+        let status = StatusBoard::default().slot(self.peer.address());
         let cancel = CancellationToken::new();
-        let budget = ByteBudget::new(PULL_BUDGET_BYTES);
-        let puller = Puller {
-            local: db.store(),
-            peer,
-            settings: watch::channel(self.settings(db)).1,
-            budget: budget.for_peer(PULL_BUDGET_BYTES),
-            shared: Shared::default(),
-            metrics: Arc::new(SyncMetrics::new(&prometheus::Registry::new())),
-            status: status.clone(),
-            env: Env::system(),
-            cancel: cancel.clone(),
-        };
-        let task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(puller.run()));
+        let puller = self.puller(local, status.clone(), cancel.clone());
+        let task = AbortOnDropHandle::new(tokio::spawn(puller.run()));
         let deadline = tokio::time::Instant::now() + self.timeout;
         let result = loop {
             let now = status.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -122,7 +180,9 @@ impl Exchange {
                 let why = now.last_error.unwrap_or_else(|| "no error reported".into());
                 break Err(PeerError::Unavailable(format!(
                     "the pull from {} reached {} of {target} in {:?}: {why}",
-                    self.address, now.cursor_seq, self.timeout
+                    self.peer.address(),
+                    now.cursor_seq,
+                    self.timeout
                 ))
                 .into());
             }
@@ -132,5 +192,33 @@ impl Exchange {
         cancel.cancel();
         let _ = task.await;
         result
+    }
+}
+
+/// An exchange that follows both ways (see [`Exchange::follow`]).
+pub struct Following {
+    /// How the pull from the peer goes.
+    pub pulled: Arc<Mutex<PeerStatus>>,
+    /// How the push to the peer goes.
+    pub pushed: watch::Receiver<PushProgress>,
+    tasks: Vec<AbortOnDropHandle<()>>,
+    cancel: CancellationToken,
+}
+
+impl Following {
+    /// A copy of the pull's status.
+    pub fn pull_status(&self) -> PeerStatus {
+        self.pulled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Stops both directions and waits for them to end.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
     }
 }

@@ -9,7 +9,7 @@
 //! - [`store`]: the storage trait, with RocksDB and in-memory backends.
 //!
 //! `server` wires them into a process; [`client`] is the client library,
-//! with a device's [`keys`], sealed entries ([`seal`]), Automerge
+//! with a device's [`home`] and [`keys`], sealed entries ([`seal`]), Automerge
 //! documents ([`docs`]) and the databases that keep them ([`database`]).
 //!
 //! Features: `client` (the client library and the sync engine, over the
@@ -35,6 +35,8 @@ pub mod error;
 pub mod exchange;
 #[cfg(any(test, feature = "tools"))]
 pub mod fixtures;
+#[cfg(feature = "client")]
+pub mod home;
 #[cfg(feature = "client")]
 pub mod keys;
 pub mod limits;

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use mindoo_replica::config::{ConfigError, RawConfig, Settings};
 use mindoo_replica::server::{self, Listeners};
 use mindoo_replica::telemetry;
-use mindoo_replica::tools::{bench, check, device, inspect, keys, mesh};
+use mindoo_replica::tools::{bench, check, device, inspect, keys, mesh, sync};
 
 #[derive(Parser)]
 #[command(name = "mindoo-replica", version, about)]
@@ -24,6 +24,11 @@ enum Command {
         /// TOML config file; MINDOO_REPLICA__SECTION__KEY variables override it.
         #[arg(long, short, env = "MINDOO_REPLICA_CONFIG")]
         config: Option<PathBuf>,
+        /// Serve a device's own store (its client home) rather than the
+        /// configured storage, under the device's name: other devices sync
+        /// with it directly. The home is held while it serves.
+        #[arg(long, value_name = "HOME")]
+        client_home: Option<PathBuf>,
     },
     /// Inspect the configuration.
     Config {
@@ -83,6 +88,11 @@ enum Command {
     Push(device::ExchangeArgs),
     /// Fetch a database's entries this device lacks from a replica.
     Pull(device::ExchangeArgs),
+    /// Keep this device's databases in step with replicas or serving
+    /// devices, in rounds or live; a line per round.
+    Sync(sync::SyncArgs),
+    /// Sync two client homes on this machine directly, both ways.
+    SyncLocal(sync::SyncLocalArgs),
     /// Benchmarks that print their figures.
     Bench {
         #[command(subcommand)]
@@ -213,12 +223,15 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Serve { config } => {
+        Command::Serve {
+            config,
+            client_home,
+        } => {
             let settings = match load(config.as_deref()) {
                 Ok((_, settings)) => settings,
                 Err(e) => return config_error(e),
             };
-            runtime.block_on(serve(settings, config))
+            runtime.block_on(serve(settings, config, client_home))
         }
         Command::Config {
             command: ConfigCommand::Print { config },
@@ -249,6 +262,11 @@ fn main() -> ExitCode {
         Command::Doc { command } => runtime.block_on(device::doc(command)),
         Command::Push(args) => runtime.block_on(device::push(args)),
         Command::Pull(args) => runtime.block_on(device::pull(args)),
+        Command::Sync(args) => runtime.block_on(async {
+            let stop = shutdown_signal()?;
+            sync::sync(args, stop).await
+        }),
+        Command::SyncLocal(args) => runtime.block_on(sync::sync_local(args)),
         Command::Status { addr } => runtime.block_on(inspect::status(&addr, true)),
         Command::Peers { addr } => runtime.block_on(inspect::status(&addr, false)),
         Command::Check {
@@ -356,7 +374,11 @@ fn config_error(e: ConfigError) -> ExitCode {
     ExitCode::from(2)
 }
 
-async fn serve(settings: Settings, config: Option<PathBuf>) -> anyhow::Result<()> {
+async fn serve(
+    mut settings: Settings,
+    config: Option<PathBuf>,
+    client_home: Option<PathBuf>,
+) -> anyhow::Result<()> {
     telemetry::init(&settings.log);
     match mindoo_replica::connections::raise_open_files_limit() {
         Ok((before, after)) => tracing::info!(before, after, "open-files limit"),
@@ -369,8 +391,23 @@ async fn serve(settings: Settings, config: Option<PathBuf>) -> anyhow::Result<()
         Some(listeners) => listeners,
         None => Listeners::bind(&settings.server).await?,
     };
-    let node = settings.node_name(listeners.grpc_addr()?);
-    let store = server::open_store(&settings.storage, &node).await?;
+    let (store, _home) = match client_home {
+        Some(path) => {
+            let (home, store) = tokio::task::spawn_blocking(move || {
+                use mindoo_replica::home::{DEFAULT_WAIT, Home};
+                let home = Home::open(&path, DEFAULT_WAIT)?;
+                let store = home.open_store()?;
+                anyhow::Ok((home, store))
+            })
+            .await??;
+            settings.replication.advertise = Some(home.device_name());
+            (store, Some(home))
+        }
+        None => {
+            let node = settings.node_name(listeners.grpc_addr()?);
+            (server::open_store(&settings.storage, &node).await?, None)
+        }
+    };
     // Ready: the store is open and the sockets accept connections.
     println!(
         "{}",

@@ -91,7 +91,9 @@ impl ReplicaProcess {
         metrics: bool,
         extra_env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
-        Self::start(on_ephemeral_ports(exe, metrics), data_dir, extra_env, None).await
+        let mut cmd = on_ephemeral_ports(exe, metrics);
+        cmd.arg("serve");
+        Self::start(cmd, data_dir, extra_env, None).await
     }
 
     /// Like [`Self::spawn`] (with metrics), in a process whose open-files
@@ -114,6 +116,7 @@ impl ReplicaProcess {
                 _ => Err(std::io::Error::last_os_error()),
             });
         }
+        cmd.arg("serve");
         Self::start(cmd, data_dir, extra_env, None).await
     }
 
@@ -124,7 +127,21 @@ impl ReplicaProcess {
         listeners: ChildListeners,
         extra_env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
-        Self::start(Command::new(exe), data_dir, extra_env, Some(listeners)).await
+        let mut cmd = Command::new(exe);
+        cmd.arg("serve");
+        Self::start(cmd, data_dir, extra_env, Some(listeners)).await
+    }
+
+    /// Starts `exe serve --client-home HOME` on sockets the caller has
+    /// bound: a device serving its own store.
+    pub async fn spawn_device(
+        exe: &Path,
+        home: &Path,
+        listeners: ChildListeners,
+    ) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(exe);
+        cmd.arg("serve").arg("--client-home").arg(home);
+        Self::start(cmd, home, &[], Some(listeners)).await
     }
 
     async fn start(
@@ -134,8 +151,7 @@ impl ReplicaProcess {
         listeners: Option<ChildListeners>,
     ) -> anyhow::Result<Self> {
         use std::os::fd::AsRawFd;
-        cmd.arg("serve")
-            .env("MINDOO_REPLICA__STORAGE__PATH", data_dir)
+        cmd.env("MINDOO_REPLICA__STORAGE__PATH", data_dir)
             .env("MINDOO_REPLICA__LOG__FILTER", "warn")
             .env("MINDOO_REPLICA__SERVER__SHUTDOWN_DELAY_MS", "0")
             .stdin(Stdio::null())

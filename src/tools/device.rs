@@ -81,11 +81,9 @@ pub struct ExchangeArgs {
 }
 
 impl ExchangeArgs {
-    fn exchange(&self) -> Exchange {
-        Exchange {
-            address: self.replica.clone(),
-            timeout: Duration::from_secs(self.timeout_secs),
-        }
+    fn exchange(&self, db: &Database) -> anyhow::Result<Exchange> {
+        let timeout = Duration::from_secs(self.timeout_secs);
+        Ok(Exchange::grpc(&self.replica, timeout)?.only(db.namespace().clone()))
     }
 }
 
@@ -135,7 +133,7 @@ pub async fn doc(command: DocCommand) -> anyhow::Result<()> {
 /// `push`: sends what the replica lacks of this database.
 pub async fn push(args: ExchangeArgs) -> anyhow::Result<()> {
     let db = args.on.open()?;
-    let done = args.exchange().push(&db).await?;
+    let done = args.exchange(&db)?.push(db.store()).await?;
     println!(
         "pushed to {} ({}): {} records read, {} sent, {} stored, {} already there, {} refused",
         args.replica,
@@ -159,7 +157,7 @@ pub async fn push(args: ExchangeArgs) -> anyhow::Result<()> {
 /// `pull`: fetches what this device lacks of this database.
 pub async fn pull(args: ExchangeArgs) -> anyhow::Result<()> {
     let db = args.on.open()?;
-    let done = args.exchange().pull(&db).await?;
+    let done = args.exchange(&db)?.pull(db.store()).await?;
     println!(
         "pulled from {}: {} new entries, through its log position {}",
         args.replica, done.stored, done.through

@@ -1,6 +1,7 @@
 //! Tooling of the `mindoo-replica` command, outside the library proper:
 //! benchmarks, the local mesh demo, child replica processes, the `status`
-//! and `check` commands, and the client's `keys`, `doc`, `push` and `pull`. Behind the `tools` feature (on by default); a
+//! and `check` commands, and the client's `keys`, `doc`, `push`, `pull`,
+//! `sync` and `sync-local`. Behind the `tools` feature (on by default); a
 //! library user that wants only the replica or the client turns it off.
 
 pub mod bench;
@@ -11,3 +12,4 @@ pub mod h2frames;
 pub mod inspect;
 pub mod keys;
 pub mod mesh;
+pub mod sync;

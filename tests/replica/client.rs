@@ -13,11 +13,10 @@ use serde_json::json;
 
 use crate::harness::*;
 
-fn exchange(replica: &TestReplica) -> Exchange {
-    Exchange {
-        address: replica.addr.to_string(),
-        timeout: Duration::from_secs(20),
-    }
+fn exchange(replica: &TestReplica, db: &Database) -> Exchange {
+    Exchange::grpc(&replica.addr.to_string(), Duration::from_secs(20))
+        .unwrap()
+        .only(db.namespace().clone())
 }
 
 /// Every file under `dir`, read whole.
@@ -53,9 +52,9 @@ async fn offline_edits_through_different_replicas_converge_and_no_replica_can_re
         .create(&json!({"title": marker, "items": []}))
         .await
         .unwrap();
-    let pushed = exchange(&replicas[0]).push(&a).await.unwrap();
+    let pushed = exchange(&replicas[0], &a).push(a.store()).await.unwrap();
     assert_eq!(pushed.sent, 1);
-    exchange(&replicas[0]).pull(&b).await.unwrap();
+    exchange(&replicas[0], &b).pull(b.store()).await.unwrap();
     let mut doc_b = b.load(doc_a.id()).await.unwrap();
     assert_eq!(doc_b.to_json(), doc_a.to_json());
 
@@ -73,14 +72,14 @@ async fn offline_edits_through_different_replicas_converge_and_no_replica_can_re
     set_path(&mut doc_b, "z", &json!("from b")).unwrap();
     set_path(&mut doc_b, "items.0", &json!("eggs")).unwrap();
     b.save(&mut doc_b).await.unwrap();
-    exchange(&replicas[0]).push(&a).await.unwrap();
-    let pushed = exchange(&replicas[2]).push(&b).await.unwrap();
+    exchange(&replicas[0], &a).push(a.store()).await.unwrap();
+    let pushed = exchange(&replicas[2], &b).push(b.store()).await.unwrap();
     assert_eq!(pushed.sent, 1, "B sends only its own change: {pushed:?}");
     for r in &replicas {
         r.wait_for_count(5, 20).await;
     }
-    exchange(&replicas[0]).pull(&a).await.unwrap();
-    exchange(&replicas[2]).pull(&b).await.unwrap();
+    exchange(&replicas[0], &a).pull(a.store()).await.unwrap();
+    exchange(&replicas[2], &b).pull(b.store()).await.unwrap();
 
     let (json_a, json_b) = (
         a.load(doc_a.id()).await.unwrap().to_json(),
@@ -132,21 +131,6 @@ async fn offline_edits_through_different_replicas_converge_and_no_replica_can_re
                 String::from_utf8_lossy(needle)
             );
         }
-    }
-}
-
-/// Runs the command with the client's home set; stdout, or the failure.
-fn cli(home: &Path, args: &[&str]) -> Result<String, String> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mindoo-replica"))
-        .args(args)
-        .env("MINDOO_CLIENT_HOME", home)
-        .env("MINDOO_PASSPHRASE", "pw")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    match out.status.success() {
-        true => Ok(text),
-        false => Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr))),
     }
 }
 

@@ -389,3 +389,18 @@ pub async fn wait_for_cursor(replica: &TestReplica, node: &str, seq: u64, secs: 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Runs the command with the client's home set; stdout, or the failure.
+pub fn cli(home: &Path, args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mindoo-replica"))
+        .args(args)
+        .env("MINDOO_CLIENT_HOME", home)
+        .env("MINDOO_PASSPHRASE", "pw")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    match out.status.success() {
+        true => Ok(text),
+        false => Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr))),
+    }
+}

@@ -12,5 +12,6 @@ mod lifecycle;
 mod log;
 mod mesh;
 mod ops;
+mod p2p;
 mod store_api;
 mod sync;

@@ -53,10 +53,8 @@ pub async fn client(opts: ClientOptions, exe: PathBuf) -> anyhow::Result<()> {
     let apply_rate = n as f64 / start.elapsed().as_secs_f64();
 
     let replica = ReplicaProcess::spawn(&exe, &dir.path().join("replica"), false, &[]).await?;
-    let exchange = Exchange {
-        address: replica.grpc.to_string(),
-        timeout: Duration::from_secs(600),
-    };
+    let exchange =
+        Exchange::grpc(&replica.grpc.to_string(), Duration::from_secs(600))?.only(ns.clone());
     let (home_a, home_b) = (dir.path().join("a"), dir.path().join("b"));
     let keys = KeyRing::generate(1);
     keys.create(&key_path(&home_a, &ns))?;
@@ -72,14 +70,14 @@ pub async fn client(opts: ClientOptions, exe: PathBuf) -> anyhow::Result<()> {
         a.save(&mut doc).await?;
     }
     let made = start.elapsed().as_secs_f64();
-    let pushed = exchange.push(&a).await?;
+    let pushed = exchange.push(a.store()).await?;
     let write_secs = start.elapsed().as_secs_f64();
     anyhow::ensure!(pushed.stored as usize == n, "pushed {pushed:?}");
 
     // A fresh device: pull, verify, decrypt, materialize.
     let b = Database::open(&home_b, ns)?;
     let start = Instant::now();
-    let pulled = exchange.pull(&b).await?;
+    let pulled = exchange.pull(b.store()).await?;
     let fetched = start.elapsed().as_secs_f64();
     let loaded = b.load(doc.id()).await?;
     let read_secs = start.elapsed().as_secs_f64();

@@ -1,0 +1,341 @@
+//! The client's sync commands, on the sync engine through
+//! [`crate::exchange`]:
+//! - `sync`: keeps this device's store in step with replicas (or devices
+//!   serving their stores), in rounds (`--every`) or live (`--live`),
+//!   offline-first: a peer that is away is backed off from and caught up
+//!   with when it returns; one status line per round or change.
+//! - `sync-local`: two stores on this machine, both ways, through the
+//!   in-process adapter.
+//!
+//! In rounds, the home is held only during a round, so `doc` commands run
+//! between rounds; live, it is held throughout.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::entry::Namespace;
+use crate::exchange::{Exchange, Following};
+use crate::home::{DEFAULT_WAIT, Home};
+use crate::limits::Limits;
+use crate::metrics::Metrics;
+use crate::policy::Policy;
+use crate::replica::in_process::LocalPeer;
+use crate::replica::{NodeIdentity, Replica};
+use crate::store::Store;
+use crate::sync::backoff::Backoff;
+use crate::sync::device::DeviceStore;
+use crate::sync::env::Env;
+use crate::sync::local::Local;
+
+/// `sync`.
+#[derive(Debug, clap::Args)]
+pub struct SyncArgs {
+    /// The client's home directory.
+    #[arg(long, env = "MINDOO_CLIENT_HOME", default_value = ".mindoo-client")]
+    pub home: PathBuf,
+    /// A database to sync, as `tenant/db`; repeatable. Default: every
+    /// database this device holds keys for.
+    #[arg(long = "namespace", short)]
+    pub namespaces: Vec<String>,
+    /// A replica's (or a serving device's) gRPC address; repeatable.
+    #[arg(long = "replica", required = true)]
+    pub replicas: Vec<String>,
+    /// Time between rounds (`30s`, `5m`, `500ms`).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, conflicts_with = "live")]
+    pub every: Duration,
+    /// Follow each peer live instead of in rounds: what either side stores
+    /// reaches the other at once.
+    #[arg(long)]
+    pub live: bool,
+    /// Stop after this many rounds (in rounds) or seconds (live).
+    #[arg(long)]
+    pub stop_after: Option<u64>,
+    /// Seconds one push or pull of a round may take.
+    #[arg(long, default_value_t = 60)]
+    pub timeout_secs: u64,
+}
+
+/// `sync-local`.
+#[derive(Debug, clap::Args)]
+pub struct SyncLocalArgs {
+    /// One client home.
+    pub a: PathBuf,
+    /// The other.
+    pub b: PathBuf,
+    /// Only this database, as `tenant/db`; repeatable. Default: every one
+    /// in either store.
+    #[arg(long = "namespace", short)]
+    pub namespaces: Vec<String>,
+    /// Seconds each direction may take.
+    #[arg(long, default_value_t = 600)]
+    pub timeout_secs: u64,
+}
+
+/// The databases of `home` this device holds keys for.
+fn keyed_namespaces(home: &Path) -> anyhow::Result<Vec<Namespace>> {
+    let dir = home.join("keys");
+    let mut out = Vec::new();
+    let Ok(tenants) = std::fs::read_dir(&dir) else {
+        return Ok(out);
+    };
+    for tenant in tenants {
+        let tenant = tenant?.path();
+        for db in std::fs::read_dir(&tenant)? {
+            let db = db?.path();
+            if db.extension().is_some_and(|e| e == "toml") {
+                let (Some(t), Some(d)) = (tenant.file_name(), db.file_stem()) else {
+                    continue;
+                };
+                let path = format!("{}/{}", t.to_string_lossy(), d.to_string_lossy());
+                out.push(Namespace::from_path(&path)?);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn namespaces(given: &[String]) -> anyhow::Result<Vec<Namespace>> {
+    given.iter().map(|n| Ok(Namespace::from_path(n)?)).collect()
+}
+
+/// `exchange` limited to `namespaces`.
+fn filtered(mut exchange: Exchange, namespaces: &[Namespace]) -> Exchange {
+    for ns in namespaces {
+        exchange = exchange.only(ns.clone());
+    }
+    exchange
+}
+
+/// A device's store as a replica core in this process: what another store
+/// in this process syncs with through the in-process adapter, known by the
+/// device's name.
+pub fn device_core(home: &Home, store: Arc<dyn Store>) -> Arc<Replica> {
+    Arc::new(Replica::new(
+        store,
+        NodeIdentity::new(home.device_name()),
+        Policy::default(),
+        Limits::default(),
+        0,
+        Arc::new(Metrics::new()),
+        CancellationToken::new(),
+    ))
+}
+
+/// Opens a home and its store off the executor.
+async fn open(path: &Path, wait: Duration) -> anyhow::Result<(Home, Arc<dyn Store>)> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let home = Home::open(&path, wait)?;
+        let store = home.open_store()?;
+        Ok((home, store))
+    })
+    .await?
+}
+
+/// `sync-local A B`: pushes what B lacks of A, then pulls what A lacks of B.
+pub async fn sync_local(args: SyncLocalArgs) -> anyhow::Result<()> {
+    let only = namespaces(&args.namespaces)?;
+    let (_home_a, store_a) = open(&args.a, DEFAULT_WAIT).await?;
+    let (home_b, store_b) = open(&args.b, DEFAULT_WAIT).await?;
+    let a: Arc<dyn Local> = Arc::new(DeviceStore::new(store_a, Policy::default()));
+    let b = Arc::new(LocalPeer::new(device_core(&home_b, store_b)));
+    let exchange = filtered(
+        Exchange::new(b, Duration::from_secs(args.timeout_secs)),
+        &only,
+    );
+    let pushed = exchange.push(a.clone()).await?;
+    let pulled = exchange.pull(a).await?;
+    println!(
+        "{} -> {}: {} sent, {} new there; {} -> {}: {} new here",
+        args.a.display(),
+        args.b.display(),
+        pushed.sent,
+        pushed.stored,
+        args.b.display(),
+        args.a.display(),
+        pulled.stored
+    );
+    Ok(())
+}
+
+/// `sync`: in rounds, or live.
+pub async fn sync(
+    args: SyncArgs,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let mut only = namespaces(&args.namespaces)?;
+    if only.is_empty() {
+        only = keyed_namespaces(&args.home)?;
+        anyhow::ensure!(
+            !only.is_empty(),
+            "{} holds no database keys: `keys init` or `keys import` one, or name one with -n",
+            args.home.display()
+        );
+    }
+    let timeout = Duration::from_secs(args.timeout_secs);
+    let exchanges = args
+        .replicas
+        .iter()
+        .map(|a| Ok(filtered(Exchange::grpc(a, timeout)?, &only)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let names: Vec<String> = only.iter().map(|n| n.to_string()).collect();
+    println!(
+        "syncing {} with {} {}",
+        names.join(", "),
+        args.replicas.join(", "),
+        match args.live {
+            true => "live".to_owned(),
+            false => format!("every {}", humantime::format_duration(args.every)),
+        }
+    );
+    tokio::pin!(stop);
+    match args.live {
+        true => live(&args, exchanges, stop).await,
+        false => rounds(&args, exchanges, stop).await,
+    }
+}
+
+/// What one round did with one peer.
+fn round_line(address: &str, result: &anyhow::Result<(u64, u64)>) -> String {
+    match result {
+        Ok((sent, got)) => format!("{address} sent {sent} got {got}"),
+        Err(e) => format!("{address} unreachable ({})", first_line(e)),
+    }
+}
+
+fn first_line(e: &anyhow::Error) -> String {
+    let text = format!("{e:#}");
+    text.lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(160)
+        .collect()
+}
+
+async fn rounds(
+    args: &SyncArgs,
+    exchanges: Vec<Exchange>,
+    mut stop: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> anyhow::Result<()> {
+    let env = Env::system();
+    // Per peer: its backoff, and when it is next tried.
+    let mut away: HashMap<usize, (Backoff, Instant)> = HashMap::new();
+    let mut round = 0u64;
+    loop {
+        round += 1;
+        let started = Instant::now();
+        let (home, store) = open(&args.home, args.every.max(DEFAULT_WAIT)).await?;
+        let local: Arc<dyn Local> = Arc::new(DeviceStore::new(store, Policy::default()));
+        let mut parts = Vec::new();
+        for (i, exchange) in exchanges.iter().enumerate() {
+            if let Some((_, next)) = away.get(&i)
+                && Instant::now() < *next
+            {
+                let wait = next.saturating_duration_since(Instant::now());
+                parts.push(format!(
+                    "{} away, next try in {}",
+                    exchange.address(),
+                    humantime::format_duration(Duration::from_secs(wait.as_secs().max(1)))
+                ));
+                continue;
+            }
+            let result = async {
+                let pushed = exchange.push(local.clone()).await?;
+                let pulled = exchange.pull(local.clone()).await?;
+                anyhow::Ok((pushed.stored, pulled.stored))
+            }
+            .await;
+            parts.push(round_line(exchange.address(), &result));
+            match result {
+                Ok(_) => {
+                    away.remove(&i);
+                }
+                Err(_) => {
+                    let (backoff, next) = away.entry(i).or_insert_with(|| {
+                        (
+                            Backoff::new(
+                                Duration::from_secs(1),
+                                args.every.max(Duration::from_secs(1)) * 10,
+                            ),
+                            Instant::now(),
+                        )
+                    });
+                    *next = Instant::now() + backoff.next_delay(&env);
+                }
+            }
+        }
+        drop((local, home));
+        println!(
+            "round {round}: {} ({} ms)",
+            parts.join("; "),
+            started.elapsed().as_millis()
+        );
+        if args.stop_after.is_some_and(|n| round >= n) {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            _ = tokio::time::sleep(args.every) => {}
+        }
+    }
+}
+
+/// One line for a followed peer.
+fn live_line(address: &str, f: &Following) -> String {
+    let pull = f.pull_status();
+    let push = f.pushed.borrow().clone();
+    let state = match (&pull.last_error, pull.connected) {
+        (_, true) => "up".to_owned(),
+        (Some(e), false) => format!("away ({})", e.lines().next().unwrap_or_default()),
+        (None, false) => "connecting".to_owned(),
+    };
+    format!(
+        "{address} {state}: sent {} (through {} of {}), got {} (through its {})",
+        push.stored, push.through, push.head, pull.entries_pulled, pull.cursor_seq
+    )
+}
+
+async fn live(
+    args: &SyncArgs,
+    exchanges: Vec<Exchange>,
+    mut stop: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> anyhow::Result<()> {
+    let (_home, store) = open(&args.home, DEFAULT_WAIT).await?;
+    let local: Arc<dyn Local> = Arc::new(DeviceStore::new(store, Policy::default()));
+    let following: Vec<Following> = exchanges.iter().map(|e| e.follow(local.clone())).collect();
+    let started = Instant::now();
+    let mut last = String::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tick.tick() => {}
+        }
+        let line = exchanges
+            .iter()
+            .zip(&following)
+            .map(|(e, f)| live_line(e.address(), f))
+            .collect::<Vec<_>>()
+            .join("; ");
+        if line != last {
+            println!("{line}");
+            last = line;
+        }
+        if args
+            .stop_after
+            .is_some_and(|s| started.elapsed() >= Duration::from_secs(s))
+        {
+            break;
+        }
+    }
+    for f in following {
+        f.stop().await;
+    }
+    Ok(())
+}
