@@ -28,6 +28,8 @@ pub mod connections;
 #[cfg(feature = "client")]
 pub mod database;
 #[cfg(feature = "client")]
+pub mod discover;
+#[cfg(feature = "client")]
 pub mod docs;
 pub mod entry;
 pub mod error;

@@ -185,3 +185,55 @@ async fn the_doc_push_and_pull_commands_hand_a_document_to_another_device() {
     assert!(err.contains("no document"), "{err}");
     replica.stop().await.unwrap();
 }
+
+/// Waits until `db`'s store holds `count` entries.
+async fn wait_for_entries(db: &Database, count: u64) {
+    use mindoo_replica::sync::local::Local;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut head = db.store().subscribe();
+    while db.store().stats().entries < count {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let woke = tokio::time::timeout(left, head.changed()).await;
+        assert!(
+            woke.is_ok(),
+            "{} of {count} entries",
+            db.store().stats().entries
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_following_a_replica_live_edits_while_both_ways_flow() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = TestReplica::start(dir.path(), |_| {}).await;
+    let (home_a, home_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let keys = KeyRing::generate(1);
+    keys.create(&key_path(home_a.path(), &ns())).unwrap();
+    keys.create(&key_path(home_b.path(), &ns())).unwrap();
+    let a = Database::open(home_a.path(), ns()).unwrap();
+    let b = Database::open(home_b.path(), ns()).unwrap();
+
+    // A follows the replica while it edits: each edit reaches the replica.
+    let following = exchange(&replica, &a).follow(a.store());
+    let mut doc = a.create(&json!({"n": 0})).await.unwrap();
+    for n in 1..=3 {
+        set_path(&mut doc, "n", &json!(n)).unwrap();
+        a.save(&mut doc).await.unwrap();
+    }
+    replica.wait_for_count(4, 20).await;
+
+    // B's edit, pushed to the replica, reaches A without A asking.
+    exchange(&replica, &b).pull(b.store()).await.unwrap();
+    let mut doc_b = b.load(doc.id()).await.unwrap();
+    set_path(&mut doc_b, "from_b", &json!(true)).unwrap();
+    b.save(&mut doc_b).await.unwrap();
+    exchange(&replica, &b).push(b.store()).await.unwrap();
+    wait_for_entries(&a, 5).await;
+    let seen = a.load(doc.id()).await.unwrap().to_json();
+    assert_eq!(seen, json!({"n": 3, "from_b": true}));
+    let status = following.pull_status();
+    assert!(status.connected && status.entries_pulled == 1, "{status:?}");
+    assert_eq!(following.pushed.borrow().stored, 4);
+    following.stop().await;
+    replica.stop().await.unwrap();
+}
