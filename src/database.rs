@@ -10,12 +10,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use automerge::transaction::Transactable;
-use automerge::{ActorId, ObjId, ObjType, Prop, ROOT, ScalarValue};
+use automerge::{ActorId, ROOT};
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::docs::{DocError, DocId, Document, KIND_CHANGE, KIND_SNAPSHOT};
+use crate::docs::{self, DocError, DocId, Document, KIND_CHANGE, KIND_SNAPSHOT};
+use crate::edit::{EditError, put_json};
 use crate::entry::{Entry, EntryId, Namespace};
 use crate::error::Error;
 use crate::home::{DEFAULT_WAIT, Home, HomeError};
@@ -24,6 +24,10 @@ use crate::policy::Policy;
 use crate::sync::device::DeviceStore;
 use crate::sync::env::{Clock, SystemClock};
 use crate::sync::local::Local;
+
+/// Changes between a document's snapshots, unless set otherwise: a new
+/// device reads one snapshot and fewer than this many changes after it.
+pub const DEFAULT_SNAPSHOT_EVERY: usize = 100;
 
 /// Log records read at once when looking for a document's entries.
 const READ_RECORDS: usize = 4096;
@@ -44,8 +48,8 @@ pub enum DatabaseError {
     NoSuchDocument(DocId),
     #[error("the device store refused an entry it wrote: {0}")]
     Refused(String),
-    #[error("cannot edit {path:?}: {why}")]
-    BadEdit { path: String, why: String },
+    #[error(transparent)]
+    Edit(#[from] EditError),
 }
 
 /// A document as listed from the plaintext envelopes, without decrypting.
@@ -60,12 +64,31 @@ pub struct DocSummary {
     pub last_ms: u64,
 }
 
+/// One entry of a document's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryItem {
+    pub entry: EntryId,
+    /// `doc_change` or `doc_snapshot`.
+    pub kind: String,
+    pub created_ms: u64,
+    /// The signing author's public key.
+    pub author: [u8; 32],
+    /// Entries it builds on (a change) or covers (a snapshot).
+    pub deps: usize,
+    /// A change's Automerge actor (one per device).
+    pub actor: Option<String>,
+    /// A change's operations.
+    pub ops: Option<usize>,
+}
+
 /// One namespace's documents on this device.
 pub struct Database {
     namespace: Namespace,
     keys: KeyRing,
     actor: ActorId,
     store: Arc<DeviceStore>,
+    /// Changes between a document's snapshots.
+    snapshot_every: usize,
     /// The home this database's store is in, held while it lives.
     _home: Option<Arc<Home>>,
 }
@@ -93,6 +116,7 @@ impl Database {
             actor: home.actor().clone(),
             store,
             namespace,
+            snapshot_every: DEFAULT_SNAPSHOT_EVERY,
             _home: Some(home),
         })
     }
@@ -110,6 +134,7 @@ impl Database {
             keys,
             actor,
             store,
+            snapshot_every: DEFAULT_SNAPSHOT_EVERY,
             _home: None,
         }
     }
@@ -145,10 +170,11 @@ impl Database {
     pub async fn create(&self, initial: &Value) -> Result<Document, DatabaseError> {
         let mut doc = Document::create(self.namespace.clone(), self.actor.clone());
         let Value::Object(fields) = initial else {
-            return Err(DatabaseError::BadEdit {
+            return Err(EditError {
                 path: String::new(),
                 why: "a document starts as a JSON object".into(),
-            });
+            }
+            .into());
         };
         for (key, value) in fields {
             put_json(doc.doc_mut(), &ROOT, key.as_str().into(), value)?;
@@ -159,12 +185,30 @@ impl Database {
     }
 
     /// Commits a document's edits as one entry in the device store.
+    ///
+    /// Once [`Self::with_snapshot_every`] changes have been made or read
+    /// since the document's last snapshot, a new snapshot is written with
+    /// the change.
     pub async fn save(&self, doc: &mut Document) -> Result<Option<EntryId>, DatabaseError> {
-        let Some(entry) = doc.commit(&self.keys, SystemClock.unix_ms()) else {
+        let now = SystemClock.unix_ms();
+        let Some(entry) = doc.commit(&self.keys, now) else {
             return Ok(None);
         };
-        self.write(std::slice::from_ref(&entry)).await?;
-        Ok(Some(entry.id))
+        let id = entry.id;
+        let mut written = vec![entry];
+        if self.snapshot_every > 0 && doc.since_snapshot() >= self.snapshot_every {
+            written.push(doc.snapshot(&self.keys, now));
+        }
+        self.write(&written).await?;
+        Ok(Some(id))
+    }
+
+    /// Writes a snapshot with the change that makes `every` changes since
+    /// a document's last one (0: never; the default is
+    /// [`DEFAULT_SNAPSHOT_EVERY`]).
+    pub fn with_snapshot_every(mut self, every: usize) -> Self {
+        self.snapshot_every = every;
+        self
     }
 
     /// Writes a snapshot of `doc` covering its heads.
@@ -204,26 +248,51 @@ impl Database {
     }
 
     /// The document `id` as the entries on this device make it.
+    ///
+    /// It reads the newest snapshot and what that does not cover (see
+    /// [`docs::needed`]), so changes a snapshot holds are not decrypted.
     pub async fn load(&self, id: DocId) -> Result<Document, DatabaseError> {
+        let mine = self.entries_of(id).await?;
         let mut doc = Document::open(self.namespace.clone(), id, self.actor.clone());
-        let mut found = false;
-        let keys = &self.keys;
+        doc.apply(&self.keys, &docs::needed(mine))?;
+        Ok(doc)
+    }
+
+    /// The entries of document `id` on this device, in log order.
+    async fn entries_of(&self, id: DocId) -> Result<Vec<Entry>, DatabaseError> {
+        let mut mine = Vec::new();
         self.each_batch(|batch| {
-            let mine: Vec<Entry> = batch
-                .into_iter()
-                .filter(|e| e.envelope.doc_id == id.0)
-                .collect();
-            if !mine.is_empty() {
-                found = true;
-                doc.apply(keys, &mine)?;
-            }
+            mine.extend(batch.into_iter().filter(|e| e.envelope.doc_id == id.0));
             Ok(())
         })
         .await?;
-        match found {
-            true => Ok(doc),
-            false => Err(DatabaseError::NoSuchDocument(id)),
+        match mine.is_empty() {
+            true => Err(DatabaseError::NoSuchDocument(id)),
+            false => Ok(mine),
         }
+    }
+
+    /// Document `id`'s history on this device, in the order it arrived:
+    /// every change (decrypted, to name its Automerge actor and count its
+    /// operations) and every snapshot.
+    pub async fn history(&self, id: DocId) -> Result<Vec<HistoryItem>, DatabaseError> {
+        let mut out = Vec::new();
+        for entry in self.entries_of(id).await? {
+            let change = match entry.envelope.kind.as_str() {
+                KIND_CHANGE => Some(docs::change_in(&self.keys, &entry)?),
+                _ => None,
+            };
+            out.push(HistoryItem {
+                entry: entry.id,
+                kind: entry.envelope.kind.clone(),
+                created_ms: entry.envelope.created_ms,
+                author: entry.envelope.author,
+                deps: entry.envelope.deps.len(),
+                actor: change.as_ref().map(|c| c.actor_id().to_hex_string()),
+                ops: change.as_ref().map(|c| c.len()),
+            });
+        }
+        Ok(out)
     }
 
     /// The documents on this device, from the plaintext envelopes alone.
@@ -254,114 +323,10 @@ impl Database {
     }
 }
 
-/// Sets `path` (`a.b.0.c`: map keys and list indexes) in `doc` to `value`,
-/// making missing maps on the way.
-pub fn set_path(doc: &mut Document, path: &str, value: &Value) -> Result<(), DatabaseError> {
-    use automerge::ReadDoc;
-    let bad = |why: &str| DatabaseError::BadEdit {
-        path: path.to_owned(),
-        why: why.to_owned(),
-    };
-    let parts: Vec<&str> = path.split('.').collect();
-    let (last, walk) = parts.split_last().ok_or_else(|| bad("empty path"))?;
-    let d = doc.doc_mut();
-    let mut obj = ROOT;
-    for part in walk {
-        let prop = prop_in(d, &obj, part).ok_or_else(|| bad("no such list index"))?;
-        obj = match d.get(&obj, prop.clone()).map_err(|e| bad(&e.to_string()))? {
-            Some((automerge::Value::Object(_), id)) => id,
-            Some(_) => return Err(bad("a value on the way is not a map or list")),
-            None => d
-                .put_object(&obj, prop, ObjType::Map)
-                .map_err(|e| bad(&e.to_string()))?,
-        };
-    }
-    let prop = prop_in(d, &obj, last).ok_or_else(|| bad("no such list index"))?;
-    put_json(d, &obj, prop, value).map_err(|e| match e {
-        DatabaseError::BadEdit { why, .. } => bad(&why),
-        other => other,
-    })
-}
-
-/// The property `part` names in `obj`: a list index in a list, else a key.
-fn prop_in(doc: &automerge::AutoCommit, obj: &ObjId, part: &str) -> Option<Prop> {
-    use automerge::ReadDoc;
-    match doc.object_type(obj) {
-        Ok(ObjType::List | ObjType::Text) => part.parse::<usize>().ok().map(Prop::Seq),
-        _ => Some(Prop::Map(part.to_owned())),
-    }
-}
-
-fn scalar(value: &Value) -> Option<ScalarValue> {
-    Some(match value {
-        Value::Null => ScalarValue::Null,
-        Value::Bool(b) => ScalarValue::Boolean(*b),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => ScalarValue::Int(i),
-            None => ScalarValue::F64(n.as_f64()?),
-        },
-        Value::String(s) => ScalarValue::Str(s.as_str().into()),
-        Value::Array(_) | Value::Object(_) => return None,
-    })
-}
-
-/// Puts a JSON value at `prop` of `obj`: scalars as scalars, arrays as
-/// lists, objects as maps. A list index one past the end appends.
-fn put_json(
-    doc: &mut automerge::AutoCommit,
-    obj: &ObjId,
-    prop: Prop,
-    value: &Value,
-) -> Result<(), DatabaseError> {
-    let bad = |e: automerge::AutomergeError| DatabaseError::BadEdit {
-        path: format!("{prop:?}"),
-        why: e.to_string(),
-    };
-    let append = match &prop {
-        Prop::Seq(i) => {
-            use automerge::ReadDoc;
-            *i == doc.length(obj)
-        }
-        Prop::Map(_) => false,
-    };
-    let kind = match value {
-        Value::Array(_) => Some(ObjType::List),
-        Value::Object(_) => Some(ObjType::Map),
-        _ => None,
-    };
-    let child = match (kind, &prop, append) {
-        (None, Prop::Seq(i), true) => {
-            doc.insert(obj, *i, scalar(value).expect("a scalar"))
-                .map_err(bad)?;
-            return Ok(());
-        }
-        (None, _, _) => {
-            doc.put(obj, prop.clone(), scalar(value).expect("a scalar"))
-                .map_err(bad)?;
-            return Ok(());
-        }
-        (Some(kind), Prop::Seq(i), true) => doc.insert_object(obj, *i, kind).map_err(bad)?,
-        (Some(kind), _, _) => doc.put_object(obj, prop.clone(), kind).map_err(bad)?,
-    };
-    match value {
-        Value::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                put_json(doc, &child, Prop::Seq(i), item)?;
-            }
-        }
-        Value::Object(fields) => {
-            for (key, item) in fields {
-                put_json(doc, &child, key.as_str().into(), item)?;
-            }
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::edit::set_path;
     use serde_json::json;
 
     fn database(home: &Path) -> Database {
@@ -418,6 +383,23 @@ mod tests {
             Err(DatabaseError::NoSuchDocument(_))
         ));
         assert!(set_path(&mut doc, "items.9", &json!(1)).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_is_written_every_n_changes_and_loads_the_same_document() {
+        let home = tempfile::tempdir().unwrap();
+        let db = database(home.path()).with_snapshot_every(5);
+        let mut doc = db.create(&json!({"n": 0})).await.unwrap();
+        for n in 1..=11 {
+            set_path(&mut doc, "n", &json!(n)).unwrap();
+            db.save(&mut doc).await.unwrap();
+        }
+        let listed = db.list().await.unwrap();
+        assert_eq!((listed[0].changes, listed[0].snapshots), (12, 2));
+        assert_eq!(doc.since_snapshot(), 2, "changes 11 and 12 follow");
+        let loaded = db.load(doc.id()).await.unwrap();
+        assert_eq!(loaded.to_json(), json!({"n": 11}));
+        assert_eq!(loaded.since_snapshot(), 2, "read: the snapshot, then two");
     }
 
     #[tokio::test]

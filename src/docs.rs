@@ -13,7 +13,7 @@
 //! than one change at a time); a change whose dependencies have not
 //! arrived waits inside Automerge until they do.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use automerge::{ActorId, AutoCommit, AutoSerde, Change, ChangeHash};
@@ -104,6 +104,8 @@ pub struct Document {
     /// Entry ids by Automerge change hash: a new change lists those of its
     /// dependencies.
     entries: HashMap<ChangeHash, EntryId>,
+    /// Changes made or read since the last snapshot made or read.
+    since_snapshot: usize,
 }
 
 impl fmt::Debug for Document {
@@ -129,6 +131,7 @@ impl Document {
             namespace,
             doc: AutoCommit::new().with_actor(actor),
             entries: HashMap::new(),
+            since_snapshot: 0,
         }
     }
 
@@ -149,6 +152,12 @@ impl Document {
     /// into an entry.
     pub fn doc_mut(&mut self) -> &mut AutoCommit {
         &mut self.doc
+    }
+
+    /// Changes made or read after the last snapshot made or read: when a
+    /// new snapshot is due.
+    pub fn since_snapshot(&self) -> usize {
+        self.since_snapshot
     }
 
     /// The document as JSON.
@@ -198,6 +207,7 @@ impl Document {
             change.raw_bytes(),
         );
         self.entries.insert(change.hash(), entry.id);
+        self.since_snapshot += 1;
         Some(entry)
     }
 
@@ -210,6 +220,7 @@ impl Document {
             .filter_map(|h| self.entries.get(h).copied())
             .collect();
         let saved = self.doc.save();
+        self.since_snapshot = 0;
         seal::seal(keys, self.envelope(KIND_SNAPSHOT, deps, now_ms), &saved)
     }
 
@@ -227,15 +238,9 @@ impl Document {
                     found: hex::encode(&entry.envelope.doc_id),
                 });
             }
-            let plaintext = seal::open(keys, entry)?;
             match entry.envelope.kind.as_str() {
                 KIND_CHANGE => {
-                    let change =
-                        Change::from_bytes(plaintext).map_err(|e| DocError::Undecodable {
-                            entry: entry.id,
-                            what: "change",
-                            why: e.to_string(),
-                        })?;
+                    let change = change_in(keys, entry)?;
                     match self.entries.insert(change.hash(), entry.id) {
                         Some(_) => applied.known += 1,
                         None => {
@@ -245,6 +250,7 @@ impl Document {
                     }
                 }
                 KIND_SNAPSHOT => {
+                    let plaintext = seal::open(keys, entry)?;
                     let mut saved =
                         AutoCommit::load(&plaintext).map_err(|e| DocError::Undecodable {
                             entry: entry.id,
@@ -263,6 +269,7 @@ impl Document {
                         }
                     }
                     applied.snapshots += 1;
+                    self.since_snapshot = 0;
                 }
                 other => {
                     return Err(DocError::NotADocumentEntry {
@@ -272,6 +279,7 @@ impl Document {
                 }
             }
         }
+        self.since_snapshot += changes.len();
         if !changes.is_empty() {
             let first = entries[0].id;
             self.doc
@@ -289,6 +297,55 @@ impl Document {
     pub fn missing(&mut self) -> Vec<ChangeHash> {
         self.doc.get_missing_deps(&[])
     }
+}
+
+/// The Automerge change a `doc_change` entry holds.
+pub fn change_in(keys: &KeyRing, entry: &Entry) -> Result<Change, DocError> {
+    let plaintext = seal::open(keys, entry)?;
+    Change::from_bytes(plaintext).map_err(|e| DocError::Undecodable {
+        entry: entry.id,
+        what: "change",
+        why: e.to_string(),
+    })
+}
+
+/// Of one document's entries, in any order, those a reader needs: the
+/// newest snapshot first, then what it does not cover (changes that are
+/// not among its heads' ancestors, and snapshots of other heads). Reads
+/// only the plaintext envelopes, so covered changes are never decrypted.
+pub fn needed(mut entries: Vec<Entry>) -> Vec<Entry> {
+    let newest = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.envelope.kind == KIND_SNAPSHOT)
+        .max_by_key(|(_, e)| (e.envelope.created_ms, e.id.0))
+        .map(|(i, _)| i);
+    let Some(newest) = newest else {
+        return entries;
+    };
+    let snapshot = entries.swap_remove(newest);
+    let deps: HashMap<EntryId, &[EntryId]> = entries
+        .iter()
+        .filter(|e| e.envelope.kind == KIND_CHANGE)
+        .map(|e| (e.id, &e.envelope.deps[..]))
+        .collect();
+    let mut covered = HashSet::new();
+    let mut stack = snapshot.envelope.deps.clone();
+    while let Some(id) = stack.pop() {
+        if covered.insert(id)
+            && let Some(parents) = deps.get(&id)
+        {
+            stack.extend_from_slice(parents);
+        }
+    }
+    let rest = entries
+        .into_iter()
+        .filter(|e| match e.envelope.kind.as_str() {
+            KIND_CHANGE => !covered.contains(&e.id),
+            KIND_SNAPSHOT => !e.envelope.deps.iter().all(|d| covered.contains(d)),
+            _ => true,
+        });
+    std::iter::once(snapshot).chain(rest).collect()
 }
 
 #[cfg(test)]
@@ -411,6 +468,56 @@ mod tests {
         log.push(later);
         full.apply(&keys, &log).unwrap();
         assert_eq!(full.to_json(), a.to_json());
+    }
+
+    #[test]
+    fn a_reader_needs_the_newest_snapshot_and_what_it_does_not_cover() {
+        let keys = KeyRing::generate(1);
+        let (mut a, mut log) = started(&keys);
+        let items = list(&a);
+        let mut b = Document::open(ns(), a.id(), device(2));
+        b.apply(&keys, &log).unwrap();
+        for i in 0..10 {
+            a.doc_mut().insert(&items, i, i as i64).unwrap();
+            log.push(a.commit(&keys, 2 + i as u64).unwrap());
+        }
+        let old = a.snapshot(&keys, 20);
+        assert_eq!(a.since_snapshot(), 0);
+        a.doc_mut().put(ROOT, "more", 1).unwrap();
+        let after_old = a.commit(&keys, 21).unwrap();
+        let newest = a.snapshot(&keys, 30);
+        // B's concurrent change, built on the first entries only.
+        b.doc_mut().put(ROOT, "b", true).unwrap();
+        let concurrent = b.commit(&keys, 31).unwrap();
+        a.doc_mut().put(ROOT, "done", true).unwrap();
+        let later = a.commit(&keys, 32).unwrap();
+        assert_eq!(a.since_snapshot(), 1);
+
+        let mut all = log.clone();
+        all.extend([
+            old,
+            after_old,
+            newest.clone(),
+            concurrent.clone(),
+            later.clone(),
+        ]);
+        all.reverse();
+        let ids: Vec<EntryId> = needed(all.clone()).iter().map(|e| e.id).collect();
+        assert_eq!(ids[0], newest.id, "the newest snapshot comes first");
+        let mut rest = ids[1..].to_vec();
+        rest.sort_by_key(|id| id.0);
+        let mut expected = vec![concurrent.id, later.id];
+        expected.sort_by_key(|id| id.0);
+        assert_eq!(
+            rest, expected,
+            "covered changes and the older snapshot are left out"
+        );
+
+        let mut fresh = Document::open(ns(), a.id(), device(3));
+        fresh.apply(&keys, &needed(all)).unwrap();
+        a.apply(&keys, &[concurrent]).unwrap();
+        assert_eq!(fresh.to_json(), a.to_json());
+        assert_eq!(fresh.since_snapshot(), 2);
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //!
 //! `server` wires them into a process; [`client`] is the client library,
 //! with a device's [`home`] and [`keys`], sealed entries ([`seal`]), Automerge
-//! documents ([`docs`]) and the databases that keep them ([`database`]).
+//! documents ([`docs`]) edited by path ([`edit`]), and the databases that keep them ([`database`]).
 //!
 //! Features: `client` (the client library and the sync engine, over the
 //! shared vocabulary of entries, logs and stores); `server` (the replica
@@ -31,6 +31,8 @@ pub mod database;
 pub mod discover;
 #[cfg(feature = "client")]
 pub mod docs;
+#[cfg(feature = "client")]
+pub mod edit;
 pub mod entry;
 pub mod error;
 #[cfg(feature = "client")]

@@ -1,4 +1,4 @@
-//! The client's commands: `doc create|set|show|list` on a database on this
+//! The client's commands: `doc create|set|edit|show|list|history` on a database on this
 //! device (offline, in its own store), and `push` / `pull` to move its
 //! entries through a replica. The home and keys are those of
 //! [`super::keys`].
@@ -6,8 +6,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::database::{Database, set_path};
+use crate::database::{DEFAULT_SNAPSHOT_EVERY, Database};
 use crate::docs::DocId;
+use crate::edit::{Edit, set_path};
 use crate::entry::Namespace;
 use crate::exchange::Exchange;
 
@@ -20,15 +21,30 @@ pub struct On {
     /// The database, as `tenant/db`.
     #[arg(long, short)]
     pub namespace: String,
+    /// Write a snapshot of a document with the change that makes this many
+    /// since its last one (0: never).
+    #[arg(long, env = "MINDOO_SNAPSHOT_EVERY", default_value_t = DEFAULT_SNAPSHOT_EVERY)]
+    pub snapshot_every: usize,
 }
 
 impl On {
     fn open(&self) -> anyhow::Result<Database> {
-        Ok(Database::open(
-            &self.home,
-            Namespace::from_path(&self.namespace)?,
-        )?)
+        let ns = Namespace::from_path(&self.namespace)?;
+        Ok(Database::open(&self.home, ns)?.with_snapshot_every(self.snapshot_every))
     }
+}
+
+/// `PATH=JSON`, as `--set` and `--insert` take it.
+fn path_value(text: &str) -> Result<(String, serde_json::Value), String> {
+    let (path, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not PATH=VALUE"))?;
+    Ok((path.to_owned(), json_or_word(value)))
+}
+
+/// A JSON value, or a bare word taken as a string.
+fn json_or_word(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_owned()))
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -52,6 +68,29 @@ pub enum DocCommand {
         path: String,
         /// The value, as JSON (a bare word is taken as a string).
         value: String,
+    },
+    /// Make several edits as one change, in the order given.
+    Edit {
+        #[command(flatten)]
+        on: On,
+        /// The document id.
+        doc: String,
+        /// Set PATH to a JSON value (a bare word is a string).
+        #[arg(long, value_name = "PATH=VALUE", value_parser = path_value)]
+        set: Vec<(String, serde_json::Value)>,
+        /// Insert into a list before the index PATH ends in (the length
+        /// appends).
+        #[arg(long, value_name = "PATH=VALUE", value_parser = path_value)]
+        insert: Vec<(String, serde_json::Value)>,
+        /// Remove a map key or a list element.
+        #[arg(long, value_name = "PATH")]
+        delete: Vec<String>,
+    },
+    /// A document's changes and snapshots on this device, in arrival order.
+    History {
+        #[command(flatten)]
+        on: On,
+        doc: String,
     },
     /// Print a document as JSON.
     Show {
@@ -108,11 +147,48 @@ pub async fn doc(command: DocCommand) -> anyhow::Result<()> {
             value,
         } => {
             let db = on.open()?;
-            let value = serde_json::from_str(&value)
-                .unwrap_or_else(|_| serde_json::Value::String(value.clone()));
             let mut doc = db.load(doc_id(&doc)?).await?;
-            set_path(&mut doc, &path, &value)?;
+            set_path(&mut doc, &path, &json_or_word(&value))?;
             db.save(&mut doc).await?;
+        }
+        DocCommand::Edit {
+            on,
+            doc,
+            set,
+            insert,
+            delete,
+        } => {
+            let edits: Vec<Edit> = set
+                .into_iter()
+                .map(|(p, v)| Edit::Set(p, v))
+                .chain(insert.into_iter().map(|(p, v)| Edit::Insert(p, v)))
+                .chain(delete.into_iter().map(Edit::Delete))
+                .collect();
+            anyhow::ensure!(
+                !edits.is_empty(),
+                "no edits: give --set, --insert or --delete"
+            );
+            let db = on.open()?;
+            let mut doc = db.load(doc_id(&doc)?).await?;
+            for edit in &edits {
+                edit.apply(&mut doc)?;
+            }
+            db.save(&mut doc).await?;
+        }
+        DocCommand::History { on, doc } => {
+            for h in on.open()?.history(doc_id(&doc)?).await? {
+                let what = match (&h.actor, h.ops) {
+                    (Some(actor), Some(ops)) => format!("change by actor {actor}, {ops} ops"),
+                    _ => format!("snapshot covering {} heads", h.deps),
+                };
+                let at = std::time::UNIX_EPOCH + Duration::from_millis(h.created_ms);
+                println!(
+                    "{} {} author {} {what}",
+                    humantime::format_rfc3339_millis(at),
+                    h.entry.to_hex(),
+                    hex::encode(&h.author[..8]),
+                );
+            }
         }
         DocCommand::Show { on, doc } => {
             let doc = on.open()?.load(doc_id(&doc)?).await?;

@@ -6,7 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine;
-use mindoo_replica::database::{Database, set_path};
+use mindoo_replica::database::Database;
+use mindoo_replica::edit::set_path;
 use mindoo_replica::exchange::Exchange;
 use mindoo_replica::keys::{KeyRing, key_path};
 use serde_json::json;
@@ -162,22 +163,46 @@ async fn the_doc_push_and_pull_commands_hand_a_document_to_another_device() {
     run(a, &["doc", "set", &id, "pages", "3"]).unwrap();
     let err = run(a, &["doc", "set", &id, "tags.7", "x"]).unwrap_err();
     assert!(err.contains("tags.7"), "{err}");
+    run(
+        a,
+        &[
+            "doc",
+            "edit",
+            &id,
+            "--set",
+            "pages=3",
+            "--insert",
+            "tags.0=first",
+            "--delete",
+            "tags.1",
+            "--set",
+            "draft=true",
+        ],
+    )
+    .unwrap();
+    run(a, &["doc", "edit", &id, "--delete", "draft"]).unwrap();
+    let err = run(a, &["doc", "edit", &id, "--delete", "draft"]).unwrap_err();
+    assert!(err.contains("nothing there"), "{err}");
+    let history = run(a, &["doc", "history", &id]).unwrap();
+    let lines: Vec<&str> = history.lines().collect();
+    assert_eq!(lines.len(), 5, "{history}");
+    assert!(lines[3].ends_with(", 3 ops"), "{history}");
     let listed = run(a, &["doc", "list"]).unwrap();
-    assert!(listed.contains(&format!("{id} changes 3")), "{listed}");
+    assert!(listed.contains(&format!("{id} changes 5")), "{listed}");
     let pushed = run(a, &["push", "--replica", &addr]).unwrap();
-    assert!(pushed.contains("3 sent"), "{pushed}");
+    assert!(pushed.contains("5 sent"), "{pushed}");
 
     // Another device gets the keys, pulls, and sees the same document.
     let sealed = a.join("notes.keys");
     run(a, &["keys", "export", "--out", sealed.to_str().unwrap()]).unwrap();
     run(b, &["keys", "import", sealed.to_str().unwrap()]).unwrap();
     let pulled = run(b, &["pull", "--replica", &addr]).unwrap();
-    assert!(pulled.contains("3 new entries"), "{pulled}");
+    assert!(pulled.contains("5 new entries"), "{pulled}");
     let shown = run(b, &["doc", "show", &id]).unwrap();
     let json: serde_json::Value = serde_json::from_str(&shown).unwrap();
     assert_eq!(
         json,
-        json!({"title": "notes", "tags": ["work"], "pages": 3})
+        json!({"title": "notes", "tags": ["first"], "pages": 3})
     );
     let again = run(b, &["pull", "--replica", &addr]).unwrap();
     assert!(again.contains("0 new entries"), "{again}");

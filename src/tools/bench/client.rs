@@ -12,7 +12,8 @@ use automerge::transaction::Transactable;
 use automerge::{AutoCommit, ROOT};
 use serde_json::json;
 
-use crate::database::{Database, set_path};
+use crate::database::Database;
+use crate::edit::set_path;
 use crate::entry::Namespace;
 use crate::exchange::Exchange;
 use crate::keys::{KeyRing, key_path};
