@@ -29,6 +29,16 @@ enum Command {
         /// with it directly. The home is held while it serves.
         #[arg(long, value_name = "HOME")]
         client_home: Option<PathBuf>,
+        /// With --client-home: announce the device on the local network
+        /// (mDNS), so `sync --discover` on other devices finds it.
+        #[arg(long, requires = "client_home")]
+        advertise: bool,
+    },
+    /// List the devices that announce their store on the local network.
+    Discover {
+        /// Seconds to listen.
+        #[arg(long, default_value_t = 3)]
+        wait_secs: u64,
     },
     /// Inspect the configuration.
     Config {
@@ -226,12 +236,13 @@ fn main() -> ExitCode {
         Command::Serve {
             config,
             client_home,
+            advertise,
         } => {
             let settings = match load(config.as_deref()) {
                 Ok((_, settings)) => settings,
                 Err(e) => return config_error(e),
             };
-            runtime.block_on(serve(settings, config, client_home))
+            runtime.block_on(serve(settings, config, client_home, advertise))
         }
         Command::Config {
             command: ConfigCommand::Print { config },
@@ -266,6 +277,7 @@ fn main() -> ExitCode {
             let stop = shutdown_signal()?;
             sync::sync(args, stop).await
         }),
+        Command::Discover { wait_secs } => runtime.block_on(sync::discover(wait_secs)),
         Command::SyncLocal(args) => runtime.block_on(sync::sync_local(args)),
         Command::Status { addr } => runtime.block_on(inspect::status(&addr, true)),
         Command::Peers { addr } => runtime.block_on(inspect::status(&addr, false)),
@@ -378,6 +390,7 @@ async fn serve(
     mut settings: Settings,
     config: Option<PathBuf>,
     client_home: Option<PathBuf>,
+    advertise: bool,
 ) -> anyhow::Result<()> {
     telemetry::init(&settings.log);
     match mindoo_replica::connections::raise_open_files_limit() {
@@ -391,7 +404,7 @@ async fn serve(
         Some(listeners) => listeners,
         None => Listeners::bind(&settings.server).await?,
     };
-    let (store, _home) = match client_home {
+    let (store, home) = match client_home {
         Some(path) => {
             let (home, store) = tokio::task::spawn_blocking(move || {
                 use mindoo_replica::home::{DEFAULT_WAIT, Home};
@@ -414,7 +427,19 @@ async fn serve(
         server::ready_line(listeners.grpc_addr()?, listeners.metrics_addr())
     );
     std::io::stdout().flush()?;
+    let announced = match (&home, advertise) {
+        (Some(home), true) => {
+            let port = listeners.grpc_addr()?.port();
+            Some(mindoo_replica::discover::advertise(
+                &home.device_name(),
+                port,
+            )?)
+        }
+        _ => None,
+    };
     let result = server::serve_with(settings, store, listeners, shutdown, peers_rx).await;
+    // The goodbye waits for the mDNS daemon.
+    tokio::task::spawn_blocking(move || drop(announced)).await?;
     reload.abort();
     result
 }

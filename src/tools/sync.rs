@@ -3,14 +3,17 @@
 //! - `sync`: keeps this device's store in step with replicas (or devices
 //!   serving their stores), in rounds (`--every`) or live (`--live`),
 //!   offline-first: a peer that is away is backed off from and caught up
-//!   with when it returns; one status line per round or change.
+//!   with when it returns; one status line per round or change. With
+//!   `--discover`, each round also syncs with the devices that announce
+//!   their store on the local network ([`crate::discover`]).
+//! - `discover`: lists those devices.
 //! - `sync-local`: two stores on this machine, both ways, through the
 //!   in-process adapter.
 //!
 //! In rounds, the home is held only during a round, so `doc` commands run
 //! between rounds; live, it is held throughout.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,8 +45,15 @@ pub struct SyncArgs {
     #[arg(long = "namespace", short)]
     pub namespaces: Vec<String>,
     /// A replica's (or a serving device's) gRPC address; repeatable.
-    #[arg(long = "replica", required = true)]
+    #[arg(long = "replica", required_unless_present = "discover")]
     pub replicas: Vec<String>,
+    /// Also sync, each round, with every device that announces its store
+    /// on the local network (`serve --client-home … --advertise`).
+    #[arg(long, conflicts_with = "live")]
+    pub discover: bool,
+    /// How long each round listens for devices (`3s`).
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub discover_wait: Duration,
     /// Time between rounds (`30s`, `5m`, `500ms`).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, conflicts_with = "live")]
     pub every: Duration,
@@ -187,7 +197,14 @@ pub async fn sync(
     println!(
         "syncing {} with {} {}",
         names.join(", "),
-        args.replicas.join(", "),
+        match (args.replicas.is_empty(), args.discover) {
+            (false, true) => format!(
+                "{} and devices found on the local network",
+                args.replicas.join(", ")
+            ),
+            (true, _) => "devices found on the local network".to_owned(),
+            (false, false) => args.replicas.join(", "),
+        },
         match args.live {
             true => "live".to_owned(),
             false => format!("every {}", humantime::format_duration(args.every)),
@@ -224,8 +241,15 @@ async fn rounds(
     mut stop: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> anyhow::Result<()> {
     let env = Env::system();
+    let only = namespaces(&args.namespaces)?;
+    let timeout = Duration::from_secs(args.timeout_secs);
+    // Peers by label: the given addresses, then devices found by name.
+    let mut peers: BTreeMap<String, Exchange> = exchanges
+        .into_iter()
+        .map(|e| (e.address().to_owned(), e))
+        .collect();
     // Per peer: its backoff, and when it is next tried.
-    let mut away: HashMap<usize, (Backoff, Instant)> = HashMap::new();
+    let mut away: HashMap<String, (Backoff, Instant)> = HashMap::new();
     let mut round = 0u64;
     loop {
         round += 1;
@@ -233,14 +257,29 @@ async fn rounds(
         let (home, store) = open(&args.home, args.every.max(DEFAULT_WAIT)).await?;
         let local: Arc<dyn Local> = Arc::new(DeviceStore::new(store, Policy::default()));
         let mut parts = Vec::new();
-        for (i, exchange) in exchanges.iter().enumerate() {
-            if let Some((_, next)) = away.get(&i)
+        if args.discover {
+            let me = home.device_name();
+            let found = crate::discover::browse(args.discover_wait, Some(&me)).await?;
+            parts.push(format!("{} device(s) found", found.len()));
+            for device in found {
+                let Some(addr) = reachable(&device.addresses) else {
+                    continue;
+                };
+                let label = format!("{} ({addr})", device.node);
+                if !peers.contains_key(&label) {
+                    peers.retain(|l, _| !l.starts_with(&format!("{} (", device.node)));
+                    let exchange = Exchange::grpc(&addr.to_string(), timeout)?;
+                    peers.insert(label, filtered(exchange, &only));
+                }
+            }
+        }
+        for (label, exchange) in &peers {
+            if let Some((_, next)) = away.get(label)
                 && Instant::now() < *next
             {
                 let wait = next.saturating_duration_since(Instant::now());
                 parts.push(format!(
-                    "{} away, next try in {}",
-                    exchange.address(),
+                    "{label} away, next try in {}",
                     humantime::format_duration(Duration::from_secs(wait.as_secs().max(1)))
                 ));
                 continue;
@@ -251,18 +290,16 @@ async fn rounds(
                 anyhow::Ok((pushed.stored, pulled.stored))
             }
             .await;
-            parts.push(round_line(exchange.address(), &result));
+            parts.push(round_line(label, &result));
             match result {
                 Ok(_) => {
-                    away.remove(&i);
+                    away.remove(label);
                 }
                 Err(_) => {
-                    let (backoff, next) = away.entry(i).or_insert_with(|| {
+                    let ceiling = args.every.max(Duration::from_secs(1)) * 10;
+                    let (backoff, next) = away.entry(label.clone()).or_insert_with(|| {
                         (
-                            Backoff::new(
-                                Duration::from_secs(1),
-                                args.every.max(Duration::from_secs(1)) * 10,
-                            ),
+                            Backoff::new(Duration::from_secs(1), ceiling),
                             Instant::now(),
                         )
                     });
@@ -284,6 +321,31 @@ async fn rounds(
             _ = tokio::time::sleep(args.every) => {}
         }
     }
+}
+
+/// The address to reach a found device at: IPv4 first, then IPv6 that
+/// needs no interface scope.
+fn reachable(addresses: &[std::net::SocketAddr]) -> Option<std::net::SocketAddr> {
+    addresses
+        .iter()
+        .find(|a| match a {
+            std::net::SocketAddr::V4(_) => true,
+            std::net::SocketAddr::V6(v6) => v6.scope_id() == 0,
+        })
+        .copied()
+}
+
+/// `discover`: the devices announcing their store, one line each.
+pub async fn discover(wait_secs: u64) -> anyhow::Result<()> {
+    let found = crate::discover::browse(Duration::from_secs(wait_secs), None).await?;
+    for device in &found {
+        let addrs: Vec<String> = device.addresses.iter().map(|a| a.to_string()).collect();
+        println!("found {} {}", addrs.join(","), device.node);
+    }
+    if found.is_empty() {
+        eprintln!("no device announced its store in {wait_secs} s");
+    }
+    Ok(())
 }
 
 /// One line for a followed peer.
