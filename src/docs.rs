@@ -259,10 +259,18 @@ impl Document {
                         })?;
                     // The snapshot's heads, in hash order, are its deps.
                     let heads = saved.get_heads();
-                    self.doc.merge(&mut saved).map_err(|e| DocError::Refused {
-                        entry: entry.id,
-                        why: e.to_string(),
-                    })?;
+                    if self.doc.get_heads().is_empty() && self.doc.get_missing_deps(&[]).is_empty()
+                    {
+                        // Nothing to merge into: take the loaded document
+                        // whole (a merge would apply its every change).
+                        saved.set_actor(self.doc.get_actor().clone());
+                        self.doc = saved;
+                    } else {
+                        self.doc.merge(&mut saved).map_err(|e| DocError::Refused {
+                            entry: entry.id,
+                            why: e.to_string(),
+                        })?;
+                    }
                     if heads.len() == entry.envelope.deps.len() {
                         for (hash, id) in heads.into_iter().zip(&entry.envelope.deps) {
                             self.entries.entry(hash).or_insert(*id);
@@ -459,6 +467,7 @@ mod tests {
         let mut fresh = Document::open(ns(), a.id(), device(2));
         fresh.apply(&keys, &[snapshot, later.clone()]).unwrap();
         assert_eq!(fresh.to_json(), a.to_json());
+        assert_eq!(fresh.doc().get_actor(), &device(2), "it edits as itself");
         // Its next change builds on the entry it read after the snapshot.
         fresh.doc_mut().put(ROOT, "done", false).unwrap();
         let next = fresh.commit(&keys, 102).unwrap();
