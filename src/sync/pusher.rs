@@ -70,6 +70,8 @@ pub struct PushProgress {
     pub duplicate: u64,
     /// Entries the peer refused (its policy); the push moves past them.
     pub rejected: u64,
+    /// Why the peer refused the last entry it refused.
+    pub last_rejection: Option<String>,
     /// Entries not sent because the peer does not serve their namespace;
     /// the push moves past them.
     pub unserved: u64,
@@ -291,13 +293,16 @@ impl Pusher {
             let mut passed = None;
             while let Some(done) = steps.next().await {
                 match done? {
-                    Done::Put((sent, stored, duplicate, rejected)) => {
+                    Done::Put((sent, stored, duplicate, rejected, why)) => {
                         s.handles.pushed.inc_by(stored);
                         self.progress.send_modify(|p| {
                             p.sent += sent;
                             p.stored += stored;
                             p.duplicate += duplicate;
                             p.rejected += rejected;
+                            if why.is_some() {
+                                p.last_rejection = why;
+                            }
                         });
                     }
                     // Every put before it is acknowledged.
@@ -388,8 +393,8 @@ impl Pusher {
         Ok(puts)
     }
 
-    /// One put call: `(sent, stored, duplicate, rejected)`.
-    async fn put(&self, batch: Vec<(EntryId, Bytes)>) -> Result<(u64, u64, u64, u64), SyncError> {
+    /// One put call.
+    async fn put(&self, batch: Vec<(EntryId, Bytes)>) -> Result<PutDone, SyncError> {
         let timeout = self.settings.borrow().session_idle_timeout;
         let sent = batch.len() as u64;
         let outcomes = tokio::time::timeout(timeout, self.peer.put(batch))
@@ -402,7 +407,7 @@ impl Pusher {
             ))
             .into());
         }
-        let (mut stored, mut duplicate, mut rejected) = (0, 0, 0);
+        let (mut stored, mut duplicate, mut rejected, mut why) = (0, 0, 0, None);
         for o in &outcomes {
             match o {
                 PutOutcome::Stored => stored += 1,
@@ -410,12 +415,17 @@ impl Pusher {
                 PutOutcome::Rejected(r) => {
                     rejected += 1;
                     tracing::debug!(peer = %self.peer.address(), reason = %r, "the peer refused a pushed entry");
+                    why = Some(r.to_string());
                 }
             }
         }
-        Ok((sent, stored, duplicate, rejected))
+        Ok((sent, stored, duplicate, rejected, why))
     }
 }
+
+/// What one put call did: `(sent, stored, duplicate, rejected, the last
+/// rejection's reason)`.
+type PutDone = (u64, u64, u64, u64, Option<String>);
 
 /// Work handed from the push's reading side to its sending side, in order.
 enum Step {
@@ -437,6 +447,6 @@ struct Passed {
 
 /// A step done.
 enum Done {
-    Put((u64, u64, u64, u64)),
+    Put(PutDone),
     Passed(Passed),
 }

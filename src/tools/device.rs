@@ -220,6 +220,17 @@ pub async fn push(args: ExchangeArgs) -> anyhow::Result<()> {
         done.duplicate,
         done.rejected
     );
+    if done.rejected > 0 {
+        anyhow::bail!(
+            "{} refused {} entries ({}); they stay on this device. If this device's author is not \
+             trusted there, ask its operator to add {} to {}'s trusted_authors",
+            args.replica,
+            done.rejected,
+            done.last_rejection.as_deref().unwrap_or("no reason given"),
+            hex::encode(db.keys().author_public().to_bytes()),
+            args.on.namespace
+        );
+    }
     anyhow::ensure!(
         done.unserved == 0,
         "{} does not serve {}: {} entries stay on this device",

@@ -262,3 +262,38 @@ async fn a_device_following_a_replica_live_edits_while_both_ways_flow() {
     following.stop().await;
     replica.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_trusts_other_authors_refuses_the_push_and_the_client_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let trusted = hex::encode(author().verifying_key().to_bytes());
+    let replica = TestReplica::start(dir.path(), |c| {
+        c.policy.namespaces = vec![mindoo_replica::config::RawNamespace {
+            tenant: "acme".into(),
+            db: "notes".into(),
+            trusted_authors: vec![trusted],
+            ..Default::default()
+        }];
+    })
+    .await;
+    let home = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--namespace", "acme/notes"]);
+        cli(home.path(), &all)
+    };
+    let shown = run(&["keys", "init"]).unwrap();
+    let mine = shown
+        .lines()
+        .find_map(|l| l.strip_prefix("author "))
+        .unwrap();
+    run(&["doc", "create"]).unwrap();
+    let err = run(&["push", "--replica", &replica.addr.to_string()]).unwrap_err();
+    assert!(
+        err.contains("refused 1 entries (author_not_trusted")
+            && err.contains(&format!("add {mine} to acme/notes's trusted_authors")),
+        "{err}"
+    );
+    assert_eq!(replica.entry_count().await, 0, "nothing stored");
+    replica.stop().await.unwrap();
+}
