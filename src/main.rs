@@ -414,6 +414,8 @@ async fn serve(
             })
             .await??;
             settings.replication.advertise = Some(home.device_name());
+            // A device has no load balancer to wait for when it stops.
+            settings.server.shutdown_delay = std::time::Duration::ZERO;
             (store, Some(home))
         }
         None => {
@@ -421,22 +423,22 @@ async fn serve(
             (server::open_store(&settings.storage, &node).await?, None)
         }
     };
+    let announced = match (&home, advertise) {
+        (Some(home), true) => {
+            let port = listeners.grpc_addr()?.port();
+            let name = home.device_name();
+            let announced = mindoo_replica::discover::advertise(&name, port)?;
+            tracing::info!(device = %name, port, "announced on the local network");
+            Some(announced)
+        }
+        _ => None,
+    };
     // Ready: the store is open and the sockets accept connections.
     println!(
         "{}",
         server::ready_line(listeners.grpc_addr()?, listeners.metrics_addr())
     );
     std::io::stdout().flush()?;
-    let announced = match (&home, advertise) {
-        (Some(home), true) => {
-            let port = listeners.grpc_addr()?.port();
-            Some(mindoo_replica::discover::advertise(
-                &home.device_name(),
-                port,
-            )?)
-        }
-        _ => None,
-    };
     let result = server::serve_with(settings, store, listeners, shutdown, peers_rx).await;
     // The goodbye waits for the mDNS daemon.
     tokio::task::spawn_blocking(move || drop(announced)).await?;

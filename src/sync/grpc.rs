@@ -56,7 +56,17 @@ impl GrpcPeer {
 
 /// What a status from a peer means to the engine.
 pub fn peer_error(status: tonic::Status) -> PeerError {
-    let message = status.message().to_owned();
+    // A transport failure's cause (connection refused, no route) is in the
+    // status's sources.
+    let mut message = status.message().to_owned();
+    let mut source = std::error::Error::source(&status);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message = format!("{message}: {text}");
+        }
+        source = cause.source();
+    }
     let reason = status.metadata().get(proto::ERROR_REASON_KEY);
     if reason.is_some_and(|r| r == proto::REASON_NAMESPACE_NOT_SERVED) {
         return PeerError::NamespaceNotServed(message);

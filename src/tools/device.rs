@@ -11,6 +11,8 @@ use crate::docs::DocId;
 use crate::edit::{Edit, set_path};
 use crate::entry::Namespace;
 use crate::exchange::Exchange;
+use crate::sync::error::SyncError;
+use crate::sync::peer::PeerError;
 
 /// Which database on this device a command works on.
 #[derive(Debug, clap::Args)]
@@ -206,10 +208,27 @@ pub async fn doc(command: DocCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What to do when a replica cannot be reached.
+fn reach(replica: &str, e: SyncError) -> anyhow::Error {
+    let why = match &e {
+        SyncError::Peer(PeerError::Unavailable(why)) => why.clone(),
+        SyncError::Peer(PeerError::Timeout(what)) => format!("no answer to {what} in time"),
+        _ => return e.into(),
+    };
+    anyhow::anyhow!(
+        "cannot reach the replica at {replica} ({why}): is it running, and is the address right? \
+         This device keeps working offline; push or pull again once it is up"
+    )
+}
+
 /// `push`: sends what the replica lacks of this database.
 pub async fn push(args: ExchangeArgs) -> anyhow::Result<()> {
     let db = args.on.open()?;
-    let done = args.exchange(&db)?.push(db.store()).await?;
+    let done = args
+        .exchange(&db)?
+        .push(db.store())
+        .await
+        .map_err(|e| reach(&args.replica, e))?;
     println!(
         "pushed to {} ({}): {} records read, {} sent, {} stored, {} already there, {} refused",
         args.replica,
@@ -244,7 +263,11 @@ pub async fn push(args: ExchangeArgs) -> anyhow::Result<()> {
 /// `pull`: fetches what this device lacks of this database.
 pub async fn pull(args: ExchangeArgs) -> anyhow::Result<()> {
     let db = args.on.open()?;
-    let done = args.exchange(&db)?.pull(db.store()).await?;
+    let done = args
+        .exchange(&db)?
+        .pull(db.store())
+        .await
+        .map_err(|e| reach(&args.replica, e))?;
     println!(
         "pulled from {}: {} new entries, through its log position {}",
         args.replica, done.stored, done.through

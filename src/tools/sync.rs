@@ -213,7 +213,7 @@ pub async fn sync(
     tokio::pin!(stop);
     match args.live {
         true => live(&args, exchanges, stop).await,
-        false => rounds(&args, exchanges, stop).await,
+        false => rounds(&args, &only, exchanges, stop).await,
     }
 }
 
@@ -237,11 +237,11 @@ fn first_line(e: &anyhow::Error) -> String {
 
 async fn rounds(
     args: &SyncArgs,
+    only: &[Namespace],
     exchanges: Vec<Exchange>,
     mut stop: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> anyhow::Result<()> {
     let env = Env::system();
-    let only = namespaces(&args.namespaces)?;
     let timeout = Duration::from_secs(args.timeout_secs);
     // Peers by label: the given addresses, then devices found by name.
     let mut peers: BTreeMap<String, Exchange> = exchanges
@@ -250,16 +250,25 @@ async fn rounds(
         .collect();
     // Per peer: its backoff, and when it is next tried.
     let mut away: HashMap<String, (Backoff, Instant)> = HashMap::new();
+    // This device's name, so that it does not sync with itself.
+    let me = {
+        let (home, _) = open(&args.home, DEFAULT_WAIT).await?;
+        home.device_name()
+    };
     let mut round = 0u64;
     loop {
         round += 1;
         let started = Instant::now();
+        let mut parts = Vec::new();
+        // Devices are looked for before the home is taken, so `doc`
+        // commands are not kept waiting while the round listens.
+        let found = match args.discover {
+            true => Some(crate::discover::browse(args.discover_wait, Some(&me)).await?),
+            false => None,
+        };
         let (home, store) = open(&args.home, args.every.max(DEFAULT_WAIT)).await?;
         let local: Arc<dyn Local> = Arc::new(DeviceStore::new(store, Policy::default()));
-        let mut parts = Vec::new();
-        if args.discover {
-            let me = home.device_name();
-            let found = crate::discover::browse(args.discover_wait, Some(&me)).await?;
+        if let Some(found) = found {
             parts.push(format!("{} device(s) found", found.len()));
             for device in found {
                 let Some(addr) = reachable(&device.addresses) else {
@@ -269,7 +278,7 @@ async fn rounds(
                 if !peers.contains_key(&label) {
                     peers.retain(|l, _| !l.starts_with(&format!("{} (", device.node)));
                     let exchange = Exchange::grpc(&addr.to_string(), timeout)?;
-                    peers.insert(label, filtered(exchange, &only));
+                    peers.insert(label, filtered(exchange, only));
                 }
             }
         }

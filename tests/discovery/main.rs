@@ -6,11 +6,17 @@
 //! what the children print. Nothing leaves the namespaces: the multicast
 //! stays on the veth link.
 //!
+//! The product's flow runs the same way, with the command itself in each
+//! namespace (`command_line`): one device serves its store and announces
+//! it (`serve --client-home … --advertise`), the other lists it
+//! (`discover`) and syncs with it (`sync --discover`) both ways.
+//! tests/discovery/netns.sh runs that flow by hand, for someone with the
+//! binary and without cargo.
+//!
 //! Needs root (to create namespaces and links) and `ip` from iproute2. A
 //! missing prerequisite fails the test with the reason; it never skips.
 //!
-//! The children print the lines the `mindoo-replica discover` command is to
-//! print (see tests/discovery/netns.sh):
+//! The children print lines as the `mindoo-replica discover` command does:
 //!   advertising <port> <node>
 //!   found <addr>[,<addr>...] <node>
 //!   stopped <node>
@@ -307,6 +313,258 @@ fn found_devices(lines: &[String]) -> Vec<(String, Vec<SocketAddr>)> {
         .collect()
 }
 
+// The product's flow, through the command line.
+
+/// Two devices, each a client home and a real `mindoo-replica` process in
+/// its own namespace: A serves its store and announces it, B finds it and
+/// syncs with it both ways.
+#[cfg(feature = "tools")]
+mod command_line {
+    use super::*;
+    use serde_json::Value;
+
+    const EXE: &str = env!("CARGO_BIN_EXE_mindoo-replica");
+    const DB: &str = "acme/notes";
+    const PASSPHRASE: &str = "discovery-test";
+    /// Rounds of B's sync that may pass without the expected exchange
+    /// before the test gives up (each listens 3 s, then waits 1 s).
+    const ROUNDS: usize = 3;
+
+    fn exe() -> &'static Path {
+        Path::new(EXE)
+    }
+
+    /// `mindoo-replica ARGS -n acme/notes --home HOME`, outside any
+    /// namespace (a home is files); what it printed.
+    fn on(home: &Path, args: &[&str]) -> String {
+        let out = Command::new(EXE)
+            .args(args)
+            .args(["-n", DB, "--home"])
+            .arg(home)
+            .env("MINDOO_PASSPHRASE", PASSPHRASE)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {EXE}: {e}"));
+        assert!(
+            out.status.success(),
+            "`mindoo-replica {} -n {DB} --home {}` failed ({}):\n{}{}",
+            args.join(" "),
+            home.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `doc show ID` on `home`, as JSON.
+    fn show(home: &Path, id: &str) -> Value {
+        let text = on(home, &["doc", "show", id]);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("doc show printed {text:?}: {e}"))
+    }
+
+    /// The next `round N: …` line of B's sync; fails the test, with what
+    /// both sides printed, if none comes by `deadline`.
+    fn next_round(sync: &mut Proc, serve: &Proc, deadline: Instant) -> String {
+        loop {
+            match sync.next_line(deadline) {
+                Some(line) if line.starts_with("round ") => return line,
+                Some(_) => {}
+                None => panic!(
+                    "{}: no round line in time (or it exited); it printed:\n{}\n\
+                     serve in A printed:\n{}",
+                    sync.name,
+                    sync.printed(),
+                    serve.printed()
+                ),
+            }
+        }
+    }
+
+    /// Reads B's rounds until one passes `test`; after [`ROUNDS`] that do
+    /// not, fails the test saying what the rounds showed.
+    fn round_that(
+        sync: &mut Proc,
+        serve: &Proc,
+        what: &str,
+        test: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + Duration::from_secs(8 * ROUNDS as u64);
+        let mut seen = Vec::new();
+        while seen.len() < ROUNDS {
+            let line = next_round(sync, serve, deadline);
+            if test(&line) {
+                return line;
+            }
+            seen.push(line);
+        }
+        let hint = if seen.iter().all(|l| l.contains(": 0 device(s) found")) {
+            "B found no device at all: A is not announced over mDNS \
+             (does serve run with --advertise, and does it announce?)"
+        } else {
+            "B found a device but did not exchange as expected"
+        };
+        panic!(
+            "B's `sync --discover` did not {what} in {ROUNDS} rounds. {hint}.\n\
+             Its rounds:\n{}\nserve in A printed:\n{}",
+            seen.join("\n"),
+            serve.printed()
+        );
+    }
+
+    /// The product's flow end to end: keys shared and a document made on
+    /// A before anything runs; A serves its home and announces it; in B,
+    /// `discover` lists A by its device name at its IPv4 address and
+    /// `sync --discover` finds A, pulls the document, and pushes an edit
+    /// made on B between rounds; A stops on SIGTERM (exit 0), saying
+    /// goodbye over mDNS, and holds B's edit.
+    #[test]
+    fn two_devices_find_each_other_and_sync() {
+        let started = Instant::now();
+        let hosts = Hosts::new("cli");
+        let network_at = started.elapsed();
+        let dirs = tempfile::tempdir().unwrap();
+        let (a, b) = (dirs.path().join("home-a"), dirs.path().join("home-b"));
+        let (a_str, b_str) = (a.to_str().unwrap(), b.to_str().unwrap());
+
+        // 1. Keys made on A and imported on B; a document made on A.
+        on(&a, &["keys", "init"]);
+        let sealed = dirs.path().join("notes.keys");
+        on(&a, &["keys", "export", "--out", sealed.to_str().unwrap()]);
+        on(&b, &["keys", "import", sealed.to_str().unwrap()]);
+        let marker = format!("made-on-a-{}", std::process::id());
+        let json = serde_json::json!({"title": "notes", "marker": marker}).to_string();
+        let id = on(&a, &["doc", "create", "--json", &json])
+            .trim()
+            .to_owned();
+        assert!(!id.is_empty(), "doc create printed no id");
+        // The name A is known by (src/home.rs): its actor id, made with
+        // the home.
+        let actor = std::fs::read_to_string(a.join("actor")).expect("A's home has its actor id");
+        let device_a = format!("device-{}", actor.trim());
+
+        // 2. A serves its store at its veth address and announces it.
+        let a_addr = SocketAddr::new(hosts.a.ipv4, SYNC_PORT);
+        let mut command = hosts
+            .a
+            .command(exe(), &["serve", "--client-home", a_str, "--advertise"]);
+        command
+            .env("MINDOO_REPLICA__SERVER__LISTEN", a_addr.to_string())
+            .env("MINDOO_REPLICA__SERVER__METRICS_LISTEN", "")
+            // A device has no load balancer to wait for: stop at once.
+            .env("MINDOO_REPLICA__SERVER__SHUTDOWN_DELAY_MS", "0");
+        let mut serve = Proc::start(command, format!("serve in {}", hosts.a.netns));
+        let ready = serve.expect_line("mindoo-replica listening ", Duration::from_secs(20));
+        assert_eq!(
+            ready,
+            format!("mindoo-replica listening grpc={a_addr} metrics=off")
+        );
+        let serving_at = started.elapsed();
+
+        // 3. In B, at once: a watcher for A's goodbye (mdns-sd itself),
+        // `discover`, and `sync --discover` in rounds.
+        let mut watcher = hosts.b.spawn(&[
+            (ROLE, "watch"),
+            (SERVICE, discover::SERVICE_TYPE),
+            (NODE, &device_a),
+            (WAIT_MS, "60000"),
+        ]);
+        let discovering = Proc::start(
+            hosts.b.command(exe(), &["discover", "--wait-secs", "3"]),
+            format!("discover in {}", hosts.b.netns),
+        );
+        let mut command = hosts.b.command(
+            exe(),
+            &[
+                "sync",
+                "--home",
+                b_str,
+                "--discover",
+                "--discover-wait",
+                "3s",
+                "--every",
+                "1s",
+                "--stop-after",
+                "20",
+            ],
+        );
+        command.env("MINDOO_PASSPHRASE", PASSPHRASE);
+        let mut sync = Proc::start(command, format!("sync in {}", hosts.b.netns));
+
+        // B finds A alone, at A's IPv4 address, and pulls the document.
+        let pulled = round_that(&mut sync, &serve, "get A's document", |l| {
+            l.contains(" got 1 ")
+        });
+        let expected = format!("1 device(s) found; {device_a} ({a_addr}) sent 0 got 1 (");
+        assert!(
+            pulled.contains(&expected),
+            "B's round should find only A, at {a_addr}, and get its document: {pulled:?}"
+        );
+        let pulled_at = started.elapsed();
+        let on_b = show(&b, &id);
+        assert_eq!(on_b["marker"], marker, "B's copy of A's document: {on_b}");
+
+        // B edits between rounds; a later round pushes the edit to A.
+        let edit = format!("edited-on-b-{}", std::process::id());
+        // (A bare word is taken as a JSON string.)
+        on(&b, &["doc", "set", &id, "title", &edit]);
+        let pushed = round_that(&mut sync, &serve, "push B's edit", |l| {
+            l.contains(" sent 1 ")
+        });
+        let expected = format!("1 device(s) found; {device_a} ({a_addr}) sent 1 got 0 (");
+        assert!(
+            pushed.contains(&expected),
+            "B's round should push its one edit to A: {pushed:?}"
+        );
+        let pushed_at = started.elapsed();
+        sync.terminate();
+        sync.finish_ok(Duration::from_secs(15));
+
+        // 4. `discover` in B listed A by its device name, at A's IPv4 address first.
+        let listed = discovering.finish_ok(Duration::from_secs(15));
+        let devices = found_devices(&listed);
+        assert_eq!(
+            devices
+                .iter()
+                .map(|(node, _)| node.as_str())
+                .collect::<Vec<_>>(),
+            [device_a.as_str()],
+            "`discover` in B should list A, and only A; it printed:\n{}",
+            listed.join("\n")
+        );
+        assert_eq!(
+            devices[0].1[0], a_addr,
+            "A's first address should be its IPv4 one: {:?}",
+            devices[0].1
+        );
+
+        // 5. A stops on SIGTERM, exits 0 and says goodbye; it holds B's edit.
+        watcher.expect_line("resolved ", Duration::from_secs(5));
+        let stopped_at = Instant::now();
+        serve.terminate();
+        watcher.expect_line("removed ", Duration::from_secs(5));
+        let goodbye = stopped_at.elapsed();
+        serve.finish_ok(Duration::from_secs(15));
+        watcher.finish_ok(Duration::from_secs(10));
+        assert!(
+            goodbye < Duration::from_secs(4),
+            "B saw A's goodbye {goodbye:?} after SIGTERM"
+        );
+        let on_a = show(&a, &id);
+        assert_eq!(
+            (&on_a["title"], &on_a["marker"]),
+            (&Value::from(edit), &Value::from(marker)),
+            "A's copy should hold B's edit: {on_a}"
+        );
+        eprintln!(
+            "network ready after {network_at:?}, A serving after {serving_at:?}, \
+             A's document on B after {pulled_at:?}, B's edit on A after {pushed_at:?}, \
+             A's goodbye seen {goodbye:?} after SIGTERM; all in {:?}",
+            started.elapsed()
+        );
+    }
+}
+
 // The hosts.
 
 /// Two namespaces, `a` and `b`, joined by a veth pair; deleted on drop.
@@ -416,18 +674,33 @@ impl Host {
         }
     }
 
-    /// This test binary's `namespaced_child` in this namespace, with `env`.
-    fn spawn(&self, env: &[(&str, &str)]) -> Proc {
-        let exe = std::env::current_exe().unwrap();
+    /// `program ARGS` in this namespace, its output piped.
+    fn command(&self, program: &Path, args: &[&str]) -> Command {
         let mut command = Command::new("ip");
         command
             .args(["netns", "exec", &self.netns])
-            .arg(exe)
-            .args(["--exact", "namespaced_child", "--ignored", "--nocapture"])
-            .args(["--test-threads=1", "-q"])
+            .arg(program)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        command
+    }
+
+    /// This test binary's `namespaced_child` in this namespace, with `env`.
+    fn spawn(&self, env: &[(&str, &str)]) -> Proc {
+        let exe = std::env::current_exe().unwrap();
+        let mut command = self.command(
+            &exe,
+            &[
+                "--exact",
+                "namespaced_child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+                "-q",
+            ],
+        );
         for (name, value) in env {
             command.env(name, value);
         }
@@ -524,6 +797,13 @@ impl Proc {
 
     fn printed(&self) -> String {
         self.log.lock().unwrap().join("\n")
+    }
+
+    /// The next stdout line, or `None` once `deadline` passes or the child
+    /// has closed its stdout.
+    fn next_line(&mut self, deadline: Instant) -> Option<String> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.lines.recv_timeout(left).ok()
     }
 
     /// Waits for a stdout line starting with `prefix`.

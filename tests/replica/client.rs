@@ -189,6 +189,14 @@ async fn the_doc_push_and_pull_commands_hand_a_document_to_another_device() {
     assert!(lines[3].ends_with(", 3 ops"), "{history}");
     let listed = run(a, &["doc", "list"]).unwrap();
     assert!(listed.contains(&format!("{id} changes 5")), "{listed}");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let err = run(a, &["push", "--replica", &dead]).unwrap_err();
+    assert!(
+        err.contains(&format!("cannot reach the replica at {dead}")) && err.contains("refused"),
+        "{err}"
+    );
     let pushed = run(a, &["push", "--replica", &addr]).unwrap();
     assert!(pushed.contains("5 sent"), "{pushed}");
 
