@@ -305,3 +305,40 @@ async fn a_replica_that_trusts_other_authors_refuses_the_push_and_the_client_say
     assert_eq!(replica.entry_count().await, 0, "nothing stored");
     replica.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_push_resumes_without_resending_what_arrived() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = TestReplica::start(dir.path(), |_| {}).await;
+    let home = tempfile::tempdir().unwrap();
+    KeyRing::generate(1)
+        .create(&key_path(home.path(), &ns()))
+        .unwrap();
+    let db = Database::open(home.path(), ns()).unwrap();
+    let total = 20_000u64;
+    for chunk in entries(total as usize).chunks(2_000) {
+        let items = chunk
+            .iter()
+            .map(|e| (bytes::Bytes::copy_from_slice(&e.id.0), e.data().clone()))
+            .collect();
+        let (_, refused) = db.store().write(items).await.unwrap();
+        assert!(refused.is_empty());
+    }
+
+    // The first push is stopped part way.
+    let following = exchange(&replica, &db).follow(db.store());
+    let mut pushed = following.pushed.clone();
+    pushed.wait_for(|p| p.stored >= 2_000).await.unwrap();
+    following.stop().await;
+    let held = replica.entry_count().await;
+    assert!(held < total, "the push was stopped before the end ({held})");
+
+    let again = exchange(&replica, &db).push(db.store()).await.unwrap();
+    assert_eq!(replica.entry_count().await, total, "everything arrived");
+    assert!(
+        again.sent <= total - held,
+        "{} sent again, {held} of {total} were already there",
+        again.sent
+    );
+    replica.stop().await.unwrap();
+}
