@@ -21,9 +21,11 @@ use crate::error::Error;
 use crate::home::{DEFAULT_WAIT, Home, HomeError};
 use crate::keys::{KeyError, KeyRing};
 use crate::policy::Policy;
+use crate::store::Seq;
 use crate::sync::device::DeviceStore;
 use crate::sync::env::{Clock, SystemClock};
 use crate::sync::local::Local;
+use tokio_util::task::AbortOnDropHandle;
 
 /// Changes between a document's snapshots, unless set otherwise: a new
 /// device reads one snapshot and fewer than this many changes after it.
@@ -224,13 +226,27 @@ impl Database {
         &self,
         mut f: impl FnMut(Vec<Entry>) -> Result<(), DatabaseError>,
     ) -> Result<(), DatabaseError> {
+        // The next batch is read from the store while this one is parsed.
+        let read_after = |after: Seq| {
+            let (store, only) = (self.store.clone(), vec![self.namespace.clone()]);
+            AbortOnDropHandle::new(tokio::spawn(async move {
+                store
+                    .log_since(after, READ_RECORDS, Some(only), Some(READ_BYTES))
+                    .await
+            }))
+        };
         let mut after = 0;
-        let only = Some(vec![self.namespace.clone()]);
-        loop {
-            let read = self
-                .store
-                .log_since(after, READ_RECORDS, only.clone(), Some(READ_BYTES))
-                .await?;
+        let mut pending = Some(read_after(after));
+        while let Some(reading) = pending.take() {
+            let read = reading.await.map_err(|e| {
+                Error::Internal(format!("a read of the device store failed: {e}"))
+            })??;
+            if let Some((seq, _)) = read.through
+                && seq > after
+            {
+                after = seq;
+                pending = Some(read_after(after));
+            }
             let mut batch = Vec::with_capacity(read.records.len());
             for r in read.records {
                 let Some(data) = r.data else { continue };
@@ -240,11 +256,8 @@ impl Database {
                 }
             }
             f(batch)?;
-            match read.through {
-                Some((seq, _)) if seq > after => after = seq,
-                _ => return Ok(()),
-            }
         }
+        Ok(())
     }
 
     /// The document `id` as the entries on this device make it.
