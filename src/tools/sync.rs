@@ -252,8 +252,10 @@ async fn rounds(
     let mut away: HashMap<String, (Backoff, Instant)> = HashMap::new();
     // This device's name, so that it does not sync with itself.
     let me = {
-        let (home, _) = open(&args.home, DEFAULT_WAIT).await?;
-        home.device_name()
+        let path = args.home.clone();
+        tokio::task::spawn_blocking(move || Home::open(&path, DEFAULT_WAIT))
+            .await??
+            .device_name()
     };
     let mut round = 0u64;
     loop {
