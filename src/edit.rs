@@ -43,11 +43,13 @@ impl Edit {
     pub fn apply(&self, doc: &mut Document) -> Result<(), EditError> {
         match self {
             Edit::Set(path, value) => set_path(doc, path, value),
-            Edit::Insert(path, value) => at_path(doc, path, |d, obj, prop, bad| match prop {
-                Prop::Seq(i) if i <= d.length(&obj) => insert_json(d, &obj, i, value),
-                _ => Err(bad("not a list index")),
-            }),
-            Edit::Delete(path) => at_path(doc, path, |d, obj, prop, bad| {
+            Edit::Insert(path, value) => {
+                at_path(doc, path, Missing::Fail, |d, obj, prop, bad| match prop {
+                    Prop::Seq(i) if i <= d.length(&obj) => insert_json(d, &obj, i, value),
+                    _ => Err(bad("not a list index")),
+                })
+            }
+            Edit::Delete(path) => at_path(doc, path, Missing::Fail, |d, obj, prop, bad| {
                 let exists = d.get(&obj, prop.clone()).map_err(|e| bad(&e.to_string()))?;
                 match exists {
                     Some(_) => d.delete(&obj, prop).map_err(|e| bad(&e.to_string())),
@@ -58,11 +60,19 @@ impl Edit {
     }
 }
 
-/// Walks to the object that holds the last part of `path` (which must
-/// exist) and hands it, with that part as a property, to `f`.
+/// What walking a path does where a map on the way is missing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Missing {
+    Make,
+    Fail,
+}
+
+/// Walks to the object that holds the last part of `path` and hands it,
+/// with that part as a property, to `f`.
 fn at_path(
     doc: &mut Document,
     path: &str,
+    missing: Missing,
     f: impl FnOnce(
         &mut automerge::AutoCommit,
         ObjId,
@@ -77,9 +87,12 @@ fn at_path(
     let mut obj = ROOT;
     for part in walk {
         let prop = prop_in(d, &obj, part).ok_or_else(|| bad("no such list index"))?;
-        obj = match d.get(&obj, prop).map_err(|e| bad(&e.to_string()))? {
+        obj = match d.get(&obj, prop.clone()).map_err(|e| bad(&e.to_string()))? {
             Some((automerge::Value::Object(_), id)) => id,
             Some(_) => return Err(bad("a value on the way is not a map or list")),
+            None if missing == Missing::Make => d
+                .put_object(&obj, prop, ObjType::Map)
+                .map_err(|e| bad(&e.to_string()))?,
             None => return Err(bad("no such path")),
         };
     }
@@ -112,23 +125,9 @@ fn insert_json(
 /// Sets `path` (`a.b.0.c`: map keys and list indexes) in `doc` to `value`,
 /// making missing maps on the way.
 pub fn set_path(doc: &mut Document, path: &str, value: &Value) -> Result<(), EditError> {
-    let bad = |why: &str| EditError::new(path, why);
-    let parts: Vec<&str> = path.split('.').collect();
-    let (last, walk) = parts.split_last().ok_or_else(|| bad("empty path"))?;
-    let d = doc.doc_mut();
-    let mut obj = ROOT;
-    for part in walk {
-        let prop = prop_in(d, &obj, part).ok_or_else(|| bad("no such list index"))?;
-        obj = match d.get(&obj, prop.clone()).map_err(|e| bad(&e.to_string()))? {
-            Some((automerge::Value::Object(_), id)) => id,
-            Some(_) => return Err(bad("a value on the way is not a map or list")),
-            None => d
-                .put_object(&obj, prop, ObjType::Map)
-                .map_err(|e| bad(&e.to_string()))?,
-        };
-    }
-    let prop = prop_in(d, &obj, last).ok_or_else(|| bad("no such list index"))?;
-    put_json(d, &obj, prop, value).map_err(|e| bad(&e.why))
+    at_path(doc, path, Missing::Make, |d, obj, prop, bad| {
+        put_json(d, &obj, prop, value).map_err(|e| bad(&e.why))
+    })
 }
 
 /// The property `part` names in `obj`: a list index in a list, else a key.

@@ -115,6 +115,24 @@ impl Home {
         })
     }
 
+    /// [`Self::open`], then [`Self::open_store`], off the executor.
+    pub async fn open_with_store(
+        path: &Path,
+        wait: Duration,
+    ) -> Result<(Self, Arc<dyn Store>), HomeError> {
+        let owned = path.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let home = Self::open(&owned, wait)?;
+            let store = home.open_store()?;
+            Ok((home, store))
+        })
+        .await
+        .map_err(|e| HomeError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e),
+        })?
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

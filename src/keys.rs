@@ -29,6 +29,38 @@ pub fn key_path(home: &Path, ns: &crate::entry::Namespace) -> PathBuf {
         .join(format!("{}.toml", ns.db()))
 }
 
+/// The databases `home` holds key files for, in order.
+pub fn keyed_namespaces(home: &Path) -> Result<Vec<crate::entry::Namespace>, KeyError> {
+    let dir = home.join("keys");
+    let mut out = Vec::new();
+    let tenants = match std::fs::read_dir(&dir) {
+        Ok(tenants) => tenants,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(io(&dir)(e)),
+    };
+    for tenant in tenants {
+        let tenant = tenant.map_err(io(&dir))?.path();
+        for file in std::fs::read_dir(&tenant).map_err(io(&tenant))? {
+            let file = file.map_err(io(&tenant))?.path();
+            let (Some(t), Some(d)) = (tenant.file_name(), file.file_stem()) else {
+                continue;
+            };
+            if file.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            let named = format!("{}/{}", t.to_string_lossy(), d.to_string_lossy());
+            let ns =
+                crate::entry::Namespace::from_path(&named).map_err(|e| KeyError::Malformed {
+                    path: file.clone(),
+                    why: e.to_string(),
+                })?;
+            out.push(ns);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// Bytes of a database key id.
 pub const KEY_ID_LEN: usize = 16;
 
@@ -206,6 +238,16 @@ impl KeyRing {
         Self {
             author: SigningKey::from_bytes(&rand::random()),
             keys: vec![DatabaseKey::generate(now_ms)],
+        }
+    }
+
+    /// The same database keys for another device of the same user, with
+    /// an author key of its own: what `keys export` then `keys import` on
+    /// a new device gives, without the passphrase round trip.
+    pub fn for_another_device(&self) -> Self {
+        Self {
+            author: SigningKey::from_bytes(&rand::random()),
+            keys: self.keys.clone(),
         }
     }
 
@@ -601,6 +643,32 @@ mod tests {
             KeyRing::open_export(&sealed, "pw"),
             Err(KeyError::ExportTooCostly(_))
         ));
+    }
+
+    #[test]
+    fn another_device_gets_the_database_keys_and_an_author_of_its_own() {
+        let ring = KeyRing::generate(1);
+        let other = ring.for_another_device();
+        assert_ne!(other.author_public(), ring.author_public());
+        assert_eq!(other.current().id, ring.current().id);
+        assert_eq!(other.current().secret_hex(), ring.current().secret_hex());
+    }
+
+    #[test]
+    fn the_keyed_databases_of_a_home_are_listed_from_its_key_files() {
+        let home = tempfile::tempdir().unwrap();
+        assert!(keyed_namespaces(home.path()).unwrap().is_empty());
+        let ns = |t, d| crate::entry::Namespace::new(t, d).unwrap();
+        for n in [ns("b", "x"), ns("a", "y"), ns("a", "x")] {
+            KeyRing::generate(1)
+                .create(&key_path(home.path(), &n))
+                .unwrap();
+        }
+        std::fs::write(home.path().join("keys/a/notes.txt"), "").unwrap();
+        assert_eq!(
+            keyed_namespaces(home.path()).unwrap(),
+            [ns("a", "x"), ns("a", "y"), ns("b", "x")]
+        );
     }
 
     #[test]

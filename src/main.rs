@@ -406,13 +406,11 @@ async fn serve(
     };
     let (store, home) = match client_home {
         Some(path) => {
-            let (home, store) = tokio::task::spawn_blocking(move || {
-                use mindoo_replica::home::{DEFAULT_WAIT, Home};
-                let home = Home::open(&path, DEFAULT_WAIT)?;
-                let store = home.open_store()?;
-                anyhow::Ok((home, store))
-            })
-            .await??;
+            let (home, store) = mindoo_replica::home::Home::open_with_store(
+                &path,
+                mindoo_replica::home::DEFAULT_WAIT,
+            )
+            .await?;
             settings.replication.advertise = Some(home.device_name());
             // A device has no load balancer to wait for when it stops.
             settings.server.shutdown_delay = std::time::Duration::ZERO;

@@ -261,8 +261,7 @@ async fn clients(replicas: &[ReplicaProcess], dir: &std::path::Path) -> anyhow::
     let (home_a, home_b) = (dir.join("a"), dir.join("b"));
     let keys = KeyRing::generate(1);
     keys.create(&key_path(&home_a, &ns))?;
-    KeyRing::from_export(KeyRing::open_export(&keys.export("demo", false), "demo")?)?
-        .create(&key_path(&home_b, &ns))?;
+    keys.for_another_device().create(&key_path(&home_b, &ns))?;
     let (a, b) = (
         Database::open(&home_a, ns.clone())?,
         Database::open(&home_b, ns.clone())?,

@@ -14,7 +14,7 @@
 //! between rounds; live, it is held throughout.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -85,30 +85,6 @@ pub struct SyncLocalArgs {
     pub timeout_secs: u64,
 }
 
-/// The databases of `home` this device holds keys for.
-fn keyed_namespaces(home: &Path) -> anyhow::Result<Vec<Namespace>> {
-    let dir = home.join("keys");
-    let mut out = Vec::new();
-    let Ok(tenants) = std::fs::read_dir(&dir) else {
-        return Ok(out);
-    };
-    for tenant in tenants {
-        let tenant = tenant?.path();
-        for db in std::fs::read_dir(&tenant)? {
-            let db = db?.path();
-            if db.extension().is_some_and(|e| e == "toml") {
-                let (Some(t), Some(d)) = (tenant.file_name(), db.file_stem()) else {
-                    continue;
-                };
-                let path = format!("{}/{}", t.to_string_lossy(), d.to_string_lossy());
-                out.push(Namespace::from_path(&path)?);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
 fn namespaces(given: &[String]) -> anyhow::Result<Vec<Namespace>> {
     given.iter().map(|n| Ok(Namespace::from_path(n)?)).collect()
 }
@@ -136,22 +112,11 @@ pub fn device_core(home: &Home, store: Arc<dyn Store>) -> Arc<Replica> {
     ))
 }
 
-/// Opens a home and its store off the executor.
-async fn open(path: &Path, wait: Duration) -> anyhow::Result<(Home, Arc<dyn Store>)> {
-    let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        let home = Home::open(&path, wait)?;
-        let store = home.open_store()?;
-        Ok((home, store))
-    })
-    .await?
-}
-
 /// `sync-local A B`: pushes what B lacks of A, then pulls what A lacks of B.
 pub async fn sync_local(args: SyncLocalArgs) -> anyhow::Result<()> {
     let only = namespaces(&args.namespaces)?;
-    let (_home_a, store_a) = open(&args.a, DEFAULT_WAIT).await?;
-    let (home_b, store_b) = open(&args.b, DEFAULT_WAIT).await?;
+    let (_home_a, store_a) = Home::open_with_store(&args.a, DEFAULT_WAIT).await?;
+    let (home_b, store_b) = Home::open_with_store(&args.b, DEFAULT_WAIT).await?;
     let a: Arc<dyn Local> = Arc::new(DeviceStore::new(store_a, Policy::default()));
     let b = Arc::new(LocalPeer::new(device_core(&home_b, store_b)));
     let exchange = filtered(
@@ -180,7 +145,7 @@ pub async fn sync(
 ) -> anyhow::Result<()> {
     let mut only = namespaces(&args.namespaces)?;
     if only.is_empty() {
-        only = keyed_namespaces(&args.home)?;
+        only = crate::keys::keyed_namespaces(&args.home)?;
         anyhow::ensure!(
             !only.is_empty(),
             "{} holds no database keys: `keys init` or `keys import` one, or name one with -n",
@@ -243,7 +208,7 @@ async fn rounds(
 ) -> anyhow::Result<()> {
     let env = Env::system();
     let timeout = Duration::from_secs(args.timeout_secs);
-    // Peers by label: the given addresses, then devices found by name.
+    // Peers by the given address, or by the name of a device found.
     let mut peers: BTreeMap<String, Exchange> = exchanges
         .into_iter()
         .map(|e| (e.address().to_owned(), e))
@@ -268,7 +233,7 @@ async fn rounds(
             true => Some(crate::discover::browse(args.discover_wait, Some(&me)).await?),
             false => None,
         };
-        let (home, store) = open(&args.home, args.every.max(DEFAULT_WAIT)).await?;
+        let (home, store) = Home::open_with_store(&args.home, args.every.max(DEFAULT_WAIT)).await?;
         let local: Arc<dyn Local> = Arc::new(DeviceStore::new(store, Policy::default()));
         if let Some(found) = found {
             parts.push(format!("{} device(s) found", found.len()));
@@ -276,16 +241,19 @@ async fn rounds(
                 let Some(addr) = reachable(&device.addresses) else {
                     continue;
                 };
-                let label = format!("{} ({addr})", device.node);
-                if !peers.contains_key(&label) {
-                    peers.retain(|l, _| !l.starts_with(&format!("{} (", device.node)));
-                    let exchange = Exchange::grpc(&addr.to_string(), timeout)?;
-                    peers.insert(label, filtered(exchange, only));
+                let addr = addr.to_string();
+                if peers.get(&device.node).is_none_or(|e| e.address() != addr) {
+                    let exchange = filtered(Exchange::grpc(&addr, timeout)?, only);
+                    peers.insert(device.node, exchange);
                 }
             }
         }
-        for (label, exchange) in &peers {
-            if let Some((_, next)) = away.get(label)
+        for (key, exchange) in &peers {
+            let label = match key == exchange.address() {
+                true => key.clone(),
+                false => format!("{key} ({})", exchange.address()),
+            };
+            if let Some((_, next)) = away.get(key)
                 && Instant::now() < *next
             {
                 let wait = next.saturating_duration_since(Instant::now());
@@ -301,14 +269,14 @@ async fn rounds(
                 anyhow::Ok((pushed.stored, pulled.stored))
             }
             .await;
-            parts.push(round_line(label, &result));
+            parts.push(round_line(&label, &result));
             match result {
                 Ok(_) => {
-                    away.remove(label);
+                    away.remove(key);
                 }
                 Err(_) => {
                     let ceiling = args.every.max(Duration::from_secs(1)) * 10;
-                    let (backoff, next) = away.entry(label.clone()).or_insert_with(|| {
+                    let (backoff, next) = away.entry(key.clone()).or_insert_with(|| {
                         (
                             Backoff::new(Duration::from_secs(1), ceiling),
                             Instant::now(),
@@ -379,7 +347,7 @@ async fn live(
     exchanges: Vec<Exchange>,
     mut stop: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> anyhow::Result<()> {
-    let (_home, store) = open(&args.home, DEFAULT_WAIT).await?;
+    let (_home, store) = Home::open_with_store(&args.home, DEFAULT_WAIT).await?;
     let local: Arc<dyn Local> = Arc::new(DeviceStore::new(store, Policy::default()));
     let following: Vec<Following> = exchanges.iter().map(|e| e.follow(local.clone())).collect();
     let started = Instant::now();

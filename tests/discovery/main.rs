@@ -180,21 +180,9 @@ async fn watch_for_goodbye(service: &str, node: &str, wait_ms: &str) {
 #[test]
 fn finds_a_device_in_another_namespace() {
     let hosts = Hosts::new("find");
-    let mut advertiser = hosts.a.spawn(&[
-        (ROLE, "advertise"),
-        (SERVICE, discover::SERVICE_TYPE),
-        (NODE, DEVICE_A),
-        (PORT, &SYNC_PORT.to_string()),
-    ]);
-    advertiser.expect_line("advertising ", Duration::from_secs(10));
+    let advertiser = hosts.a.advertise(DEVICE_A);
     // B announces itself too, and browses leaving itself out.
-    let mut advertiser_b = hosts.b.spawn(&[
-        (ROLE, "advertise"),
-        (SERVICE, discover::SERVICE_TYPE),
-        (NODE, DEVICE_B),
-        (PORT, &SYNC_PORT.to_string()),
-    ]);
-    advertiser_b.expect_line("advertising ", Duration::from_secs(10));
+    let advertiser_b = hosts.b.advertise(DEVICE_B);
     let started = Instant::now();
     let browse = |service: &str| {
         hosts.b.spawn(&[
@@ -264,13 +252,7 @@ fn finds_a_device_in_another_namespace() {
 #[test]
 fn stopping_says_goodbye() {
     let hosts = Hosts::new("bye");
-    let mut advertiser = hosts.a.spawn(&[
-        (ROLE, "advertise"),
-        (SERVICE, discover::SERVICE_TYPE),
-        (NODE, DEVICE_A),
-        (PORT, &SYNC_PORT.to_string()),
-    ]);
-    advertiser.expect_line("advertising ", Duration::from_secs(10));
+    let mut advertiser = hosts.a.advertise(DEVICE_A);
     let mut watcher = hosts.b.spawn(&[
         (ROLE, "watch"),
         (SERVICE, discover::SERVICE_TYPE),
@@ -685,6 +667,19 @@ impl Host {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         command
+    }
+
+    /// A child announcing `node` on the real service type, once it says
+    /// it does.
+    fn advertise(&self, node: &str) -> Proc {
+        let mut advertiser = self.spawn(&[
+            (ROLE, "advertise"),
+            (SERVICE, discover::SERVICE_TYPE),
+            (NODE, node),
+            (PORT, &SYNC_PORT.to_string()),
+        ]);
+        advertiser.expect_line("advertising ", Duration::from_secs(10));
+        advertiser
     }
 
     /// This test binary's `namespaced_child` in this namespace, with `env`.

@@ -65,8 +65,7 @@ pub async fn client(opts: ClientOptions, exe: PathBuf) -> anyhow::Result<()> {
     let (home_a, home_b) = (dir.path().join("a"), dir.path().join("b"));
     let keys = KeyRing::generate(1);
     keys.create(&key_path(&home_a, &ns))?;
-    KeyRing::from_export(KeyRing::open_export(&keys.export("pw", false), "pw")?)?
-        .create(&key_path(&home_b, &ns))?;
+    keys.for_another_device().create(&key_path(&home_b, &ns))?;
 
     // Create, encrypt, sign and store each change on the device, then push.
     let a = Database::open(&home_a, ns.clone())?;
@@ -147,8 +146,7 @@ async fn load(
 ) -> anyhow::Result<Loaded> {
     let fresh = |name: &str| -> anyhow::Result<Database> {
         let home = dir.join(name);
-        KeyRing::from_export(KeyRing::open_export(&keys.export("pw", false), "pw")?)?
-            .create(&key_path(&home, ns))?;
+        keys.for_another_device().create(&key_path(&home, ns))?;
         Ok(Database::open(&home, ns.clone())?)
     };
     let maker = fresh("maker")?.with_snapshot_every(0);
