@@ -96,6 +96,10 @@ pub async fn spawn_mesh(
 
 pub async fn run(opts: MeshOptions) -> anyhow::Result<()> {
     anyhow::ensure!(opts.replicas >= 2, "a mesh needs at least 2 replicas");
+    // SIGTERM is caught from the start: its default action would end this
+    // process at once and leave the replicas running. One that arrives
+    // during the demo stops the mesh when the demo ends.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let members = spawn_mesh(&opts.exe, &opts.data_dir, opts.replicas, true, |_| {}).await?;
     for m in &members {
         let p = &m.process;
@@ -127,9 +131,6 @@ pub async fn run(opts: MeshOptions) -> anyhow::Result<()> {
             first.metrics.context("metrics")?
         );
         println!("Ctrl-C (or SIGTERM) stops every replica.");
-        // SIGTERM too: its default action would end this process at once
-        // and leave the replicas running.
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             r = tokio::signal::ctrl_c() => r?,
             _ = term.recv() => {}
