@@ -37,6 +37,9 @@ pub struct Exchange {
     namespaces: Vec<Namespace>,
     /// How long a push or pull may take in all.
     timeout: Duration,
+    /// What every push and pull of this exchange records (in a registry
+    /// of its own: a device exports no metrics).
+    metrics: Arc<SyncMetrics>,
 }
 
 /// What a pull did.
@@ -55,6 +58,7 @@ impl Exchange {
             peer,
             namespaces: Vec::new(),
             timeout,
+            metrics: Arc::new(SyncMetrics::new(&prometheus::Registry::new())),
         }
     }
 
@@ -93,7 +97,7 @@ impl Exchange {
             local,
             peer: self.peer.clone(),
             settings: watch::channel(self.settings()).1,
-            metrics: Arc::new(SyncMetrics::new(&prometheus::Registry::new())),
+            metrics: self.metrics.clone(),
             env: Env::system(),
             cancel,
             progress: watch::channel(PushProgress::default()).0,
@@ -112,7 +116,7 @@ impl Exchange {
             settings: watch::channel(self.settings()).1,
             budget: ByteBudget::new(PULL_BUDGET_BYTES).for_peer(PULL_BUDGET_BYTES),
             shared: Shared::default(),
-            metrics: Arc::new(SyncMetrics::new(&prometheus::Registry::new())),
+            metrics: self.metrics.clone(),
             status,
             env: Env::system(),
             cancel,
