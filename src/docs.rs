@@ -330,12 +330,16 @@ pub fn change_in(keys: &KeyRing, entry: &Entry) -> Result<Change, DocError> {
 /// newest snapshot first, then what it does not cover (changes that are
 /// not among its heads' ancestors, and snapshots of other heads). Reads
 /// only the plaintext envelopes, so covered changes are never decrypted.
+/// The newest snapshot is the latest made, and of those made in the same
+/// millisecond the last in `entries` (which a device reads in the order it
+/// stored them).
 pub fn needed(mut entries: Vec<Entry>) -> Vec<Entry> {
     let newest = entries
         .iter()
         .enumerate()
         .filter(|(_, e)| e.envelope.kind == KIND_SNAPSHOT)
-        .max_by_key(|(_, e)| (e.envelope.created_ms, e.id.0))
+        // On a tie, `max_by_key` keeps the last.
+        .max_by_key(|(_, e)| e.envelope.created_ms)
         .map(|(i, _)| i);
     let Some(newest) = newest else {
         return entries;
