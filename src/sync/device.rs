@@ -42,18 +42,29 @@ impl DeviceStore {
         &self.store
     }
 
-    /// Stores entries written on this device (checked like any other), in
-    /// one trip to the blocking pool.
+    /// Stores entries written on this device (checked like any other).
+    ///
+    /// An app saves one change at a time and waits for it, so the trip to
+    /// the store is most of a save: a hop to the blocking pool and back
+    /// costs about three times the write. On a multi-threaded runtime the
+    /// write runs on the caller's thread instead, through
+    /// [`tokio::task::block_in_place`], which hands the thread's other tasks
+    /// to another worker first; elsewhere it takes the blocking pool.
     pub async fn write(&self, items: Vec<(Bytes, Bytes)>) -> Result<Checked> {
         let (policy, head) = (self.policy.clone(), self.head.clone());
-        self.blocking(move |s| {
+        let write = move |s: &dyn Store| {
             let (verified, rejections) = policy.check_batch(items);
             if !verified.is_empty() {
                 append_and_wake(s, &head, &verified, None)?;
             }
             Ok((verified, rejections))
-        })
-        .await
+        };
+        let multi_threaded = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        match multi_threaded {
+            true => tokio::task::block_in_place(|| write(&*self.store)).map_err(Error::from),
+            false => self.blocking(write).await,
+        }
     }
 
     async fn blocking<T: Send + 'static>(
