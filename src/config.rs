@@ -222,6 +222,7 @@ impl RawConfig {
                     )?,
                     // Known once the listener is bound (see `Settings::node_name`).
                     node: None,
+                    index_documents: false,
                 })
             }
             "memory" => StorageSettings::Memory,

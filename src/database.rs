@@ -17,15 +17,13 @@ use serde_json::Value;
 use crate::docs::{self, DocError, DocId, Document, KIND_CHANGE, KIND_SNAPSHOT};
 use crate::edit::{EditError, put_json};
 use crate::entry::{Entry, EntryId, Namespace};
-use crate::error::Error;
+use crate::error::{Error, on_store};
 use crate::home::{DEFAULT_WAIT, Home, HomeError};
 use crate::keys::{KeyError, KeyRing};
 use crate::policy::Policy;
-use crate::store::Seq;
+use crate::store::{DocRange, DocRecord, Seq, Store, StoreError};
 use crate::sync::device::DeviceStore;
 use crate::sync::env::{Clock, SystemClock};
-use crate::sync::local::Local;
-use tokio_util::task::AbortOnDropHandle;
 
 /// Changes between a document's snapshots, unless set otherwise: a new
 /// device reads one snapshot and fewer than this many changes after it
@@ -33,10 +31,8 @@ use tokio_util::task::AbortOnDropHandle;
 /// document once per this many changes.
 pub const DEFAULT_SNAPSHOT_EVERY: usize = 1000;
 
-/// Log records read at once when looking for a document's entries.
-const READ_RECORDS: usize = 4096;
-/// Entry data read at once, at most.
-const READ_BYTES: usize = 8 << 20;
+/// Index records, or entries, read at once.
+const READ_RECORDS: usize = 16_384;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatabaseError {
@@ -222,77 +218,74 @@ impl Database {
         Ok(entry.id)
     }
 
-    /// Every entry of this namespace in the device store, in log order,
-    /// handed to `f` a read batch at a time.
-    async fn each_batch(
+    /// Folds `f` over the index records of document `only`, or of every
+    /// document of this namespace, in index order (by document, then in
+    /// the order they were stored), in one trip to the blocking pool.
+    async fn fold_records<T: Send + 'static>(
         &self,
-        mut f: impl FnMut(Vec<Entry>) -> Result<(), DatabaseError>,
-    ) -> Result<(), DatabaseError> {
-        // The next batch is read from the store while this one is parsed.
-        let read_after = |after: Seq| {
-            let (store, only) = (self.store.clone(), vec![self.namespace.clone()]);
-            AbortOnDropHandle::new(tokio::spawn(async move {
-                store
-                    .log_since(after, READ_RECORDS, Some(only), Some(READ_BYTES))
-                    .await
-            }))
-        };
-        let mut after = 0;
-        let mut pending = Some(read_after(after));
-        while let Some(reading) = pending.take() {
-            let read = reading.await.map_err(|e| {
-                Error::Internal(format!("a read of the device store failed: {e}"))
-            })??;
-            if let Some((seq, _)) = read.through
-                && seq > after
-            {
-                after = seq;
-                pending = Some(read_after(after));
-            }
-            let mut batch = Vec::with_capacity(read.records.len());
-            for r in read.records {
-                let Some(data) = r.data else { continue };
-                // Entries in a device store were checked when stored.
-                if let Ok(entry) = Entry::parse(data) {
-                    batch.push(entry);
+        only: Option<DocId>,
+        init: T,
+        mut f: impl FnMut(&mut T, DocRecord) + Send + 'static,
+    ) -> Result<T, DatabaseError> {
+        let ns = self.namespace.clone();
+        let read = on_store(self.store.store(), move |s| {
+            let mut acc = init;
+            let only = only.as_ref().map(|d| &d.0[..]);
+            let mut after: Option<(Vec<u8>, Seq)> = None;
+            loop {
+                let range = DocRange {
+                    only,
+                    after: after.as_ref().map(|(doc, seq)| (&doc[..], *seq)),
+                };
+                let page = s.doc_records(&ns, range, READ_RECORDS)?;
+                let full = page.len() == READ_RECORDS;
+                after = page.last().map(|r| (r.doc.clone(), r.seq));
+                page.into_iter().for_each(|r| f(&mut acc, r));
+                if !full {
+                    return Ok(acc);
                 }
             }
-            f(batch)?;
+        });
+        Ok(read.await?)
+    }
+
+    /// The index records of document `id`, in the order they were stored.
+    async fn records_of(&self, id: DocId) -> Result<Vec<DocRecord>, DatabaseError> {
+        let records = self.fold_records(Some(id), Vec::new(), Vec::push).await?;
+        match records.is_empty() {
+            true => Err(DatabaseError::NoSuchDocument(id)),
+            false => Ok(records),
         }
-        Ok(())
     }
 
     /// The document `id` as the entries on this device make it.
     ///
     /// It reads the newest snapshot and what that does not cover (see
-    /// [`docs::needed`]), so changes a snapshot holds are not decrypted.
+    /// [`docs::needed`]), so changes a snapshot holds are neither read nor
+    /// decrypted; the snapshot is read while the rest is worked out.
     pub async fn load(&self, id: DocId) -> Result<Document, DatabaseError> {
-        let mine = self.entries_of(id).await?;
-        let mut doc = Document::open(self.namespace.clone(), id, self.actor.clone());
-        doc.apply(&self.keys, &docs::needed(mine))?;
-        Ok(doc)
-    }
-
-    /// The entries of document `id` on this device, in log order.
-    async fn entries_of(&self, id: DocId) -> Result<Vec<Entry>, DatabaseError> {
-        let mut mine = Vec::new();
-        self.each_batch(|batch| {
-            mine.extend(batch.into_iter().filter(|e| e.envelope.doc_id == id.0));
-            Ok(())
+        let records = self.records_of(id).await?;
+        let store = self.store.store().clone();
+        let (ns, keys, actor) = (
+            self.namespace.clone(),
+            self.keys.clone(),
+            self.actor.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            read_document(&*store, &keys, Document::open(ns, id, actor), records)
         })
-        .await?;
-        match mine.is_empty() {
-            true => Err(DatabaseError::NoSuchDocument(id)),
-            false => Ok(mine),
-        }
+        .await
+        .map_err(|e| Error::Internal(format!("reading a document failed: {e}")))?
     }
 
     /// Document `id`'s history on this device, in the order it arrived:
     /// every change (decrypted, to name its Automerge actor and count its
     /// operations) and every snapshot.
     pub async fn history(&self, id: DocId) -> Result<Vec<HistoryItem>, DatabaseError> {
-        let mut out = Vec::new();
-        for entry in self.entries_of(id).await? {
+        let records = self.records_of(id).await?;
+        let entries = on_store(self.store.store(), move |s| Ok(entries(s, &records))).await??;
+        let mut out = Vec::with_capacity(entries.len());
+        for entry in entries {
             let change = match entry.envelope.kind.as_str() {
                 KIND_CHANGE => Some(docs::change_in(&self.keys, &entry)?),
                 _ => None,
@@ -310,119 +303,97 @@ impl Database {
         Ok(out)
     }
 
-    /// The documents on this device, from the plaintext envelopes alone.
+    /// The documents on this device, from the index of their plaintext
+    /// envelopes alone.
     pub async fn list(&self) -> Result<Vec<DocSummary>, DatabaseError> {
-        let mut docs: std::collections::BTreeMap<DocId, DocSummary> = Default::default();
-        self.each_batch(|batch| {
-            for e in batch {
-                let Some(id) = DocId::from_slice(&e.envelope.doc_id) else {
-                    continue;
+        let docs = self
+            .fold_records(None, Vec::<DocSummary>::new(), |docs, r| {
+                let Some(id) = DocId::from_slice(&r.doc) else {
+                    return;
                 };
-                let s = docs.entry(id).or_insert(DocSummary {
-                    id,
-                    changes: 0,
-                    snapshots: 0,
-                    last_ms: 0,
-                });
-                match e.envelope.kind.as_str() {
+                if docs.last().is_none_or(|s| s.id != id) {
+                    docs.push(DocSummary {
+                        id,
+                        changes: 0,
+                        snapshots: 0,
+                        last_ms: 0,
+                    });
+                }
+                let s = docs.last_mut().expect("pushed above");
+                match r.kind.as_str() {
                     KIND_CHANGE => s.changes += 1,
                     KIND_SNAPSHOT => s.snapshots += 1,
-                    _ => continue,
+                    _ => return,
                 }
-                s.last_ms = s.last_ms.max(e.envelope.created_ms);
-            }
-            Ok(())
-        })
-        .await?;
-        Ok(docs.into_values().collect())
+                s.last_ms = s.last_ms.max(r.created_ms);
+            })
+            .await?;
+        let mut docs: Vec<DocSummary> = docs
+            .into_iter()
+            .filter(|s| s.changes + s.snapshots > 0)
+            .collect();
+        docs.sort_by_key(|s| s.id);
+        Ok(docs)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::edit::set_path;
-    use serde_json::json;
+/// Blocking: reads `doc` from its index `records` (see [`Database::load`]).
+/// The newest snapshot is read, decrypted and loaded on a thread of its own
+/// while this one finds the entries it does not cover and reads those.
+fn read_document(
+    store: &dyn Store,
+    keys: &KeyRing,
+    mut doc: Document,
+    records: Vec<DocRecord>,
+) -> Result<Document, DatabaseError> {
+    let Some(newest) = docs::newest(&records) else {
+        doc.apply(keys, &entries(store, &records)?)?;
+        return Ok(doc);
+    };
+    let snapshot = records[newest].clone();
+    std::thread::scope(|scope| {
+        let reading = std::thread::Builder::new()
+            .name("snapshot-read".into())
+            .spawn_scoped(scope, move || -> Result<Document, DatabaseError> {
+                doc.apply(keys, &entries(store, &[snapshot])?)?;
+                Ok(doc)
+            })
+            .map_err(|e| Error::Internal(format!("cannot start a thread: {e}")))?;
+        let (_, rest) = docs::not_covered(records, newest);
+        let rest = entries(store, &rest)?;
+        let mut doc = reading
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        doc.apply(keys, &rest)?;
+        Ok(doc)
+    })
+}
 
-    fn database(home: &Path) -> Database {
-        let ns = Namespace::new("acme", "notes").unwrap();
-        KeyRing::generate(1)
-            .create(&crate::keys::key_path(home, &ns))
-            .unwrap();
-        Database::open(home, ns).unwrap()
-    }
-
-    #[tokio::test]
-    async fn documents_are_written_edited_listed_and_read_back_after_a_restart() {
-        let home = tempfile::tempdir().unwrap();
-        let db = database(home.path());
-        let mut doc = db
-            .create(&json!({"title": "groceries", "items": ["milk"], "meta": {"n": 1}}))
-            .await
-            .unwrap();
-        set_path(&mut doc, "items.1", &json!("eggs")).unwrap();
-        set_path(&mut doc, "meta.owner.name", &json!("ann")).unwrap();
-        db.save(&mut doc).await.unwrap();
-        assert_eq!(
-            db.save(&mut doc).await.unwrap(),
-            None,
-            "nothing new to commit"
-        );
-        let other = db.create(&json!({})).await.unwrap();
-        let expected = json!({
-            "title": "groceries",
-            "items": ["milk", "eggs"],
-            "meta": {"n": 1, "owner": {"name": "ann"}}
-        });
-        assert_eq!(doc.to_json(), expected);
-        let id = doc.id();
-        drop(db);
-
-        let db = Database::open(home.path(), Namespace::new("acme", "notes").unwrap()).unwrap();
-        assert_eq!(db.load(id).await.unwrap().to_json(), expected);
-        let listed = db.list().await.unwrap();
-        let mut ids: Vec<DocId> = listed.iter().map(|s| s.id).collect();
-        ids.sort();
-        assert_eq!(db.load(other.id()).await.unwrap().to_json(), json!({}));
-        let mut want = vec![id, other.id()];
-        want.sort();
-        assert_eq!(ids, want);
-        assert_eq!(
-            listed.iter().find(|s| s.id == id).unwrap().changes,
-            2,
-            "created, then one edit"
-        );
-        let missing = DocId::random();
-        assert!(matches!(
-            db.load(missing).await,
-            Err(DatabaseError::NoSuchDocument(_))
-        ));
-        assert!(set_path(&mut doc, "items.9", &json!(1)).is_err());
-    }
-
-    #[tokio::test]
-    async fn a_snapshot_is_written_every_n_changes_and_loads_the_same_document() {
-        let home = tempfile::tempdir().unwrap();
-        let db = database(home.path()).with_snapshot_every(5);
-        let mut doc = db.create(&json!({"n": 0})).await.unwrap();
-        for n in 1..=11 {
-            set_path(&mut doc, "n", &json!(n)).unwrap();
-            db.save(&mut doc).await.unwrap();
+/// Blocking: the entries of `records`, read where they are logged, each
+/// checked to be the one its record names.
+fn entries(store: &dyn Store, records: &[DocRecord]) -> Result<Vec<Entry>, DatabaseError> {
+    let mut out = Vec::with_capacity(records.len());
+    for chunk in records.chunks(READ_RECORDS) {
+        let seqs: Vec<Seq> = chunk.iter().map(|r| r.seq).collect();
+        for (record, data) in chunk
+            .iter()
+            .zip(store.get_logged(&seqs).map_err(Error::from)?)
+        {
+            let entry = data.map(Entry::parse);
+            match entry {
+                Some(Ok(entry)) if entry.id == record.id => out.push(entry),
+                _ => {
+                    return Err(Error::from(StoreError::Corrupt {
+                        what: "docs",
+                        detail: format!(
+                            "entry {} is indexed at seq {} but not held there",
+                            record.id, record.seq
+                        ),
+                    })
+                    .into());
+                }
+            }
         }
-        let listed = db.list().await.unwrap();
-        assert_eq!((listed[0].changes, listed[0].snapshots), (12, 2));
-        assert_eq!(doc.since_snapshot(), 2, "changes 11 and 12 follow");
-        let loaded = db.load(doc.id()).await.unwrap();
-        assert_eq!(loaded.to_json(), json!({"n": 11}));
-        assert_eq!(loaded.since_snapshot(), 2, "read: the snapshot, then two");
     }
-
-    #[tokio::test]
-    async fn a_database_without_keys_says_how_to_make_them() {
-        let home = tempfile::tempdir().unwrap();
-        let err = Database::open(home.path(), Namespace::new("acme", "notes").unwrap())
-            .err()
-            .unwrap();
-        assert!(err.to_string().contains("keys init"), "{err}");
-    }
+    Ok(out)
 }

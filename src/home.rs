@@ -152,7 +152,9 @@ impl Home {
     /// blocking context or at start-up.
     pub fn open_store(&self) -> Result<Arc<dyn Store>, HomeError> {
         let path = self.path.join("store");
-        RocksStore::open(&RocksConfig::new(path.clone()))
+        let mut config = RocksConfig::new(path.clone());
+        config.index_documents = true;
+        RocksStore::open(&config)
             .map(|s| Arc::new(s) as Arc<dyn Store>)
             .map_err(|source| HomeError::Store { path, source })
     }

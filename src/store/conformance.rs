@@ -31,6 +31,121 @@ pub(super) fn entry_with(ns: &Namespace, n: u32, ciphertext: &[u8]) -> VerifiedE
     }
 }
 
+/// Entry `n` of document `doc` in `ns`.
+pub(super) fn doc_entry(
+    ns: &Namespace,
+    doc: &[u8],
+    kind: &str,
+    n: u64,
+    deps: Vec<EntryId>,
+) -> VerifiedEntry {
+    let env = Envelope {
+        namespace: ns.clone(),
+        author: [0; 32],
+        created_ms: n,
+        kind: kind.into(),
+        doc_id: doc.to_vec(),
+        deps,
+    };
+    let e = Entry::create(env, &n.to_be_bytes(), None);
+    VerifiedEntry {
+        id: e.id,
+        namespace: ns.clone(),
+        data: e.data().clone(),
+    }
+}
+
+/// `(document, seq)` of each record.
+fn positions(records: &[DocRecord]) -> Vec<(&[u8], Seq)> {
+    records.iter().map(|r| (&r.doc[..], r.seq)).collect()
+}
+
+fn doc_records_index_each_documents_entries(store: &dyn Store) {
+    let (a, b) = (ns("a"), ns("b"));
+    let x1 = doc_entry(&a, b"x", "doc_change", 1, vec![]);
+    let y1 = doc_entry(&a, b"yy", "doc_change", 2, vec![]);
+    let x2 = doc_entry(&a, b"x", "doc_snapshot", 3, vec![x1.id, y1.id]);
+    // The same document id in another namespace is another document.
+    let elsewhere = doc_entry(&b, b"x", "doc_change", 4, vec![]);
+    let y2 = doc_entry(&a, b"yy", "doc_change", 5, vec![y1.id]);
+    store
+        .append(&[x1.clone(), y1.clone(), entry(&a, 9)], None)
+        .unwrap();
+    // A repeat is not indexed twice.
+    store
+        .append(&[elsewhere, x2.clone(), x1.clone(), y2], None)
+        .unwrap();
+
+    let all = store.doc_records(&a, DocRange::default(), 100).unwrap();
+    // By document (shorter ids first), then in log order; the entry of no
+    // document is not there.
+    assert_eq!(
+        positions(&all),
+        [(&b"x"[..], 1), (b"x", 5), (b"yy", 2), (b"yy", 6)]
+    );
+    assert_eq!(
+        all[1],
+        DocRecord {
+            doc: b"x".to_vec(),
+            seq: 5,
+            id: x2.id,
+            kind: "doc_snapshot".into(),
+            created_ms: 3,
+            deps: vec![x1.id, y1.id],
+        }
+    );
+    let only_y = DocRange {
+        only: Some(b"yy"),
+        after: None,
+    };
+    assert_eq!(
+        positions(&store.doc_records(&a, only_y, 100).unwrap()),
+        [(&b"yy"[..], 2), (b"yy", 6)]
+    );
+    // Page by page, from where the last page ended.
+    let mut paged = Vec::new();
+    let mut after: Option<(Vec<u8>, Seq)> = None;
+    loop {
+        let range = DocRange {
+            only: None,
+            after: after.as_ref().map(|(d, s)| (&d[..], *s)),
+        };
+        let page = store.doc_records(&a, range, 3).unwrap();
+        assert!(page.len() <= 3);
+        let Some(last) = page.last() else { break };
+        after = Some((last.doc.clone(), last.seq));
+        paged.extend(page);
+    }
+    assert_eq!(paged, all);
+    let after_first_x = DocRange {
+        only: Some(b"x"),
+        after: Some((b"x", 1)),
+    };
+    assert_eq!(
+        positions(&store.doc_records(&a, after_first_x, 100).unwrap()),
+        [(&b"x"[..], 5)]
+    );
+    assert_eq!(
+        positions(&store.doc_records(&b, DocRange::default(), 100).unwrap()),
+        [(&b"x"[..], 4)]
+    );
+    assert!(
+        store
+            .doc_records(&ns("none"), DocRange::default(), 100)
+            .unwrap()
+            .is_empty()
+    );
+}
+
+fn get_logged_reads_entries_where_they_are_logged(store: &dyn Store) {
+    let a = ns("a");
+    let batch: Vec<_> = (0..4).map(|i| entry(&a, i)).collect();
+    store.append(&batch, None).unwrap();
+    let got = store.get_logged(&[3, 0, 1, 9, 3]).unwrap();
+    let data = |i: usize| Some(batch[i].data.clone());
+    assert_eq!(got, vec![data(2), None, data(0), None, data(2)]);
+}
+
 fn append_dedups_and_numbers(store: &dyn Store) {
     let a = ns("a");
     let batch: Vec<_> = (0..5).map(|i| entry(&a, i)).collect();
@@ -371,6 +486,18 @@ macro_rules! conformance {
             }
 
             #[test]
+            fn doc_records_index_each_documents_entries() {
+                let (store, _guard) = $make;
+                super::doc_records_index_each_documents_entries(&store);
+            }
+
+            #[test]
+            fn get_logged_reads_entries_where_they_are_logged() {
+                let (store, _guard) = $make;
+                super::get_logged_reads_entries_where_they_are_logged(&store);
+            }
+
+            #[test]
             fn concurrent_appends_keep_the_log_dense() {
                 let (store, _guard) = $make;
                 super::concurrent_appends_keep_the_log_dense(&store);
@@ -386,6 +513,13 @@ conformance!(rocks, {
         RocksStore::open(&RocksConfig::new(dir.path())).unwrap(),
         dir,
     )
+});
+// A device's store: the same behaviour, read through its document index.
+conformance!(rocks_indexing_documents, {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = RocksConfig::new(dir.path());
+    config.index_documents = true;
+    (RocksStore::open(&config).unwrap(), dir)
 });
 
 #[test]

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{
-    Appended, CursorRecord, CursorUpdate, Incarnation, LogRecord, Seq, Store, StoreError,
-    StoreStats,
+    Appended, CursorRecord, CursorUpdate, DocRange, DocRecord, Incarnation, LogRecord, Seq, Store,
+    StoreError, StoreStats,
 };
 use crate::entry::{EntryId, Namespace, VerifiedEntry};
 
@@ -24,7 +24,7 @@ pub trait Hooks: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Entry data on its way out (`get`, `log_since`).
+    /// Entry data on its way out (`get`, `get_logged`, `log_since`).
     fn data_out(&self, data: Bytes) -> Bytes {
         data
     }
@@ -66,6 +66,22 @@ impl<H: Hooks> Store for Decorated<H> {
             .into_iter()
             .map(|d| d.map(|d| self.hooks.data_out(d)))
             .collect())
+    }
+    fn get_logged(&self, seqs: &[Seq]) -> Result<Vec<Option<Bytes>>, StoreError> {
+        Ok(self
+            .inner
+            .get_logged(seqs)?
+            .into_iter()
+            .map(|d| d.map(|d| self.hooks.data_out(d)))
+            .collect())
+    }
+    fn doc_records(
+        &self,
+        ns: &Namespace,
+        range: DocRange<'_>,
+        limit: usize,
+    ) -> Result<Vec<DocRecord>, StoreError> {
+        self.inner.doc_records(ns, range, limit)
     }
     fn log_since(
         &self,

@@ -128,6 +128,17 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    fn get_logged(&self, seqs: &[Seq]) -> Result<Vec<Option<Bytes>>, StoreError> {
+        let inner = self.read();
+        Ok(seqs
+            .iter()
+            .map(|&seq| {
+                let (ns, id) = inner.log.get(usize::try_from(seq).ok()?.checked_sub(1)?)?;
+                Some(inner.entries[ns][id].clone())
+            })
+            .collect())
+    }
+
     fn log_since(
         &self,
         after: Seq,

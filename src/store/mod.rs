@@ -28,8 +28,7 @@ use std::fmt;
 
 use bytes::Bytes;
 
-use crate::entry::VerifiedEntry;
-use crate::entry::{EntryId, Namespace};
+use crate::entry::{Entry, EntryId, Namespace, VerifiedEntry};
 
 /// A local log sequence number. The first record is 1; 0 means "before the start".
 pub type Seq = u64;
@@ -65,6 +64,60 @@ pub struct LogRecord {
     pub id: EntryId,
     /// The entry's data, when it was asked for.
     pub data: Option<Bytes>,
+}
+
+/// One entry of a document, as a store's per-document index keeps it:
+/// what reading, listing and a history need to know of an entry without
+/// reading its body. From the entry's plaintext envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocRecord {
+    /// The envelope's document id.
+    pub doc: Vec<u8>,
+    /// Where the entry is in the local log.
+    pub seq: Seq,
+    pub id: EntryId,
+    pub kind: String,
+    pub created_ms: u64,
+    pub deps: Vec<EntryId>,
+}
+
+impl DocRecord {
+    /// Where the record is in its namespace's document index.
+    fn position(&self) -> (usize, &[u8], Seq) {
+        doc_position(&self.doc, self.seq)
+    }
+
+    /// The record of an entry stored at `seq`; `None` for an entry of no
+    /// document, or data that is not an entry (a store holds only checked
+    /// entries, so that is never the case).
+    pub fn of(seq: Seq, data: &Bytes) -> Option<Self> {
+        let entry = Entry::parse(data.clone()).ok()?;
+        let e = entry.envelope;
+        (!e.doc_id.is_empty()).then_some(Self {
+            doc: e.doc_id,
+            seq,
+            id: entry.id,
+            kind: e.kind,
+            created_ms: e.created_ms,
+            deps: e.deps,
+        })
+    }
+}
+
+/// The order of a namespace's document index: by document (shorter ids
+/// first, then bytewise: the order of length-prefixed keys), then by seq.
+fn doc_position(doc: &[u8], seq: Seq) -> (usize, &[u8], Seq) {
+    (doc.len(), doc, seq)
+}
+
+/// Which records of a namespace's document index to read: those after
+/// `after` (a document id and a seq within it; `None`: from the start), in
+/// index order (see [`doc_position`]), of document `only` alone when it is
+/// given.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DocRange<'a> {
+    pub only: Option<&'a [u8]>,
+    pub after: Option<(&'a [u8], Seq)>,
 }
 
 /// A position in a peer's log, persisted by the puller.
@@ -170,6 +223,11 @@ pub trait Store: Send + Sync + 'static {
     /// For each id, the entry's data if held in `ns`.
     fn get(&self, ns: &Namespace, ids: &[EntryId]) -> Result<Vec<Option<Bytes>>, StoreError>;
 
+    /// For each seq, the data of the entry logged there (`None` for 0 or a
+    /// seq past the head). A reader that knows where its entries are (from
+    /// [`Self::doc_records`]) reads them without looking their ids up.
+    fn get_logged(&self, seqs: &[Seq]) -> Result<Vec<Option<Bytes>>, StoreError>;
+
     /// Up to `limit` log records with `seq > after`, in order. With
     /// `data_budget`, each record carries its entry's data, and the list ends
     /// before the data would exceed the budget (it always holds one record).
@@ -201,6 +259,22 @@ pub trait Store: Send + Sync + 'static {
     /// have read since the store was opened: what log reads cost.
     fn log_records_read(&self) -> u64 {
         0
+    }
+
+    /// Up to `limit` records of `ns`'s documents in `range`, in the index's
+    /// order: by document, then by seq. Entries without a document id are
+    /// not listed.
+    ///
+    /// A store that keeps a per-document index (a device's) reads its rows
+    /// and no body; this default scans the namespace's log and parses every
+    /// body.
+    fn doc_records(
+        &self,
+        ns: &Namespace,
+        range: DocRange<'_>,
+        limit: usize,
+    ) -> Result<Vec<DocRecord>, StoreError> {
+        scan_doc_records(self, ns, range, limit)
     }
 
     /// The id logged at `seq`, if any.
@@ -318,6 +392,37 @@ fn scan_log_in<S: Store + ?Sized>(
         kept += 1;
     }
     records.truncate(kept);
+    Ok(records)
+}
+
+/// [`Store::doc_records`] for a store without a per-document index: reads
+/// the namespace's whole log with its bodies, then picks the range.
+pub(crate) fn scan_doc_records<S: Store + ?Sized>(
+    store: &S,
+    ns: &Namespace,
+    range: DocRange<'_>,
+    limit: usize,
+) -> Result<Vec<DocRecord>, StoreError> {
+    const PAGE: usize = 4096;
+    const PAGE_BYTES: usize = 8 << 20;
+    let only = std::slice::from_ref(ns);
+    let mut records = Vec::new();
+    let mut at = 0;
+    loop {
+        let page = store.log_since_in(only, at, PAGE, Some(PAGE_BYTES))?;
+        let Some(last) = page.last() else { break };
+        at = last.seq;
+        records.extend(page.into_iter().filter_map(|r| {
+            let record = DocRecord::of(r.seq, r.data.as_ref()?)?;
+            let wanted = range.only.is_none_or(|d| d == record.doc)
+                && range
+                    .after
+                    .is_none_or(|(doc, seq)| record.position() > doc_position(doc, seq));
+            wanted.then_some(record)
+        }));
+    }
+    records.sort_unstable_by(|a, b| a.position().cmp(&b.position()));
+    records.truncate(limit);
     Ok(records)
 }
 

@@ -10,6 +10,7 @@
 //! | `nslog`   | ns ‖ seq (u64 BE)       | id (lz4): the log by namespace (`nslog.rs`) |
 //! | `meta`    | `incarnation`, `node`, `head_seq`, `entry_count`, `schema_version` | small values |
 //! | `cursors` | peer node name          | see [`super::encode_cursor`]            |
+//! | `docs`    | ns ‖ doc ‖ seq          | id, kind, time, deps: a device's index by document (`docindex.rs`) |
 //!
 //! Bodies are kept in log order: a log scan with data (how a peer
 //! bootstraps) reads `log` and `bodies` with two sequential iterators, and
@@ -42,13 +43,16 @@ use rocksdb::{
 };
 
 use super::{
-    Appended, CursorRecord, CursorUpdate, Incarnation, LogRecord, Seq, Store, StoreError,
-    StoreStats, decode_cursor, encode_cursor,
+    Appended, CursorRecord, CursorUpdate, DocRange, DocRecord, Incarnation, LogRecord, Seq, Store,
+    StoreError, StoreStats, decode_cursor, encode_cursor, scan_doc_records,
 };
 use crate::entry::{EntryId, ID_LEN, Namespace, VerifiedEntry};
 
+mod backfill;
+mod docindex;
 mod meta;
 mod nslog;
+use docindex::CF_DOCS;
 use meta::{load_meta, synced};
 use nslog::CF_NSLOG;
 
@@ -88,6 +92,10 @@ pub struct RocksConfig {
     /// The node identity opening the database; a database last opened by
     /// another node gets a new incarnation. `None` skips the check.
     pub node: Option<String>,
+    /// Keep the index by document (`docindex.rs`) that a device reads its
+    /// documents through. A replica never reads it, so it does not pay for
+    /// it.
+    pub index_documents: bool,
 }
 
 impl RocksConfig {
@@ -99,6 +107,7 @@ impl RocksConfig {
             sync_writes: false,
             max_open_files: 1024,
             node: None,
+            index_documents: false,
         }
     }
 }
@@ -110,6 +119,8 @@ pub struct RocksStore {
     count: AtomicU64,
     write_lock: Mutex<()>,
     sync_writes: bool,
+    /// See [`RocksConfig::index_documents`].
+    index_documents: bool,
     /// See [`Store::log_records_read`].
     records_read: AtomicU64,
 }
@@ -160,8 +171,10 @@ impl RocksStore {
         log.set_block_based_table_factory(&table(false));
         log.set_compression_type(DBCompressionType::Lz4);
         log.set_write_buffer_size(config.write_buffer_bytes / 4);
-        // The namespace index is read like the log: by ranges, in order.
+        // The namespace and document indexes are read like the log: by
+        // ranges, in order.
         let nslog = log.clone();
+        let docs = log.clone();
         let mut small = Options::default();
         small.set_block_based_table_factory(&table(false));
         let mut ids = Options::default();
@@ -195,7 +208,14 @@ impl RocksStore {
         ];
         // A version-1 database still has its `entries` family until upgraded.
         let existing = DB::list_cf(&db_opts, &config.path).unwrap_or_default();
-        if existing.iter().any(|cf| cf == CF_ENTRIES_V1) {
+        let exists = |name: &str| existing.iter().any(|cf| cf == name);
+        // A database that has the document index opens it even when not
+        // keeping it.
+        let docs_existed = exists(CF_DOCS);
+        if config.index_documents || docs_existed {
+            cfs.push(ColumnFamilyDescriptor::new(CF_DOCS, docs));
+        }
+        if exists(CF_ENTRIES_V1) {
             cfs.push(ColumnFamilyDescriptor::new(CF_ENTRIES_V1, small));
         }
         let db = DB::open_cf_descriptors(&db_opts, &config.path, cfs)
@@ -204,6 +224,11 @@ impl RocksStore {
         let (incarnation, head, count) = load_meta(&mut db, config.node.as_deref())?;
         let index_created = !existing.is_empty() && !existing.iter().any(|cf| cf == CF_NSLOG);
         nslog::ensure_built(&db, index_created)?;
+        match config.index_documents {
+            true => docindex::ensure_built(&db, !docs_existed)?,
+            false if docs_existed => docindex::forget_built(&db)?,
+            false => {}
+        }
         Ok(Self {
             db,
             incarnation,
@@ -211,6 +236,7 @@ impl RocksStore {
             count: AtomicU64::new(count),
             write_lock: Mutex::new(()),
             sync_writes: config.sync_writes,
+            index_documents: config.index_documents,
             records_read: AtomicU64::new(0),
         })
     }
@@ -219,6 +245,31 @@ impl RocksStore {
         self.db
             .cf_handle(name)
             .expect("column families are created on open")
+    }
+
+    /// The families open: those of the layout, and the document index
+    /// when the database has it.
+    fn families(&self) -> impl Iterator<Item = &'static str> + '_ {
+        let docs = self.db.cf_handle(CF_DOCS).map(|_| CF_DOCS);
+        FAMILIES.into_iter().chain(docs)
+    }
+
+    /// The bodies logged at `seqs`, each one required: the log is dense up
+    /// to the head.
+    fn bodies_at(&self, seqs: impl Iterator<Item = Seq>) -> Result<Vec<Option<Bytes>>, StoreError> {
+        let keys: Vec<[u8; 8]> = seqs.map(Seq::to_be_bytes).collect();
+        self.db
+            .batched_multi_get_cf_opt(self.cf(CF_BODIES), &keys, false, &body_read_options())
+            .into_iter()
+            .zip(&keys)
+            .map(|(body, seq)| {
+                let body = body.map_err(backend)?.ok_or_else(|| StoreError::Corrupt {
+                    what: "bodies",
+                    detail: format!("no body at seq {}", u64::from_be_bytes(*seq)),
+                })?;
+                Ok(Some(Bytes::copy_from_slice(&body)))
+            })
+            .collect()
     }
 
     fn property(&self, cf: &str, name: &str) -> u64 {
@@ -308,8 +359,7 @@ impl Store for RocksStore {
     }
 
     fn disk_bytes(&self) -> u64 {
-        FAMILIES
-            .iter()
+        self.families()
             .map(|cf| {
                 self.property(cf, "rocksdb.total-sst-files-size")
                     + self.property(cf, "rocksdb.total-blob-file-size")
@@ -319,7 +369,7 @@ impl Store for RocksStore {
     }
 
     fn memory_bytes(&self) -> Vec<(&'static str, u64)> {
-        let sum = |name: &str| FAMILIES.iter().map(|cf| self.property(cf, name)).sum();
+        let sum = |name: &str| self.families().map(|cf| self.property(cf, name)).sum();
         vec![
             ("memtables", sum("rocksdb.size-all-mem-tables")),
             ("table_readers", sum("rocksdb.estimate-table-readers-mem")),
@@ -370,6 +420,11 @@ impl Store for RocksStore {
             batch.put_cf(cf_ids, key, seq);
             batch.put_cf(cf_log, seq, key);
             batch.put_cf(cf_nslog, nslog::key(&entry.namespace, head), entry.id.0);
+            if self.index_documents
+                && let Some(record) = DocRecord::of(head, &entry.data)
+            {
+                docindex::put(&self.db, &mut batch, &entry.namespace, &record);
+            }
             out.push(Appended::Stored(head));
         }
         if let Some(update) = cursor {
@@ -426,6 +481,21 @@ impl Store for RocksStore {
                 Ok(Some(Bytes::copy_from_slice(&body)))
             })
             .collect()
+    }
+
+    fn get_logged(&self, seqs: &[Seq]) -> Result<Vec<Option<Bytes>>, StoreError> {
+        let head = self.head.load(Ordering::Acquire);
+        let held = |seq: Seq| (1..=head).contains(&seq);
+        let mut bodies = self
+            .bodies_at(seqs.iter().copied().filter(|&s| held(s)))?
+            .into_iter();
+        Ok(seqs
+            .iter()
+            .map(|&seq| match held(seq) {
+                true => bodies.next().flatten(),
+                false => None,
+            })
+            .collect())
     }
 
     fn log_since(
@@ -502,6 +572,18 @@ impl Store for RocksStore {
 
     fn log_records_read(&self) -> u64 {
         self.records_read.load(Ordering::Relaxed)
+    }
+
+    fn doc_records(
+        &self,
+        ns: &Namespace,
+        range: DocRange<'_>,
+        limit: usize,
+    ) -> Result<Vec<DocRecord>, StoreError> {
+        match self.index_documents {
+            true => docindex::read(self, ns, range, limit),
+            false => scan_doc_records(self, ns, range, limit),
+        }
     }
 
     fn log_at(&self, seq: Seq) -> Result<Option<EntryId>, StoreError> {
@@ -589,7 +671,7 @@ impl Store for RocksStore {
 
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush_wal(true).map_err(backend)?;
-        for cf in FAMILIES {
+        for cf in self.families() {
             self.db.flush_cf(self.cf(cf)).map_err(backend)?;
         }
         Ok(())

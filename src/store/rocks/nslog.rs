@@ -8,10 +8,8 @@
 //! in the same `WriteBatch` as its `log` row, so the index never lags the log.
 //!
 //! A database written before the index existed has no `nslog` family: it is
-//! created on open and filled from `log` in bounded batches. Each batch
-//! records how far it got, so an interrupted backfill resumes there; the
-//! `nslog_built` mark in `meta` is written last. The log itself is untouched,
-//! so cursors (global seqs) stay valid.
+//! created on open and filled from `log` (see [`super::backfill`]); the
+//! `nslog_built` mark in `meta` says it is complete.
 //!
 //! A release from before the index cannot open a database that has the
 //! family (RocksDB opens all families or none); running one means dropping
@@ -20,14 +18,12 @@
 
 use std::cell::Cell;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use bytes::Bytes;
-use rocksdb::{DB, Direction, IteratorMode, ReadOptions, WriteBatch};
+use rocksdb::{DB, Direction, IteratorMode, ReadOptions};
 
-use super::{
-    CF_BODIES, CF_LOG, CF_META, RocksStore, backend, body_read_options, decode_entry_key, fixed,
-};
+use super::backfill;
+use super::{RocksStore, backend, fixed};
 use crate::entry::{EntryId, Namespace};
 use crate::store::{LogRecord, MergeBySeq, Seq, StoreError, distinct};
 
@@ -36,8 +32,6 @@ pub(super) const CF_NSLOG: &str = "nslog";
 pub(super) const KEY_BUILT: &[u8] = b"nslog_built";
 /// In `meta`, while a backfill runs: the last seq it indexed.
 const KEY_BACKFILL_AT: &[u8] = b"nslog_backfill_at";
-/// Log records indexed per `WriteBatch` while backfilling.
-const BACKFILL_BATCH: usize = 10_000;
 /// Bodies looked up at once by a read with data.
 const BODY_CHUNK: usize = 64;
 
@@ -100,7 +94,7 @@ pub(super) fn read(
         }
         let bodies = match data_budget {
             None => vec![None; chunk.len()],
-            Some(_) => bodies(store, chunk.iter().map(|(seq, ..)| *seq))?,
+            Some(_) => store.bodies_at(chunk.iter().map(|(seq, ..)| *seq))?,
         };
         for ((seq, run, id), data) in chunk.into_iter().zip(bodies) {
             let len = data.as_ref().map_or(0, Bytes::len);
@@ -120,83 +114,22 @@ pub(super) fn read(
     Ok(records)
 }
 
-/// The bodies logged at `seqs`, each one required.
-fn bodies(
-    store: &RocksStore,
-    seqs: impl Iterator<Item = Seq>,
-) -> Result<Vec<Option<Bytes>>, StoreError> {
-    let keys: Vec<[u8; 8]> = seqs.map(Seq::to_be_bytes).collect();
-    store
-        .db
-        .batched_multi_get_cf_opt(store.cf(CF_BODIES), &keys, false, &body_read_options())
-        .into_iter()
-        .zip(&keys)
-        .map(|(body, seq)| {
-            let body = body.map_err(backend)?.ok_or_else(|| StoreError::Corrupt {
-                what: "bodies",
-                detail: format!("no body at seq {}", u64::from_be_bytes(*seq)),
-            })?;
-            Ok(Some(Bytes::copy_from_slice(&body)))
-        })
-        .collect()
-}
-
-/// Fills the index from the log unless it is marked complete, resuming an
-/// interrupted backfill where it stopped. `created`: the family was created
-/// by this open, so neither the mark nor the progress in `meta` is its own.
+/// Fills the index from the log unless it is marked complete (see
+/// [`backfill`]).
 pub(super) fn ensure_built(db: &DB, created: bool) -> Result<(), StoreError> {
-    let cf = |name| {
-        db.cf_handle(name)
-            .expect("column families are created on open")
+    let nslog = db
+        .cf_handle(CF_NSLOG)
+        .expect("column families are created on open");
+    let index = backfill::Index {
+        what: "by namespace",
+        built: KEY_BUILT,
+        progress: KEY_BACKFILL_AT,
+        reads_bodies: false,
     };
-    let (log, nslog, meta) = (cf(CF_LOG), cf(CF_NSLOG), cf(CF_META));
-    let marked = db
-        .get_pinned_cf(meta, KEY_BUILT)
-        .map_err(backend)?
-        .is_some();
-    if marked && !created {
-        return Ok(());
-    }
-    let resume = match db.get_cf(meta, KEY_BACKFILL_AT).map_err(backend)? {
-        Some(at) if !created => u64::from_be_bytes(fixed(&at, "meta nslog_backfill_at")?),
-        _ => 0,
-    };
-    let started = Instant::now();
-    tracing::info!(
-        resume_after = resume,
-        "indexing the log by namespace (a database from before the nslog index)"
-    );
-    let mut indexed = 0u64;
-    let mut batch = WriteBatch::default();
-    let mut in_batch = 0;
-    let mut last = resume;
-    let start = (resume + 1).to_be_bytes();
-    for item in db.iterator_cf(log, IteratorMode::From(&start, Direction::Forward)) {
-        let (k, v) = item.map_err(backend)?;
-        let seq = u64::from_be_bytes(fixed(&k, "log key")?);
-        let (ns, id) = decode_entry_key(&v)?;
-        batch.put_cf(nslog, key(&ns, seq), id.0);
-        last = seq;
-        in_batch += 1;
-        if in_batch == BACKFILL_BATCH {
-            batch.put_cf(meta, KEY_BACKFILL_AT, last.to_be_bytes());
-            db.write(std::mem::take(&mut batch)).map_err(backend)?;
-            indexed += in_batch as u64;
-            in_batch = 0;
-        }
-    }
-    indexed += in_batch as u64;
-    batch.delete_cf(meta, KEY_BACKFILL_AT);
-    batch.put_cf(meta, KEY_BUILT, [1]);
-    db.write_opt(batch, &super::meta::synced())
-        .map_err(backend)?;
-    tracing::info!(
-        indexed,
-        through_seq = last,
-        took_ms = started.elapsed().as_millis() as u64,
-        "the log is indexed by namespace"
-    );
-    Ok(())
+    backfill::ensure_built(db, &index, created, &mut |batch, seq, ns, id, _| {
+        batch.put_cf(nslog, key(ns, seq), id.0);
+        Ok(())
+    })
 }
 
 /// Test support: the database at `path` as the release before the index
@@ -205,6 +138,7 @@ pub(super) fn ensure_built(db: &DB, created: bool) -> Result<(), StoreError> {
 /// dropped by hand to run that release.
 #[cfg(test)]
 pub(super) fn remove_index(path: &std::path::Path, partial: Option<Seq>, keep_mark: bool) {
+    use super::{CF_LOG, CF_META, decode_entry_key};
     let opts = rocksdb::Options::default();
     let families = DB::list_cf(&opts, path).unwrap();
     let mut db = DB::open_cf(&opts, path, &families).unwrap();

@@ -2,7 +2,8 @@
 //! the errors the engine really returns when a resource runs out.
 
 use super::*;
-use crate::store::conformance::entry_with;
+use crate::store::conformance::{doc_entry, entry_with};
+use crate::store::{DocRange, scan_doc_records};
 
 fn entry(ns: &Namespace, n: u32) -> VerifiedEntry {
     entry_with(ns, n, &[n as u8; 600])
@@ -128,6 +129,51 @@ fn a_database_from_before_the_namespace_index_is_indexed_on_open() {
         assert_eq!(meta(nslog::KEY_BUILT).as_deref(), Some(&[1u8][..]));
         assert_eq!(meta(b"nslog_backfill_at"), None);
     }
+}
+
+#[test]
+fn the_document_index_is_built_for_a_store_written_without_it_and_kept_in_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Namespace::new("t", "d").unwrap();
+    let (plain, mut indexing) = (RocksConfig::new(dir.path()), RocksConfig::new(dir.path()));
+    indexing.index_documents = true;
+    let docs: [&[u8]; 3] = [b"a", b"bb", b"c"];
+    let append = |store: &RocksStore, from: u64, to: u64| {
+        let batch: Vec<_> = (from..to)
+            .map(|n| doc_entry(&ns, docs[n as usize % 3], "doc_change", n, vec![]))
+            .chain([entry(&ns, to as u32)])
+            .collect();
+        store.append(&batch, None).unwrap();
+    };
+    let whole = || DocRange::default();
+    // Written without the index: a device store from before it.
+    append(&RocksStore::open(&plain).unwrap(), 0, 30);
+    // A device opens it: the index is built from the log.
+    let store = RocksStore::open(&indexing).unwrap();
+    let read_before = store.log_records_read();
+    let records = store.doc_records(&ns, whole(), 1000).unwrap();
+    assert_eq!(
+        store.log_records_read(),
+        read_before,
+        "read from the index, not the log"
+    );
+    assert_eq!(records.len(), 30);
+    assert_eq!(
+        records,
+        scan_doc_records(&store, &ns, whole(), 1000).unwrap()
+    );
+    append(&store, 30, 33);
+    drop(store);
+    // Opened once without keeping the index, then with it again: what
+    // was written in between is indexed too.
+    append(&RocksStore::open(&plain).unwrap(), 33, 40);
+    let store = RocksStore::open(&indexing).unwrap();
+    let records = store.doc_records(&ns, whole(), 1000).unwrap();
+    assert_eq!(records.len(), 40);
+    assert_eq!(
+        records,
+        scan_doc_records(&store, &ns, whole(), 1000).unwrap()
+    );
 }
 
 #[test]
