@@ -168,6 +168,17 @@ pub async fn serve_with(
     let metrics = Arc::new(Metrics::new());
     let stopping = CancellationToken::new();
     let identity = NodeIdentity::new(settings.node_name(listeners.grpc_addr()?));
+    match settings.policy.require_signatures {
+        true => tracing::info!(
+            "signatures: entries clients write must be signed by their author \
+             (policy.require_signatures)"
+        ),
+        false => tracing::warn!(
+            "signatures: NOT required of what clients write (policy.require_signatures = \
+             false): unsigned or forged entries are stored and forwarded unless a namespace \
+             requires signatures"
+        ),
+    }
     let replica = Arc::new(Replica::new(
         store,
         identity,

@@ -88,6 +88,9 @@ pub struct RawLimits {
 #[serde(deny_unknown_fields, default)]
 pub struct RawPolicy {
     pub allow_unlisted: bool,
+    /// Entries clients write must be signed by their author, unless their
+    /// namespace sets `require_signature = false`.
+    pub require_signatures: bool,
     pub namespaces: Vec<RawNamespace>,
 }
 
@@ -98,7 +101,11 @@ pub struct RawNamespace {
     pub db: String,
     /// Hex ed25519 public keys; non-empty means signatures are required.
     pub trusted_authors: Vec<String>,
-    pub require_signature: bool,
+    /// `true`: signatures are checked on entries from peers too; `false`:
+    /// not checked here at all (unless authors are listed); unset:
+    /// `policy.require_signatures`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub require_signature: Option<bool>,
 }
 
 /// Who this replica pulls from. Every replica pulls from its peers, so a
@@ -234,6 +241,7 @@ impl Default for RawPolicy {
     fn default() -> Self {
         Self {
             allow_unlisted: true,
+            require_signatures: true,
             namespaces: Vec::new(),
         }
     }

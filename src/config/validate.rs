@@ -216,6 +216,7 @@ impl RawPolicy {
         }
         Ok(Policy {
             allow_unlisted: self.allow_unlisted,
+            require_signatures: self.require_signatures,
             namespaces,
             max_entry_bytes,
         })

@@ -17,14 +17,7 @@ use crate::policy::Policy;
 use crate::store::{Appended, CursorUpdate, Seq, Store, StoreError};
 use crate::sync::local::Checked;
 
-/// Where a commit's entries come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
-    /// Written here by a client.
-    Client,
-    /// Pulled from a peer.
-    Peer,
-}
+pub use crate::policy::Origin;
 
 pub(super) struct Committer {
     pub store: Arc<dyn Store>,
@@ -83,9 +76,9 @@ impl Committer {
         });
     }
 
-    /// Checks `(claimed id, data)` pairs against the policy.
-    pub fn verify(&self, items: Vec<(Bytes, Bytes)>) -> Checked {
-        self.policy.check_batch(items)
+    /// Checks `(claimed id, data)` pairs from `origin` against the policy.
+    pub fn verify(&self, origin: Origin, items: Vec<(Bytes, Bytes)>) -> Checked {
+        self.policy.check_batch(items, origin)
     }
 
     /// Stores verified entries, and `cursor` with them, in one atomic batch.

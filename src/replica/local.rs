@@ -47,7 +47,7 @@ impl Local for Replica {
     }
 
     async fn verify(&self, items: Vec<(Bytes, Bytes)>) -> Result<Checked> {
-        Replica::verify(self, items).await
+        Replica::verify(self, Origin::Peer, items).await
     }
 
     async fn ingest(

@@ -235,14 +235,16 @@ impl Replica {
             .collect())
     }
 
-    /// Checks `(claimed id, data)` pairs against the policy on the blocking
-    /// pool. Returns the entries that passed, in order, and the index and
-    /// reason of each one that did not; every rejection is counted.
-    pub async fn verify(&self, items: Vec<(Bytes, Bytes)>) -> Result<Checked> {
+    /// Checks `(claimed id, data)` pairs from `origin` against the policy
+    /// on the blocking pool. Returns the entries that passed, in order, and
+    /// the index and reason of each one that did not; every rejection is
+    /// counted.
+    pub async fn verify(&self, origin: Origin, items: Vec<(Bytes, Bytes)>) -> Result<Checked> {
         let commit = self.commit.clone();
-        let (verified, rejections) = tokio::task::spawn_blocking(move || commit.verify(items))
-            .await
-            .map_err(|e| Error::Internal(format!("verify task failed: {e}")))?;
+        let (verified, rejections) =
+            tokio::task::spawn_blocking(move || commit.verify(origin, items))
+                .await
+                .map_err(|e| Error::Internal(format!("verify task failed: {e}")))?;
         self.count_rejections(&rejections);
         Ok((verified, rejections))
     }
@@ -267,7 +269,7 @@ impl Replica {
     ) -> Result<(Vec<(usize, Rejection)>, Option<Vec<Appended>>)> {
         let commit = self.commit.clone();
         let (rejections, appended) = tokio::task::spawn_blocking(move || {
-            let (verified, rejections) = commit.verify(items);
+            let (verified, rejections) = commit.verify(origin, items);
             if rejections.iter().any(|(_, r)| fatal(r)) {
                 return Ok((rejections, None));
             }

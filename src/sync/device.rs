@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use super::local::{Checked, Local, LocalIdentity, LogRead, passed};
 use crate::entry::{EntryId, Namespace, VerifiedEntry};
 use crate::error::{Error, Result, on_store};
-use crate::policy::Policy;
+use crate::policy::{Origin, Policy};
 use crate::store::{Appended, CursorRecord, CursorUpdate, Seq, Store, StoreError, StoreStats};
 
 /// The most ids a device asks a peer for, or answers, in one request.
@@ -53,7 +53,7 @@ impl DeviceStore {
     pub async fn write(&self, items: Vec<(Bytes, Bytes)>) -> Result<Checked> {
         let (policy, head) = (self.policy.clone(), self.head.clone());
         let write = move |s: &dyn Store| {
-            let (verified, rejections) = policy.check_batch(items);
+            let (verified, rejections) = policy.check_batch(items, Origin::Local);
             if !verified.is_empty() {
                 append_and_wake(s, &head, &verified, None)?;
             }
@@ -126,7 +126,7 @@ impl Local for DeviceStore {
 
     async fn verify(&self, items: Vec<(Bytes, Bytes)>) -> Result<Checked> {
         let policy = self.policy.clone();
-        tokio::task::spawn_blocking(move || policy.check_batch(items))
+        tokio::task::spawn_blocking(move || policy.check_batch(items, Origin::Peer))
             .await
             .map_err(|e| Error::Internal(format!("verify task failed: {e}")))
     }

@@ -151,7 +151,7 @@ async fn namespace_and_signature_policy() {
             tenant: "acme".into(),
             db: "notes".into(),
             trusted_authors: vec![hex::encode(trusted.verifying_key().to_bytes())],
-            require_signature: false,
+            require_signature: None,
         }];
     })
     .await;
@@ -168,13 +168,7 @@ async fn namespace_and_signature_policy() {
         };
         Entry::create(env, b"ciphertext", None)
     };
-    let bad_sig = {
-        let e = sample_entries(&ns(), &trusted, 1, 64).remove(0);
-        let mut data = e.data().to_vec();
-        let last = data.len() - 1;
-        data[last] ^= 1;
-        Entry::parse(data.into()).unwrap()
-    };
+    let bad_sig = forged(&ns(), &trusted);
     let batch = vec![
         sample_entries(&ns(), &trusted, 1, 64).remove(0),
         sample_entries(&ns(), &stranger, 1, 64).remove(0),
@@ -220,6 +214,62 @@ async fn namespace_and_signature_policy() {
         let name = format!("mindoo_replica_entries_rejected_total{{reason=\"{r}\"}}");
         assert_eq!(metric(&text, &name), 1.0, "{r}");
     }
+    replica.stop().await.unwrap();
+}
+
+/// An entry of `key` in `ns` with its signature's last byte flipped.
+fn forged(ns: &Namespace, key: &SigningKey) -> Entry {
+    let e = sample_entries(ns, key, 1, 64).remove(0);
+    let mut data = e.data().to_vec();
+    let last = data.len() - 1;
+    data[last] ^= 1;
+    Entry::parse(data.into()).unwrap()
+}
+
+#[tokio::test]
+async fn a_replica_checks_signatures_by_default_and_a_namespace_can_opt_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let lax = Namespace::new("acme", "lax").unwrap();
+    let replica = TestReplica::start(dir.path(), |c| {
+        c.policy.namespaces = vec![RawNamespace {
+            tenant: "acme".into(),
+            db: "lax".into(),
+            require_signature: Some(false),
+            ..Default::default()
+        }];
+    })
+    .await;
+    let mut client = replica.client().await;
+    let unsigned =
+        |ns: &Namespace| mindoo_replica::fixtures::unsigned_entries(ns, 1, 1, 64).remove(0);
+    let key = author();
+    let batch = vec![
+        sample_entries(&ns(), &key, 1, 64).remove(0),
+        unsigned(&ns()),
+        forged(&ns(), &key),
+        unsigned(&lax),
+        forged(&lax, &key),
+    ];
+    let out = client.put(&batch).await.unwrap();
+    let reasons: Vec<_> = out.iter().map(reason).collect();
+    assert_eq!(
+        reasons,
+        [
+            None,
+            Some(RejectReason::SignatureMissing),
+            Some(RejectReason::SignatureInvalid),
+            None,
+            None,
+        ]
+    );
+    assert_eq!(client.head().await.unwrap().entry_count, 3);
+    let ids = [batch[0].id, batch[1].id, batch[2].id];
+    let missing = client.missing(&ns(), &ids).await.unwrap();
+    assert_eq!(
+        missing,
+        [batch[1].id, batch[2].id],
+        "nothing refused is held"
+    );
     replica.stop().await.unwrap();
 }
 

@@ -106,7 +106,7 @@ async fn entries_of_a_newly_trusted_author_arrive_after_a_restart() {
             ns("a"),
             NamespaceRules {
                 trusted_authors: keys.iter().map(|k| k.verifying_key().to_bytes()).collect(),
-                require_signature: true,
+                require_signature: Some(true),
             },
         )]
         .into(),

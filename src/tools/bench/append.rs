@@ -1,17 +1,19 @@
-//! `bench append`: one client streams entries into one replica process over
-//! loopback gRPC; prints entries/s, MB/s, wire bytes per entry and the
-//! replica's memory, next to an in-process baseline of the same work without
-//! gRPC (verify + RocksDB append) measured in the same run.
+//! `bench append`: one client streams signed entries into one replica
+//! process over loopback gRPC; prints entries/s, MB/s, wire bytes per entry
+//! and the replica's memory, with signatures checked (the default) and not
+//! checked, next to an in-process baseline of the same work without gRPC
+//! (verify + RocksDB append), all measured in the same run.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use ed25519_dalek::SigningKey;
 
-use super::{WireCounters, connect_counted, sample_entries};
+use super::{UNSIGNED_FIXTURES, WireCounters, connect_counted, sample_entries};
 use crate::entry::{Entry, Namespace};
-use crate::policy::Policy;
+use crate::policy::{Origin, Policy};
 use crate::store::Store;
 use crate::store::rocks::{RocksConfig, RocksStore};
 use crate::tools::child::ReplicaProcess;
@@ -25,18 +27,27 @@ pub struct AppendOptions {
     pub exe: PathBuf,
 }
 
-/// `bench append`: one client streams entries into one replica process.
-pub async fn append(opts: AppendOptions) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let replica = ReplicaProcess::spawn(&opts.exe, &dir.path().join("db"), false, &[]).await?;
-    let ns = Namespace::new("bench", "append")?;
-    let key = SigningKey::from_bytes(&rand::random());
-    let entries = sample_entries(&ns, &key, opts.entries, opts.ciphertext_bytes);
-    let entry_bytes: usize = entries.iter().map(|e| e.data().len()).sum();
-    let batches: Vec<Vec<Entry>> = entries.chunks(opts.batch).map(<[Entry]>::to_vec).collect();
-    drop(entries);
-    let same_batches = batches.clone();
+/// What one run of the client's stream into a replica gave.
+struct Run {
+    secs: f64,
+    stored: u64,
+    duplicate: u64,
+    rejected: u64,
+    sent: u64,
+    received: u64,
+    rss: u64,
+    peak: u64,
+    status: String,
+}
 
+/// Streams `batches` into a fresh replica process configured with `env`.
+async fn run(
+    opts: &AppendOptions,
+    dir: &std::path::Path,
+    batches: Vec<Vec<Entry>>,
+    env: &[(&str, &str)],
+) -> anyhow::Result<Run> {
+    let replica = ReplicaProcess::spawn(&opts.exe, dir, false, env).await?;
     let wire = Arc::new(WireCounters::default());
     let mut client = connect_counted(&replica.grpc.to_string(), wire.clone()).await?;
     let before = wire.snapshot();
@@ -46,40 +57,79 @@ pub async fn append(opts: AppendOptions) -> anyhow::Result<()> {
     let (sent, received) = wire.since(before);
     let (rss, peak) = replica.memory().unwrap_or_default();
     let status = replica.stop().await?;
+    Ok(Run {
+        secs,
+        stored: summary.stored,
+        duplicate: summary.duplicate,
+        rejected: summary.rejected,
+        sent,
+        received,
+        rss,
+        peak,
+        status: status.to_string(),
+    })
+}
 
-    let baseline_rate = baseline(&same_batches, &dir.path().join("baseline"))?;
+/// `bench append`: one client streams entries into one replica process,
+/// which checks their signatures (its default), then into another that
+/// does not.
+pub async fn append(opts: AppendOptions) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ns = Namespace::new("bench", "append")?;
+    let key = SigningKey::from_bytes(&rand::random());
+    let entries = sample_entries(&ns, &key, opts.entries, opts.ciphertext_bytes);
+    let entry_bytes: usize = entries.iter().map(|e| e.data().len()).sum();
+    let batches: Vec<Vec<Entry>> = entries.chunks(opts.batch).map(<[Entry]>::to_vec).collect();
+    drop(entries);
+
+    let checked = run(&opts, &dir.path().join("checked"), batches.clone(), &[]).await?;
+    let unchecked = run(
+        &opts,
+        &dir.path().join("unchecked"),
+        batches.clone(),
+        &[UNSIGNED_FIXTURES],
+    )
+    .await?;
+    let baseline_rate = baseline(&batches, &dir.path().join("baseline"))?;
     let n = opts.entries as f64;
     let per_entry = entry_bytes as f64 / n;
+    let rate = |r: &Run| n / r.secs;
     println!(
-        "append: {} entries, {} B ciphertext ({per_entry:.0} B encoded entry), batches of {}",
+        "append: {} signed entries, {} B ciphertext ({per_entry:.0} B encoded entry), batches of {}",
         opts.entries, opts.ciphertext_bytes, opts.batch
     );
     println!(
-        "append: stored {} duplicate {} rejected {} in {secs:.2} s",
-        summary.stored, summary.duplicate, summary.rejected
+        "append: stored {} duplicate {} rejected {} in {:.2} s",
+        checked.stored, checked.duplicate, checked.rejected, checked.secs
     );
     println!(
-        "append: {:.0} entries/s, {:.1} MB/s of entries (target >= 20000 entries/s)",
-        n / secs,
-        entry_bytes as f64 / secs / 1e6
+        "append: {:.0} entries/s, {:.1} MB/s of entries, each signature verified (policy.require_signatures = true, the default) (target >= 20000 entries/s)",
+        rate(&checked),
+        entry_bytes as f64 / checked.secs / 1e6
     );
     println!(
-        "append: baseline in-process verify + RocksDB append, no gRPC: {baseline_rate:.0} entries/s (gRPC path reaches {:.0} %)",
-        n / secs / baseline_rate * 100.0
+        "append: {:.0} entries/s with signatures not checked (policy.require_signatures = false), same run: checking costs {:.0} %",
+        rate(&unchecked),
+        (1.0 - rate(&checked) / rate(&unchecked)) * 100.0
+    );
+    println!(
+        "append: baseline in-process verify (signatures included) + RocksDB append, no gRPC: {baseline_rate:.0} entries/s (gRPC path reaches {:.0} %)",
+        rate(&checked) / baseline_rate * 100.0
     );
     println!(
         "append: wire {:.1} B/entry client->replica = entry + {:.1} B (target <= 64 B), {:.1} B/entry replica->client",
-        sent as f64 / n,
-        sent as f64 / n - per_entry,
-        received as f64 / n
+        checked.sent as f64 / n,
+        checked.sent as f64 / n - per_entry,
+        checked.received as f64 / n
     );
     println!(
-        "append: replica RSS {:.1} MB (peak {:.1} MB); exit {status}",
-        rss as f64 / 1e6,
-        peak as f64 / 1e6
+        "append: replica RSS {:.1} MB (peak {:.1} MB); exit {}",
+        checked.rss as f64 / 1e6,
+        checked.peak as f64 / 1e6,
+        checked.status
     );
     anyhow::ensure!(
-        summary.stored as usize == opts.entries,
+        checked.stored as usize == opts.entries && unchecked.stored as usize == opts.entries,
         "not every entry was stored"
     );
     Ok(())
@@ -92,10 +142,12 @@ fn baseline(batches: &[Vec<Entry>], path: &std::path::Path) -> anyhow::Result<f6
     let start = Instant::now();
     let mut count = 0;
     for batch in batches {
-        let verified = batch
+        let items = batch
             .iter()
-            .map(|e| policy.check(&e.id.0, e.data().clone()))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|e| (Bytes::copy_from_slice(&e.id.0), e.data().clone()))
+            .collect();
+        let (verified, rejected) = policy.check_batch(items, Origin::Client);
+        anyhow::ensure!(rejected.is_empty(), "rejected: {rejected:?}");
         count += store.append(&verified, None)?.len();
     }
     Ok(count as f64 / start.elapsed().as_secs_f64())

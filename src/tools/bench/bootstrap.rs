@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
-use super::{CountingProxy, memory_mb, unsigned_entries, wait_quiet};
+use super::{CountingProxy, UNSIGNED_FIXTURES, memory_mb, unsigned_entries, wait_quiet};
 use crate::client::StoreClient;
 use crate::entry::{Namespace, VerifiedEntry};
 use crate::store::Store;
@@ -48,7 +48,13 @@ async fn store_memory(p: &ReplicaProcess) -> String {
 pub async fn bootstrap(opts: BootstrapOptions) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let keepalive_ms = 1000;
-    let source = ReplicaProcess::spawn(&opts.exe, &dir.path().join("source"), false, &[]).await?;
+    let source = ReplicaProcess::spawn(
+        &opts.exe,
+        &dir.path().join("source"),
+        false,
+        &[UNSIGNED_FIXTURES],
+    )
+    .await?;
     let ns = Namespace::new("bench", "bootstrap")?;
 
     // Fill the source (not timed as bootstrap; reported for comparison).
@@ -67,7 +73,7 @@ pub async fn bootstrap(opts: BootstrapOptions) -> anyhow::Result<()> {
     );
     let entry_bytes = unsigned_entries(&ns, 0, 1, size)[0].data().len();
     println!(
-        "bootstrap: source filled with {total} entries of {size} B ciphertext ({entry_bytes} B encoded) at {:.0} entries/s",
+        "bootstrap: source filled with {total} unsigned entries of {size} B ciphertext ({entry_bytes} B encoded) at {:.0} entries/s",
         total as f64 / fill_secs
     );
 

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use futures::StreamExt;
 
-use super::{metric_sum, unsigned_entries, wait_quiet};
+use super::{UNSIGNED_FIXTURES, metric_sum, unsigned_entries, wait_quiet};
 use crate::client::StoreClient;
 use crate::entry::{Entry, Namespace};
 use crate::proto;
@@ -115,7 +115,10 @@ pub async fn filtered(opts: FilteredOptions, exe: PathBuf) -> anyhow::Result<()>
     let dir = tempfile::tempdir()?;
     let per = opts.per_namespace;
     // The log tail is off, so every read reaches the store.
-    let tail_off = [("MINDOO_REPLICA__STORAGE__LOG_TAIL_MB", "0")];
+    let tail_off = [
+        ("MINDOO_REPLICA__STORAGE__LOG_TAIL_MB", "0"),
+        UNSIGNED_FIXTURES,
+    ];
     let many = ReplicaProcess::spawn(&exe, &dir.path().join("many"), true, &tail_off).await?;
     let alone = ReplicaProcess::spawn(&exe, &dir.path().join("alone"), true, &tail_off).await?;
     let load = Instant::now();

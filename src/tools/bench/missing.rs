@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use super::{unsigned_entries, wait_quiet};
+use super::{UNSIGNED_FIXTURES, unsigned_entries, wait_quiet};
 use crate::client::StoreClient;
 use crate::entry::{EntryId, Namespace};
 use crate::tools::child::ReplicaProcess;
@@ -46,7 +46,10 @@ pub async fn missing_ids(opts: MissingOptions) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("db");
     let ns = Namespace::new("bench", "missing")?;
-    let env = [("MINDOO_REPLICA__LIMITS__MAX_IDS_PER_REQUEST", "20000")];
+    let env = [
+        ("MINDOO_REPLICA__LIMITS__MAX_IDS_PER_REQUEST", "20000"),
+        UNSIGNED_FIXTURES,
+    ];
     let replica = ReplicaProcess::spawn(&opts.exe, &db, false, &env).await?;
     let mut client = StoreClient::connect(&replica.grpc.to_string()).await?;
     let mut held: Vec<EntryId> = Vec::with_capacity(opts.entries);

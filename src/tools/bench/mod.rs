@@ -33,6 +33,11 @@ use super::child::ReplicaProcess;
 use crate::client::{StoreClient, endpoint};
 pub use crate::fixtures::{sample_entries, unsigned_entries};
 
+/// The setting of a replica a benchmark fills with unsigned entries (signing
+/// millions would take longer than the run): its clients' entries need no
+/// signature. What checking them costs is `bench append`'s to measure.
+pub const UNSIGNED_FIXTURES: (&str, &str) = ("MINDOO_REPLICA__POLICY__REQUIRE_SIGNATURES", "false");
+
 /// Resident and peak resident memory of a process, in MB, for reports.
 pub fn memory_mb(p: &ReplicaProcess) -> (f64, f64) {
     let (rss, peak) = p.memory().unwrap_or_default();
