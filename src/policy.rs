@@ -223,53 +223,94 @@ impl Policy {
     }
 }
 
+/// Signatures verified in one batch at least; a larger batch is split
+/// over the machine's cores.
+const VERIFY_CHUNK: usize = 128;
+
 /// Verifies the signatures of `entries[at]` for each `at` in `which`:
 /// the rejection of each one that fails, by its position in `entries`.
 fn verify_signatures(entries: &[(usize, Entry)], which: &[usize]) -> HashMap<usize, Rejection> {
     let mut failed = HashMap::new();
+    // A batch usually comes from a few authors: each key is decompressed once.
+    let mut keys: HashMap<[u8; 32], Result<VerifyingKey, Rejection>> = HashMap::new();
     let mut batch = Vec::with_capacity(which.len());
     for &at in which {
-        match signed_by(&entries[at].1) {
+        let entry = &entries[at].1;
+        let signed = entry
+            .signature
+            .ok_or_else(|| {
+                Rejection::new(RejectReason::SignatureMissing, "the entry is not signed")
+            })
+            .and_then(|sig| {
+                let key = keys
+                    .entry(entry.envelope.author)
+                    .or_insert_with(|| author_key(&entry.envelope.author));
+                Ok((key.clone()?, Signature::from_bytes(&sig)))
+            });
+        match signed {
             Ok(signed) => batch.push((at, signed)),
             Err(rejection) => {
                 failed.insert(at, rejection);
             }
         }
     }
-    if batch.is_empty() {
-        return failed;
-    }
-    let messages: Vec<&[u8]> = batch
-        .iter()
-        .map(|(at, _)| &entries[*at].1.id.0[..])
-        .collect();
-    let signatures: Vec<Signature> = batch.iter().map(|(_, (_, sig))| *sig).collect();
-    let keys: Vec<VerifyingKey> = batch.iter().map(|(_, (key, _))| *key).collect();
-    if batch.len() > 1 && ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok() {
-        return failed;
-    }
-    for (at, _) in batch {
-        if let Err(rejection) = entries[at].1.verify_signature() {
-            failed.insert(at, rejection);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = batch.len().div_ceil(cores).max(VERIFY_CHUNK);
+    let verify = |part: &[(usize, (VerifyingKey, Signature))]| -> Vec<(usize, Rejection)> {
+        let messages: Vec<&[u8]> = part
+            .iter()
+            .map(|(at, _)| &entries[*at].1.id.0[..])
+            .collect();
+        let signatures: Vec<Signature> = part.iter().map(|(_, (_, sig))| *sig).collect();
+        let keys: Vec<VerifyingKey> = part.iter().map(|(_, (key, _))| *key).collect();
+        if part.len() > 1 && ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok() {
+            return Vec::new();
         }
-    }
+        part.iter()
+            .filter_map(|(at, _)| Some((*at, entries[*at].1.verify_signature().err()?)))
+            .collect()
+    };
+    let bad: Vec<(usize, Rejection)> = match batch.len() > chunk {
+        false => verify(&batch),
+        true => std::thread::scope(|scope| {
+            let mut parts = batch.chunks(chunk);
+            let first = parts.next().unwrap_or_default();
+            let others: Vec<_> = parts
+                .map(|part| {
+                    (
+                        part,
+                        std::thread::Builder::new().spawn_scoped(scope, || verify(part)),
+                    )
+                })
+                .collect();
+            let mut bad = verify(first);
+            for (part, thread) in others {
+                bad.extend(match thread {
+                    Ok(thread) => thread
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                    // No thread to be had: verified here.
+                    Err(_) => verify(part),
+                });
+            }
+            bad
+        }),
+    };
+    failed.extend(bad);
     failed
 }
 
-/// The author key and signature of a signed entry, or why it has none
-/// that could verify. Weak keys are refused here: batch verification
-/// would let a signature by one pass for any message.
-fn signed_by(entry: &Entry) -> Result<(VerifyingKey, Signature), Rejection> {
+/// An author's public key, unless it cannot verify anything. Weak keys are
+/// refused: batch verification would let a signature by one pass for any
+/// message.
+fn author_key(author: &[u8; 32]) -> Result<VerifyingKey, Rejection> {
     let invalid = |why: &str| Rejection::new(RejectReason::SignatureInvalid, why);
-    let sig = entry
-        .signature
-        .ok_or_else(|| Rejection::new(RejectReason::SignatureMissing, "the entry is not signed"))?;
-    let key = VerifyingKey::from_bytes(&entry.envelope.author)
+    let key = VerifyingKey::from_bytes(author)
         .map_err(|_| invalid("the author is not a valid ed25519 public key"))?;
-    if key.is_weak() {
-        return Err(invalid("the author key is a weak ed25519 key"));
+    match key.is_weak() {
+        true => Err(invalid("the author key is a weak ed25519 key")),
+        false => Ok(key),
     }
-    Ok((key, Signature::from_bytes(&sig)))
 }
 
 #[cfg(test)]
@@ -368,14 +409,16 @@ mod tests {
             SigningKey::from_bytes(&[4; 32]),
             SigningKey::from_bytes(&[5; 32]),
         ];
-        let mut entries: Vec<Entry> = (0..40u8)
+        // Enough to be verified in parts on several threads.
+        let mut entries: Vec<Entry> = (0..600u64)
             .map(|i| {
                 let mut env = entry(&ns, None).envelope;
-                env.created_ms = i as u64;
-                Entry::create(env, &[i; 50], Some(&keys[i as usize % 2]))
+                env.created_ms = i;
+                Entry::create(env, &i.to_be_bytes(), Some(&keys[i as usize % 2]))
             })
             .collect();
         entries[7] = flipped(&entries[7]);
+        entries[590] = flipped(&entries[590]);
         entries[31] = entry(&ns, None);
         // Signed by one author, naming another: the id covers the author,
         // so the signature (over the id it had) does not verify.
@@ -396,14 +439,15 @@ mod tests {
             [
                 (7, RejectReason::SignatureInvalid),
                 (12, RejectReason::SignatureInvalid),
-                (31, RejectReason::SignatureMissing)
+                (31, RejectReason::SignatureMissing),
+                (590, RejectReason::SignatureInvalid)
             ]
         );
         let kept: Vec<EntryId> = verified.iter().map(|v| v.id).collect();
         let expected: Vec<EntryId> = entries
             .iter()
             .enumerate()
-            .filter(|(i, _)| ![7, 12, 31].contains(i))
+            .filter(|(i, _)| ![7, 12, 31, 590].contains(i))
             .map(|(_, e)| e.id)
             .collect();
         assert_eq!(kept, expected, "the rest, in order");
