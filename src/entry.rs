@@ -478,6 +478,39 @@ mod tests {
         }
     }
 
+    /// Whatever bytes arrive, decoding rejects them or yields an entry whose
+    /// canonical encoding is exactly those bytes: no panic, no second
+    /// encoding of one entry.
+    #[test]
+    fn any_bytes_decode_to_a_rejection_or_an_entry_that_encodes_back_to_them() {
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let signed = Entry::create(envelope(), b"ciphertext", Some(&key));
+        let unsigned = Entry::create(envelope(), b"", None);
+        let mut parsed = 0;
+        for (seed, valid) in [signed.data(), unsigned.data()].into_iter().enumerate() {
+            for m in crate::fixtures::mutations(valid, seed as u64, 20_000) {
+                let Ok(e) = Entry::parse(Bytes::from(m.clone())) else {
+                    continue;
+                };
+                parsed += 1;
+                let again = Entry::create(e.envelope.clone(), e.ciphertext(), None);
+                let signature = e.signature.map_or(1, |_| 1 + SIGNATURE_LEN);
+                let unsigned_len = again.data().len() - 1;
+                assert_eq!(again.id, e.id, "{}", hex::encode(&m));
+                assert_eq!(
+                    again.data()[..unsigned_len],
+                    m[..m.len() - signature],
+                    "{}",
+                    hex::encode(&m)
+                );
+            }
+        }
+        assert!(
+            parsed > 0,
+            "some mutations still decode (extended ciphertext)"
+        );
+    }
+
     /// Pins the canonical layout: if this test changes, every stored id changes.
     #[test]
     fn canonical_encoding_test_vector() {

@@ -49,3 +49,29 @@ pub fn sample_entries(ns: &Namespace, key: &SigningKey, count: usize, size: usiz
         })
         .collect()
 }
+
+/// Deterministic mutations of `valid`, for property tests of decoders
+/// (and the fuzz targets' seed corpus): each copy has a few bytes flipped,
+/// set to a boundary value, inserted or removed, or is cut short or
+/// extended. `seed` picks the sequence, so a failure can be replayed.
+pub fn mutations(valid: &[u8], seed: u64, count: usize) -> impl Iterator<Item = Vec<u8>> + '_ {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..count).map(move |_| {
+        let mut m = valid.to_vec();
+        for _ in 0..rng.random_range(1..=4) {
+            let at = rng.random_range(0..=m.len());
+            match rng.random_range(0..6) {
+                0 if at < m.len() => m[at] ^= 1 << rng.random_range(0..8),
+                1 if at < m.len() => m[at] = [0, 1, 0x7f, 0x80, 0xff][rng.random_range(0..5)],
+                2 => m.insert(at, rng.random()),
+                3 if at < m.len() => {
+                    m.remove(at);
+                }
+                4 => m.truncate(at),
+                _ => m.extend((0..rng.random_range(1..64)).map(|_| rng.random::<u8>())),
+            }
+        }
+        m
+    })
+}

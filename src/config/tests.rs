@@ -185,3 +185,35 @@ fn bad_topologies_name_the_key() {
         assert!(err.contains(key) && err.contains(why), "{err}");
     }
 }
+
+/// A config file mangled in any way is a clear error (or, when it still
+/// parses, values that are checked), never a panic.
+#[test]
+fn a_mangled_config_file_is_an_error_never_a_panic() {
+    let mut full = RawConfig::default();
+    full.replication.peers = vec!["replica-0.mesh:7700".into(), "replica-1.mesh:7700".into()];
+    full.policy.namespaces = vec![RawNamespace {
+        tenant: "acme".into(),
+        db: "notes".into(),
+        trusted_authors: vec!["ab".repeat(32)],
+        require_signature: Some(true),
+    }];
+    let text = full.to_toml();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("replica.toml");
+    let (mut refused, mut checked) = (0, 0);
+    for m in crate::fixtures::mutations(text.as_bytes(), 7, 1500) {
+        std::fs::write(&path, &m).unwrap();
+        match RawConfig::load_with_env(Some(&path), env(&[])).and_then(|raw| raw.validate()) {
+            Ok(_) => checked += 1,
+            Err(e) => {
+                assert!(!e.to_string().is_empty());
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        refused > 0 && checked > 0,
+        "{refused} refused, {checked} valid"
+    );
+}

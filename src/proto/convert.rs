@@ -401,3 +401,130 @@ pub fn entry_chunk(b: proto::EntryBatch) -> Result<EntryChunk> {
         missing: ids(b.missing, usize::MAX)?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+    use crate::fixtures::mutations;
+
+    fn ns() -> proto::Namespace {
+        proto::Namespace {
+            tenant: "acme".into(),
+            db: "notes".into(),
+        }
+    }
+
+    fn cursor() -> proto::Cursor {
+        proto::Cursor {
+            incarnation: vec![1; 16].into(),
+            seq: 7,
+            id_at_seq: vec![2; 32].into(),
+        }
+    }
+
+    /// Decodes mutations of `valid` as a peer or client could send them,
+    /// and converts each that decodes: the number that decoded.
+    fn decode_mutations<M: Message + Default>(valid: &M, seed: u64, convert: impl Fn(M)) -> usize {
+        let mut decoded = 0;
+        for m in mutations(&valid.encode_to_vec(), seed, 5_000) {
+            if let Ok(message) = M::decode(&m[..]) {
+                decoded += 1;
+                convert(message);
+            }
+        }
+        decoded
+    }
+
+    /// Every message a replica takes from the network, mangled: each one
+    /// decodes to an error or to values that passed every check, and
+    /// nothing panics.
+    #[test]
+    fn mangled_messages_convert_to_an_error_or_to_checked_values() {
+        let head_msg = proto::HeadResponse {
+            incarnation: vec![1; 16].into(),
+            head_seq: 9,
+            entry_count: 9,
+            cursor: Some(cursor()),
+            node: "replica-1:7700".into(),
+            instance: vec![3; 16].into(),
+            max_ids_per_request: 10_000,
+            max_message_bytes: 1 << 20,
+        };
+        let record = proto::LogRecord {
+            seq: 1,
+            namespace: 0,
+            id: vec![4; 32].into(),
+            data: vec![5; 40].into(),
+        };
+        let batch = proto::LogBatch {
+            namespaces: vec![ns()],
+            records: vec![record.clone(), proto::LogRecord { seq: 2, ..record }],
+            head_seq: 2,
+            next: Some(cursor()),
+        };
+        let entries = proto::EntryBatch {
+            entries: vec![proto::Entry {
+                id: vec![4; 32].into(),
+                data: vec![5; 40].into(),
+            }],
+            missing: vec![vec![6; 32].into()],
+        };
+        let put = proto::PutEntriesResponse {
+            status: vec![1, 3, 2],
+            rejections: vec![proto::Rejection {
+                index: 1,
+                reason: 2,
+                detail: "malformed".into(),
+            }],
+            head_seq: 3,
+        };
+        let watch = proto::WatchRequest {
+            cursor: Some(cursor()),
+            include_data: true,
+            namespaces: vec![ns(), ns()],
+            heartbeat_ms: 1000,
+            relay_delay_ms: 10,
+            live_data: true,
+        };
+        let wanted = proto::MissingIdsRequest {
+            namespace: Some(ns()),
+            ids: vec![vec![4; 32].into(), vec![7; 32].into()],
+        };
+        let decoded = [
+            decode_mutations(&head_msg, 1, |h| {
+                if let Ok(h) = head(h) {
+                    assert!(h.cursor().is_none_or(|c| c.seq == h.head_seq));
+                }
+            }),
+            decode_mutations(&batch, 2, |b| {
+                let _ = log_batch(b);
+            }),
+            decode_mutations(&entries, 3, |b| {
+                let _ = entry_chunk(b);
+            }),
+            decode_mutations(&put, 4, |r| {
+                let statuses = r.status.len();
+                assert_eq!(put_outcomes(r).len(), statuses, "one outcome per status");
+            }),
+            decode_mutations(&watch, 5, |w| {
+                let _ = follow_request(
+                    w.cursor,
+                    w.include_data,
+                    w.live_data,
+                    w.namespaces,
+                    w.heartbeat_ms,
+                    w.relay_delay_ms,
+                );
+            }),
+            decode_mutations(&wanted, 6, |m| {
+                let _ = namespace(m.namespace);
+                if let Ok(ids) = ids(m.ids, 10) {
+                    assert!(ids.len() <= 10);
+                }
+            }),
+        ];
+        assert!(decoded.iter().all(|&n| n > 0), "{decoded:?}");
+    }
+}
