@@ -22,6 +22,8 @@ from pathlib import Path
 
 import blake3
 import grpc
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 store_pb2 = store_pb2_grpc = None
@@ -47,12 +49,15 @@ def compile_protos(proto_dir: Path, out_dir: Path) -> None:
 
 
 NAMESPACE = ("containers", "mesh")  # tenant, db of every entry written here
-AUTHOR = bytes(range(32))
+# The author of every entry written here: replicas take only entries signed
+# by the author their envelope names (policy.require_signatures, the default).
+SIGNER = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+AUTHOR = SIGNER.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 def make_entry(size: int) -> tuple[bytes, bytes]:
     """A new entry in the canonical encoding (store.proto): (id, data).
-    Unsigned, random ciphertext of `size` bytes."""
+    Signed by AUTHOR, random ciphertext of `size` bytes."""
 
     def short(b: bytes) -> bytes:
         return bytes([len(b)]) + b
@@ -62,7 +67,8 @@ def make_entry(size: int) -> tuple[bytes, bytes]:
     body = (b"MDE\x01" + short(tenant) + short(db) + AUTHOR + struct.pack(">Q", int(time.time() * 1000))
             + short(b"doc_change") + short(os.urandom(16)) + struct.pack(">H", 0)
             + struct.pack(">I", len(ciphertext)) + ciphertext)
-    return blake3.blake3(body).digest(), body + b"\x00"
+    entry_id = blake3.blake3(body).digest()
+    return entry_id, body + bytes([64]) + SIGNER.sign(entry_id)
 
 
 class Replica:

@@ -38,7 +38,7 @@ step "tools"
 # shellcheck source=tests/chart/tools.sh
 source tests/chart/tools.sh
 tools_venv_add grpcio==1.85.1 grpcio-tools==1.85.1 grpcio-health-checking==1.85.1 protobuf==7.36.2 \
-  blake3==1.0.11 PyYAML==6.0.4
+  blake3==1.0.11 PyYAML==6.0.4 cryptography==48.0.0
 PY=$MINDOO_TOOLS/venv/bin/python
 BINARY_SRC=${MINDOO_REPLICA_BINARY:-${CARGO_TARGET_DIR:-$HOME/.cache/mindoo-replica/target}/release/mindoo-replica}
 IMAGE=mindoo-replica:test
