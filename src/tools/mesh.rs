@@ -2,9 +2,10 @@
 //! its own RocksDB with metrics on, configured the way the Helm chart
 //! configures pods (one peer list for all, `advertise` set per replica).
 //! Then a short demo: entries written through replica-1 are read back from
-//! replica-3, a forgery is refused, a write to replica-3 shows up live on a
-//! Watch stream of replica-1, and two client devices edit one Automerge
-//! document offline, sync through different replicas and converge.
+//! replica-3, a forgery and an entry its author did not sign are refused, a
+//! write to replica-3 shows up live on a Watch stream of replica-1, and two
+//! client devices edit one Automerge document offline, sync through
+//! different replicas and converge.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -15,7 +16,7 @@ use ed25519_dalek::SigningKey;
 use crate::client::StoreClient;
 use crate::config::RawConfig;
 use crate::entry::PutOutcome;
-use crate::entry::{EntryId, Namespace};
+use crate::entry::{Entry, EntryId, Namespace};
 use crate::fixtures::sample_entries;
 use crate::proto;
 use crate::tools::child::{ChildListeners, ReplicaProcess, http_get};
@@ -219,6 +220,22 @@ async fn demo(replicas: &[ReplicaProcess], count: usize) -> anyhow::Result<()> {
         .context("no response")?;
     if let Some(r) = resp.rejections.first() {
         println!("forgery    refused by replica-2: {}", r.detail);
+    }
+    // A fresh entry whose signature was tampered with: its id matches its
+    // bytes, but its author never signed it.
+    let mut unsigned_by_author = sample_entries(&ns, &author, 1, 64)
+        .remove(0)
+        .data()
+        .to_vec();
+    let signature_end = unsigned_by_author.len() - 1;
+    unsigned_by_author[signature_end] ^= 1;
+    let tampered = Entry::parse(unsigned_by_author.into())?;
+    let outcome = clients[1].put(std::slice::from_ref(&tampered)).await?;
+    if let Some(PutOutcome::Rejected(r)) = outcome.first() {
+        println!(
+            "signature  refused by replica-2: {} ({})",
+            r.detail, r.reason
+        );
     }
 
     let mut watch = clients[0].watch_from_head(false).await?;

@@ -141,6 +141,7 @@ fn mesh_demo_shows_entries_flowing_between_replica_processes() {
         "replica-3 holds them",
         "read back from replica-3; every id re-hashed and matched",
         "forgery    refused by replica-2",
+        "signature  refused by replica-2: the signature does not verify against the author key (signature_invalid)",
         "appeared on replica-1's live Watch",
         "mindoo_replica_store_entries 301",
     ] {
