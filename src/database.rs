@@ -397,3 +397,92 @@ fn entries(store: &dyn Store, records: &[DocRecord]) -> Result<Vec<Entry>, Datab
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edit::set_path;
+    use serde_json::json;
+
+    fn database(home: &Path) -> Database {
+        let ns = Namespace::new("acme", "notes").unwrap();
+        KeyRing::generate(1)
+            .create(&crate::keys::key_path(home, &ns))
+            .unwrap();
+        Database::open(home, ns).unwrap()
+    }
+
+    #[tokio::test]
+    async fn documents_are_written_edited_listed_and_read_back_after_a_restart() {
+        let home = tempfile::tempdir().unwrap();
+        let db = database(home.path());
+        let mut doc = db
+            .create(&json!({"title": "groceries", "items": ["milk"], "meta": {"n": 1}}))
+            .await
+            .unwrap();
+        set_path(&mut doc, "items.1", &json!("eggs")).unwrap();
+        set_path(&mut doc, "meta.owner.name", &json!("ann")).unwrap();
+        db.save(&mut doc).await.unwrap();
+        assert_eq!(
+            db.save(&mut doc).await.unwrap(),
+            None,
+            "nothing new to commit"
+        );
+        let other = db.create(&json!({})).await.unwrap();
+        let expected = json!({
+            "title": "groceries",
+            "items": ["milk", "eggs"],
+            "meta": {"n": 1, "owner": {"name": "ann"}}
+        });
+        assert_eq!(doc.to_json(), expected);
+        let id = doc.id();
+        drop(db);
+
+        let db = Database::open(home.path(), Namespace::new("acme", "notes").unwrap()).unwrap();
+        assert_eq!(db.load(id).await.unwrap().to_json(), expected);
+        let listed = db.list().await.unwrap();
+        let mut ids: Vec<DocId> = listed.iter().map(|s| s.id).collect();
+        ids.sort();
+        assert_eq!(db.load(other.id()).await.unwrap().to_json(), json!({}));
+        let mut want = vec![id, other.id()];
+        want.sort();
+        assert_eq!(ids, want);
+        assert_eq!(
+            listed.iter().find(|s| s.id == id).unwrap().changes,
+            2,
+            "created, then one edit"
+        );
+        let missing = DocId::random();
+        assert!(matches!(
+            db.load(missing).await,
+            Err(DatabaseError::NoSuchDocument(_))
+        ));
+        assert!(set_path(&mut doc, "items.9", &json!(1)).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_is_written_every_n_changes_and_loads_the_same_document() {
+        let home = tempfile::tempdir().unwrap();
+        let db = database(home.path()).with_snapshot_every(5);
+        let mut doc = db.create(&json!({"n": 0})).await.unwrap();
+        for n in 1..=11 {
+            set_path(&mut doc, "n", &json!(n)).unwrap();
+            db.save(&mut doc).await.unwrap();
+        }
+        let listed = db.list().await.unwrap();
+        assert_eq!((listed[0].changes, listed[0].snapshots), (12, 2));
+        assert_eq!(doc.since_snapshot(), 2, "changes 11 and 12 follow");
+        let loaded = db.load(doc.id()).await.unwrap();
+        assert_eq!(loaded.to_json(), json!({"n": 11}));
+        assert_eq!(loaded.since_snapshot(), 2, "read: the snapshot, then two");
+    }
+
+    #[tokio::test]
+    async fn a_database_without_keys_says_how_to_make_them() {
+        let home = tempfile::tempdir().unwrap();
+        let err = Database::open(home.path(), Namespace::new("acme", "notes").unwrap())
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("keys init"), "{err}");
+    }
+}
