@@ -290,41 +290,7 @@ impl Entry {
     /// compares [`Entry::id`] with the id it was given.
     pub fn parse(data: Bytes) -> Result<Self, Rejection> {
         let mut r = Reader::new(&data);
-        if r.take(4)? != MAGIC {
-            return Err(Rejection::malformed(
-                "bad magic: not a version 1 entry encoding",
-            ));
-        }
-        let tenant = r.short_str()?;
-        let db = r.short_str()?;
-        let namespace =
-            Namespace::new(tenant, db).map_err(|e| Rejection::malformed(e.to_string()))?;
-        let author: [u8; 32] = r.array()?;
-        let created_ms = u64::from_be_bytes(r.array()?);
-        let kind = r.short_str()?;
-        if kind.is_empty() || kind.len() > MAX_KIND_LEN || !kind.is_ascii() {
-            return Err(Rejection::malformed(format!(
-                "kind must be 1..={MAX_KIND_LEN} ASCII bytes"
-            )));
-        }
-        let doc_id = r.short_bytes()?;
-        if doc_id.len() > MAX_DOC_ID_LEN {
-            return Err(Rejection::malformed(format!(
-                "doc_id longer than {MAX_DOC_ID_LEN} bytes"
-            )));
-        }
-        let dep_count = u16::from_be_bytes(r.array()?) as usize;
-        if dep_count > MAX_DEPS {
-            return Err(Rejection::malformed(format!(
-                "{dep_count} dependencies, at most {MAX_DEPS} allowed"
-            )));
-        }
-        // Checked against the remaining length before anything is allocated.
-        let dep_bytes = r.take(dep_count * ID_LEN)?;
-        let deps = dep_bytes
-            .chunks_exact(ID_LEN)
-            .map(|c| EntryId(c.try_into().expect("chunk is 32 bytes")))
-            .collect();
+        let envelope = read_envelope(&mut r)?;
         let ct_len = u32::from_be_bytes(r.array()?) as usize;
         let ct_start = r.pos;
         r.take(ct_len)?;
@@ -348,14 +314,7 @@ impl Entry {
         let id = EntryId::of(&data[..body_end]);
         Ok(Self {
             id,
-            envelope: Envelope {
-                namespace,
-                author,
-                created_ms,
-                kind: kind.to_owned(),
-                doc_id: doc_id.to_vec(),
-                deps,
-            },
+            envelope,
             signature,
             ciphertext: ct_start..ct_start + ct_len,
             data,
@@ -394,6 +353,61 @@ impl Entry {
                 )
             })
     }
+}
+
+impl Envelope {
+    /// The envelope of an entry's canonical encoding, read without hashing
+    /// the body or looking past the envelope: for data already checked (a
+    /// store's own), where only the plaintext fields are wanted.
+    pub fn parse(data: &[u8]) -> Result<Self, Rejection> {
+        read_envelope(&mut Reader::new(data))
+    }
+}
+
+/// Reads the magic and the envelope, checking each field's layout.
+fn read_envelope(r: &mut Reader<'_>) -> Result<Envelope, Rejection> {
+    if r.take(4)? != MAGIC {
+        return Err(Rejection::malformed(
+            "bad magic: not a version 1 entry encoding",
+        ));
+    }
+    let tenant = r.short_str()?;
+    let db = r.short_str()?;
+    let namespace = Namespace::new(tenant, db).map_err(|e| Rejection::malformed(e.to_string()))?;
+    let author: [u8; 32] = r.array()?;
+    let created_ms = u64::from_be_bytes(r.array()?);
+    let kind = r.short_str()?;
+    if kind.is_empty() || kind.len() > MAX_KIND_LEN || !kind.is_ascii() {
+        return Err(Rejection::malformed(format!(
+            "kind must be 1..={MAX_KIND_LEN} ASCII bytes"
+        )));
+    }
+    let doc_id = r.short_bytes()?;
+    if doc_id.len() > MAX_DOC_ID_LEN {
+        return Err(Rejection::malformed(format!(
+            "doc_id longer than {MAX_DOC_ID_LEN} bytes"
+        )));
+    }
+    let dep_count = u16::from_be_bytes(r.array()?) as usize;
+    if dep_count > MAX_DEPS {
+        return Err(Rejection::malformed(format!(
+            "{dep_count} dependencies, at most {MAX_DEPS} allowed"
+        )));
+    }
+    // Checked against the remaining length before anything is allocated.
+    let dep_bytes = r.take(dep_count * ID_LEN)?;
+    let deps = dep_bytes
+        .chunks_exact(ID_LEN)
+        .map(|c| EntryId(c.try_into().expect("chunk is 32 bytes")))
+        .collect();
+    Ok(Envelope {
+        namespace,
+        author,
+        created_ms,
+        kind: kind.to_owned(),
+        doc_id: doc_id.to_vec(),
+        deps,
+    })
 }
 
 fn encoded_len(env: &Envelope, ct_len: usize) -> usize {

@@ -28,7 +28,7 @@ use std::fmt;
 
 use bytes::Bytes;
 
-use crate::entry::{Entry, EntryId, Namespace, VerifiedEntry};
+use crate::entry::{EntryId, Envelope, Namespace, VerifiedEntry};
 
 /// A local log sequence number. The first record is 1; 0 means "before the start".
 pub type Seq = u64;
@@ -87,16 +87,15 @@ impl DocRecord {
         doc_position(&self.doc, self.seq)
     }
 
-    /// The record of an entry stored at `seq`; `None` for an entry of no
-    /// document, or data that is not an entry (a store holds only checked
-    /// entries, so that is never the case).
-    pub fn of(seq: Seq, data: &Bytes) -> Option<Self> {
-        let entry = Entry::parse(data.clone()).ok()?;
-        let e = entry.envelope;
+    /// The record of entry `id`, stored at `seq` with `data`; `None` for
+    /// an entry of no document, or data that is not an entry (a store
+    /// holds only checked entries, so that is never the case).
+    pub fn of(seq: Seq, id: EntryId, data: &[u8]) -> Option<Self> {
+        let e = Envelope::parse(data).ok()?;
         (!e.doc_id.is_empty()).then_some(Self {
             doc: e.doc_id,
             seq,
-            id: entry.id,
+            id,
             kind: e.kind,
             created_ms: e.created_ms,
             deps: e.deps,
@@ -413,7 +412,7 @@ pub(crate) fn scan_doc_records<S: Store + ?Sized>(
         let Some(last) = page.last() else { break };
         at = last.seq;
         records.extend(page.into_iter().filter_map(|r| {
-            let record = DocRecord::of(r.seq, r.data.as_ref()?)?;
+            let record = DocRecord::of(r.seq, r.id, r.data.as_ref()?)?;
             let wanted = range.only.is_none_or(|d| d == record.doc)
                 && range
                     .after

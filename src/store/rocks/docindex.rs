@@ -16,7 +16,6 @@
 //! its `docs_built` mark, so the next open with it builds the index again
 //! from the log (see [`super::backfill`]).
 
-use bytes::Bytes;
 use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 
 use super::{RocksStore, backend, backfill, fixed};
@@ -148,9 +147,8 @@ pub(super) fn ensure_built(db: &DB, created: bool) -> Result<(), StoreError> {
         progress: KEY_BACKFILL_AT,
         reads_bodies: true,
     };
-    backfill::ensure_built(db, &index, created, &mut |batch, seq, ns, _, body| {
-        let body = Bytes::copy_from_slice(body.unwrap_or_default());
-        if let Some(record) = DocRecord::of(seq, &body) {
+    backfill::ensure_built(db, &index, created, &mut |batch, seq, ns, id, body| {
+        if let Some(record) = DocRecord::of(seq, *id, body.unwrap_or_default()) {
             put(db, batch, ns, &record);
         }
         Ok(())

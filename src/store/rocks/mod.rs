@@ -421,7 +421,7 @@ impl Store for RocksStore {
             batch.put_cf(cf_log, seq, key);
             batch.put_cf(cf_nslog, nslog::key(&entry.namespace, head), entry.id.0);
             if self.index_documents
-                && let Some(record) = DocRecord::of(head, &entry.data)
+                && let Some(record) = DocRecord::of(head, entry.id, &entry.data)
             {
                 docindex::put(&self.db, &mut batch, &entry.namespace, &record);
             }
