@@ -254,8 +254,10 @@ fn verify_signatures(entries: &[(usize, Entry)], which: &[usize]) -> HashMap<usi
             }
         }
     }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunk = batch.len().div_ceil(cores).max(VERIFY_CHUNK);
+    if batch.is_empty() {
+        return failed;
+    }
+    let chunk = batch.len().div_ceil(cores()).max(VERIFY_CHUNK);
     let verify = |part: &[(usize, (VerifyingKey, Signature))]| -> Vec<(usize, Rejection)> {
         let messages: Vec<&[u8]> = part
             .iter()
@@ -298,6 +300,13 @@ fn verify_signatures(entries: &[(usize, Entry)], which: &[usize]) -> HashMap<usi
     };
     failed.extend(bad);
     failed
+}
+
+/// The cores a batch's signatures are verified on, learned once: the
+/// standard library reads the cgroup's CPU quota from files every time.
+fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// An author's public key, unless it cannot verify anything. Weak keys are
