@@ -1,18 +1,20 @@
 # The two commands a newcomer needs:
 #   make run    start a local mesh of 3 replicas on embedded RocksDB and watch entries flow
+#               (make run MESH_FLAGS=--tls: the same over mutual TLS, with certificates it makes)
 #   make test   format check, clippy, every test, the Helm chart's checks, and the
 #               chart run as real containers (root and podman, installed if missing)
 # Both install what a fresh Debian machine lacks first (see .ci/deps).
 
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/mindoo-replica/target
 CARGO_FLAGS := --release --locked
+MESH_FLAGS ?=
 
 .PHONY: run test deps bench
 deps:
 	@bash .ci/deps
 
 run: deps
-	cargo run $(CARGO_FLAGS) -- mesh --replicas 3
+	cargo run $(CARGO_FLAGS) -- mesh --replicas 3 $(MESH_FLAGS)
 
 test: deps
 	cargo fmt --all -- --check

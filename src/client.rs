@@ -1,6 +1,8 @@
 //! Client library for the Store API: typed calls with domain types, and
 //! verification of everything a replica returns.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -32,12 +34,13 @@ pub struct StoreClient {
     inner: RawClient<Channel>,
 }
 
-/// An endpoint tuned for bulk transfer: large HTTP/2 windows, no Nagle delay.
+/// An endpoint tuned for bulk transfer: large HTTP/2 windows, no Nagle
+/// delay. TLS, when wanted, is the connector's (see [`channel`]).
 pub fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
-    let uri = match addr.contains("://") {
-        true => addr.to_owned(),
-        false => format!("http://{addr}"),
-    };
+    let addr = addr
+        .trim_start_matches("http://")
+        .trim_start_matches("https://");
+    let uri = format!("http://{addr}");
     Ok(Endpoint::from_shared(uri)?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(5))
@@ -47,10 +50,75 @@ pub fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
         .keep_alive_timeout(Duration::from_secs(20)))
 }
 
+/// The CA (PEM) a client checks a TLS replica's certificate against; when
+/// set, clients of the `mindoo-replica` command connect over TLS.
+pub const TLS_CA_ENV: &str = "MINDOO_REPLICA_TLS_CA";
+/// A certificate (PEM) the client presents, with [`TLS_KEY_ENV`]: an
+/// operator's, for the admin calls.
+pub const TLS_CERT_ENV: &str = "MINDOO_REPLICA_TLS_CERT";
+pub const TLS_KEY_ENV: &str = "MINDOO_REPLICA_TLS_KEY";
+
+/// Why a client could not connect.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// TLS to replicas as the environment asks (see [`TLS_CA_ENV`]); `None`
+/// when it does not.
+pub fn tls_from_env() -> Result<Option<Arc<rustls::ClientConfig>>, crate::tls::TlsError> {
+    let var = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let Some(ca) = var(TLS_CA_ENV) else {
+        return Ok(None);
+    };
+    let (cert, key) = (var(TLS_CERT_ENV), var(TLS_KEY_ENV));
+    let identity = match (&cert, &key) {
+        (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+        (None, None) => None,
+        _ => {
+            return Err(crate::tls::TlsError::Config(format!(
+                "{TLS_CERT_ENV} and {TLS_KEY_ENV} go together"
+            )));
+        }
+    };
+    crate::tls::client(&ca, identity).map(Some)
+}
+
+/// A channel to the replica at `addr`, over TLS when `tls` is given.
+pub async fn channel(
+    addr: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<Channel, ConnectError> {
+    Ok(match tls {
+        None => endpoint(addr)?.connect().await?,
+        Some(config) => {
+            endpoint(addr)?
+                .connect_with_connector(crate::tls::dialer(move || config.clone()))
+                .await?
+        }
+    })
+}
+
 impl StoreClient {
-    /// Connects to `host:port` (or a full `http://` URI).
-    pub async fn connect(addr: &str) -> Result<Self, tonic::transport::Error> {
-        Ok(Self::new(endpoint(addr)?.connect().await?))
+    /// Connects to `host:port`, over TLS when the environment asks for it
+    /// (see [`TLS_CA_ENV`]).
+    pub async fn connect(addr: &str) -> Result<Self, ConnectError> {
+        Self::connect_with(addr, tls_from_env()?).await
+    }
+
+    /// Connects to `host:port`, over TLS when `tls` is given.
+    pub async fn connect_with(
+        addr: &str,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Self, ConnectError> {
+        Ok(Self::new(channel(addr, tls).await?))
     }
 
     pub fn new(channel: Channel) -> Self {

@@ -40,6 +40,8 @@ pub struct Settings {
     pub limits: Limits,
     pub policy: Policy,
     pub replication: ReplicationSettings,
+    /// TLS on the gRPC port, when on.
+    pub tls: Option<crate::tls::MeshTls>,
     pub log: LogSettings,
 }
 
@@ -117,6 +119,8 @@ impl RawConfig {
             .with_list_parse_key("replication.peers")
             .with_list_parse_key("replication.hubs")
             .with_list_parse_key("replication.namespaces")
+            .with_list_parse_key("tls.peer_names")
+            .with_list_parse_key("tls.operator_names")
             .source(env.map(|e| e.into_iter().collect()));
         builder = builder.add_source(env_source);
         Ok(builder.build()?.try_deserialize()?)
@@ -325,6 +329,7 @@ impl RawConfig {
         }
         let policy = self.policy.validate(max_entry_bytes)?;
         let replication = validate_replication(&self.replication, server.listen)?;
+        let tls = self.tls.validate()?;
         let log = LogSettings {
             filter: self.log.filter.clone(),
             json: match self.log.format.as_str() {
@@ -347,6 +352,7 @@ impl RawConfig {
             limits,
             policy,
             replication,
+            tls,
             log,
         })
     }

@@ -40,6 +40,10 @@ pub enum Error {
     },
     #[error("peer sent corrupt data: {0}")]
     DataLoss(String),
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     #[error("the replica is shutting down")]
     ShuttingDown,
     #[error(transparent)]
@@ -78,6 +82,8 @@ impl From<Error> for Status {
             }
             Error::CursorBeyondHead { .. } => Code::OutOfRange,
             Error::DataLoss(_) => Code::DataLoss,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::ShuttingDown => Code::Unavailable,
             Error::Store(StoreError::DiskFull(_)) => Code::ResourceExhausted,
             Error::Store(StoreError::Locked { .. } | StoreError::OutOfFiles(_)) => {

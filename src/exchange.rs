@@ -64,13 +64,30 @@ impl Exchange {
 
     /// An exchange with the replica (or device) at a gRPC `address`,
     /// connected when first used.
+    /// Over TLS when the environment asks for it (see
+    /// [`crate::client::TLS_CA_ENV`]).
     pub fn grpc(address: &str, timeout: Duration) -> Result<Self, SyncError> {
-        let options = ConnectOptions {
+        let peer: Arc<dyn Peer> = Arc::new(GrpcPeer::lazy(address, Self::options(timeout))?);
+        Ok(Self::new(peer, timeout))
+    }
+
+    /// As [`Exchange::grpc`], over TLS when `tls` is given.
+    pub fn grpc_with(
+        address: &str,
+        timeout: Duration,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Self, SyncError> {
+        let tls =
+            tls.map(|config| Arc::new(move || config.clone()) as crate::sync::grpc::TlsSource);
+        let peer = GrpcPeer::lazy_over(address, Self::options(timeout), tls)?;
+        Ok(Self::new(Arc::new(peer), timeout))
+    }
+
+    fn options(timeout: Duration) -> ConnectOptions {
+        ConnectOptions {
             connect_timeout: timeout.min(Duration::from_secs(10)),
             keepalive_interval: Duration::from_secs(30),
-        };
-        let peer: Arc<dyn Peer> = Arc::new(GrpcPeer::lazy(address, options)?);
-        Ok(Self::new(peer, timeout))
+        }
     }
 
     /// Only `namespace` is exchanged (the call adds to the filter).

@@ -10,7 +10,8 @@
 //!
 //! `server` wires them into a process; [`client`] is the client library,
 //! with a device's [`home`] and [`keys`], sealed entries ([`seal`]), Automerge
-//! documents ([`docs`]) edited by path ([`edit`]), and the databases that keep them ([`database`]).
+//! documents ([`docs`]) edited by path ([`edit`]), and the databases that keep them ([`database`]);
+//! [`tls`] secures the gRPC port (mutual TLS between replicas).
 //!
 //! Features: `client` (the client library and the sync engine, over the
 //! shared vocabulary of entries, logs and stores); `server` (the replica
@@ -41,6 +42,8 @@ pub mod exchange;
 pub mod fixtures;
 #[cfg(feature = "client")]
 pub mod home;
+#[cfg(feature = "server")]
+pub mod identity;
 #[cfg(feature = "client")]
 pub mod keys;
 pub mod limits;
@@ -64,5 +67,7 @@ pub mod store;
 pub mod sync;
 #[cfg(feature = "server")]
 pub mod telemetry;
+#[cfg(feature = "client")]
+pub mod tls;
 #[cfg(feature = "tools")]
 pub mod tools;

@@ -58,6 +58,10 @@ enum Command {
         /// Stop after the demo instead of running until Ctrl-C.
         #[arg(long)]
         exit: bool,
+        /// Mutual TLS between the replicas, TLS from clients: makes a CA
+        /// and certificates under the data dir.
+        #[arg(long)]
+        tls: bool,
     },
     /// Show a running replica's head and how its pulls from each peer are going.
     Status {
@@ -258,6 +262,7 @@ fn main() -> ExitCode {
             data_dir,
             entries,
             exit,
+            tls,
         } => std::env::current_exe()
             .map_err(anyhow::Error::from)
             .and_then(|exe| {
@@ -266,6 +271,7 @@ fn main() -> ExitCode {
                     data_dir,
                     entries,
                     exit,
+                    tls,
                     exe,
                 }))
             }),

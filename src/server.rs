@@ -25,6 +25,7 @@ use tokio::sync::watch;
 
 use crate::config::{ServerSettings, Settings, StorageSettings};
 use crate::connections;
+use crate::identity::{AdminAccess, IdentifyLayer};
 use crate::metrics::Metrics;
 use crate::metrics::layer::GrpcMetricsLayer;
 use crate::proto;
@@ -37,7 +38,10 @@ use crate::store::memory::MemoryStore;
 use crate::store::rocks::RocksStore;
 use crate::store::{Store, StoreError};
 use crate::sync::env::Env;
+use crate::sync::grpc::GrpcPeer;
+use crate::sync::peer::Connector;
 use crate::sync::status::StatusBoard;
+use crate::tls::NameSource;
 
 /// The sockets a replica serves on, bound before it starts.
 pub struct Listeners {
@@ -189,11 +193,16 @@ pub async fn serve_with(
         stopping.clone(),
     ));
 
+    let (acceptor, connector) = secure(&settings, &peers)?;
+    let admin = match acceptor {
+        Some(_) => AdminAccess::PeersAndOperators,
+        None => AdminAccess::Open,
+    };
     let board = StatusBoard::default();
     let stop_replication = CancellationToken::new();
     let replicator = Replicator::new(
         replica.clone(),
-        crate::sync::grpc::GrpcPeer::connector(),
+        connector,
         peers,
         board.clone(),
         Env::system(),
@@ -240,7 +249,7 @@ pub async fn serve_with(
     if let Err(e) = connections::deepen_backlog(&listeners.grpc) {
         tracing::warn!(error = %e, "could not lengthen the listen backlog");
     }
-    let incoming = connections::incoming(listeners.grpc, limits, metrics.clone());
+    let incoming = connections::incoming(listeners.grpc, limits, acceptor, metrics.clone());
     let grpc = Server::builder()
         // HTTP/2 settings chosen for a server facing clients it does not
         // control: bounded streams, headers and windows; resets and errors
@@ -256,6 +265,7 @@ pub async fn serve_with(
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .layer(GrpcMetricsLayer::new(metrics.clone(), served_methods()?))
         .layer(connections::CallsLayer)
+        .layer(IdentifyLayer)
         .layer(tower::util::MapResponseLayer::new(
             connections::slices::sliced,
         ))
@@ -263,7 +273,11 @@ pub async fn serve_with(
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(StoreService::server(replica.clone()))
-        .add_service(ReplicationService::server(replica.clone(), board.clone()))
+        .add_service(ReplicationService::server(
+            replica.clone(),
+            board.clone(),
+            admin,
+        ))
         .serve_with_incoming_shutdown(incoming, stopping.clone().cancelled_owned());
     tokio::pin!(grpc);
 
@@ -323,6 +337,35 @@ pub async fn serve_with(
     replica.flush().await.context("flushing the store")?;
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// TLS for the gRPC port and for dialing peers, when `[tls]` is on; the
+/// names of peers follow the topology as it is reloaded.
+fn secure(
+    settings: &Settings,
+    peers: &watch::Receiver<ReplicationSettings>,
+) -> anyhow::Result<(Option<connections::Acceptor>, Connector)> {
+    let Some(tls) = settings.tls.clone() else {
+        tracing::warn!(
+            "tls: OFF: the gRPC port takes plaintext, and peers are not authenticated \
+             (set tls.enabled with the mesh's certificates in production)"
+        );
+        return Ok((None, GrpcPeer::connector()));
+    };
+    let peers = peers.clone();
+    let files = tls.files.clone();
+    let names: NameSource = Arc::new(move || tls.names(peers.borrow().peer_name_patterns()));
+    let server = crate::tls::server(files.clone(), names.clone()).context("tls")?;
+    let client = crate::tls::peer_client(files.clone(), names.clone()).context("tls")?;
+    tracing::info!(
+        cert = %files.cert.display(),
+        "tls: on: the gRPC port takes TLS only, and peers present certificates from the mesh CA"
+    );
+    let acceptor = connections::Acceptor {
+        tls: Arc::new(server),
+        names,
+    };
+    Ok((Some(acceptor), GrpcPeer::tls_connector(Arc::new(client))))
 }
 
 /// Drives the gRPC server (its accept loop included) until `until` is

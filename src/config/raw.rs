@@ -14,6 +14,7 @@ pub struct RawConfig {
     pub limits: RawLimits,
     pub policy: RawPolicy,
     pub replication: RawReplication,
+    pub tls: RawTls,
     pub log: RawLog,
 }
 
@@ -173,6 +174,28 @@ impl Default for RawReplication {
             config_poll_ms: 5_000,
         }
     }
+}
+
+/// TLS on the gRPC port: mutual TLS between replicas, TLS from clients.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTls {
+    /// The gRPC port takes TLS only, and peers are dialed over mutual TLS.
+    pub enabled: bool,
+    /// PEM certificate chain of this replica; its DNS names name the node.
+    pub cert_file: String,
+    /// PEM private key of that certificate.
+    pub key_file: String,
+    /// PEM certificate of the mesh CA, which peers' and operators'
+    /// certificates must chain to.
+    pub ca_file: String,
+    /// More certificate names (or `*.suffix` patterns) of peers, beyond the
+    /// hosts of `replication.peers`, `replication.hubs` and any name under
+    /// `replication.discovery`.
+    pub peer_names: Vec<String>,
+    /// Certificate names (or `*.suffix` patterns) of operators, who may
+    /// make the admin calls (`PeerStatus`).
+    pub operator_names: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::{ConfigError, RawPolicy, RawReplication, invalid};
+use super::{ConfigError, RawPolicy, RawReplication, RawTls, invalid};
 use crate::entry::Namespace;
 use crate::policy::{NamespaceRules, Policy};
 use crate::replica::MAX_RELAY_DELAY;
@@ -220,5 +220,28 @@ impl RawPolicy {
             namespaces,
             max_entry_bytes,
         })
+    }
+}
+
+impl RawTls {
+    pub(super) fn validate(&self) -> Result<Option<crate::tls::MeshTls>, ConfigError> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let file = |key: &str, value: &str| match value {
+            "" => Err(invalid(key, "must be set when tls.enabled is true")),
+            v => Ok(std::path::PathBuf::from(v)),
+        };
+        let tls = crate::tls::MeshTls {
+            files: crate::tls::TlsFiles {
+                cert: file("tls.cert_file", &self.cert_file)?,
+                key: file("tls.key_file", &self.key_file)?,
+                ca: file("tls.ca_file", &self.ca_file)?,
+            },
+            peer_names: self.peer_names.clone(),
+            operator_names: self.operator_names.clone(),
+        };
+        tls.check().map_err(|(key, why)| invalid(key, why))?;
+        Ok(Some(tls))
     }
 }

@@ -1,7 +1,8 @@
 //! An accepted connection with its deadlines. It ends (its reads and
 //! writes fail, and the HTTP/2 server closes it) when:
 //!
-//! - it has not sent the HTTP/2 preface within the handshake timeout;
+//! - it has not finished the TLS handshake (when the port takes TLS) and
+//!   sent the HTTP/2 preface within the handshake timeout;
 //! - a frame, or a request's header block, has begun and not ended within
 //!   the header timeout (a client that sends headers a byte at a time);
 //! - no call has been open for the idle timeout;
@@ -21,10 +22,12 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
+use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use super::ConnectionLimits;
 use super::frames::FrameTracker;
 use super::registry::Member;
+use super::transport::{Acceptor, CertSlot, Transport};
 use crate::metrics::Metrics;
 
 /// The HTTP/2 client preface every gRPC connection starts with.
@@ -32,7 +35,10 @@ const PREFACE_BYTES: usize = 24;
 
 /// An accepted connection, counted in the registry until dropped.
 pub struct Guarded {
-    pub(super) stream: TcpStream,
+    stream: Transport,
+    pub(super) tcp: TcpConnectInfo,
+    /// Who the TLS handshake proved the other side to be.
+    pub(super) cert: CertSlot,
     pub(super) member: Member,
     limits: ConnectionLimits,
     metrics: std::sync::Arc<Metrics>,
@@ -65,13 +71,18 @@ enum Expired {
 impl Guarded {
     pub(super) fn new(
         stream: TcpStream,
+        tls: Option<&Acceptor>,
         member: Member,
         limits: ConnectionLimits,
         metrics: std::sync::Arc<Metrics>,
     ) -> Self {
         let now = Instant::now();
+        let tcp = stream.connect_info();
+        let cert = CertSlot::default();
         Self {
-            stream,
+            stream: Transport::new(stream, tls, cert.clone()),
+            tcp,
+            cert,
             member,
             limits,
             metrics,
@@ -184,9 +195,21 @@ impl Guarded {
         }
     }
 
+    /// Counts a TLS handshake that failed.
+    fn failed(&self, handshaking: bool, e: io::Error) -> io::Error {
+        if handshaking {
+            self.metrics.tls_handshake_failures.inc();
+        }
+        e
+    }
+
     fn expired(&self, why: Expired) -> io::Error {
         let m = &self.metrics;
         let (counter, message) = match why {
+            Expired::Handshake if self.stream.handshaking() => (
+                &m.handshake_timeouts,
+                "no TLS handshake within the handshake timeout",
+            ),
             Expired::Handshake => (
                 &m.handshake_timeouts,
                 "no HTTP/2 preface within the handshake timeout",
@@ -221,12 +244,13 @@ impl AsyncRead for Guarded {
         let this = &mut *self;
         this.evicted()?;
         let before = buf.filled().len();
+        let handshaking = this.stream.handshaking();
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 this.received(&buf.filled()[before..]);
                 Poll::Ready(Ok(()))
             }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(this.failed(handshaking, e))),
             Poll::Pending => this.poll_deadlines(cx).map(Err),
         }
     }
@@ -240,12 +264,13 @@ impl AsyncWrite for Guarded {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         this.evicted()?;
+        let handshaking = this.stream.handshaking();
         match Pin::new(&mut this.stream).poll_write(cx, buf) {
             Poll::Ready(Ok(n)) => {
                 this.sent(&buf[..n]);
                 Poll::Ready(Ok(n))
             }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(this.failed(handshaking, e))),
             Poll::Pending => this.poll_deadlines(cx).map(Err),
         }
     }
@@ -257,6 +282,7 @@ impl AsyncWrite for Guarded {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         this.evicted()?;
+        let handshaking = this.stream.handshaking();
         match Pin::new(&mut this.stream).poll_write_vectored(cx, bufs) {
             Poll::Ready(Ok(n)) => {
                 let mut left = n;
@@ -270,7 +296,7 @@ impl AsyncWrite for Guarded {
                 }
                 Poll::Ready(Ok(n))
             }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(this.failed(handshaking, e))),
             Poll::Pending => this.poll_deadlines(cx).map(Err),
         }
     }

@@ -6,6 +6,8 @@
 //!   source address; at a cap, the connection with no call open that has
 //!   been idle longest is closed to make room, and only when none is idle
 //!   is the new one refused (accepted and closed at once);
+//! - TLS, when the port takes it ([`transport`]), its handshake under the
+//!   same deadline as the HTTP/2 preface;
 //! - deadlines on each connection ([`guarded`]): the HTTP/2 preface, a
 //!   frame or request header block once begun, idleness, and taking the
 //!   response data its streams hold;
@@ -23,6 +25,7 @@ mod frames;
 mod guarded;
 mod registry;
 pub mod slices;
+pub mod transport;
 
 use std::io;
 use std::sync::Arc;
@@ -32,10 +35,13 @@ use futures::Stream;
 use tokio::net::TcpListener;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use crate::tls::CertRole;
+
 pub use calls::CallsLayer;
 pub use files::{SPARE_FILES, connections_that_fit, open_files_limit, raise_open_files_limit};
 pub use guarded::Guarded;
 pub use registry::Refusal;
+pub use transport::Acceptor;
 
 use crate::metrics::Metrics;
 use crate::replica::outgoing::BytePool;
@@ -95,43 +101,54 @@ pub fn deepen_backlog(listener: &TcpListener) -> io::Result<()> {
     }
 }
 
-/// Connections accepted from `listener` within `limits`.
+/// Connections accepted from `listener` within `limits`, over TLS when
+/// `tls` is given.
 pub fn incoming(
     listener: TcpListener,
     limits: ConnectionLimits,
+    tls: Option<Acceptor>,
     metrics: Arc<Metrics>,
 ) -> impl Stream<Item = io::Result<Guarded>> + Send + 'static {
     let registry = Registry::new(limits, metrics.clone());
     futures::stream::unfold(
         (listener, registry, metrics),
-        move |(listener, registry, metrics)| async move {
-            let conn = loop {
-                let (stream, peer) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        // Out of descriptors or a client gone before accept:
-                        // pause rather than spin, then go on.
-                        tracing::warn!(error = %e, "accepting a connection failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
+        move |(listener, registry, metrics)| {
+            let tls = tls.clone();
+            async move {
+                let conn = loop {
+                    let (stream, peer) = match listener.accept().await {
+                        Ok(accepted) => accepted,
+                        Err(e) => {
+                            // Out of descriptors or a client gone before accept:
+                            // pause rather than spin, then go on.
+                            tracing::warn!(error = %e, "accepting a connection failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    match registry.admit(peer.ip().to_canonical()) {
+                        Ok(member) => {
+                            let _ = stream.set_nodelay(true);
+                            break Guarded::new(
+                                stream,
+                                tls.as_ref(),
+                                member,
+                                limits,
+                                metrics.clone(),
+                            );
+                        }
+                        Err(refusal) => {
+                            metrics
+                                .connections_refused
+                                .with_label_values(&[refusal.label()])
+                                .inc();
+                            drop(stream);
+                        }
                     }
                 };
-                match registry.admit(peer.ip().to_canonical()) {
-                    Ok(member) => {
-                        let _ = stream.set_nodelay(true);
-                        break Guarded::new(stream, member, limits, metrics.clone());
-                    }
-                    Err(refusal) => {
-                        metrics
-                            .connections_refused
-                            .with_label_values(&[refusal.label()])
-                            .inc();
-                        drop(stream);
-                    }
-                }
-            };
-            metrics.connections_open.inc();
-            Some((Ok(conn), (listener, registry, metrics)))
+                metrics.connections_open.inc();
+                Some((Ok(conn), (listener, registry, metrics)))
+            }
         },
     )
 }
@@ -141,6 +158,7 @@ pub fn incoming(
 pub struct ConnectionInfo {
     pub tcp: TcpConnectInfo,
     conn: Arc<Conn>,
+    cert: transport::CertSlot,
 }
 
 impl ConnectionInfo {
@@ -149,6 +167,12 @@ impl ConnectionInfo {
     pub fn send_pools(&self) -> Vec<BytePool> {
         vec![self.conn.send.clone(), self.conn.address_send.clone()]
     }
+
+    /// Whose certificate the other side presented over TLS, if any: known
+    /// once the handshake is done, which it is before any call arrives.
+    pub fn certificate(&self) -> Option<&CertRole> {
+        self.cert.get().and_then(Option::as_ref)
+    }
 }
 
 impl Connected for Guarded {
@@ -156,8 +180,9 @@ impl Connected for Guarded {
 
     fn connect_info(&self) -> Self::ConnectInfo {
         ConnectionInfo {
-            tcp: self.stream.connect_info(),
+            tcp: self.tcp.clone(),
             conn: self.member.conn.clone(),
+            cert: self.cert.clone(),
         }
     }
 }

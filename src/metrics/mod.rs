@@ -42,6 +42,9 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     /// Connections closed for not starting HTTP/2 in time.
     pub handshake_timeouts: IntCounter,
+    /// TLS handshakes that failed (no TLS, an unknown CA, a name that is
+    /// no peer's).
+    pub tls_handshake_failures: IntCounter,
     pub idle_closed: IntCounter,
     /// Connections closed for a frame or header block left unfinished.
     pub header_timeouts: IntCounter,
@@ -202,6 +205,11 @@ impl Metrics {
                 "connection_handshake_timeouts_total",
                 "Connections closed because the HTTP/2 preface did not arrive within \
                  server.handshake_timeout_ms",
+            ),
+            tls_handshake_failures: counter(
+                "connection_tls_handshake_failures_total",
+                "Connections whose TLS handshake failed: not TLS, a certificate from another \
+                 CA or expired, or one that names no peer or operator",
             ),
             idle_closed: counter(
                 "connection_idle_closed_total",

@@ -32,6 +32,17 @@ pub struct ReplicationSettings {
 }
 
 impl ReplicationSettings {
+    /// The certificate names of the replicas this topology pairs with: each
+    /// peer's and hub's host, and any name under the discovery name.
+    pub fn peer_name_patterns(&self) -> Vec<String> {
+        let hosts = self.peers.iter().chain(self.spoke_of.iter().flatten());
+        let mut names: Vec<String> = hosts.map(|p| crate::tls::host_of(p).to_owned()).collect();
+        if let Some(d) = &self.discovery {
+            names.push(format!("*.{}", crate::tls::host_of(d)));
+        }
+        names
+    }
+
     /// Applies the topology to a set of candidate peers (static or
     /// discovered): drops this replica and, for a spoke, every non-hub.
     pub fn select(&self, candidates: impl IntoIterator<Item = String>) -> Vec<String> {

@@ -1,4 +1,5 @@
-//! The `mindoo.replica.v1.Replication` service: peer status for operators.
+//! The `mindoo.replica.v1.Replication` service: peer status for operators
+//! and peers (see [`AdminAccess`]).
 
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
@@ -6,6 +7,7 @@ use std::time::UNIX_EPOCH;
 use bytes::Bytes;
 use tonic::{Request, Response, Status};
 
+use crate::identity::{AdminAccess, Caller};
 use crate::proto;
 use crate::proto::replication_server::{Replication as ReplicationApi, ReplicationServer};
 use crate::replica::Replica;
@@ -14,11 +16,20 @@ use crate::sync::status::StatusBoard;
 pub struct ReplicationService {
     replica: Arc<Replica>,
     board: StatusBoard,
+    admin: AdminAccess,
 }
 
 impl ReplicationService {
-    pub fn server(replica: Arc<Replica>, board: StatusBoard) -> ReplicationServer<Self> {
-        ReplicationServer::new(Self { replica, board })
+    pub fn server(
+        replica: Arc<Replica>,
+        board: StatusBoard,
+        admin: AdminAccess,
+    ) -> ReplicationServer<Self> {
+        ReplicationServer::new(Self {
+            replica,
+            board,
+            admin,
+        })
     }
 }
 
@@ -26,8 +37,9 @@ impl ReplicationService {
 impl ReplicationApi for ReplicationService {
     async fn peer_status(
         &self,
-        _request: Request<proto::PeerStatusRequest>,
+        request: Request<proto::PeerStatusRequest>,
     ) -> Result<Response<proto::PeerStatusResponse>, Status> {
+        self.admin.check(&Caller::of(&request))?;
         let stats = self.replica.stats();
         let peers = self
             .board

@@ -5,8 +5,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::StreamExt;
+use rustls::ClientConfig;
 use tonic::Code;
 use tonic::transport::Channel;
+
+use crate::tls::Reloading;
 
 use super::peer::{
     ConnectOptions, Connector, EntryStream, FollowRequest, LogStream, Peer, PeerError,
@@ -20,6 +23,9 @@ use crate::log::LogBatch;
 use crate::proto::convert;
 use crate::proto::{self, store_client::StoreClient as RawClient};
 
+/// The TLS config each new connection is made with.
+pub type TlsSource = Arc<dyn Fn() -> Arc<ClientConfig> + Send + Sync>;
+
 pub struct GrpcPeer {
     address: String,
     client: RawClient<Channel>,
@@ -28,8 +34,22 @@ pub struct GrpcPeer {
 impl GrpcPeer {
     /// A peer at `address` (`host:port`); connects on first use and
     /// reconnects as needed.
+    /// Over TLS when the environment asks for it (see
+    /// [`crate::client::TLS_CA_ENV`]).
     pub fn lazy(address: &str, options: ConnectOptions) -> Result<Self, PeerError> {
-        let channel = endpoint(address)
+        let tls = crate::client::tls_from_env()
+            .map_err(|e| PeerError::Unavailable(format!("client TLS: {e}")))?;
+        let tls = tls.map(|config| Arc::new(move || config.clone()) as TlsSource);
+        Self::lazy_over(address, options, tls)
+    }
+
+    /// As [`GrpcPeer::lazy`], over TLS when `tls` is given.
+    pub fn lazy_over(
+        address: &str,
+        options: ConnectOptions,
+        tls: Option<TlsSource>,
+    ) -> Result<Self, PeerError> {
+        let endpoint = endpoint(address)
             .map_err(|e| PeerError::Unavailable(format!("invalid peer address: {e}")))?
             .connect_timeout(options.connect_timeout)
             .http2_keep_alive_interval(options.keepalive_interval)
@@ -38,8 +58,11 @@ impl GrpcPeer {
                     .keepalive_interval
                     .min(std::time::Duration::from_secs(20)),
             )
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+            .keep_alive_while_idle(true);
+        let channel = match tls {
+            None => endpoint.connect_lazy(),
+            Some(tls) => endpoint.connect_with_connector_lazy(crate::tls::dialer(move || tls())),
+        };
         Ok(Self {
             address: address.to_owned(),
             client: RawClient::new(channel)
@@ -51,6 +74,15 @@ impl GrpcPeer {
     /// Connects to peers over gRPC, for a supervisor.
     pub fn connector() -> Connector {
         Arc::new(|address, options| Ok(Arc::new(Self::lazy(address, options)?) as Arc<dyn Peer>))
+    }
+
+    /// Connects to peers over mutual TLS, for a supervisor.
+    pub fn tls_connector(tls: Arc<Reloading<ClientConfig>>) -> Connector {
+        let tls: TlsSource = Arc::new(move || tls.current());
+        Arc::new(move |address, options| {
+            let peer = Self::lazy_over(address, options, Some(tls.clone()))?;
+            Ok(Arc::new(peer) as Arc<dyn Peer>)
+        })
     }
 }
 

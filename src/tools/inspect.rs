@@ -3,12 +3,11 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::client::endpoint;
 use crate::proto;
 use crate::proto::replication_client::ReplicationClient;
 
 pub async fn status(addr: &str, with_head: bool) -> anyhow::Result<()> {
-    let channel = endpoint(addr)?.connect().await?;
+    let channel = crate::client::channel(addr, crate::client::tls_from_env()?).await?;
     let s = ReplicationClient::new(channel)
         .peer_status(proto::PeerStatusRequest {})
         .await?

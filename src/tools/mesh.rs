@@ -7,7 +7,8 @@
 //! client devices edit one Automerge document offline, sync through
 //! different replicas and converge.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -19,6 +20,8 @@ use crate::entry::PutOutcome;
 use crate::entry::{Entry, EntryId, Namespace};
 use crate::fixtures::sample_entries;
 use crate::proto;
+use crate::tls::TlsFiles;
+use crate::tools::certs::MeshCa;
 use crate::tools::child::{ChildListeners, ReplicaProcess, http_get};
 
 #[derive(Debug, Clone)]
@@ -28,7 +31,81 @@ pub struct MeshOptions {
     pub entries: usize,
     /// Stop after the demo instead of serving until Ctrl-C.
     pub exit: bool,
+    /// Mutual TLS between the replicas, with certificates made here.
+    pub tls: bool,
     pub exe: PathBuf,
+}
+
+/// The certificates of a local mesh over TLS.
+pub struct MeshCerts {
+    dir: PathBuf,
+    replicas: Vec<TlsFiles>,
+    /// An operator's, for the admin calls (`status`, `peers`).
+    pub operator: TlsFiles,
+}
+
+/// The name an operator's certificate carries in a local mesh.
+pub const OPERATOR_NAME: &str = "operator.mesh.local";
+
+impl MeshCerts {
+    /// A CA, a certificate per replica (`replica-N.mesh.local`, and
+    /// 127.0.0.1, the address peers dial) and an operator's, under `dir`.
+    pub fn make(dir: &Path, n: usize) -> anyhow::Result<Self> {
+        let ca = MeshCa::new("mindoo-replica local mesh CA")?;
+        let replicas = (1..=n)
+            .map(|i| {
+                let name = format!("replica-{i}.mesh.local");
+                ca.write(
+                    dir,
+                    &format!("replica-{i}"),
+                    &[&name, "127.0.0.1", "localhost"],
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let operator = ca.write(dir, "operator", &[OPERATOR_NAME])?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            replicas,
+            operator,
+        })
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// Sets replica `i`'s `[tls]`.
+    pub fn configure(&self, i: usize, config: &mut RawConfig) {
+        let files = &self.replicas[i];
+        config.tls.enabled = true;
+        config.tls.cert_file = files.cert.display().to_string();
+        config.tls.key_file = files.key.display().to_string();
+        config.tls.ca_file = files.ca.display().to_string();
+        config.tls.operator_names = vec![OPERATOR_NAME.into()];
+    }
+
+    /// What a client presents: nothing (`None`), or the operator's
+    /// certificate.
+    pub fn client(&self, operator: bool) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+        let identity =
+            operator.then_some((self.operator.cert.as_path(), self.operator.key.as_path()));
+        Ok(crate::tls::client(&self.ca(), identity)?)
+    }
+
+    /// The environment the command's clients reach the mesh with.
+    pub fn env(&self, operator: bool) -> String {
+        let mut env = format!("{}={}", crate::client::TLS_CA_ENV, self.ca().display());
+        if operator {
+            env += &format!(
+                " {}={} {}={}",
+                crate::client::TLS_CERT_ENV,
+                self.operator.cert.display(),
+                crate::client::TLS_KEY_ENV,
+                self.operator.key.display()
+            );
+        }
+        env
+    }
 }
 
 /// Binds the preferred ports (when given), or ephemeral ones.
@@ -57,7 +134,7 @@ pub async fn spawn_mesh(
     data_dir: &std::path::Path,
     n: usize,
     preferred_ports: bool,
-    tweak: impl Fn(&mut RawConfig),
+    tweak: impl Fn(usize, &mut RawConfig),
 ) -> anyhow::Result<Vec<MeshMember>> {
     std::fs::create_dir_all(data_dir)?;
     let listeners = (0..n)
@@ -77,7 +154,7 @@ pub async fn spawn_mesh(
         config.replication.backoff_max_ms = 2_000;
         // No load balancer in front of a local mesh: stop at once.
         config.server.shutdown_delay_ms = 0;
-        tweak(&mut config);
+        tweak(i, &mut config);
         let file = data_dir.join(format!("{name}.toml"));
         std::fs::write(&file, config.to_toml())?;
         let env = [(
@@ -101,7 +178,16 @@ pub async fn run(opts: MeshOptions) -> anyhow::Result<()> {
     // process at once and leave the replicas running. One that arrives
     // during the demo stops the mesh when the demo ends.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let members = spawn_mesh(&opts.exe, &opts.data_dir, opts.replicas, true, |_| {}).await?;
+    let certs = match opts.tls {
+        true => Some(MeshCerts::make(&opts.data_dir.join("tls"), opts.replicas)?),
+        false => None,
+    };
+    let members = spawn_mesh(&opts.exe, &opts.data_dir, opts.replicas, true, |i, c| {
+        if let Some(certs) = &certs {
+            certs.configure(i, c);
+        }
+    })
+    .await?;
     for m in &members {
         let p = &m.process;
         println!(
@@ -115,18 +201,42 @@ pub async fn run(opts: MeshOptions) -> anyhow::Result<()> {
     }
     let replicas: Vec<ReplicaProcess> = members.into_iter().map(|m| m.process).collect();
 
-    let mut result = demo(&replicas, opts.entries).await;
+    let tls = certs.as_ref().map(|c| c.client(false)).transpose()?;
+    let mut result = demo(&replicas, opts.entries, tls.clone()).await;
+    if result.is_ok()
+        && let Some(certs) = &certs
+    {
+        result = secured(&replicas[0], certs).await;
+    }
     if result.is_ok() {
-        result = clients(&replicas, &opts.data_dir.join("clients")).await;
+        result = clients(&replicas, &opts.data_dir.join("clients"), tls).await;
     }
     if result.is_ok() && !opts.exit {
         let first = &replicas[0];
         println!("\nThe mesh keeps running. Try:");
-        println!("  mindoo-replica status --addr {}", first.grpc);
-        println!(
-            "  grpcurl -plaintext {} mindoo.replica.v1.Replication/PeerStatus",
-            first.grpc
-        );
+        match &certs {
+            None => {
+                println!("  mindoo-replica status --addr {}", first.grpc);
+                println!(
+                    "  grpcurl -plaintext {} mindoo.replica.v1.Replication/PeerStatus",
+                    first.grpc
+                );
+            }
+            Some(certs) => {
+                println!(
+                    "  {} mindoo-replica status --addr {}",
+                    certs.env(true),
+                    first.grpc
+                );
+                println!(
+                    "  grpcurl -cacert {} -cert {} -key {} -authority localhost {} mindoo.replica.v1.Replication/PeerStatus",
+                    certs.ca().display(),
+                    certs.operator.cert.display(),
+                    certs.operator.key.display(),
+                    first.grpc
+                );
+            }
+        }
         println!(
             "  curl -s http://{}/metrics | grep mindoo_replica_peer_",
             first.metrics.context("metrics")?
@@ -147,11 +257,15 @@ pub async fn run(opts: MeshOptions) -> anyhow::Result<()> {
     result
 }
 
-async fn demo(replicas: &[ReplicaProcess], count: usize) -> anyhow::Result<()> {
+async fn demo(
+    replicas: &[ReplicaProcess],
+    count: usize,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> anyhow::Result<()> {
     let last = &replicas[replicas.len() - 1];
     let mut clients = Vec::new();
     for r in replicas {
-        clients.push(StoreClient::connect(&r.grpc.to_string()).await?);
+        clients.push(StoreClient::connect_with(&r.grpc.to_string(), tls.clone()).await?);
     }
     let ns = Namespace::new("demo", "notes")?;
     let author = SigningKey::from_bytes(blake3::hash(b"mindoo demo author").as_bytes());
@@ -263,10 +377,57 @@ async fn demo(replicas: &[ReplicaProcess], count: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What TLS keeps out: a plaintext client, and admin calls without a
+/// peer's or an operator's certificate.
+async fn secured(replica: &ReplicaProcess, certs: &MeshCerts) -> anyhow::Result<()> {
+    use crate::proto::replication_client::ReplicationClient;
+    let addr = replica.grpc.to_string();
+    let plain = async {
+        let mut client = StoreClient::connect_with(&addr, None).await?;
+        anyhow::Ok(client.head().await?)
+    };
+    match tokio::time::timeout(Duration::from_secs(5), plain).await {
+        Ok(Ok(_)) => anyhow::bail!("a plaintext client was served by a TLS replica"),
+        Ok(Err(_)) => println!(
+            "tls        a plaintext client is refused by replica-1: the port takes TLS only and closes the connection"
+        ),
+        Err(_) => anyhow::bail!("a plaintext client got no answer within 5 s"),
+    }
+    let status = |operator: bool| {
+        let addr = addr.clone();
+        let tls = certs.client(operator);
+        async move {
+            let channel = crate::client::channel(&addr, Some(tls?)).await?;
+            let status = ReplicationClient::new(channel)
+                .peer_status(proto::PeerStatusRequest {})
+                .await;
+            anyhow::Ok(status)
+        }
+    };
+    match status(false).await? {
+        Err(e) if e.code() == tonic::Code::PermissionDenied => println!(
+            "tls        PeerStatus without a certificate: {:?} ({})",
+            e.code(),
+            e.message()
+        ),
+        other => anyhow::bail!("PeerStatus without a certificate answered {other:?}"),
+    }
+    let peers = status(true).await??.into_inner().peers;
+    println!(
+        "tls        PeerStatus with the operator's certificate: {} peers, each paired over mutual TLS",
+        peers.len()
+    );
+    Ok(())
+}
+
 /// Two devices, homes under `dir`, share a database's keys, edit one
 /// document offline, push through the first and the last replica, and pull
 /// until each holds the other's edits.
-async fn clients(replicas: &[ReplicaProcess], dir: &std::path::Path) -> anyhow::Result<()> {
+async fn clients(
+    replicas: &[ReplicaProcess],
+    dir: &std::path::Path,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> anyhow::Result<()> {
     use serde_json::json;
 
     use crate::database::Database;
@@ -285,7 +446,8 @@ async fn clients(replicas: &[ReplicaProcess], dir: &std::path::Path) -> anyhow::
         Database::open(&home_b, ns.clone())?,
     );
     let through = |r: &ReplicaProcess| -> anyhow::Result<Exchange> {
-        Ok(Exchange::grpc(&r.grpc.to_string(), Duration::from_secs(10))?.only(ns.clone()))
+        let timeout = Duration::from_secs(10);
+        Ok(Exchange::grpc_with(&r.grpc.to_string(), timeout, tls.clone())?.only(ns.clone()))
     };
     let (first, last) = (
         through(&replicas[0])?,

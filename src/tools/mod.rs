@@ -5,6 +5,7 @@
 //! library user that wants only the replica or the client turns it off.
 
 pub mod bench;
+pub mod certs;
 pub mod check;
 pub mod child;
 pub mod device;

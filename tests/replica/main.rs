@@ -15,3 +15,4 @@ mod ops;
 mod p2p;
 mod store_api;
 mod sync;
+mod tls;

@@ -36,7 +36,7 @@ pub async fn propagation(opts: PropagationOptions) -> anyhow::Result<()> {
     anyhow::ensure!(opts.replicas >= 2, "needs at least 2 replicas");
     let dir = tempfile::tempdir()?;
     // Unsigned entries, as in the runs before signatures were required.
-    let members = spawn_mesh(&opts.exe, dir.path(), opts.replicas, false, |c| {
+    let members = spawn_mesh(&opts.exe, dir.path(), opts.replicas, false, |_, c| {
         c.policy.require_signatures = false
     })
     .await?;
