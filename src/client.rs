@@ -10,6 +10,9 @@ use futures::{Stream, StreamExt};
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
+use tonic::service::interceptor::InterceptedService;
+
+use crate::auth::RequestSigner;
 use crate::entry::PutOutcome;
 use crate::entry::{Entry, EntryId, Namespace};
 use crate::proto;
@@ -29,9 +32,42 @@ pub struct PutSummary {
     pub rejected: u64,
 }
 
+/// A channel whose requests are signed with the client's key (when it has
+/// one).
+pub type SignedChannel = InterceptedService<Channel, RequestSigner>;
+
 #[derive(Clone)]
 pub struct StoreClient {
-    inner: RawClient<Channel>,
+    inner: RawClient<SignedChannel>,
+}
+
+/// How a client reaches replicas: over TLS when `tls` is set, signing each
+/// request with `key` (its author key) when set.
+#[derive(Clone, Default)]
+pub struct Dial {
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub key: Option<ed25519_dalek::SigningKey>,
+}
+
+impl Dial {
+    /// TLS as the environment asks (see [`TLS_CA_ENV`]), signing with the
+    /// key [`CLIENT_KEY_ENV`] names, if any.
+    pub fn from_env() -> Result<Self, crate::tls::TlsError> {
+        let key = match std::env::var_os(CLIENT_KEY_ENV).filter(|v| !v.is_empty()) {
+            None => None,
+            Some(path) => Some(read_client_key(std::path::Path::new(&path))?),
+        };
+        Ok(Self {
+            tls: tls_from_env()?,
+            key,
+        })
+    }
+
+    /// Signs requests with `key`.
+    pub fn signed_by(mut self, key: ed25519_dalek::SigningKey) -> Self {
+        self.key = Some(key);
+        self
+    }
 }
 
 /// An endpoint tuned for bulk transfer: large HTTP/2 windows, no Nagle
@@ -57,6 +93,9 @@ pub const TLS_CA_ENV: &str = "MINDOO_REPLICA_TLS_CA";
 /// operator's, for the admin calls.
 pub const TLS_CERT_ENV: &str = "MINDOO_REPLICA_TLS_CERT";
 pub const TLS_KEY_ENV: &str = "MINDOO_REPLICA_TLS_KEY";
+/// A file holding a client's ed25519 secret key (64 hex digits), which the
+/// command's clients sign their requests with (see [`crate::auth`]).
+pub const CLIENT_KEY_ENV: &str = "MINDOO_REPLICA_CLIENT_KEY_FILE";
 
 /// Why a client could not connect.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +130,23 @@ pub fn tls_from_env() -> Result<Option<Arc<rustls::ClientConfig>>, crate::tls::T
     crate::tls::client(&ca, identity).map(Some)
 }
 
+/// A client key from a file of 64 hex digits (its secret seed); the error
+/// names the file, never its contents.
+pub fn read_client_key(
+    path: &std::path::Path,
+) -> Result<ed25519_dalek::SigningKey, crate::tls::TlsError> {
+    let text = std::fs::read_to_string(path).map_err(|source| crate::tls::TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut seed = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut seed).map_err(|_| crate::tls::TlsError::Pem {
+        path: path.to_owned(),
+        what: "does not hold an ed25519 secret key as 64 hex digits".into(),
+    })?;
+    Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
+}
+
 /// A channel to the replica at `addr`, over TLS when `tls` is given.
 pub async fn channel(
     addr: &str,
@@ -107,30 +163,34 @@ pub async fn channel(
 }
 
 impl StoreClient {
-    /// Connects to `host:port`, over TLS when the environment asks for it
-    /// (see [`TLS_CA_ENV`]).
+    /// Connects to `host:port` as the environment asks (see
+    /// [`Dial::from_env`]).
     pub async fn connect(addr: &str) -> Result<Self, ConnectError> {
-        Self::connect_with(addr, tls_from_env()?).await
+        Self::connect_with(addr, &Dial::from_env()?).await
     }
 
-    /// Connects to `host:port`, over TLS when `tls` is given.
-    pub async fn connect_with(
-        addr: &str,
-        tls: Option<Arc<rustls::ClientConfig>>,
-    ) -> Result<Self, ConnectError> {
-        Ok(Self::new(channel(addr, tls).await?))
+    /// Connects to `host:port` as `dial` says.
+    pub async fn connect_with(addr: &str, dial: &Dial) -> Result<Self, ConnectError> {
+        let channel = channel(addr, dial.tls.clone()).await?;
+        Ok(Self::signed(channel, dial.key.clone()))
     }
 
+    /// A client over `channel` that signs nothing.
     pub fn new(channel: Channel) -> Self {
+        Self::signed(channel, None)
+    }
+
+    /// A client over `channel` that signs each request with `key`.
+    pub fn signed(channel: Channel, key: Option<ed25519_dalek::SigningKey>) -> Self {
         Self {
-            inner: RawClient::new(channel)
+            inner: RawClient::with_interceptor(channel, RequestSigner::new(key))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         }
     }
 
     /// The generated client, for calls this wrapper does not cover.
-    pub fn raw(&mut self) -> &mut RawClient<Channel> {
+    pub fn raw(&mut self) -> &mut RawClient<SignedChannel> {
         &mut self.inner
     }
 

@@ -42,6 +42,8 @@ pub struct Settings {
     pub replication: ReplicationSettings,
     /// TLS on the gRPC port, when on.
     pub tls: Option<crate::tls::MeshTls>,
+    /// Client authentication and the access policy.
+    pub auth: crate::access::AuthSettings,
     pub log: LogSettings,
 }
 
@@ -121,9 +123,18 @@ impl RawConfig {
             .with_list_parse_key("replication.namespaces")
             .with_list_parse_key("tls.peer_names")
             .with_list_parse_key("tls.operator_names")
+            .with_list_parse_key("auth.readers")
+            .with_list_parse_key("auth.writers")
+            .with_list_parse_key("auth.operators")
             .source(env.map(|e| e.into_iter().collect()));
         builder = builder.add_source(env_source);
         Ok(builder.build()?.try_deserialize()?)
+    }
+
+    /// The `[auth]` section checked alone (what a reload of the access
+    /// policy applies).
+    pub fn auth_settings(&self) -> Result<crate::access::AuthSettings, ConfigError> {
+        self.auth.validate()
     }
 
     pub fn to_toml(&self) -> String {
@@ -330,6 +341,18 @@ impl RawConfig {
         let policy = self.policy.validate(max_entry_bytes)?;
         let replication = validate_replication(&self.replication, server.listen)?;
         let tls = self.tls.validate()?;
+        let auth = self.auth.validate()?;
+        let has_peers = !replication.peers.is_empty()
+            || replication.spoke_of.is_some()
+            || replication.discovery.is_some();
+        if auth.access.clients_required && tls.is_none() && has_peers {
+            return Err(invalid(
+                "auth.clients",
+                "\"required\" with peers needs tls.enabled: replicas prove who they are to \
+                 each other with TLS certificates (or set auth.clients = \"off\" to let anyone \
+                 who reaches the port in)",
+            ));
+        }
         let log = LogSettings {
             filter: self.log.filter.clone(),
             json: match self.log.format.as_str() {
@@ -353,6 +376,7 @@ impl RawConfig {
             policy,
             replication,
             tls,
+            auth,
             log,
         })
     }

@@ -71,15 +71,17 @@ impl Exchange {
         Ok(Self::new(peer, timeout))
     }
 
-    /// As [`Exchange::grpc`], over TLS when `tls` is given.
+    /// As [`Exchange::grpc`], reaching the replica as `dial` says.
     pub fn grpc_with(
         address: &str,
         timeout: Duration,
-        tls: Option<Arc<rustls::ClientConfig>>,
+        dial: &crate::client::Dial,
     ) -> Result<Self, SyncError> {
-        let tls =
-            tls.map(|config| Arc::new(move || config.clone()) as crate::sync::grpc::TlsSource);
-        let peer = GrpcPeer::lazy_over(address, Self::options(timeout), tls)?;
+        let tls = dial
+            .tls
+            .clone()
+            .map(|config| Arc::new(move || config.clone()) as crate::sync::grpc::TlsSource);
+        let peer = GrpcPeer::lazy_over(address, Self::options(timeout), tls, dial.key.clone())?;
         Ok(Self::new(Arc::new(peer), timeout))
     }
 

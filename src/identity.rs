@@ -1,14 +1,16 @@
 //! Who is calling: every request carries a [`Caller`] as a request
 //! extension, set once at the edge by [`IdentifyLayer`] from what the
-//! connection proved (its TLS certificate), so that authorization, limits
-//! and metrics read it from one place.
+//! connection proved (its TLS certificate) or the request's signed
+//! credentials ([`crate::auth`]), so that authorization, limits and
+//! metrics read it from one place.
 
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tower::{Layer, Service};
 
+use crate::auth::{AUTH_HEADER, AuthError, Verifier};
 use crate::connections::ConnectionInfo;
-use crate::error::Error;
 use crate::tls::CertRole;
 
 /// The identity a request was made with.
@@ -18,6 +20,10 @@ pub enum Caller {
     Peer(String),
     /// An operator, by the name their certificate carries.
     Operator(String),
+    /// A client, by the ed25519 key it signed the request with.
+    Client([u8; 32]),
+    /// Credentials that were not taken, and why.
+    Refused(String),
     /// Nothing proven.
     #[default]
     Anonymous,
@@ -38,46 +44,35 @@ impl Caller {
         match self {
             Caller::Peer(_) => "peer",
             Caller::Operator(_) => "operator",
+            Caller::Client(_) => "client",
+            Caller::Refused(_) => "refused",
             Caller::Anonymous => "anonymous",
         }
     }
 }
 
-/// Who may make the admin calls (`PeerStatus`; later repair and backup).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AdminAccess {
-    /// Anyone: callers are not authenticated (TLS is off).
-    Open,
-    /// Peers and operators.
-    PeersAndOperators,
+/// Sets each request's [`Caller`]: from its connection's certificate, else
+/// from its signed credentials, checked by `verifier`.
+#[derive(Clone)]
+pub struct IdentifyLayer {
+    pub verifier: Arc<Verifier>,
 }
-
-impl AdminAccess {
-    pub fn check(self, caller: &Caller) -> Result<(), Error> {
-        match (self, caller) {
-            (AdminAccess::Open, _) | (_, Caller::Peer(_) | Caller::Operator(_)) => Ok(()),
-            (AdminAccess::PeersAndOperators, Caller::Anonymous) => Err(Error::PermissionDenied(
-                "admin calls need a peer's or an operator's certificate".into(),
-            )),
-        }
-    }
-}
-
-/// Sets each request's [`Caller`] from its connection.
-#[derive(Clone, Copy, Default)]
-pub struct IdentifyLayer;
 
 impl<S> Layer<S> for IdentifyLayer {
     type Service = Identify<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Identify { inner }
+        Identify {
+            inner,
+            verifier: self.verifier.clone(),
+        }
     }
 }
 
 #[derive(Clone)]
 pub struct Identify<S> {
     inner: S,
+    verifier: Arc<Verifier>,
 }
 
 impl<S, B> Service<http::Request<B>> for Identify<S>
@@ -100,7 +95,16 @@ where
         {
             Some(CertRole::Peer(name)) => Caller::Peer(name.clone()),
             Some(CertRole::Operator(name)) => Caller::Operator(name.clone()),
-            None => Caller::Anonymous,
+            None => match req.headers().get(AUTH_HEADER) {
+                None => Caller::Anonymous,
+                Some(value) => match value.to_str() {
+                    Err(_) => Caller::Refused(AuthError::Malformed.to_string()),
+                    Ok(value) => match self.verifier.verify(value) {
+                        Ok(key) => Caller::Client(key),
+                        Err(e) => Caller::Refused(e.to_string()),
+                    },
+                },
+            },
         };
         req.extensions_mut().insert(caller);
         self.inner.call(req)

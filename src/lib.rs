@@ -20,6 +20,10 @@
 //! benchmarks, local mesh and child processes). All are on by default; an
 //! app that only syncs turns the defaults off and asks for `client`.
 
+#[cfg(feature = "server")]
+pub mod access;
+#[cfg(feature = "client")]
+pub mod auth;
 #[cfg(feature = "client")]
 pub mod client;
 #[cfg(feature = "server")]

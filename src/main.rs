@@ -403,8 +403,24 @@ async fn serve(
         Ok((before, after)) => tracing::info!(before, after, "open-files limit"),
         Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-files limit"),
     }
+    if client_home.is_some() {
+        // The user's other devices sync with this one; what it serves is
+        // sealed for holders of the database keys.
+        tracing::info!(
+            "client auth: off for a device serving its store to the user's other devices"
+        );
+        settings.auth.access = mindoo_replica::access::AccessPolicy::open();
+    }
     let (peers, peers_rx) = tokio::sync::watch::channel(settings.replication.clone());
-    let reload = tokio::spawn(mindoo_replica::config::reload::follow(config, peers));
+    let (access, access_rx) = tokio::sync::watch::channel(settings.auth.access.clone());
+    // A device's access stays as set above whatever a reload reads.
+    let access = match client_home {
+        Some(_) => tokio::sync::watch::channel(settings.auth.access.clone()).0,
+        None => access,
+    };
+    let reload = tokio::spawn(mindoo_replica::config::reload::follow(
+        config, peers, access,
+    ));
     let shutdown = shutdown_signal()?;
     let listeners = match server::inherited_listeners()? {
         Some(listeners) => listeners,
@@ -443,7 +459,8 @@ async fn serve(
         server::ready_line(listeners.grpc_addr()?, listeners.metrics_addr())
     );
     std::io::stdout().flush()?;
-    let result = server::serve_with(settings, store, listeners, shutdown, peers_rx).await;
+    let result =
+        server::serve_with(settings, store, listeners, shutdown, peers_rx, access_rx).await;
     // The goodbye waits for the mDNS daemon.
     tokio::task::spawn_blocking(move || drop(announced)).await?;
     reload.abort();

@@ -23,9 +23,11 @@ use tonic_health::ServingStatus;
 
 use tokio::sync::watch;
 
+use crate::access::{AccessPolicy, AdminAccess};
+use crate::auth::Verifier;
 use crate::config::{ServerSettings, Settings, StorageSettings};
 use crate::connections;
-use crate::identity::{AdminAccess, IdentifyLayer};
+use crate::identity::IdentifyLayer;
 use crate::metrics::Metrics;
 use crate::metrics::layer::GrpcMetricsLayer;
 use crate::proto;
@@ -156,11 +158,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let (_keep, peers) = watch::channel(settings.replication.clone());
-    serve_with(settings, store, listeners, shutdown, peers).await
+    let (_keep_access, access) = watch::channel(settings.auth.access.clone());
+    serve_with(settings, store, listeners, shutdown, peers, access).await
 }
 
-/// Serves `store` until `shutdown` resolves; replication follows `peers`, so
-/// a config reload can add and remove peers. See the module docs for the
+/// Serves `store` until `shutdown` resolves; replication follows `peers`
+/// and calls are checked against `access`, so a config reload can add and
+/// remove peers and change who may do what. See the module docs for the
 /// shutdown order.
 pub async fn serve_with(
     settings: Settings,
@@ -168,6 +172,7 @@ pub async fn serve_with(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
     peers: watch::Receiver<ReplicationSettings>,
+    access: watch::Receiver<AccessPolicy>,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let stopping = CancellationToken::new();
@@ -183,6 +188,11 @@ pub async fn serve_with(
              requires signatures"
         ),
     }
+    log_access(&settings);
+    let verifier = Arc::new(Verifier::new(
+        settings.auth.max_clock_skew,
+        settings.auth.max_recent_requests,
+    ));
     let replica = Arc::new(Replica::new(
         store,
         identity,
@@ -194,9 +204,9 @@ pub async fn serve_with(
     ));
 
     let (acceptor, connector) = secure(&settings, &peers)?;
-    let admin = match acceptor {
-        Some(_) => AdminAccess::PeersAndOperators,
-        None => AdminAccess::Open,
+    let admin = match acceptor.is_none() && !settings.auth.access.clients_required {
+        true => AdminAccess::Open,
+        false => AdminAccess::PeersAndOperators,
     };
     let board = StatusBoard::default();
     let stop_replication = CancellationToken::new();
@@ -265,18 +275,19 @@ pub async fn serve_with(
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .layer(GrpcMetricsLayer::new(metrics.clone(), served_methods()?))
         .layer(connections::CallsLayer)
-        .layer(IdentifyLayer)
+        .layer(IdentifyLayer { verifier })
         .layer(tower::util::MapResponseLayer::new(
             connections::slices::sliced,
         ))
         .add_service(health_service.clone())
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .add_service(StoreService::server(replica.clone()))
+        .add_service(StoreService::server(replica.clone(), access.clone()))
         .add_service(ReplicationService::server(
             replica.clone(),
             board.clone(),
             admin,
+            access.clone(),
         ))
         .serve_with_incoming_shutdown(incoming, stopping.clone().cancelled_owned());
     tokio::pin!(grpc);
@@ -337,6 +348,27 @@ pub async fn serve_with(
     replica.flush().await.context("flushing the store")?;
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Says at start who may reach what.
+fn log_access(settings: &Settings) {
+    let access = &settings.auth.access;
+    if !access.clients_required {
+        tracing::warn!(
+            "client auth: OFF (auth.clients = \"off\"): anyone who reaches the gRPC port may \
+             read and write every namespace"
+        );
+        return;
+    }
+    let listed = access.namespaces.len();
+    let default = &access.default;
+    tracing::info!(
+        namespaces_with_rules = listed,
+        default_readers = default.readers.keys.len() + default.readers.any as usize,
+        default_writers = default.writers.keys.len() + default.writers.any as usize,
+        "client auth: required: clients sign requests with their key; auth.readers, \
+         auth.writers and auth.namespaces say what each key may do"
+    );
 }
 
 /// TLS for the gRPC port and for dialing peers, when `[tls]` is on; the

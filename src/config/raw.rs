@@ -15,6 +15,7 @@ pub struct RawConfig {
     pub policy: RawPolicy,
     pub replication: RawReplication,
     pub tls: RawTls,
+    pub auth: RawAuth,
     pub log: RawLog,
 }
 
@@ -196,6 +197,56 @@ pub struct RawTls {
     /// Certificate names (or `*.suffix` patterns) of operators, who may
     /// make the admin calls (`PeerStatus`).
     pub operator_names: Vec<String>,
+}
+
+/// Client authentication and who may read and write which namespace.
+/// Peers and operators (by their TLS certificates) may do everything.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAuth {
+    /// `required`: clients sign each request with their ed25519 key, and
+    /// the lists below say what each key may do. `off`: anyone who reaches
+    /// the port may read and write every namespace (warned at start).
+    pub clients: String,
+    /// How far a client's clock may be from this replica's.
+    pub max_clock_skew_ms: u64,
+    /// Signed requests remembered at once, to refuse any sent again (the
+    /// memory this takes: about 60 bytes each).
+    pub max_recent_requests: u64,
+    /// Hex ed25519 keys that may read namespaces without lists of their
+    /// own; `*`: any key.
+    pub readers: Vec<String>,
+    /// ... that may write them.
+    pub writers: Vec<String>,
+    /// Hex ed25519 keys of operators, who may make the admin calls
+    /// (`PeerStatus`) as a certificate from `tls.operator_names` may.
+    pub operators: Vec<String>,
+    pub namespaces: Vec<RawAccess>,
+}
+
+/// One namespace's readers and writers, in place of `auth.readers` and
+/// `auth.writers`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAccess {
+    pub tenant: String,
+    pub db: String,
+    pub readers: Vec<String>,
+    pub writers: Vec<String>,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        Self {
+            clients: "required".into(),
+            max_clock_skew_ms: 30_000,
+            max_recent_requests: 500_000,
+            readers: Vec::new(),
+            writers: Vec::new(),
+            operators: Vec::new(),
+            namespaces: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -46,9 +46,16 @@ fn lists_from_the_environment() {
         &[
             ("MINDOO_REPLICA__REPLICATION__PEERS", "a:1,b:2"),
             ("MINDOO_REPLICA__REPLICATION__NAMESPACES", "t/d"),
+            ("MINDOO_REPLICA__AUTH__CLIENTS", "off"),
+            (
+                "MINDOO_REPLICA__AUTH__WRITERS",
+                &format!("*,{}", "ab".repeat(32)),
+            ),
         ],
     )
     .unwrap();
+    assert!(s.auth.access.default.writers.any);
+    assert_eq!(s.auth.access.default.writers.keys.len(), 1);
     assert_eq!(s.replication.peers, ["a:1", "b:2"]);
     assert_eq!(s.replication.pull.namespaces.len(), 1);
 }

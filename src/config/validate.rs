@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::{ConfigError, RawPolicy, RawReplication, RawTls, invalid};
+use super::{ConfigError, RawAuth, RawPolicy, RawReplication, RawTls, invalid};
 use crate::entry::Namespace;
 use crate::policy::{NamespaceRules, Policy};
 use crate::replica::MAX_RELAY_DELAY;
@@ -243,5 +243,80 @@ impl RawTls {
         };
         tls.check().map_err(|(key, why)| invalid(key, why))?;
         Ok(Some(tls))
+    }
+}
+
+/// Hex ed25519 public keys, or `*` for any key.
+fn keys(key: &str, values: &[String]) -> Result<crate::access::Keys, ConfigError> {
+    let mut keys = crate::access::Keys::default();
+    for v in values {
+        if v == "*" {
+            keys.any = true;
+            continue;
+        }
+        let bytes: [u8; 32] = hex::decode(v)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| {
+                invalid(
+                    key,
+                    format!("{v:?} is not a 64-digit hex ed25519 public key or \"*\""),
+                )
+            })?;
+        keys.keys.insert(bytes);
+    }
+    Ok(keys)
+}
+
+impl RawAuth {
+    pub(super) fn validate(&self) -> Result<crate::access::AuthSettings, ConfigError> {
+        use crate::access::{AccessPolicy, AuthSettings, Rights};
+        let clients_required = match self.clients.as_str() {
+            "required" => true,
+            "off" => false,
+            other => {
+                return Err(invalid(
+                    "auth.clients",
+                    format!("{other:?} is not one of \"required\", \"off\""),
+                ));
+            }
+        };
+        let mut namespaces = HashMap::new();
+        for (i, raw) in self.namespaces.iter().enumerate() {
+            let key = format!("auth.namespaces[{i}]");
+            let ns = Namespace::new(&raw.tenant, &raw.db)
+                .map_err(|e| invalid(key.clone(), e.to_string()))?;
+            let rights = Rights {
+                readers: keys(&format!("{key}.readers"), &raw.readers)?,
+                writers: keys(&format!("{key}.writers"), &raw.writers)?,
+            };
+            if namespaces.insert(ns.clone(), rights).is_some() {
+                return Err(invalid(key, format!("namespace {ns} is listed twice")));
+            }
+        }
+        Ok(AuthSettings {
+            access: AccessPolicy {
+                clients_required,
+                operators: keys("auth.operators", &self.operators)?,
+                default: Rights {
+                    readers: keys("auth.readers", &self.readers)?,
+                    writers: keys("auth.writers", &self.writers)?,
+                },
+                namespaces,
+            },
+            max_clock_skew: Duration::from_millis(in_range(
+                "auth.max_clock_skew_ms",
+                self.max_clock_skew_ms,
+                1_000,
+                3_600_000,
+                " ms",
+            )? as u64),
+            max_recent_requests: count(
+                "auth.max_recent_requests",
+                self.max_recent_requests,
+                1_000,
+                50_000_000,
+            )?,
+        })
     }
 }

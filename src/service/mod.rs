@@ -10,8 +10,12 @@ use std::sync::Arc;
 use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use tokio::sync::watch;
+
+use crate::access::{Access, AccessPolicy};
 use crate::connections::ConnectionInfo;
 use crate::error::Error;
+use crate::identity::Caller;
 use crate::log::FollowRequest;
 use crate::proto;
 use crate::proto::convert;
@@ -24,15 +28,34 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + '
 
 pub struct StoreService {
     replica: Arc<Replica>,
+    access: watch::Receiver<AccessPolicy>,
 }
 
 impl StoreService {
-    /// The service wrapped for tonic, with message limits from the config.
-    pub fn server(replica: Arc<Replica>) -> StoreServer<Self> {
+    /// The service wrapped for tonic, with message limits from the config,
+    /// checking each call against the access policy as it is now.
+    pub fn server(
+        replica: Arc<Replica>,
+        access: watch::Receiver<AccessPolicy>,
+    ) -> StoreServer<Self> {
         let max = replica.limits().max_message_bytes;
-        StoreServer::new(Self { replica })
+        StoreServer::new(Self { replica, access })
             .max_decoding_message_size(max)
             .max_encoding_message_size(max)
+    }
+
+    /// Whether `caller` may read what `follow` asks for.
+    fn check_follow(&self, caller: &Caller, follow: &FollowRequest) -> Result<(), Status> {
+        let policy = self.access.borrow();
+        match follow.namespaces.is_empty() {
+            true => policy.check_read_all(caller)?,
+            false => {
+                for ns in &follow.namespaces {
+                    policy.check(caller, ns, Access::Read)?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -47,9 +70,16 @@ impl StoreApi for StoreService {
         &self,
         request: Request<Streaming<proto::PutEntriesRequest>>,
     ) -> Result<Response<Self::PutEntriesStream>, Status> {
+        let caller = Caller::of(&request);
+        self.access.borrow().check_known(&caller)?;
+        let may_write = streams::WriteCheck {
+            access: self.access.clone(),
+            caller,
+        };
         Ok(Response::new(streams::put(
             self.replica.clone(),
             request.into_inner(),
+            may_write,
         )))
     }
 
@@ -57,9 +87,11 @@ impl StoreApi for StoreService {
         &self,
         request: Request<proto::MissingIdsRequest>,
     ) -> Result<Response<proto::MissingIdsResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         let ids = convert::ids(req.ids, self.replica.limits().max_ids_per_request)?;
         let ns = convert::namespace(req.namespace)?;
+        self.access.borrow().check(&caller, &ns, Access::Read)?;
         let missing = self.replica.missing(ns, ids).await?;
         Ok(Response::new(proto::MissingIdsResponse {
             missing: missing.iter().map(convert::id_bytes).collect(),
@@ -71,9 +103,11 @@ impl StoreApi for StoreService {
         request: Request<proto::GetEntriesRequest>,
     ) -> Result<Response<Self::GetEntriesStream>, Status> {
         let send = self.send_scope(&request);
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         let ids = convert::ids(req.ids, self.replica.limits().max_ids_per_request)?;
         let ns = convert::namespace(req.namespace)?;
+        self.access.borrow().check(&caller, &ns, Access::Read)?;
         let chunks = self.replica.serve_entries(ns, ids, send)?;
         Ok(Response::new(streams::served(
             chunks,
@@ -85,8 +119,10 @@ impl StoreApi for StoreService {
         &self,
         request: Request<proto::ListIdsRequest>,
     ) -> Result<Response<proto::ListIdsResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         let ns = convert::namespace(req.namespace)?;
+        self.access.borrow().check(&caller, &ns, Access::Read)?;
         let after = match req.page_token.is_empty() {
             true => None,
             false => Some(
@@ -108,8 +144,9 @@ impl StoreApi for StoreService {
 
     async fn head(
         &self,
-        _request: Request<proto::HeadRequest>,
+        request: Request<proto::HeadRequest>,
     ) -> Result<Response<proto::HeadResponse>, Status> {
+        self.access.borrow().check_known(&Caller::of(&request))?;
         let head = self.replica.head().await?;
         Ok(Response::new(convert::head_to_proto(&head)))
     }
@@ -119,10 +156,12 @@ impl StoreApi for StoreService {
         request: Request<proto::ScanSinceRequest>,
     ) -> Result<Response<Self::ScanSinceStream>, Status> {
         let send = self.send_scope(&request);
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         let limit = page_limit(req.limit, usize::MAX)?;
         let follow =
             convert::follow_request(req.cursor, req.include_data, false, req.namespaces, 0, 0)?;
+        self.check_follow(&caller, &follow)?;
         self.log_stream(follow, Some(limit), send).await
     }
 
@@ -131,6 +170,7 @@ impl StoreApi for StoreService {
         request: Request<proto::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let send = self.send_scope(&request);
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         let follow = convert::follow_request(
             req.cursor,
@@ -140,6 +180,7 @@ impl StoreApi for StoreService {
             req.heartbeat_ms,
             req.relay_delay_ms,
         )?;
+        self.check_follow(&caller, &follow)?;
         self.log_stream(follow, None, send).await
     }
 }

@@ -7,7 +7,10 @@ use std::time::UNIX_EPOCH;
 use bytes::Bytes;
 use tonic::{Request, Response, Status};
 
-use crate::identity::{AdminAccess, Caller};
+use tokio::sync::watch;
+
+use crate::access::{AccessPolicy, AdminAccess};
+use crate::identity::Caller;
 use crate::proto;
 use crate::proto::replication_server::{Replication as ReplicationApi, ReplicationServer};
 use crate::replica::Replica;
@@ -17,6 +20,7 @@ pub struct ReplicationService {
     replica: Arc<Replica>,
     board: StatusBoard,
     admin: AdminAccess,
+    access: watch::Receiver<AccessPolicy>,
 }
 
 impl ReplicationService {
@@ -24,11 +28,13 @@ impl ReplicationService {
         replica: Arc<Replica>,
         board: StatusBoard,
         admin: AdminAccess,
+        access: watch::Receiver<AccessPolicy>,
     ) -> ReplicationServer<Self> {
         ReplicationServer::new(Self {
             replica,
             board,
             admin,
+            access,
         })
     }
 }
@@ -39,7 +45,8 @@ impl ReplicationApi for ReplicationService {
         &self,
         request: Request<proto::PeerStatusRequest>,
     ) -> Result<Response<proto::PeerStatusResponse>, Status> {
-        self.admin.check(&Caller::of(&request))?;
+        let caller = Caller::of(&request);
+        self.access.borrow().check_admin(&caller, self.admin)?;
         let stats = self.replica.stats();
         let peers = self
             .board

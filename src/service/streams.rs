@@ -31,13 +31,45 @@ fn fused<T: Send + 'static>(
 /// PutEntries: one response per request batch. Stops taking batches once the
 /// replica starts shutting down, or when the client stays silent for
 /// `limits.stream_idle_timeout_ms`; every acknowledged batch is committed.
+/// Whether a PutEntries caller may write to the namespaces a batch's
+/// entries name. A batch with one it may not is refused whole, before any
+/// of it is stored.
+pub struct WriteCheck {
+    pub access: tokio::sync::watch::Receiver<crate::access::AccessPolicy>,
+    pub caller: crate::identity::Caller,
+}
+
+impl WriteCheck {
+    fn check(&self, entries: &[(bytes::Bytes, bytes::Bytes)]) -> Result<(), Status> {
+        let policy = self.access.borrow();
+        if !policy.restricts(&self.caller) {
+            return Ok(());
+        }
+        let mut checked: Vec<&crate::entry::Namespace> = Vec::new();
+        let envelopes: Vec<_> = entries
+            .iter()
+            // What does not parse is rejected by the ingest checks.
+            .filter_map(|(_, data)| crate::entry::Envelope::parse(data).ok())
+            .collect();
+        for envelope in &envelopes {
+            let ns = &envelope.namespace;
+            if !checked.contains(&ns) {
+                policy.check(&self.caller, ns, crate::access::Access::Write)?;
+                checked.push(ns);
+            }
+        }
+        Ok(())
+    }
+}
+
 pub fn put(
     replica: Arc<Replica>,
     inbound: Streaming<proto::PutEntriesRequest>,
+    may_write: WriteCheck,
 ) -> ResponseStream<proto::PutEntriesResponse> {
     fused(futures::stream::unfold(
-        (replica, inbound),
-        |(replica, mut inbound)| async move {
+        (replica, inbound, may_write),
+        |(replica, mut inbound, may_write)| async move {
             let idle = replica.limits().stream_idle_timeout;
             let next = tokio::select! {
                 biased;
@@ -52,14 +84,20 @@ pub fn put(
             let batch = match next {
                 Ok(Some(batch)) => batch,
                 Ok(None) => return None,
-                Err(status) => return Some((Err(limit_status(status)), (replica, inbound))),
+                Err(status) => {
+                    return Some((Err(limit_status(status)), (replica, inbound, may_write)));
+                }
             };
+            let entries = convert::put_entries(batch);
+            if let Err(denied) = may_write.check(&entries) {
+                return Some((Err(denied), (replica, inbound, may_write)));
+            }
             let result = replica
-                .put(convert::put_entries(batch))
+                .put(entries)
                 .await
                 .map(|outcomes| convert::put_response(outcomes, replica.stats().head_seq))
                 .map_err(Status::from);
-            Some((result, (replica, inbound)))
+            Some((result, (replica, inbound, may_write)))
         },
     ))
 }

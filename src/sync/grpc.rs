@@ -7,14 +7,14 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use rustls::ClientConfig;
 use tonic::Code;
-use tonic::transport::Channel;
 
 use crate::tls::Reloading;
 
 use super::peer::{
     ConnectOptions, Connector, EntryStream, FollowRequest, LogStream, Peer, PeerError,
 };
-use crate::client::{MAX_MESSAGE_BYTES, endpoint, only_message};
+use crate::auth::RequestSigner;
+use crate::client::{MAX_MESSAGE_BYTES, SignedChannel, endpoint, only_message};
 use bytes::Bytes;
 
 use crate::entry::{EntryId, Namespace, PutOutcome};
@@ -28,26 +28,29 @@ pub type TlsSource = Arc<dyn Fn() -> Arc<ClientConfig> + Send + Sync>;
 
 pub struct GrpcPeer {
     address: String,
-    client: RawClient<Channel>,
+    client: RawClient<SignedChannel>,
 }
 
 impl GrpcPeer {
     /// A peer at `address` (`host:port`); connects on first use and
     /// reconnects as needed.
-    /// Over TLS when the environment asks for it (see
-    /// [`crate::client::TLS_CA_ENV`]).
+    /// As the environment asks (see [`crate::client::Dial::from_env`]).
     pub fn lazy(address: &str, options: ConnectOptions) -> Result<Self, PeerError> {
-        let tls = crate::client::tls_from_env()
-            .map_err(|e| PeerError::Unavailable(format!("client TLS: {e}")))?;
-        let tls = tls.map(|config| Arc::new(move || config.clone()) as TlsSource);
-        Self::lazy_over(address, options, tls)
+        let dial = crate::client::Dial::from_env()
+            .map_err(|e| PeerError::Unavailable(format!("client TLS or key: {e}")))?;
+        let tls = dial
+            .tls
+            .map(|config| Arc::new(move || config.clone()) as TlsSource);
+        Self::lazy_over(address, options, tls, dial.key)
     }
 
-    /// As [`GrpcPeer::lazy`], over TLS when `tls` is given.
+    /// As [`GrpcPeer::lazy`], over TLS when `tls` is given, signing each
+    /// request with `key` when given.
     pub fn lazy_over(
         address: &str,
         options: ConnectOptions,
         tls: Option<TlsSource>,
+        key: Option<ed25519_dalek::SigningKey>,
     ) -> Result<Self, PeerError> {
         let endpoint = endpoint(address)
             .map_err(|e| PeerError::Unavailable(format!("invalid peer address: {e}")))?
@@ -65,7 +68,7 @@ impl GrpcPeer {
         };
         Ok(Self {
             address: address.to_owned(),
-            client: RawClient::new(channel)
+            client: RawClient::with_interceptor(channel, RequestSigner::new(key))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         })
@@ -80,7 +83,7 @@ impl GrpcPeer {
     pub fn tls_connector(tls: Arc<Reloading<ClientConfig>>) -> Connector {
         let tls: TlsSource = Arc::new(move || tls.current());
         Arc::new(move |address, options| {
-            let peer = Self::lazy_over(address, options, Some(tls.clone()))?;
+            let peer = Self::lazy_over(address, options, Some(tls.clone()), None)?;
             Ok(Arc::new(peer) as Arc<dyn Peer>)
         })
     }

@@ -158,6 +158,12 @@ impl ReplicaProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
+        // Benchmarks' and tests' replicas, started without a config file,
+        // let unsigned clients in (said explicitly, as the replica asks);
+        // `extra_env` may ask for client authentication.
+        if !extra_env.iter().any(|(k, _)| *k == "MINDOO_REPLICA_CONFIG") {
+            cmd.env("MINDOO_REPLICA__AUTH__CLIENTS", "off");
+        }
         for (k, v) in extra_env {
             cmd.env(k, v);
         }

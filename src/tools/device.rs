@@ -124,7 +124,9 @@ pub struct ExchangeArgs {
 impl ExchangeArgs {
     fn exchange(&self, db: &Database) -> anyhow::Result<Exchange> {
         let timeout = Duration::from_secs(self.timeout_secs);
-        Ok(Exchange::grpc(&self.replica, timeout)?.only(db.namespace().clone()))
+        // Requests are signed with this device's author key for the database.
+        let dial = crate::client::Dial::from_env()?.signed_by(db.keys().author().clone());
+        Ok(Exchange::grpc_with(&self.replica, timeout, &dial)?.only(db.namespace().clone()))
     }
 }
 

@@ -7,8 +7,10 @@ use crate::proto;
 use crate::proto::replication_client::ReplicationClient;
 
 pub async fn status(addr: &str, with_head: bool) -> anyhow::Result<()> {
-    let channel = crate::client::channel(addr, crate::client::tls_from_env()?).await?;
-    let s = ReplicationClient::new(channel)
+    let dial = crate::client::Dial::from_env()?;
+    let channel = crate::client::channel(addr, dial.tls).await?;
+    let signer = crate::auth::RequestSigner::new(dial.key);
+    let s = ReplicationClient::with_interceptor(channel, signer)
         .peer_status(proto::PeerStatusRequest {})
         .await?
         .into_inner();

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use ed25519_dalek::SigningKey;
 
-use crate::client::StoreClient;
+use crate::client::{Dial, StoreClient};
 use crate::config::RawConfig;
 use crate::entry::PutOutcome;
 use crate::entry::{Entry, EntryId, Namespace};
@@ -42,6 +42,11 @@ pub struct MeshCerts {
     replicas: Vec<TlsFiles>,
     /// An operator's, for the admin calls (`status`, `peers`).
     pub operator: TlsFiles,
+}
+
+/// The key the demo's entries are written and signed with.
+fn demo_author() -> SigningKey {
+    SigningKey::from_bytes(blake3::hash(b"mindoo demo author").as_bytes())
 }
 
 /// The name an operator's certificate carries in a local mesh.
@@ -74,7 +79,9 @@ impl MeshCerts {
         self.dir.join("ca.pem")
     }
 
-    /// Sets replica `i`'s `[tls]`.
+    /// Sets replica `i`'s `[tls]`, and its `[auth]`: clients sign their
+    /// requests; only the demo's author may read and write `demo/notes`,
+    /// any key the other namespaces.
     pub fn configure(&self, i: usize, config: &mut RawConfig) {
         let files = &self.replicas[i];
         config.tls.enabled = true;
@@ -82,6 +89,16 @@ impl MeshCerts {
         config.tls.key_file = files.key.display().to_string();
         config.tls.ca_file = files.ca.display().to_string();
         config.tls.operator_names = vec![OPERATOR_NAME.into()];
+        let author = hex::encode(demo_author().verifying_key().as_bytes());
+        config.auth.clients = "required".into();
+        config.auth.readers = vec!["*".into()];
+        config.auth.writers = vec!["*".into()];
+        config.auth.namespaces = vec![crate::config::RawAccess {
+            tenant: "demo".into(),
+            db: "notes".into(),
+            readers: vec![author.clone()],
+            writers: vec![author],
+        }];
     }
 
     /// What a client presents: nothing (`None`), or the operator's
@@ -183,8 +200,11 @@ pub async fn run(opts: MeshOptions) -> anyhow::Result<()> {
         false => None,
     };
     let members = spawn_mesh(&opts.exe, &opts.data_dir, opts.replicas, true, |i, c| {
-        if let Some(certs) = &certs {
-            certs.configure(i, c);
+        match &certs {
+            Some(certs) => certs.configure(i, c),
+            // Said explicitly: without TLS, replicas cannot tell peers from
+            // clients, so anyone who reaches the port may read and write.
+            None => c.auth.clients = "off".into(),
         }
     })
     .await?;
@@ -201,15 +221,18 @@ pub async fn run(opts: MeshOptions) -> anyhow::Result<()> {
     }
     let replicas: Vec<ReplicaProcess> = members.into_iter().map(|m| m.process).collect();
 
-    let tls = certs.as_ref().map(|c| c.client(false)).transpose()?;
-    let mut result = demo(&replicas, opts.entries, tls.clone()).await;
+    let dial = Dial {
+        tls: certs.as_ref().map(|c| c.client(false)).transpose()?,
+        key: None,
+    };
+    let mut result = demo(&replicas, opts.entries, &dial).await;
     if result.is_ok()
         && let Some(certs) = &certs
     {
-        result = secured(&replicas[0], certs).await;
+        result = secured(&replicas[0], certs, &dial).await;
     }
     if result.is_ok() {
-        result = clients(&replicas, &opts.data_dir.join("clients"), tls).await;
+        result = clients(&replicas, &opts.data_dir.join("clients"), &dial).await;
     }
     if result.is_ok() && !opts.exit {
         let first = &replicas[0];
@@ -257,18 +280,15 @@ pub async fn run(opts: MeshOptions) -> anyhow::Result<()> {
     result
 }
 
-async fn demo(
-    replicas: &[ReplicaProcess],
-    count: usize,
-    tls: Option<Arc<rustls::ClientConfig>>,
-) -> anyhow::Result<()> {
+async fn demo(replicas: &[ReplicaProcess], count: usize, dial: &Dial) -> anyhow::Result<()> {
     let last = &replicas[replicas.len() - 1];
+    let author = demo_author();
+    let dial = dial.clone().signed_by(author.clone());
     let mut clients = Vec::new();
     for r in replicas {
-        clients.push(StoreClient::connect_with(&r.grpc.to_string(), tls.clone()).await?);
+        clients.push(StoreClient::connect_with(&r.grpc.to_string(), &dial).await?);
     }
     let ns = Namespace::new("demo", "notes")?;
-    let author = SigningKey::from_bytes(blake3::hash(b"mindoo demo author").as_bytes());
     let entries = sample_entries(&ns, &author, count, 1024);
     let before: Vec<u64> = {
         let mut v = Vec::new();
@@ -377,13 +397,15 @@ async fn demo(
     Ok(())
 }
 
-/// What TLS keeps out: a plaintext client, and admin calls without a
-/// peer's or an operator's certificate.
-async fn secured(replica: &ReplicaProcess, certs: &MeshCerts) -> anyhow::Result<()> {
+/// What TLS and client keys keep out: a plaintext client, a client that
+/// signs nothing or signs with a key the namespace does not list, a
+/// replayed request, and admin calls without a peer's or an operator's
+/// certificate.
+async fn secured(replica: &ReplicaProcess, certs: &MeshCerts, dial: &Dial) -> anyhow::Result<()> {
     use crate::proto::replication_client::ReplicationClient;
     let addr = replica.grpc.to_string();
     let plain = async {
-        let mut client = StoreClient::connect_with(&addr, None).await?;
+        let mut client = StoreClient::connect_with(&addr, &Dial::default()).await?;
         anyhow::Ok(client.head().await?)
     };
     match tokio::time::timeout(Duration::from_secs(5), plain).await {
@@ -392,6 +414,47 @@ async fn secured(replica: &ReplicaProcess, certs: &MeshCerts) -> anyhow::Result<
             "tls        a plaintext client is refused by replica-1: the port takes TLS only and closes the connection"
         ),
         Err(_) => anyhow::bail!("a plaintext client got no answer within 5 s"),
+    }
+    let ns = Namespace::new("demo", "notes")?;
+    let mut anonymous = StoreClient::connect_with(&addr, dial).await?;
+    let refused = anonymous
+        .head()
+        .await
+        .expect_err("an unsigned request is refused");
+    println!(
+        "auth       a request signed by no key: {:?} ({})",
+        refused.code(),
+        refused.message()
+    );
+    let stranger = SigningKey::from_bytes(&[7; 32]);
+    let mut other = StoreClient::connect_with(&addr, &dial.clone().signed_by(stranger)).await?;
+    let refused = other
+        .put(&sample_entries(&ns, &demo_author(), 1, 64))
+        .await
+        .expect_err("a key demo/notes does not list is refused");
+    println!(
+        "auth       a key demo/notes does not list writes there: {:?} ({})",
+        refused.code(),
+        refused.message()
+    );
+    // The same credentials twice: the second time they are refused.
+    let credentials: tonic::metadata::MetadataValue<_> =
+        crate::auth::credentials(&demo_author()).parse()?;
+    let channel = crate::client::channel(&addr, dial.tls.clone()).await?;
+    let mut raw = proto::store_client::StoreClient::new(channel);
+    for attempt in ["first", "again"] {
+        let mut request = tonic::Request::new(proto::HeadRequest {});
+        request
+            .metadata_mut()
+            .insert(crate::auth::AUTH_HEADER, credentials.clone());
+        match raw.head(request).await {
+            Ok(_) => println!("auth       signed credentials, sent {attempt}: served"),
+            Err(e) => println!(
+                "auth       signed credentials, sent {attempt}: {:?} ({})",
+                e.code(),
+                e.message()
+            ),
+        }
     }
     let status = |operator: bool| {
         let addr = addr.clone();
@@ -426,7 +489,7 @@ async fn secured(replica: &ReplicaProcess, certs: &MeshCerts) -> anyhow::Result<
 async fn clients(
     replicas: &[ReplicaProcess],
     dir: &std::path::Path,
-    tls: Option<Arc<rustls::ClientConfig>>,
+    dial: &Dial,
 ) -> anyhow::Result<()> {
     use serde_json::json;
 
@@ -445,13 +508,15 @@ async fn clients(
         Database::open(&home_a, ns.clone())?,
         Database::open(&home_b, ns.clone())?,
     );
-    let through = |r: &ReplicaProcess| -> anyhow::Result<Exchange> {
+    // Each device signs its requests with its own author key.
+    let through = |r: &ReplicaProcess, db: &Database| -> anyhow::Result<Exchange> {
         let timeout = Duration::from_secs(10);
-        Ok(Exchange::grpc_with(&r.grpc.to_string(), timeout, tls.clone())?.only(ns.clone()))
+        let dial = dial.clone().signed_by(db.keys().author().clone());
+        Ok(Exchange::grpc_with(&r.grpc.to_string(), timeout, &dial)?.only(ns.clone()))
     };
     let (first, last) = (
-        through(&replicas[0])?,
-        through(&replicas[replicas.len() - 1])?,
+        through(&replicas[0], &a)?,
+        through(&replicas[replicas.len() - 1], &b)?,
     );
 
     let mut doc_a = a

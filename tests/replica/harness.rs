@@ -27,6 +27,8 @@ pub struct TestReplica {
     pub metrics: SocketAddr,
     /// Send new replication settings here to reload the peer set.
     pub peers: watch::Sender<ReplicationSettings>,
+    /// Send a new access policy here to reload it.
+    pub access: watch::Sender<mindoo_replica::access::AccessPolicy>,
     stop: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -47,6 +49,8 @@ pub fn test_config(dir: &Path) -> RawConfig {
     raw.replication.backoff_initial_ms = 20;
     raw.replication.backoff_max_ms = 300;
     raw.replication.connect_timeout_ms = 1_000;
+    // Clients sign nothing unless a test asks for client authentication.
+    raw.auth.clients = "off".into();
     raw
 }
 
@@ -86,17 +90,20 @@ impl TestReplica {
         let metrics = listeners.metrics_addr().unwrap();
         let stop = CancellationToken::new();
         let (peers, peers_rx) = watch::channel(settings.replication.clone());
+        let (access, access_rx) = watch::channel(settings.auth.access.clone());
         let task = tokio::spawn(server::serve_with(
             settings,
             store,
             listeners,
             stop.clone().cancelled_owned(),
             peers_rx,
+            access_rx,
         ));
         Self {
             addr,
             metrics,
             peers,
+            access,
             stop,
             task,
         }

@@ -354,7 +354,11 @@ async fn sighup_reloads_the_peer_list_without_a_restart() {
 
     let file = dirs[1].path().join("replica.toml");
     // Only the signal reloads: the file is not polled.
-    std::fs::write(&file, "[replication]\npeers = []\nconfig_poll_ms = 0\n").unwrap();
+    std::fs::write(
+        &file,
+        "[replication]\npeers = []\nconfig_poll_ms = 0\n[auth]\nclients = \"off\"\n",
+    )
+    .unwrap();
     let (puller, mut client) = replica_with_config(&file, &dirs[1].path().join("db")).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(client.head().await.unwrap().entry_count, 0);
@@ -362,7 +366,7 @@ async fn sighup_reloads_the_peer_list_without_a_restart() {
     std::fs::write(
         &file,
         format!(
-            "[replication]\npeers = [\"{}\"]\nconfig_poll_ms = 0\n",
+            "[replication]\npeers = [\"{}\"]\nconfig_poll_ms = 0\n[auth]\nclients = \"off\"\n",
             source.addr
         ),
     )
@@ -392,7 +396,9 @@ async fn a_config_file_replaced_in_place_adds_the_peer() {
     let version = |name: &str, peers: String| {
         let dir = mount.join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        let toml = format!("[replication]\npeers = [{peers}]\nconfig_poll_ms = 200\n");
+        let toml = format!(
+            "[replication]\npeers = [{peers}]\nconfig_poll_ms = 200\n[auth]\nclients = \"off\"\n"
+        );
         std::fs::write(dir.join("config.toml"), toml).unwrap();
     };
     version("..v1", String::new());

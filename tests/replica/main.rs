@@ -1,5 +1,6 @@
 //! End-to-end tests of one replica over real gRPC and real RocksDB.
 
+mod auth;
 mod availability;
 mod bad_input;
 mod client;

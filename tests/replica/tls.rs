@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mindoo_replica::client::StoreClient;
+use mindoo_replica::client::{Dial, StoreClient};
 use mindoo_replica::config::RawConfig;
 use mindoo_replica::proto;
 use mindoo_replica::proto::replication_client::ReplicationClient;
@@ -36,7 +36,13 @@ fn client_tls(ca: &Path, identity: Option<&TlsFiles>) -> Arc<rustls::ClientConfi
 }
 
 async fn tls_client(replica: &TestReplica, ca: &Path) -> StoreClient {
-    StoreClient::connect_with(&replica.addr.to_string(), Some(client_tls(ca, None)))
+    // Signed with a client key: replicas in a mesh require it (those
+    // started alone in these tests do not, and ignore it).
+    let dial = Dial {
+        tls: Some(client_tls(ca, None)),
+        key: Some(ed25519_dalek::SigningKey::from_bytes(&[5; 32])),
+    };
+    StoreClient::connect_with(&replica.addr.to_string(), &dial)
         .await
         .unwrap()
 }
@@ -60,7 +66,7 @@ async fn wait_for_count_tls(replica: &TestReplica, ca: &Path, count: u64, secs: 
 }
 
 /// `n` replicas in a full mesh over mutual TLS, each with a certificate of
-/// its own from one CA (in `certs`).
+/// its own from one CA (in `certs`), requiring clients to sign requests.
 async fn tls_mesh(dirs: &[tempfile::TempDir], ca: &MeshCa, certs: &Path) -> Vec<TestReplica> {
     let mut listeners = Vec::new();
     for _ in dirs {
@@ -80,6 +86,11 @@ async fn tls_mesh(dirs: &[tempfile::TempDir], ca: &MeshCa, certs: &Path) -> Vec<
         replicas.push(
             TestReplica::start_on(dir.path(), listener, |c| {
                 with_tls(c, &files);
+                // Clients sign their requests; peers are known by their
+                // certificates and need no key.
+                c.auth.clients = "required".into();
+                c.auth.readers = vec!["*".into()];
+                c.auth.writers = vec!["*".into()];
                 c.replication.peers = peers;
                 c.replication.advertise = me;
             })
@@ -179,7 +190,11 @@ async fn certificates_not_of_the_mesh_are_refused() {
         // The client trusts the mesh CA; the replica must not trust it.
         let tls = client_tls(&ca_file, Some(identity));
         let outcome = async {
-            let mut client = StoreClient::connect_with(&replica.addr.to_string(), Some(tls))
+            let dial = Dial {
+                tls: Some(tls),
+                key: None,
+            };
+            let mut client = StoreClient::connect_with(&replica.addr.to_string(), &dial)
                 .await
                 .map_err(|e| e.to_string())?;
             client.head().await.map_err(|e| e.to_string())
@@ -212,7 +227,7 @@ async fn plaintext_to_a_tls_port_fails_cleanly_and_quickly() {
     .await;
     let started = Instant::now();
     let outcome = async {
-        let mut client = StoreClient::connect_with(&replica.addr.to_string(), None)
+        let mut client = StoreClient::connect_with(&replica.addr.to_string(), &Dial::default())
             .await
             .map_err(|e| e.to_string())?;
         client.head().await.map_err(|e| e.to_string())
