@@ -11,12 +11,14 @@
 //! The signature is over `"mindoo-replica auth v1\n" ‖ ms (u64 BE) ‖
 //! nonce`. A replica takes it when the time is within its allowed clock
 //! skew of its own, and the nonce was not seen within that window, so a
-//! captured header cannot be used again. Which namespaces a key may read
+//! captured header cannot be used again on another connection. A client
+//! uses one set for a few seconds ([`REUSE`]); the connection that first
+//! presented it is served with it, without verifying it again. Which namespaces a key may read
 //! and write is the replica's access policy (`crate::access`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
@@ -55,14 +57,30 @@ pub fn credentials_at(key: &SigningKey, at_ms: u64, nonce: [u8; 16]) -> String {
     )
 }
 
-/// A tonic interceptor that signs every request with a client's key (or
-/// adds nothing, without one).
+/// How long a client uses one set of credentials before it makes new ones:
+/// well within any replica's clock skew, so a replica takes them for as
+/// long as they are used.
+pub const REUSE: Duration = Duration::from_secs(5);
+
+/// The credentials a [`RequestSigner`] sends now, and when they were made.
+type Current = Option<(tonic::metadata::AsciiMetadataValue, Instant)>;
+
+/// A tonic interceptor that signs requests with a client's key (or adds
+/// nothing, without one). One set of credentials serves every request for
+/// [`REUSE`]: a replica verifies it once per connection, and refuses it on
+/// any other connection.
 #[derive(Clone, Default)]
-pub struct RequestSigner(Option<SigningKey>);
+pub struct RequestSigner {
+    key: Option<SigningKey>,
+    current: std::sync::Arc<Mutex<Current>>,
+}
 
 impl RequestSigner {
     pub fn new(key: Option<SigningKey>) -> Self {
-        Self(key)
+        Self {
+            key,
+            current: Default::default(),
+        }
     }
 }
 
@@ -71,13 +89,43 @@ impl tonic::service::Interceptor for RequestSigner {
         &mut self,
         mut request: tonic::Request<()>,
     ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(key) = &self.0 {
-            let value = credentials(key)
-                .parse()
-                .map_err(|_| tonic::Status::internal("credentials are not ASCII"))?;
-            request.metadata_mut().insert(AUTH_HEADER, value);
-        }
+        let Some(key) = &self.key else {
+            return Ok(request);
+        };
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let value = match &*current {
+            Some((value, made)) if made.elapsed() < REUSE => value.clone(),
+            _ => {
+                let value: tonic::metadata::AsciiMetadataValue = credentials(key)
+                    .parse()
+                    .map_err(|_| tonic::Status::internal("credentials are not ASCII"))?;
+                *current = Some((value.clone(), Instant::now()));
+                value
+            }
+        };
+        request.metadata_mut().insert(AUTH_HEADER, value);
         Ok(request)
+    }
+}
+
+/// Credentials a connection has proven, so that its later requests with
+/// the same credentials are taken without verifying them again. Kept per
+/// connection: the same credentials on another connection are a replay.
+#[derive(Default)]
+pub struct Proven(Mutex<Option<(String, [u8; 32], u64)>>);
+
+impl Proven {
+    /// The key `value` proved on this connection, while it is in time.
+    fn get(&self, value: &str, now: u64, skew: u64) -> Option<[u8; 32]> {
+        let proven = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match &*proven {
+            Some((v, key, at)) if v == value && at.abs_diff(now) <= skew => Some(*key),
+            _ => None,
+        }
+    }
+
+    fn set(&self, value: &str, key: [u8; 32], at: u64) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((value.to_owned(), key, at));
     }
 }
 
@@ -158,6 +206,22 @@ impl Verifier {
     /// The key `value` proves its holder has.
     pub fn verify(&self, value: &str) -> Result<[u8; 32], AuthError> {
         self.verify_at(value, now_ms())
+    }
+
+    /// As [`Verifier::verify`], for a request on the connection that
+    /// `proven` belongs to: credentials it already proved are taken as
+    /// they are, while in time.
+    pub fn verify_on(&self, value: &str, proven: &Proven) -> Result<[u8; 32], AuthError> {
+        let now = now_ms();
+        let skew = self.max_skew.as_millis() as u64;
+        if let Some(key) = proven.get(value, now, skew) {
+            return Ok(key);
+        }
+        let key = self.verify_at(value, now)?;
+        if let Ok(claim) = parse(value) {
+            proven.set(value, key, claim.at_ms);
+        }
+        Ok(key)
     }
 
     fn verify_at(&self, value: &str, now: u64) -> Result<[u8; 32], AuthError> {
@@ -251,6 +315,21 @@ mod tests {
         ] {
             assert_eq!(v.verify_at(bad, now), Err(AuthError::Malformed), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_connection_reuses_what_it_proved_and_no_other_connection_can() {
+        let v = Verifier::new(Duration::from_secs(30), 100);
+        let (mine, theirs) = (Proven::default(), Proven::default());
+        let c = credentials(&key(1));
+        let expected = *key(1).verifying_key().as_bytes();
+        assert_eq!(v.verify_on(&c, &mine), Ok(expected));
+        assert_eq!(v.verify_on(&c, &mine), Ok(expected));
+        assert_eq!(v.verify_on(&c, &theirs), Err(AuthError::Replayed));
+        // A forgery is not taken for what the connection proved.
+        let last = if c.ends_with('0') { "1" } else { "0" };
+        let forged = format!("{}{last}", &c[..c.len() - 1]);
+        assert!(v.verify_on(&forged, &mine).is_err());
     }
 
     #[test]

@@ -88,18 +88,16 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let caller = match req
-            .extensions()
-            .get::<ConnectionInfo>()
-            .and_then(ConnectionInfo::certificate)
-        {
+        let conn = req.extensions().get::<ConnectionInfo>();
+        let proven = conn.map(|c| c.proven.clone()).unwrap_or_default();
+        let caller = match conn.and_then(ConnectionInfo::certificate) {
             Some(CertRole::Peer(name)) => Caller::Peer(name.clone()),
             Some(CertRole::Operator(name)) => Caller::Operator(name.clone()),
             None => match req.headers().get(AUTH_HEADER) {
                 None => Caller::Anonymous,
                 Some(value) => match value.to_str() {
                     Err(_) => Caller::Refused(AuthError::Malformed.to_string()),
-                    Ok(value) => match self.verifier.verify(value) {
+                    Ok(value) => match self.verifier.verify_on(value, &proven) {
                         Ok(key) => Caller::Client(key),
                         Err(e) => Caller::Refused(e.to_string()),
                     },

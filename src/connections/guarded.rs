@@ -39,6 +39,7 @@ pub struct Guarded {
     pub(super) tcp: TcpConnectInfo,
     /// Who the TLS handshake proved the other side to be.
     pub(super) cert: CertSlot,
+    pub(super) proven: std::sync::Arc<crate::auth::Proven>,
     pub(super) member: Member,
     limits: ConnectionLimits,
     metrics: std::sync::Arc<Metrics>,
@@ -83,6 +84,7 @@ impl Guarded {
             stream: Transport::new(stream, tls, cert.clone()),
             tcp,
             cert,
+            proven: Default::default(),
             member,
             limits,
             metrics,

@@ -159,6 +159,8 @@ pub struct ConnectionInfo {
     pub tcp: TcpConnectInfo,
     conn: Arc<Conn>,
     cert: transport::CertSlot,
+    /// Client credentials this connection has proven.
+    pub proven: Arc<crate::auth::Proven>,
 }
 
 impl ConnectionInfo {
@@ -183,6 +185,7 @@ impl Connected for Guarded {
             tcp: self.tcp.clone(),
             conn: self.member.conn.clone(),
             cert: self.cert.clone(),
+            proven: self.proven.clone(),
         }
     }
 }

@@ -101,6 +101,21 @@ impl MeshCerts {
         }];
     }
 
+    /// Replica `i`'s `[tls]` as environment overrides (client
+    /// authentication as the process has it).
+    pub fn env_of(&self, i: usize) -> Vec<(String, String)> {
+        let files = &self.replicas[i];
+        [
+            ("ENABLED", "true".to_owned()),
+            ("CERT_FILE", files.cert.display().to_string()),
+            ("KEY_FILE", files.key.display().to_string()),
+            ("CA_FILE", files.ca.display().to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("MINDOO_REPLICA__TLS__{k}"), v))
+        .collect()
+    }
+
     /// What a client presents: nothing (`None`), or the operator's
     /// certificate.
     pub fn client(&self, operator: bool) -> anyhow::Result<Arc<rustls::ClientConfig>> {
@@ -437,20 +452,23 @@ async fn secured(replica: &ReplicaProcess, certs: &MeshCerts, dial: &Dial) -> an
         refused.code(),
         refused.message()
     );
-    // The same credentials twice: the second time they are refused.
+    // The same credentials on a second connection (captured, and sent by
+    // someone else): refused.
     let credentials: tonic::metadata::MetadataValue<_> =
         crate::auth::credentials(&demo_author()).parse()?;
-    let channel = crate::client::channel(&addr, dial.tls.clone()).await?;
-    let mut raw = proto::store_client::StoreClient::new(channel);
     for attempt in ["first", "again"] {
+        let channel = crate::client::channel(&addr, dial.tls.clone()).await?;
+        let mut raw = proto::store_client::StoreClient::new(channel);
         let mut request = tonic::Request::new(proto::HeadRequest {});
         request
             .metadata_mut()
             .insert(crate::auth::AUTH_HEADER, credentials.clone());
         match raw.head(request).await {
-            Ok(_) => println!("auth       signed credentials, sent {attempt}: served"),
+            Ok(_) => {
+                println!("auth       signed credentials, {attempt} on a new connection: served")
+            }
             Err(e) => println!(
-                "auth       signed credentials, sent {attempt}: {:?} ({})",
+                "auth       signed credentials, {attempt} on a new connection: {:?} ({})",
                 e.code(),
                 e.message()
             ),

@@ -40,16 +40,26 @@ struct Run {
     status: String,
 }
 
-/// Streams `batches` into a fresh replica process configured with `env`.
+/// A replica's environment that requires clients to sign, any key may
+/// read and write.
+const CLIENT_AUTH: [(&str, &str); 3] = [
+    ("MINDOO_REPLICA__AUTH__CLIENTS", "required"),
+    ("MINDOO_REPLICA__AUTH__READERS", "*"),
+    ("MINDOO_REPLICA__AUTH__WRITERS", "*"),
+];
+
+/// Streams `batches` into a fresh replica process configured with `env`,
+/// signing requests with `key` when given.
 async fn run(
     opts: &AppendOptions,
     dir: &std::path::Path,
     batches: Vec<Vec<Entry>>,
     env: &[(&str, &str)],
+    key: Option<SigningKey>,
 ) -> anyhow::Result<Run> {
     let replica = ReplicaProcess::spawn(&opts.exe, dir, false, env).await?;
     let wire = Arc::new(WireCounters::default());
-    let mut client = connect_counted(&replica.grpc.to_string(), wire.clone()).await?;
+    let mut client = connect_counted(&replica.grpc.to_string(), wire.clone(), key).await?;
     let before = wire.snapshot();
     let start = Instant::now();
     let summary = client.put_stream(futures::stream::iter(batches)).await?;
@@ -82,14 +92,32 @@ pub async fn append(opts: AppendOptions) -> anyhow::Result<()> {
     let batches: Vec<Vec<Entry>> = entries.chunks(opts.batch).map(<[Entry]>::to_vec).collect();
     drop(entries);
 
-    let checked = run(&opts, &dir.path().join("checked"), batches.clone(), &[]).await?;
+    let checked = run(
+        &opts,
+        &dir.path().join("checked"),
+        batches.clone(),
+        &[],
+        None,
+    )
+    .await?;
     let unchecked = run(
         &opts,
         &dir.path().join("unchecked"),
         batches.clone(),
         &[UNSIGNED_FIXTURES],
+        None,
     )
     .await?;
+    let client = SigningKey::from_bytes(&rand::random());
+    let authenticated = run(
+        &opts,
+        &dir.path().join("authenticated"),
+        batches.clone(),
+        &CLIENT_AUTH,
+        Some(client.clone()),
+    )
+    .await?;
+    let unary = unary_calls(&opts, &dir.path().join("unary"), client).await?;
     let baseline_rate = baseline(&batches, &dir.path().join("baseline"))?;
     let n = opts.entries as f64;
     let per_entry = entry_bytes as f64 / n;
@@ -113,6 +141,19 @@ pub async fn append(opts: AppendOptions) -> anyhow::Result<()> {
         (1.0 - rate(&checked) / rate(&unchecked)) * 100.0
     );
     println!(
+        "append: {:.0} entries/s with client authentication required (auth.clients = required, requests signed by the client's key), same run: {:+.1} % against auth off",
+        rate(&authenticated),
+        (rate(&authenticated) / rate(&checked) - 1.0) * 100.0
+    );
+    println!(
+        "append: per request, {} Head calls one after another: {:.1} us signed and checked against {:.1} us unsigned with auth off, in alternating rounds: authentication costs {:.1} us ({:+.1} %) (target <= 10 %)",
+        unary.calls,
+        unary.signed_us,
+        unary.open_us,
+        unary.signed_us - unary.open_us,
+        (unary.signed_us / unary.open_us - 1.0) * 100.0
+    );
+    println!(
         "append: baseline in-process verify (signatures included) + RocksDB append, no gRPC: {baseline_rate:.0} entries/s (gRPC path reaches {:.0} %)",
         rate(&checked) / baseline_rate * 100.0
     );
@@ -129,10 +170,63 @@ pub async fn append(opts: AppendOptions) -> anyhow::Result<()> {
         checked.status
     );
     anyhow::ensure!(
-        checked.stored as usize == opts.entries && unchecked.stored as usize == opts.entries,
+        [&checked, &unchecked, &authenticated]
+            .iter()
+            .all(|r| r.stored as usize == opts.entries),
         "not every entry was stored"
     );
     Ok(())
+}
+
+/// Mean latency of unary calls, signed against a replica that requires
+/// client authentication and unsigned against one that does not.
+struct Unary {
+    calls: usize,
+    signed_us: f64,
+    open_us: f64,
+}
+
+async fn unary_calls(
+    opts: &AppendOptions,
+    dir: &std::path::Path,
+    key: SigningKey,
+) -> anyhow::Result<Unary> {
+    const ROUNDS: usize = 10;
+    const PER_ROUND: usize = 500;
+    let mut sides = Vec::new();
+    for (name, env, key) in [
+        ("open", &[][..], None),
+        ("signed", &CLIENT_AUTH[..], Some(key)),
+    ] {
+        let replica = ReplicaProcess::spawn(&opts.exe, &dir.join(name), false, env).await?;
+        let wire = Arc::new(WireCounters::default());
+        let mut client = connect_counted(&replica.grpc.to_string(), wire, key).await?;
+        for _ in 0..200 {
+            client.head().await?;
+        }
+        sides.push((replica, client, std::time::Duration::ZERO));
+    }
+    // Rounds alternate between the two, so that a noisy moment costs both.
+    for _ in 0..ROUNDS {
+        for (_, client, spent) in sides.iter_mut() {
+            let start = Instant::now();
+            for _ in 0..PER_ROUND {
+                client.head().await?;
+            }
+            *spent += start.elapsed();
+        }
+    }
+    let calls = ROUNDS * PER_ROUND;
+    let mut means = Vec::new();
+    for (replica, _, spent) in sides {
+        means.push(spent.as_secs_f64() * 1e6 / calls as f64);
+        replica.stop().await?;
+    }
+    Ok(Unary {
+        calls,
+        open_us: means[0],
+        signed_us: means[1],
+    })
 }
 
 /// The same batches verified and appended in-process: the ceiling for the gRPC path.

@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 
 use super::{CountingProxy, UNSIGNED_FIXTURES, memory_mb, unsigned_entries, wait_quiet};
-use crate::client::StoreClient;
+use crate::client::{Dial, StoreClient};
 use crate::entry::{Namespace, VerifiedEntry};
 use crate::store::Store;
 use crate::store::rocks::{RocksConfig, RocksStore};
 use crate::tools::child::{ReplicaProcess, http_get};
+use crate::tools::mesh::MeshCerts;
 
 #[derive(Debug, Clone)]
 pub struct BootstrapOptions {
@@ -158,12 +159,62 @@ pub async fn bootstrap(opts: BootstrapOptions) -> anyhow::Result<()> {
     puller.stop().await?;
     source.stop().await?;
 
+    let tls_secs = pull_over_tls(&opts, dir.path(), total).await?;
+    println!(
+        "bootstrap: over mutual TLS in this run (the same source, a fresh puller): {total} entries in {tls_secs:.2} s = {:.0} entries/s, {:.0} % of the plaintext rate",
+        n / tls_secs,
+        100.0 * secs / tls_secs
+    );
+
     let raw = raw_ingest(&dir.path().join("raw"), &ns, total, size).await?;
     println!(
         "bootstrap: baseline raw RocksDB ingest of the same entries in this run (store appends of {FILL_BATCH}, no network, no verification): {raw:.0} entries/s; bootstrap reaches {:.0} %",
         100.0 * n / secs / raw
     );
     Ok(())
+}
+
+/// Restarts the source on its data with TLS on, and times a fresh puller's
+/// bootstrap from it over mutual TLS.
+async fn pull_over_tls(
+    opts: &BootstrapOptions,
+    dir: &std::path::Path,
+    total: usize,
+) -> anyhow::Result<f64> {
+    let certs = MeshCerts::make(&dir.join("tls"), 2)?;
+    let source_env = certs.env_of(0);
+    let source_env: Vec<(&str, &str)> = source_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .chain([UNSIGNED_FIXTURES])
+        .collect();
+    let source = ReplicaProcess::spawn(&opts.exe, &dir.join("source"), false, &source_env).await?;
+    let peer = source.grpc.to_string();
+    let puller_env = certs.env_of(1);
+    let puller_env: Vec<(&str, &str)> = puller_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .chain([("MINDOO_REPLICA__REPLICATION__PEERS", peer.as_str())])
+        .collect();
+    let start = Instant::now();
+    let puller =
+        ReplicaProcess::spawn(&opts.exe, &dir.join("puller-tls"), false, &puller_env).await?;
+    let dial = Dial {
+        tls: Some(certs.client(false)?),
+        key: None,
+    };
+    let mut client = StoreClient::connect_with(&puller.grpc.to_string(), &dial).await?;
+    while (client.head().await?.entry_count as usize) < total {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(1800),
+            "bootstrap over TLS stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    puller.stop().await?;
+    source.stop().await?;
+    Ok(secs)
 }
 
 /// Entries/s of appending `total` entries straight into a RocksDB store, in

@@ -89,8 +89,13 @@ pub async fn wait_quiet(p: &ReplicaProcess, limit: std::time::Duration) {
     }
 }
 
-/// Connects a client whose TCP bytes are counted in `wire`.
-pub async fn connect_counted(addr: &str, wire: Arc<WireCounters>) -> anyhow::Result<StoreClient> {
+/// Connects a client whose TCP bytes are counted in `wire`, signing its
+/// requests with `key` when given.
+pub async fn connect_counted(
+    addr: &str,
+    wire: Arc<WireCounters>,
+    key: Option<ed25519_dalek::SigningKey>,
+) -> anyhow::Result<StoreClient> {
     let target = addr.to_owned();
     let channel = endpoint(addr)?
         .connect_with_connector(tower::service_fn(move |_uri| {
@@ -105,7 +110,7 @@ pub async fn connect_counted(addr: &str, wire: Arc<WireCounters>) -> anyhow::Res
             }
         }))
         .await?;
-    Ok(StoreClient::new(channel))
+    Ok(StoreClient::signed(channel, key))
 }
 
 /// A loopback TCP proxy to `target` that counts the bytes each way: `sent`
