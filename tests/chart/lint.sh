@@ -15,6 +15,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
 # shellcheck source=tests/chart/tools.sh
 source tests/chart/tools.sh
+# ed25519 in the checks of the helm test pod's client key (the version the
+# container tests use too).
+tools_venv_add cryptography==48.0.0
 
 CHART=helm/mindoo-replica
 RELEASE=replica
@@ -112,6 +115,7 @@ pairs = {"config": ("RawConfig", schema)}
 for section, sub in schema["properties"].items():
     pairs[f"config.{section}"] = ("Raw" + section.capitalize(), sub)
 pairs["config.policy.namespaces[]"] = ("RawNamespace", schema["properties"]["policy"]["properties"]["namespaces"]["items"])
+pairs["config.auth.namespaces[]"] = ("RawAccess", schema["properties"]["auth"]["properties"]["namespaces"]["items"])
 bad = False
 for path, (struct, node) in pairs.items():
     have, want = set(node["properties"]), fields(struct)
@@ -132,7 +136,9 @@ copies=$(find . -path ./target -prune -o -path ./.git -prune -o -name alerts.yam
 [[ $(wc -l <<<"$copies") -eq 1 ]] || fail "more than one alerts.yaml file: $copies"
 ok "deploy/prometheus/alerts.yaml -> $CHART/files/alerts.yaml, the only file of that name"
 
-VALUES_FILES=(deploy/values-*.yaml)
+# The deploy/ examples, and values only the tests use (TLS from inline PEM
+# values; client authentication with every kind of list).
+VALUES_FILES=(deploy/values-*.yaml tests/chart/values-*.yaml)
 [[ -e ${VALUES_FILES[0]} ]] || fail "no deploy/values-*.yaml example files"
 
 step "helm lint --strict"
@@ -338,16 +344,26 @@ test = one("Pod")
 tc = test["spec"]["containers"][0]
 check(test["metadata"]["annotations"]["helm.sh/hook"] == "test" and test["spec"]["restartPolicy"] == "Never"
       and tc["image"] == c["image"], "test Pod: helm.sh/hook test, restartPolicy Never, the replicas image")
-check(tc["args"] == ["check"] + [a for i in range(3) for a in ("--addr", fqdn(i))], "test Pod: mindoo-replica check with one --addr per replica")
+check(tc["args"] == ["check", "--namespace", "mindoo-check/probe"] + [a for i in range(3) for a in ("--addr", fqdn(i))],
+      "test Pod: mindoo-replica check --namespace mindoo-check/probe with one --addr per replica")
 check(tc["securityContext"] == sc and test["spec"]["securityContext"] == psc, "test Pod: the replicas security contexts")
 selector = spec["selector"]["matchLabels"]
 check(not all(test["metadata"]["labels"].get(k) == v for k, v in selector.items()), "test Pod is not selected by the replicas Services")
 check(not [d for d in docs if d["kind"] in ("ServiceMonitor", "PrometheusRule", "NetworkPolicy")], "no ServiceMonitor, PrometheusRule or NetworkPolicy by default")
+check("tls" not in cfg and "tls" not in vols and "/etc/mindoo-replica/tls" not in mounts
+      and not [e for e in c["env"] + tc.get("env", []) if e["name"].startswith("MINDOO_REPLICA_TLS")]
+      and not [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == f"{full}-tls"],
+      "TLS off by default: no [tls] in the config, no TLS Secret, volume or client environment")
+check(cfg["auth"] == {"clients": "off", "max_clock_skew_ms": 30000, "max_recent_requests": 500000,
+                      "readers": [], "writers": [], "operators": [], "namespaces": []}
+      and not [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == f"{full}-test-key"]
+      and not [e for e in tc.get("env", []) if e["name"] == "MINDOO_REPLICA_CLIENT_KEY_FILE"] and "client-key" not in str(test["spec"]["volumes"]),
+      "TLS off by default, so [auth] clients = \"off\" explicitly (the binary refuses required with peers and no TLS); no test key")
 '
 
 check_rendered "$COMMON"'
 check(len(config()["replication"]["peers"]) == 4, "replicaCount 4: the ConfigMap lists 4 peers")
-check(len(one("Pod")["spec"]["containers"][0]["args"]) == 9, "replicaCount 4: the test Pod checks 4 addresses")
+check(len(one("Pod")["spec"]["containers"][0]["args"]) == 11, "replicaCount 4: the test Pod checks 4 addresses")
 ' --set replicaCount=4
 
 base=$(checksum)
@@ -443,6 +459,181 @@ check(np["ingress"][0]["ports"][0]["port"] == 7700 and len(np["ingress"][0]["fro
   --set networkPolicy.enabled=true \
   --set 'networkPolicy.allowedClients[0].namespaceSelector.matchLabels.team=apps'
 
+TLS_COMMON="$COMMON"'
+TLS_DIR = "/etc/mindoo-replica/tls"
+def tls_checks(secret):
+    """What TLS on renders, whichever the Secret: [tls] naming the mounted
+    files, the Secret mounted read-only, the client environment of the
+    replica and the test pod (which gets the CA alone), probes off the gRPC port."""
+    cfg = config()
+    t = cfg["tls"]
+    check(t["enabled"] is True and (t["cert_file"], t["key_file"], t["ca_file"]) == (f"{TLS_DIR}/tls.crt", f"{TLS_DIR}/tls.key", f"{TLS_DIR}/ca.crt"),
+          f"[tls] enabled, cert_file/key_file/ca_file the files of the mounted Secret under {TLS_DIR}")
+    pod = one("StatefulSet")["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    vol = [v for v in pod["volumes"] if v["name"] == "tls"][0]["secret"]
+    mount = [m for m in c["volumeMounts"] if m["name"] == "tls"][0]
+    check(vol == {"secretName": secret, "defaultMode": 0o440} and mount == {"name": "tls", "mountPath": TLS_DIR, "readOnly": True},
+          f"Secret {secret} mounted read-only at {TLS_DIR}, whole (no subPath: renewals reach the pod), mode 0440")
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    check({k: env.get(k) for k in ("MINDOO_REPLICA_TLS_CA", "MINDOO_REPLICA_TLS_CERT", "MINDOO_REPLICA_TLS_KEY")}
+          == {"MINDOO_REPLICA_TLS_CA": f"{TLS_DIR}/ca.crt", "MINDOO_REPLICA_TLS_CERT": f"{TLS_DIR}/tls.crt", "MINDOO_REPLICA_TLS_KEY": f"{TLS_DIR}/tls.key"},
+          "replica container: MINDOO_REPLICA_TLS_CA/_CERT/_KEY name the files, for `kubectl exec ... mindoo-replica status`")
+    check({c[p]["grpc"]["port"] for p in ("startupProbe", "livenessProbe", "readinessProbe")} == {9700},
+          "the gRPC probes go to the metrics port (plaintext health), not the TLS-only gRPC port")
+    test = one("Pod")["spec"]
+    tc = test["containers"][0]
+    tvol = [v for v in test["volumes"] if v["name"] == "tls"][0]["secret"]
+    check({e["name"]: e["value"] for e in tc["env"]}.get("MINDOO_REPLICA_TLS_CA") == f"{TLS_DIR}/ca.crt"
+          and not [e for e in tc["env"] if e["name"] in ("MINDOO_REPLICA_TLS_CERT", "MINDOO_REPLICA_TLS_KEY")]
+          and tvol["secretName"] == secret and tvol["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+          and {"name": "tls", "mountPath": TLS_DIR, "readOnly": True} in tc["volumeMounts"],
+          "test Pod: MINDOO_REPLICA_TLS_CA and the CA alone (ca.crt) from the Secret, no private key")
+    return cfg
+'
+
+check_rendered "$TLS_COMMON"'
+cfg = tls_checks("my-tls")
+check(cfg["tls"]["peer_names"] == [] and cfg["tls"]["operator_names"] == ["*.operators.example.org"], "[tls] operator_names from tls.operatorNames")
+check(not [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == f"{full}-tls"], "tls.existingSecret: no TLS Secret rendered")
+' --set tls.enabled=true --set tls.existingSecret=my-tls --set 'tls.operatorNames={*.operators.example.org}'
+
+check_rendered "$TLS_COMMON"'
+cfg = tls_checks(f"{full}-tls")
+given = yaml.safe_load(open("tests/chart/values-tls-inline.yaml"))["tls"]
+secret = one("Secret", f"{full}-tls")
+data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+check(secret["type"] == "kubernetes.io/tls" and data == {"tls.crt": given["cert"], "tls.key": given["key"], "ca.crt": given["ca"]},
+      f"inline PEM values: Secret {full}-tls of type kubernetes.io/tls with tls.crt, tls.key, ca.crt as given")
+check(cfg["tls"]["peer_names"] == given["peerNames"] and cfg["tls"]["operator_names"] == given["operatorNames"],
+      "[tls] peer_names and operator_names from tls.peerNames and tls.operatorNames")
+' -f tests/chart/values-tls-inline.yaml
+
+tls_on=$(checksum -f tests/chart/values-tls-inline.yaml)
+[[ $tls_on != "$base" ]] || fail "tls.enabled leaves checksum/config unchanged: the pods would not turn TLS on"
+ok "tls.enabled changes checksum/config (the pods roll to turn TLS on)"
+[[ $(checksum -f tests/chart/values-tls-inline.yaml --set 'tls.operatorNames={ops2.operators.mindoo-replica.internal}') != "$tls_on" ]] \
+  || fail "tls.operatorNames leaves checksum/config unchanged"
+ok "tls.operatorNames changes checksum/config"
+# A renewed certificate (other tls.cert and tls.key) changes the Secret only:
+# the replicas read the mounted files again, so no pod restarts.
+sed 's/cmVwbGljYSBjZXJ0aWZpY2F0ZQ==/cmVuZXdlZCBjZXJ0aWZpY2F0ZQ==/; s/cHJpdmF0ZSBrZXk=/cmVuZXdlZCBrZXk=/' \
+  tests/chart/values-tls-inline.yaml >"$WORK/values-tls-renewed.yaml"
+cmp -s tests/chart/values-tls-inline.yaml "$WORK/values-tls-renewed.yaml" && fail "the renewed-certificate values equal the originals"
+[[ $(render -f "$WORK/values-tls-renewed.yaml" --show-only templates/secret-tls.yaml) != "$(render -f tests/chart/values-tls-inline.yaml --show-only templates/secret-tls.yaml)" ]] \
+  || fail "a new tls.cert does not change the TLS Secret"
+[[ $(render -f "$WORK/values-tls-renewed.yaml" --show-only templates/statefulset.yaml) == "$(render -f tests/chart/values-tls-inline.yaml --show-only templates/statefulset.yaml)" ]] \
+  || fail "a new tls.cert/tls.key changes the StatefulSet: a certificate renewal would restart every pod"
+ok "a new tls.cert/tls.key changes the TLS Secret and not the StatefulSet (renewals restart no pod)"
+
+# Client authentication (auth.*): [auth] rendered, the helm test pod's key.
+AUTH_COMMON="$COMMON"'
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+PROBE = ("mindoo-check", "probe")
+KEY_DIR = "/etc/mindoo-replica/client"
+def public_of(seed):
+    key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(seed))
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
+def probe_entries(a):
+    return [n for n in a["namespaces"] if (n["tenant"], n["db"]) == PROBE]
+def no_test_key():
+    env = [e for p in docs if p["kind"] == "Pod" for e in p["spec"]["containers"][0].get("env", [])]
+    return (not [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == f"{full}-test-key"]
+            and not [e for e in env if e["name"] == "MINDOO_REPLICA_CLIENT_KEY_FILE"])
+def test_key_checks():
+    """The helm test pod signs with the key of Secret <full>-test-key: its
+    secret key (64 hex) mounted alone into the test pod, not into the
+    replicas; its public key (derived here with cryptography) in the
+    annotation and in the readers and writers of mindoo-check/probe."""
+    secret = one("Secret", f"{full}-test-key")
+    seed = base64.b64decode(secret["data"]["client.key"]).decode()
+    check(list(secret["data"]) == ["client.key"] and re.fullmatch("[0-9a-f]{64}", seed) is not None,
+          f"Secret {full}-test-key holds client.key alone: 64 hex digits (an ed25519 secret key)")
+    public = public_of(seed)
+    check(secret["metadata"]["annotations"]["mindoo-replica/public-key"] == public,
+          "its annotation mindoo-replica/public-key is the ed25519 public key of client.key (derived by the chart)")
+    a = config()["auth"]
+    probe = probe_entries(a)
+    check(len(probe) == 1 and public in probe[0]["readers"] and public in probe[0]["writers"]
+          and not [n for n in a["namespaces"] if n not in probe and public in n["readers"] + n["writers"]]
+          and public not in a["readers"] + a["writers"] + a["operators"],
+          "[auth]: the test key may read and write mindoo-check/probe, and nothing else")
+    test = one("Pod")["spec"]
+    tc = test["containers"][0]
+    env = {e["name"]: e["value"] for e in tc["env"]}
+    vol = [v for v in test["volumes"] if v["name"] == "client-key"][0]["secret"]
+    check(env["MINDOO_REPLICA_CLIENT_KEY_FILE"] == f"{KEY_DIR}/client.key"
+          and vol == {"secretName": f"{full}-test-key", "defaultMode": 0o440, "items": [{"key": "client.key", "path": "client.key"}]}
+          and {"name": "client-key", "mountPath": KEY_DIR, "readOnly": True} in tc["volumeMounts"],
+          f"test Pod: MINDOO_REPLICA_CLIENT_KEY_FILE={KEY_DIR}/client.key from that Secret, read-only, mode 0440")
+    pod = one("StatefulSet")["spec"]["template"]["spec"]
+    check(f"{full}-test-key" not in json.dumps(pod) and not [d for d in docs if d["kind"] == "ConfigMap" and seed in json.dumps(d)],
+          "the replicas do not mount the test key, and no ConfigMap holds its secret")
+    return a, public
+'
+
+check_rendered "$AUTH_COMMON"'
+a, public = test_key_checks()
+check(a["clients"] == "required" and a["readers"] == [] and a["writers"] == [] and a["operators"] == []
+      and a["namespaces"] == [{"tenant": "mindoo-check", "db": "probe", "readers": [public], "writers": [public]}],
+      "auth.clients \"\" with tls.enabled: [auth] clients = \"required\"; no lists but the test key on mindoo-check/probe")
+' --set tls.enabled=true --set tls.existingSecret=my-tls
+
+check_rendered "$AUTH_COMMON"'
+a, public = test_key_checks()
+given = yaml.safe_load(open("tests/chart/values-auth.yaml"))
+v = given["auth"]
+check(public == public_of(given["tests"]["clientKey"]) and base64.b64decode(one("Secret", f"{full}-test-key")["data"]["client.key"]).decode() == given["tests"]["clientKey"],
+      "tests.clientKey: the Secret holds it as given, the config lists its public key")
+check((a["clients"], a["max_clock_skew_ms"], a["max_recent_requests"]) == ("required", 10000, 100000)
+      and (a["readers"], a["writers"], a["operators"]) == (v["readers"], v["writers"], v["operators"]),
+      "[auth] clients, max_clock_skew_ms, max_recent_requests, readers, writers, operators from auth.*")
+check(a["namespaces"] == [v["namespaces"][0], {"tenant": "mindoo-check", "db": "probe",
+                                               "readers": v["namespaces"][1]["readers"] + [public], "writers": [public]}],
+      "auth.namespaces as given; the test key joins the lists auth.namespaces gives mindoo-check/probe (no second entry)")
+' -f tests/chart/values-auth.yaml
+
+check_rendered "$AUTH_COMMON"'
+a, public = test_key_checks()
+check(probe_entries(a)[0]["readers"] == ["*", public] and probe_entries(a)[0]["writers"] == ["ab" * 32, public],
+      "mindoo-check/probe not listed: its entry copies auth.readers and auth.writers, plus the test key (the namespace stays as open as the rest, and \"*\" readers may still read every namespace)")
+' --set tls.enabled=true --set tls.existingSecret=my-tls --set 'auth.readers={*}' --set "auth.writers={$(printf 'ab%.0s' {1..32})}"
+
+check_rendered "$AUTH_COMMON"'
+a = config()["auth"]
+check(a["clients"] == "off" and not probe_entries(a) and no_test_key(),
+      "auth.clients off with TLS on: [auth] clients = \"off\", no test key, no entry for mindoo-check/probe")
+' --set tls.enabled=true --set tls.existingSecret=my-tls --set auth.clients=off
+
+check_rendered "$AUTH_COMMON"'
+a, public = test_key_checks()
+check(a["clients"] == "required" and "tls" not in config() and config()["replication"]["peers"] == [fqdn(0)],
+      "auth.clients required without TLS renders for a single replica (no peers, which the binary accepts)")
+' --set replicaCount=1 --set auth.clients=required
+
+check_rendered "$AUTH_COMMON"'
+a = config()["auth"]
+check(a["clients"] == "required" and not probe_entries(a) and no_test_key() and not [d for d in docs if d["kind"] == "Pod"],
+      "tests.enabled false: no test key and no entry for mindoo-check/probe")
+' --set tls.enabled=true --set tls.existingSecret=my-tls --set tests.enabled=false
+
+auth_on=(--set tls.enabled=true --set tls.existingSecret=my-tls)
+auth_base=$(checksum "${auth_on[@]}")
+[[ $(checksum "${auth_on[@]}") == "$auth_base" ]] \
+  || fail "two renders with a generated helm test key differ in checksum/config: every helm upgrade would roll the pods"
+ok "a generated helm test key is left out of checksum/config (two renders, two keys, one checksum)"
+for change in "auth.readers={*}" "auth.writers={$(printf 'cd%.0s' {1..32})}" "auth.operators={$(printf 'ef%.0s' {1..32})}" \
+  "auth.namespaces[0].tenant=acme,auth.namespaces[0].db=notes,auth.namespaces[0].readers={*}" "tests.clientKey=$(printf '42%.0s' {1..32})"; do
+  [[ $(checksum "${auth_on[@]}" --set "$change") == "$auth_base" ]] \
+    || fail "--set $change changes checksum/config: a new client key would roll every pod (the replicas apply the lists live)"
+done
+ok "auth.readers, writers, operators, namespaces and tests.clientKey keep checksum/config (applied live, no rollout)"
+for change in auth.clients=off auth.maxClockSkewMs=10000 auth.maxRecentRequests=100000; do
+  [[ $(checksum "${auth_on[@]}" --set "$change") != "$auth_base" ]] || fail "--set $change leaves checksum/config unchanged: the pods would not pick it up"
+done
+ok "auth.clients, maxClockSkewMs and maxRecentRequests change checksum/config (read at start: the pods roll)"
+
 # NOTES.txt is not rendered by helm template: render it through a copy of the
 # chart with one more template that includes it.
 cp -r "$CHART" "$WORK/notes-chart"
@@ -458,14 +649,102 @@ for line in \
   "No pod restarts"; do
   grep -qF -- "$line" "$WORK/notes.txt" || { cat "$WORK/notes.txt"; fail "NOTES.txt lacks: $line"; }
 done
-grep -q WARNING "$WORK/notes.txt" && { cat "$WORK/notes.txt"; fail "NOTES.txt warns about the default values"; }
-ok "NOTES.txt: peer FQDNs, port-forward, status command, scaling note; no warning for the defaults"
+grep -q 'WARNING: tls.enabled is false' "$WORK/notes.txt" || { cat "$WORK/notes.txt"; fail "NOTES.txt does not warn that TLS is off"; }
+if ! grep -q 'WARNING: auth.clients is off: client authentication is OFF. Anyone who reaches the gRPC port' "$WORK/notes.txt" \
+  || ! grep -q 'can READ and WRITE EVERY NAMESPACE' "$WORK/notes.txt"; then
+  cat "$WORK/notes.txt"
+  fail "NOTES.txt does not warn loudly that client authentication is off"
+fi
+grep 'WARNING' "$WORK/notes.txt" | grep -v 'WARNING: tls.enabled is false' | grep -v 'WARNING: auth.clients is off' \
+  && { cat "$WORK/notes.txt"; fail "NOTES.txt warns about the default values beyond TLS and client authentication"; }
+grep -qF "Probes: the kubelet's gRPC probes use port 9700 (the metrics listener: grpc.health.v1 in plaintext" "$WORK/notes.txt" \
+  || { cat "$WORK/notes.txt"; fail "NOTES.txt does not say the probes use the metrics port"; }
+ok "NOTES.txt: peer FQDNs, port-forward, status command, probes on the metrics port, scaling note; warns only that TLS and client authentication are off"
+notes -f deploy/values-production.yaml >"$WORK/notes.txt" || fail "NOTES.txt does not render with deploy/values-production.yaml"
+for line in \
+  "TLS: on." \
+  "Secret mindoo-replica-tls (tls.crt, tls.key, ca.crt)" \
+  "answers only peers and operators (*.operators.mindoo-replica.internal)" \
+  "MINDOO_REPLICA_TLS_CA=ca.crt MINDOO_REPLICA_TLS_CERT=operator.crt MINDOO_REPLICA_TLS_KEY=operator.key" \
+  "kubectl exec --namespace $NAMESPACE $RELEASE-mindoo-replica-0 -- mindoo-replica status --addr $RELEASE-mindoo-replica-0.$RELEASE-mindoo-replica-headless.$NAMESPACE.svc.cluster.local:7700" \
+  "Probes: the kubelet's gRPC probes use port 9700 (the metrics listener" \
+  "Client authentication: required." \
+  "operators (PeerStatus): c3c3c3c3c3c3c3c3…, and certificates named *.operators.mindoo-replica.internal" \
+  "acme/payroll: readers d4d4d4d4d4d4d4d4…; writers d4d4d4d4d4d4d4d4…" \
+  "helm test key (Secret $RELEASE-mindoo-replica-test-key): " \
+  "MINDOO_REPLICA_TLS_CA=ca.crt MINDOO_REPLICA_CLIENT_KEY_FILE=client.key"; do
+  grep -qF -- "$line" "$WORK/notes.txt" || { cat "$WORK/notes.txt"; fail "NOTES.txt with TLS on lacks: $line"; }
+done
+grep -q 'WARNING' "$WORK/notes.txt" && { cat "$WORK/notes.txt"; fail "NOTES.txt warns about deploy/values-production.yaml"; }
+ok "NOTES.txt with TLS on (deploy/values-production.yaml): the Secret, who may call PeerStatus, status over TLS by peer name; client authentication required, the lists, the helm test key; no warning"
+notes --set tls.enabled=true --set tls.existingSecret=my-tls >"$WORK/notes.txt"
+if ! grep -qF "NOTE: auth.readers, auth.writers and auth.namespaces are empty: no client key may read or write any namespace" "$WORK/notes.txt" \
+  || grep -q 'WARNING: auth.clients is off' "$WORK/notes.txt"; then
+  cat "$WORK/notes.txt"
+  fail "NOTES.txt with TLS on and no client keys listed does not say that no client may read or write"
+fi
+ok "NOTES.txt with TLS on and empty auth lists: client authentication required by default, no client key listed yet"
+notes --set tls.enabled=true --set tls.existingSecret=my-tls --set auth.clients=off >"$WORK/notes.txt"
+grep -q 'WARNING: auth.clients is off' "$WORK/notes.txt" || { cat "$WORK/notes.txt"; fail "NOTES.txt does not warn that client authentication is off (TLS on)"; }
+ok "NOTES.txt warns when auth.clients is off with TLS on as well"
 notes --set persistence.enabled=false --set replicaCount=1 >"$WORK/notes.txt"
 if ! grep -q 'WARNING: persistence.enabled is false' "$WORK/notes.txt" || ! grep -q 'WARNING: replicaCount is 1' "$WORK/notes.txt"; then
   cat "$WORK/notes.txt"
   fail "NOTES.txt does not warn about persistence disabled and a single replica"
 fi
 ok "NOTES.txt warns about persistence disabled and a single replica"
+
+step "deploy/cert-manager matches the chart (deploy/values-production.yaml)"
+render -f deploy/values-production.yaml >"$WORK/production.yaml" || fail "helm template -f deploy/values-production.yaml"
+"$PY" - deploy/cert-manager/certificates.yaml "$WORK/production.yaml" deploy/values-production.yaml "$RELEASE" "$NAMESPACE" <<'PY' \
+  || fail "deploy/cert-manager/certificates.yaml does not issue what the chart with deploy/values-production.yaml needs"
+import sys, tomllib, yaml
+cm_path, rendered_path, values_path, release, ns = sys.argv[1:]
+docs = [d for d in yaml.safe_load_all(open(cm_path)) if d]
+rendered = [d for d in yaml.safe_load_all(open(rendered_path)) if d]
+tls = yaml.safe_load(open(values_path))["tls"]
+def check(cond, msg):
+    if not cond:
+        print(f"   NOT   {msg}")
+        sys.exit(1)
+    print(f"   ok    {msg}")
+def covers(pattern, host):
+    """TLS name matching: a wildcard stands for exactly one leftmost label."""
+    if pattern.startswith("*."):
+        return host.endswith(pattern[1:]) and "." not in host[: -len(pattern) + 1]
+    return pattern == host
+def under(pattern, name):
+    """The binary's peer/operator name rule: *.suffix is any name under suffix."""
+    return name.endswith(pattern[1:]) if pattern.startswith("*.") else pattern == name
+check({d["apiVersion"] for d in docs} == {"cert-manager.io/v1"} and {d["metadata"]["namespace"] for d in docs} == {ns},
+      f"cert-manager.io/v1 resources, all in the namespace {ns}")
+issuers = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "Issuer"}
+certs = [d for d in docs if d["kind"] == "Certificate"]
+def issued_by(cert):
+    ref = cert["spec"]["issuerRef"]
+    return issuers.get(ref["name"]) if ref.get("kind", "Issuer") == "Issuer" else None
+cas = [c for c in certs if c["spec"].get("isCA")]
+check(len(cas) == 1 and "selfSigned" in (issued_by(cas[0]) or {}), "one CA Certificate, from a self-signed Issuer")
+ca_issuer = [n for n, spec in issuers.items() if spec.get("ca", {}).get("secretName") == cas[0]["spec"]["secretName"]]
+check(len(ca_issuer) == 1, f"a CA Issuer over the CA's Secret {cas[0]['spec']['secretName']}")
+replica = [c for c in certs if c["spec"]["secretName"] == tls["existingSecret"]]
+check(len(replica) == 1 and replica[0]["spec"]["issuerRef"]["name"] == ca_issuer[0],
+      f"the replicas' Certificate writes tls.existingSecret ({tls['existingSecret']}), issued by the CA Issuer")
+spec = replica[0]["spec"]
+check({"server auth", "client auth"} <= set(spec["usages"]), "the replicas' certificate: usages server auth and client auth")
+sts = [d for d in rendered if d["kind"] == "StatefulSet"][0]
+svc = f"{sts['metadata']['name']}.{ns}.svc.cluster.local"
+cfg = tomllib.loads([d for d in rendered if d["kind"] == "ConfigMap"][0]["data"]["config.toml"])
+hosts = [p.rsplit(":", 1)[0] for p in cfg["replication"]["peers"]]
+uncovered = [h for h in hosts + [svc] if not any(covers(n, h) for n in spec["dnsNames"])]
+check(cfg["tls"]["enabled"] and not uncovered,
+      f"its dnsNames cover the {len(hosts)} rendered peer names (which makes it a peer) and the client Service {svc}"
+      + (f"; not: {uncovered}" if uncovered else ""))
+operators = [c for c in certs if c not in cas + replica]
+check(operators and all(c["spec"]["issuerRef"]["name"] == ca_issuer[0] and "client auth" in c["spec"]["usages"]
+                        and all(any(under(p, n) for p in tls["operatorNames"]) for n in c["spec"]["dnsNames"]) for c in operators),
+      f"{len(operators)} operator Certificate(s): client auth, from the CA Issuer, named under tls.operatorNames {tls['operatorNames']}")
+PY
 
 step "Prometheus rules and config (promtool)"
 promtool check rules deploy/prometheus/alerts.yaml >"$WORK/p.out" 2>&1 || { cat "$WORK/p.out"; fail "promtool check rules deploy/prometheus/alerts.yaml"; }

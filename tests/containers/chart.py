@@ -72,10 +72,15 @@ class Render:
         return out
 
 
-def render(helm: str, chart: str, release: str, namespace: str, sets: dict[str, str]) -> Render:
+def render(helm: str, chart: str, release: str, namespace: str, sets: dict[str, str],
+           set_files: dict[str, Path] | None = None) -> Render:
+    """`helm template` with --set for `sets` and --set-file for `set_files`
+    (values read from files, such as PEM certificates)."""
     cmd = [helm, "template", release, chart, "--namespace", namespace]
     for key, value in sets.items():
         cmd += ["--set", f"{key}={value}"]
+    for key, path in (set_files or {}).items():
+        cmd += ["--set-file", f"{key}={path}"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise ChartError(f"{' '.join(cmd)} failed:\n{proc.stderr}")
@@ -94,6 +99,16 @@ class Volume:
     source: str = ""  # the claim template, ConfigMap or Secret name
     mode: int = 0o644  # files of a configMap or secret volume
     size: str = ""  # emptyDir sizeLimit
+    items: dict[str, str] | None = None  # configMap/secret: key -> file name; None projects every key
+
+    def project(self, data: dict[str, bytes]) -> dict[str, bytes]:
+        """The files of a configMap or secret volume, from its source's data."""
+        if self.items is None:
+            return data
+        missing = sorted(set(self.items) - set(data))
+        if missing:
+            raise ChartError(f"volume {self.name}: {self.source} has no key {', '.join(missing)}")
+        return {path: data[key] for key, path in self.items.items()}
 
 
 @dataclasses.dataclass
@@ -193,6 +208,17 @@ def _security(pod_spec: dict, container: dict) -> dict:
     return {"pod": psc, "container": csc, "merged": merged}
 
 
+def _items(source: dict) -> dict[str, str] | None:
+    """A configMap or secret volume's `items` (key -> path), None without them."""
+    items = source.get("items")
+    if items is None:
+        return None
+    for it in items:
+        if "mode" in it or "/" in it["path"]:
+            raise ChartError(f"volume items {items}: per-item modes and subdirectories are not supported by this harness")
+    return {it["key"]: it["path"] for it in items}
+
+
 def pod_plan(r: Render, pod_spec: dict, meta: dict, *, claims: tuple[str, ...] = (), fqdn: str = "",
              service_fqdn: str = "") -> PodPlan:
     """One pod of the render; `claims` are the StatefulSet's volumeClaimTemplates."""
@@ -236,10 +262,10 @@ def pod_plan(r: Render, pod_spec: dict, meta: dict, *, claims: tuple[str, ...] =
             v = pod_volumes[name]
             if "configMap" in v:
                 volumes.append(Volume(name, m["mountPath"], ro, "configMap", v["configMap"]["name"],
-                                      v["configMap"].get("defaultMode", 0o644)))
+                                      v["configMap"].get("defaultMode", 0o644), items=_items(v["configMap"])))
             elif "secret" in v:
                 volumes.append(Volume(name, m["mountPath"], ro, "secret", v["secret"]["secretName"],
-                                      v["secret"].get("defaultMode", 0o644)))
+                                      v["secret"].get("defaultMode", 0o644), items=_items(v["secret"])))
             elif "emptyDir" in v:
                 volumes.append(Volume(name, m["mountPath"], ro, "emptyDir",
                                       size=str((v["emptyDir"] or {}).get("sizeLimit", ""))))

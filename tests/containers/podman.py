@@ -107,10 +107,11 @@ class Pod:
         _kubelet_ownership(mountpoint, self.plan.fs_group)
 
     def write_volume(self, v: Volume) -> None:
-        """(Re)writes a configMap or secret volume from the current render."""
-        files = self.configmaps[v.source] if v.kind == "configMap" else self.secrets[v.source]
+        """(Re)writes a configMap or secret volume from the current render
+        (or, for a Secret the chart does not make, what the cluster holds)."""
+        data = self.configmaps[v.source] if v.kind == "configMap" else self.secrets[v.source]
         gid = self.plan.fs_group if v.kind == "secret" else None
-        write_projected(self.volume_dir / v.name, files, v.mode, gid)
+        write_projected(self.volume_dir / v.name, v.project(data), v.mode, gid)
 
     def run_args(self, detach: bool = True) -> list[str]:
         p = self.plan

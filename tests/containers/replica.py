@@ -1,5 +1,7 @@
 """Talking to a running replica from the host: gRPC (health, Head, PutEntries,
-MissingIds) through stubs compiled from proto/, and /metrics.
+MissingIds, ScanSince, PeerStatus) through stubs compiled from proto/, over TLS
+when the replicas serve it, each request signed with a client key when client
+authentication is required (`sign`, `Signer`), and /metrics.
 
 `Writer` writes entries in the background to a changing set of replicas and
 keeps every acknowledged entry, so a scenario can ask each replica afterwards
@@ -26,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-store_pb2 = store_pb2_grpc = None
+store_pb2 = store_pb2_grpc = replication_pb2 = replication_pb2_grpc = None
 
 # Quick reconnects: replicas restart under the same published port.
 CHANNEL_OPTIONS = [
@@ -38,14 +40,164 @@ CHANNEL_OPTIONS = [
 
 def compile_protos(proto_dir: Path, out_dir: Path) -> None:
     """Python stubs for proto/mindoo/replica/v1/*.proto, importable from out_dir."""
-    global store_pb2, store_pb2_grpc
+    global store_pb2, store_pb2_grpc, replication_pb2, replication_pb2_grpc
     out_dir.mkdir(parents=True, exist_ok=True)
     protos = sorted(str(p.relative_to(proto_dir)) for p in proto_dir.rglob("*.proto"))
     subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{proto_dir}", f"--python_out={out_dir}",
                     f"--grpc_python_out={out_dir}", *protos], check=True)
     sys.path.insert(0, str(out_dir))
+    from mindoo.replica.v1 import replication_pb2 as rpb, replication_pb2_grpc as rpb_grpc
     from mindoo.replica.v1 import store_pb2 as pb, store_pb2_grpc as pb_grpc
     store_pb2, store_pb2_grpc = pb, pb_grpc
+    replication_pb2, replication_pb2_grpc = rpb, rpb_grpc
+
+
+@dataclasses.dataclass(frozen=True)
+class Tls:
+    """How a client reaches a replica whose gRPC port takes TLS only: the mesh
+    CA its certificate must chain to, the name it must be valid for, and
+    optionally a certificate to present (an operator's, for PeerStatus).
+    Replicas are dialed at published ports of 127.0.0.1, so the name checked
+    is set apart from the address: the pod's DNS name, as a client in the
+    cluster would dial it."""
+
+    ca: bytes
+    server_name: str
+    cert: bytes | None = None
+    key: bytes | None = None
+
+    def presenting(self, cert: bytes, key: bytes) -> Tls:
+        return dataclasses.replace(self, cert=cert, key=key)
+
+
+# --- client authentication ------------------------------------------------------
+# A client proves it holds an ed25519 key on every request: the metadata
+# header x-mindoo-auth is v1.<public key hex>.<unix ms>.<nonce hex>.<signature
+# hex>, the signature over CONTEXT + ms (8 bytes, big-endian) + the 16 nonce
+# bytes. A replica takes it once, within its allowed clock skew (30 s).
+
+AUTH_HEADER = "x-mindoo-auth"
+AUTH_CONTEXT = b"mindoo-replica auth v1\n"
+
+
+def public_hex(key: Ed25519PrivateKey) -> str:
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
+
+
+def secret_hex(key: Ed25519PrivateKey) -> str:
+    """The secret key (its 32-byte seed) as 64 hex digits: what
+    MINDOO_REPLICA_CLIENT_KEY_FILE holds."""
+    return key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                             serialization.NoEncryption()).hex()
+
+
+def sign(key: Ed25519PrivateKey, at_ms: int | None = None, nonce: bytes | None = None) -> str:
+    """The x-mindoo-auth value for one request: now and a fresh random nonce
+    unless given (a stale or reused header, on purpose)."""
+    at_ms = int(time.time() * 1000) if at_ms is None else at_ms
+    nonce = os.urandom(16) if nonce is None else nonce
+    signature = key.sign(AUTH_CONTEXT + struct.pack(">Q", at_ms) + nonce)
+    return f"v1.{public_hex(key)}.{at_ms}.{nonce.hex()}.{signature.hex()}"
+
+
+class _CallDetails(grpc.ClientCallDetails):
+    def __init__(self, details, metadata):
+        self.method = details.method
+        self.timeout = details.timeout
+        self.metadata = metadata
+        self.credentials = details.credentials
+        self.wait_for_ready = details.wait_for_ready
+        self.compression = getattr(details, "compression", None)
+
+
+class Signer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+             grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Signs every call made through the channel with `key`: a new
+    x-mindoo-auth header (new time, new nonce) per call."""
+
+    def __init__(self, key: Ed25519PrivateKey):
+        self.key = key
+
+    def _signed(self, details):
+        metadata = [(k, v) for k, v in (details.metadata or []) if k != AUTH_HEADER]
+        return _CallDetails(details, metadata + [(AUTH_HEADER, sign(self.key))])
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._signed(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._signed(details), request)
+
+    def intercept_stream_unary(self, continuation, details, request_iterator):
+        return continuation(self._signed(details), request_iterator)
+
+    def intercept_stream_stream(self, continuation, details, request_iterator):
+        return continuation(self._signed(details), request_iterator)
+
+
+def open_channel(addr: str, tls: Tls | None, options=(), key: Ed25519PrivateKey | None = None) -> grpc.Channel:
+    """A channel to host:port: plaintext without `tls`, else TLS checked
+    against tls.ca and tls.server_name, presenting tls.cert when given; every
+    call signed with `key` when given."""
+    if tls is None:
+        channel = grpc.insecure_channel(addr, options=list(options))
+    else:
+        creds = grpc.ssl_channel_credentials(root_certificates=tls.ca, private_key=tls.key,
+                                             certificate_chain=tls.cert)
+        channel = grpc.secure_channel(addr, creds,
+                                      options=[*options, ("grpc.ssl_target_name_override", tls.server_name)])
+    return grpc.intercept_channel(channel, Signer(key)) if key is not None else channel
+
+
+# A new connection for each call of the one-off helpers below: gRPC would
+# otherwise reuse a connection another channel holds to the same address.
+FRESH = [("grpc.use_local_subchannel_pool", 1)]
+
+
+def head_once(addr: str, tls: Tls | None, timeout: float = 3, key: Ed25519PrivateKey | None = None,
+              header: str | None = None):
+    """Store/Head on a new connection: signed with `key`, or carrying the
+    x-mindoo-auth value `header` as given (to send one twice), or neither.
+    Any valid key may call it: with a valid one it fails only if the
+    connection does."""
+    metadata = [(AUTH_HEADER, header)] if header is not None else None
+    with open_channel(addr, tls, FRESH, key) as ch:
+        return store_pb2_grpc.StoreStub(ch).Head(store_pb2.HeadRequest(), timeout=timeout, metadata=metadata)
+
+
+def peer_status(addr: str, tls: Tls | None, timeout: float = 5, key: Ed25519PrivateKey | None = None):
+    """Replication/PeerStatus, the admin call, on a new connection (signed
+    with `key` when given)."""
+    with open_channel(addr, tls, FRESH, key) as ch:
+        return replication_pb2_grpc.ReplicationStub(ch).PeerStatus(replication_pb2.PeerStatusRequest(),
+                                                                   timeout=timeout)
+
+
+def put_once(addr: str, tls: Tls | None, entries: list[tuple[bytes, bytes]], key: Ed25519PrivateKey | None = None,
+             timeout: float = 5) -> list[str]:
+    """One PutEntries batch on a new connection (signed with `key` when
+    given); each entry's PutStatus name."""
+    req = store_pb2.PutEntriesRequest(entries=[store_pb2.Entry(id=i, data=d) for i, d in entries])
+    with open_channel(addr, tls, FRESH, key) as ch:
+        resp = next(store_pb2_grpc.StoreStub(ch).PutEntries(iter([req]), timeout=timeout))
+        return [store_pb2.PutStatus.Name(s) for s in resp.status]
+
+
+def missing_once(addr: str, tls: Tls | None, namespace: tuple[str, str], ids: list[bytes],
+                 key: Ed25519PrivateKey | None = None, timeout: float = 5) -> list[bytes]:
+    """MissingIds for `ids` in `namespace` (tenant, db) on a new connection."""
+    req = store_pb2.MissingIdsRequest(namespace=store_pb2.Namespace(tenant=namespace[0], db=namespace[1]), ids=ids)
+    with open_channel(addr, tls, FRESH, key) as ch:
+        return list(store_pb2_grpc.StoreStub(ch).MissingIds(req, timeout=timeout).missing)
+
+
+def scan_once(addr: str, tls: Tls | None, namespaces: list[tuple[str, str]], key: Ed25519PrivateKey | None = None,
+              timeout: float = 5) -> int:
+    """ScanSince from the start of the log, at most 10 records, of
+    `namespaces` (empty: every namespace); the number of records."""
+    req = store_pb2.ScanSinceRequest(limit=10, namespaces=[store_pb2.Namespace(tenant=t, db=d) for t, d in namespaces])
+    with open_channel(addr, tls, FRESH, key) as ch:
+        return sum(len(batch.records) for batch in store_pb2_grpc.StoreStub(ch).ScanSince(req, timeout=timeout))
 
 
 NAMESPACE = ("containers", "mesh")  # tenant, db of every entry written here
@@ -55,14 +207,14 @@ SIGNER = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 AUTHOR = SIGNER.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-def make_entry(size: int) -> tuple[bytes, bytes]:
+def make_entry(size: int, namespace: tuple[str, str] = NAMESPACE) -> tuple[bytes, bytes]:
     """A new entry in the canonical encoding (store.proto): (id, data).
     Signed by AUTHOR, random ciphertext of `size` bytes."""
 
     def short(b: bytes) -> bytes:
         return bytes([len(b)]) + b
 
-    tenant, db = (s.encode() for s in NAMESPACE)
+    tenant, db = (s.encode() for s in namespace)
     ciphertext = os.urandom(size)
     body = (b"MDE\x01" + short(tenant) + short(db) + AUTHOR + struct.pack(">Q", int(time.time() * 1000))
             + short(b"doc_change") + short(os.urandom(16)) + struct.pack(">H", 0)
@@ -72,18 +224,21 @@ def make_entry(size: int) -> tuple[bytes, bytes]:
 
 
 class Replica:
-    """A gRPC client of one replica at host:port. A call that times out or
-    finds the replica unavailable drops the connection, so the next call
-    connects anew: a replica that got a new address behind the same
-    published port (restarted, or reconnected to its network) leaves the old
-    connection dead, and nothing else would notice."""
+    """A gRPC client of one replica at host:port, signing every call with
+    `key` when given. A call that times out or finds the replica unavailable
+    drops the connection, so the next call connects anew: a replica that got
+    a new address behind the same published port (restarted, or reconnected
+    to its network) leaves the old connection dead, and nothing else would
+    notice."""
 
-    def __init__(self, addr: str):
+    def __init__(self, addr: str, tls: Tls | None = None, key: Ed25519PrivateKey | None = None):
         self.addr = addr
+        self.tls = tls
+        self.key = key
         self._connect()
 
     def _connect(self) -> None:
-        self.channel = grpc.insecure_channel(self.addr, options=CHANNEL_OPTIONS)
+        self.channel = open_channel(self.addr, self.tls, CHANNEL_OPTIONS, self.key)
         self.store = store_pb2_grpc.StoreStub(self.channel)
 
     def _call(self, fn):
@@ -138,10 +293,10 @@ def health(addr: str, service: str, timeout: float = 1.0) -> str:
 
 
 class HealthClient:
-    """grpc.health.v1 on one connection kept open."""
+    """grpc.health.v1 on one connection kept open (over TLS with `tls`)."""
 
-    def __init__(self, addr: str):
-        self.channel = grpc.insecure_channel(addr, options=[("grpc.use_local_subchannel_pool", 1)])
+    def __init__(self, addr: str, tls: Tls | None = None):
+        self.channel = open_channel(addr, tls, FRESH)
         self.stub = health_pb2_grpc.HealthStub(self.channel)
 
     def check(self, service: str, timeout: float = 1.0) -> str:

@@ -21,18 +21,18 @@ from harness import Mesh, info, ok, require, say
 TITLE = "rolling restart under writes"
 
 
-def stop_watching_readiness(pod: podman.Pod, grace: int) -> dict:
+def stop_watching_readiness(pod: podman.Pod, grace: int, tls: replica.Tls | None) -> dict:
     """Stops the pod (SIGTERM) while asking for its readiness (the rendered
     probe's service) every 50 ms two ways: as the kubelet's gRPC probe does,
     on the probe's port with a new connection each time, and on one
-    connection to the gRPC port opened before the stop, as a client or peer
-    holds one. For each way, the answers as they changed: [(seconds after
-    the stop began, answer)]."""
+    connection to the gRPC port (over TLS with `tls`) opened before the stop,
+    as a client or peer holds one. For each way, the answers as they changed:
+    [(seconds after the stop began, answer)]."""
     service = pod.plan.readiness["grpc"].get("service", "")
     probe_addr = pod.addr(pod.plan.probe_port_name(pod.plan.readiness))
     seen = {"probe": [], "open connection": []}
     done = threading.Event()
-    held = replica.HealthClient(pod.addr("grpc"))
+    held = replica.HealthClient(pod.addr("grpc"), tls)
 
     def poll(way, check):
         while not done.is_set():
@@ -74,6 +74,9 @@ def run(m: Mesh) -> str:
     ordinals = sorted(m.pods, reverse=True)
     grace = m.pods[0].plan.grace_seconds
     restarted_at: dict[int, float] = {}
+    # When its listener closed (shutdown.delayMs after SIGTERM), which is when
+    # its replication workers are drained, before the calls and the exit.
+    listener_closed_at: dict[int, float] = {}
     acked_before = len(m.writer.acked)
     failed_before = sum(m.writer.failed.values())
     problems, no_not_serving = [], []
@@ -83,7 +86,7 @@ def run(m: Mesh) -> str:
         m.writer.write_to(others)
         time.sleep(1.0)  # writes going on while it stops
         old_ip = pod.ip()
-        r = stop_watching_readiness(pod, grace)
+        r = stop_watching_readiness(pod, grace, m.tls_to(i))
         # It pulled until its replication stopped, just before it exited.
         restarted_at[i] = time.monotonic()
         probe, held = r["seen"]["probe"], r["seen"]["open connection"]
@@ -94,6 +97,7 @@ def run(m: Mesh) -> str:
         if r["code"] != 0:
             problems.append(f"{pod.plan.name} exited {r['code']} on SIGTERM (podman stop --time {grace})")
         not_serving, stopped = not_serving_then_gone(probe, r["exited"])
+        listener_closed_at[i] = restarted_at[i] - r["exited"] + stopped
         if not_serving is None or not_serving >= stopped:
             no_not_serving.append(f"{pod.plan.name} (probe: {timeline(probe)}; open connection: {timeline(held)})")
         pod.remove()
@@ -124,17 +128,21 @@ def run(m: Mesh) -> str:
         written = m.writer.acked_since(restarted_at[i], exclude=i)
         expected = sum(a.size for a in written)
         ratio = pulled / expected if expected else float("inf")
-        # Written in its last second: it may or may not have pulled those before exiting.
-        before_exit = [a for a in m.writer.acked_since(restarted_at[i] - 1, exclude=i) if a.at < restarted_at[i]]
+        # Written in its last second, or since a second before its listener
+        # closed (its replication stopped then; draining the calls may take
+        # a while longer): it may or may not have pulled those before exiting.
+        since = min(restarted_at[i], listener_closed_at[i]) - 1
+        before_exit = [a for a in m.writer.acked_since(since, exclude=i) if a.at < restarted_at[i]]
         last_second = sum(a.size for a in before_exit)
         entries = mx.total("mindoo_replica_peer_entries_pulled_total")
         ok(f"{m.pods[i].plan.name}: pulled {pulled / 1e6:.3f} MB ({entries:.0f} entries) since its restart; written "
            f"through the others after it exited {expected / 1e6:.3f} MB ({len(written)} entries; "
-           f"{len(before_exit)} more in the second before): ratio {ratio:.2f}")
+           f"{len(before_exit)} more from a second before its listener closed): ratio {ratio:.2f}")
         ratios.append(f"{ratio:.2f}")
         if not 0.99 * expected <= pulled <= 1.1 * expected + last_second:
             problems.append(f"{m.pods[i].plan.name} pulled {pulled / 1e6:.3f} MB after its restart; expected "
-                            f"{expected / 1e6:.3f} MB (+ up to {last_second / 1e6:.3f} MB written in its last second)")
+                            f"{expected / 1e6:.3f} MB (+ up to {last_second / 1e6:.3f} MB written from a second before "
+                            f"its listener closed until it exited)")
     require(not problems, "; ".join(problems))
     return (f"{during} entries written during the restarts, 0 lost; pulled after restart / written meanwhile "
             f"{' '.join(ratios)}")

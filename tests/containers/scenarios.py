@@ -1,7 +1,9 @@
 """The chart's replicas in real containers: six scenarios, run by run.sh.
 
   1 start      the rendered StatefulSet as 3 podman containers, ready
-  2 mesh       writes through every replica reach every replica; the helm test pod passes
+  2 mesh       writes through every replica reach every replica; the helm test pod passes;
+               with TLS, what the gRPC port refuses and who may call PeerStatus; with client
+               authentication, which credentials and keys are refused
   3 restart    rolling restart in reverse ordinal order under writes: 0 lost
   4 partition  one replica cut off for a while, then the time to converge
   5 scaleout   replicaCount 3 -> 4 through the mounted config only
@@ -11,6 +13,13 @@ Each is a module, scenario_<name>.py; harness.py holds what they share. This
 runs the selected ones in order on one release (a failed scenario's pods are
 brought back for the next) and prints the summary. Every setting of the pods
 comes from `helm template`; see chart.py and podman.py.
+
+By default the release runs under mutual TLS (--tls, or MINDOO_CONTAINERS_TLS):
+certificates made for the run (certs.py) in a Secret the cluster holds, as
+cert-manager writes it (existing-secret), or in the chart's own Secret from
+inline values (inline); "off" runs it in plaintext. Client authentication
+is required with TLS (auth.clients "required", keys made for the run) and off
+without it; `--set auth.clients=...` overrides that.
 """
 
 from __future__ import annotations
@@ -51,8 +60,14 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--port-base", type=int, default=int(os.environ.get("MINDOO_CONTAINERS_PORT_BASE", "27700")))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="more chart values for every render (helm template --set)")
+    ap.add_argument("--tls", choices=["existing-secret", "inline", "off"],
+                    default=os.environ.get("MINDOO_CONTAINERS_TLS", "existing-secret"),
+                    help="mutual TLS with the certificates in a Secret the cluster holds (tls.existingSecret), "
+                         "in the chart's own Secret (tls.cert/tls.key/tls.ca), or no TLS")
     ap.add_argument("scenarios", nargs="*", help=f"a subset of {list(SCENARIOS)} (start always runs)")
     args = ap.parse_args()
+    if args.tls not in ("existing-secret", "inline", "off"):
+        ap.error(f"MINDOO_CONTAINERS_TLS={args.tls}: use existing-secret, inline or off")
     args.chart = args.repo / "helm/mindoo-replica"
     return args
 
