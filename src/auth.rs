@@ -332,6 +332,32 @@ mod tests {
         assert!(v.verify_on(&forged, &mine).is_err());
     }
 
+    /// The fuzz target `auth_header`'s property, on mutations of valid
+    /// credentials: a mangled header is refused with a reason, never a
+    /// panic, and is never taken for the key the valid one proves unless
+    /// it still carries that key's valid signature.
+    #[test]
+    fn mangled_credentials_are_refused_never_a_panic() {
+        let valid = credentials(&key(1));
+        let mut taken = 0;
+        for m in crate::fixtures::mutations(valid.as_bytes(), 3, 5_000) {
+            let Ok(text) = std::str::from_utf8(&m) else {
+                continue;
+            };
+            let v = Verifier::new(Duration::from_secs(30), 10_000);
+            match v.verify_on(text, &Proven::default()) {
+                Ok(key) => {
+                    // Only a change the parser ignores (hex case) can pass.
+                    assert_eq!(text.to_ascii_lowercase(), valid, "{text}");
+                    assert_eq!(key, *self::key(1).verifying_key().as_bytes());
+                    taken += 1;
+                }
+                Err(e) => assert!(!e.to_string().is_empty()),
+            }
+        }
+        assert!(taken < 100, "{taken} mangled headers were taken");
+    }
+
     #[test]
     fn memory_is_bounded_and_forgotten_with_time() {
         let v = Verifier::new(Duration::from_secs(1), 2);

@@ -110,6 +110,9 @@ impl MeshCerts {
             ("CERT_FILE", files.cert.display().to_string()),
             ("KEY_FILE", files.key.display().to_string()),
             ("CA_FILE", files.ca.display().to_string()),
+            // Every replica of the mesh is a peer, whether or not this one
+            // pulls from it.
+            ("PEER_NAMES", "*.mesh.local".to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (format!("MINDOO_REPLICA__TLS__{k}"), v))
