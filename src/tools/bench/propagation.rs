@@ -4,7 +4,8 @@
 //! first for single entries at a fixed interval, then under load at each
 //! offered rate (entries/s, written in 1 ms batches), with the CPU all
 //! replicas used, and finally the rate at which the mesh saturates (writes
-//! as fast as replica-1 takes them).
+//! as fast as replica-1 takes them). All of it in plaintext, then again
+//! over mutual TLS between the replicas and to the clients.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -12,11 +13,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{cpu_seconds, unsigned_entries};
-use crate::client::{StoreClient, endpoint};
+use crate::client::{Dial, StoreClient};
 use crate::entry::{EntryId, Namespace};
 use crate::proto;
 use crate::proto::replication_client::ReplicationClient;
-use crate::tools::mesh::spawn_mesh;
+use crate::tools::mesh::{MeshCerts, spawn_mesh};
 
 #[derive(Debug, Clone)]
 pub struct PropagationOptions {
@@ -32,20 +33,44 @@ pub struct PropagationOptions {
 
 type Arrivals = Arc<Mutex<HashMap<EntryId, Vec<Instant>>>>;
 
+/// The mesh in plaintext, then the same over mutual TLS, in one run.
 pub async fn propagation(opts: PropagationOptions) -> anyhow::Result<()> {
     anyhow::ensure!(opts.replicas >= 2, "needs at least 2 replicas");
+    run(&opts, false).await?;
+    run(&opts, true).await
+}
+
+async fn run(opts: &PropagationOptions, tls: bool) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    // Unsigned entries, as in the runs before signatures were required.
-    let members = spawn_mesh(&opts.exe, dir.path(), opts.replicas, false, |_, c| {
+    let label = match tls {
+        false => "propagation",
+        true => "propagation over mutual TLS",
+    };
+    let certs = match tls {
+        true => Some(MeshCerts::make(&dir.path().join("tls"), opts.replicas)?),
+        false => None,
+    };
+    // Unsigned entries, as in the runs before signatures were required;
+    // clients unauthenticated, so that TLS alone is what differs.
+    let members = spawn_mesh(&opts.exe, dir.path(), opts.replicas, false, |i, c| {
+        if let Some(certs) = &certs {
+            certs.configure(i, c);
+        }
+        c.auth.clients = "off".into();
         c.policy.require_signatures = false
     })
     .await?;
     let n = members.len();
+    // The operator's certificate, for PeerStatus.
+    let dial = Dial {
+        tls: certs.as_ref().map(|c| c.client(true)).transpose()?,
+        key: None,
+    };
 
     // Wait until every replica streams from each of its peers.
     let deadline = Instant::now() + Duration::from_secs(60);
     for m in &members {
-        let channel = endpoint(&m.process.grpc.to_string())?.connect().await?;
+        let channel = crate::client::channel(&m.process.grpc.to_string(), dial.tls.clone()).await?;
         let mut client = ReplicationClient::new(channel);
         loop {
             let status = client
@@ -67,7 +92,7 @@ pub async fn propagation(opts: PropagationOptions) -> anyhow::Result<()> {
     let arrivals: Arrivals = Arc::default();
     let mut watchers = tokio::task::JoinSet::new();
     for m in &members[1..] {
-        let mut client = StoreClient::connect(&m.process.grpc.to_string()).await?;
+        let mut client = StoreClient::connect_with(&m.process.grpc.to_string(), &dial).await?;
         let mut stream = client.watch_from_head(false).await?;
         let arrivals = arrivals.clone();
         watchers.spawn(async move {
@@ -84,7 +109,7 @@ pub async fn propagation(opts: PropagationOptions) -> anyhow::Result<()> {
     }
 
     let ns = Namespace::new("bench", "propagation")?;
-    let mut writer = StoreClient::connect(&members[0].process.grpc.to_string()).await?;
+    let mut writer = StoreClient::connect_with(&members[0].process.grpc.to_string(), &dial).await?;
     let mut next_id = 0u64;
     let mut entries = |count: usize| {
         next_id += count as u64;
@@ -99,19 +124,19 @@ pub async fn propagation(opts: PropagationOptions) -> anyhow::Result<()> {
     }
     let latencies = wait_all(&arrivals, &acks, n).await?;
     println!(
-        "propagation: {n} replicas in a full mesh, {} entries of 1 KiB written to replica-1 every {} ms",
+        "{label}: {n} replicas in a full mesh, {} entries of 1 KiB written to replica-1 every {} ms",
         acks.len(),
         opts.interval_ms
     );
     println!(
-        "propagation: acknowledged -> stored on all {} others: {} (target p99 <= 100 ms)",
+        "{label}: acknowledged -> stored on all {} others: {} (target p99 <= 100 ms)",
         n - 1,
         summary(&latencies)
     );
 
     let pids: Vec<u32> = members.iter().filter_map(|m| m.process.pid()).collect();
     let cpu = || pids.iter().filter_map(|&p| cpu_seconds(p)).sum::<f64>();
-    for &rate in &opts.rates {
+    for &rate in opts.rates.iter() {
         let per_ms = (rate / 1000).max(1) as usize;
         let ticks = opts.seconds * 1000;
         let mut acks = Vec::with_capacity(ticks as usize * per_ms);
@@ -129,7 +154,7 @@ pub async fn propagation(opts: PropagationOptions) -> anyhow::Result<()> {
         let latencies = wait_all(&arrivals, &acks, n).await?;
         let cores = (cpu() - cpu0) / start.elapsed().as_secs_f64();
         println!(
-            "propagation: offered {rate}/s (achieved {offered:.0}/s, {} entries): {} (target p99 <= 10 ms at 5000/s); replicas used {cores:.2} cores",
+            "{label}: offered {rate}/s (achieved {offered:.0}/s, {} entries): {} (target p99 <= 10 ms at 5000/s); replicas used {cores:.2} cores",
             acks.len(),
             summary(&latencies)
         );
@@ -149,7 +174,7 @@ pub async fn propagation(opts: PropagationOptions) -> anyhow::Result<()> {
         wait_all(&arrivals, &acks, n).await?;
         let everywhere = start.elapsed().as_secs_f64();
         println!(
-            "propagation: saturation: {} entries written as fast as replica-1 took them reached all replicas at {:.0} entries/s",
+            "{label}: saturation: {} entries written as fast as replica-1 took them reached all replicas at {:.0} entries/s",
             acks.len(),
             acks.len() as f64 / everywhere
         );
