@@ -203,14 +203,9 @@ impl Verifier {
         }
     }
 
-    /// The key `value` proves its holder has.
-    pub fn verify(&self, value: &str) -> Result<[u8; 32], AuthError> {
-        self.verify_at(value, now_ms())
-    }
-
-    /// As [`Verifier::verify`], for a request on the connection that
-    /// `proven` belongs to: credentials it already proved are taken as
-    /// they are, while in time.
+    /// The key `value` proves its holder has, for a request on the
+    /// connection that `proven` belongs to: credentials it already proved
+    /// are taken as they are, while in time.
     pub fn verify_on(&self, value: &str, proven: &Proven) -> Result<[u8; 32], AuthError> {
         let now = now_ms();
         let skew = self.max_skew.as_millis() as u64;

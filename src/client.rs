@@ -108,7 +108,7 @@ pub enum ConnectError {
 
 /// TLS to replicas as the environment asks (see [`TLS_CA_ENV`]); `None`
 /// when it does not.
-pub fn tls_from_env() -> Result<Option<Arc<rustls::ClientConfig>>, crate::tls::TlsError> {
+fn tls_from_env() -> Result<Option<Arc<rustls::ClientConfig>>, crate::tls::TlsError> {
     let var = |name| {
         std::env::var_os(name)
             .filter(|v| !v.is_empty())

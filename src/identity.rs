@@ -38,17 +38,6 @@ impl Caller {
             .cloned()
             .unwrap_or_default()
     }
-
-    /// A low-cardinality name of the kind of caller, for metrics and logs.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Caller::Peer(_) => "peer",
-            Caller::Operator(_) => "operator",
-            Caller::Client(_) => "client",
-            Caller::Refused(_) => "refused",
-            Caller::Anonymous => "anonymous",
-        }
-    }
 }
 
 /// Sets each request's [`Caller`]: from its connection's certificate, else

@@ -164,6 +164,14 @@ impl TestReplica {
 /// `n` replicas in a full mesh: every listener is bound first, then each
 /// replica starts with the complete peer list and its own address.
 pub async fn mesh(dirs: &[tempfile::TempDir]) -> Vec<TestReplica> {
+    mesh_with(dirs, |_, _| {}).await
+}
+
+/// As [`mesh`], with replica `i`'s config adjusted by `tweak(i, config)`.
+pub async fn mesh_with(
+    dirs: &[tempfile::TempDir],
+    tweak: impl Fn(usize, &mut RawConfig),
+) -> Vec<TestReplica> {
     let mut listeners = Vec::new();
     for _ in dirs {
         listeners.push(bind().await);
@@ -173,13 +181,14 @@ pub async fn mesh(dirs: &[tempfile::TempDir]) -> Vec<TestReplica> {
         .map(|l| l.local_addr().unwrap().to_string())
         .collect();
     let mut replicas = Vec::new();
-    for ((dir, listener), me) in dirs.iter().zip(listeners).zip(&addrs) {
+    for (i, ((dir, listener), me)) in dirs.iter().zip(listeners).zip(&addrs).enumerate() {
         let peers = addrs.clone();
         let me = me.clone();
         replicas.push(
             TestReplica::start_on(dir.path(), listener, |c| {
                 c.replication.peers = peers;
                 c.replication.advertise = me;
+                tweak(i, c);
             })
             .await,
         );

@@ -68,36 +68,38 @@ async fn wait_for_count_tls(replica: &TestReplica, ca: &Path, count: u64, secs: 
 /// `n` replicas in a full mesh over mutual TLS, each with a certificate of
 /// its own from one CA (in `certs`), requiring clients to sign requests.
 async fn tls_mesh(dirs: &[tempfile::TempDir], ca: &MeshCa, certs: &Path) -> Vec<TestReplica> {
-    let mut listeners = Vec::new();
-    for _ in dirs {
-        listeners.push(bind().await);
-    }
-    let addrs: Vec<String> = listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().to_string())
+    let files: Vec<TlsFiles> = (0..dirs.len())
+        .map(|i| {
+            ca.write(certs, &format!("replica-{i}"), &REPLICA_NAMES)
+                .unwrap()
+        })
         .collect();
-    let mut replicas = Vec::new();
-    for (i, ((dir, listener), me)) in dirs.iter().zip(listeners).zip(&addrs).enumerate() {
-        let files = ca
-            .write(certs, &format!("replica-{i}"), &REPLICA_NAMES)
-            .unwrap();
-        let peers = addrs.clone();
-        let me = me.clone();
-        replicas.push(
-            TestReplica::start_on(dir.path(), listener, |c| {
-                with_tls(c, &files);
-                // Clients sign their requests; peers are known by their
-                // certificates and need no key.
-                c.auth.clients = "required".into();
-                c.auth.readers = vec!["*".into()];
-                c.auth.writers = vec!["*".into()];
-                c.replication.peers = peers;
-                c.replication.advertise = me;
-            })
-            .await,
-        );
-    }
-    replicas
+    mesh_with(dirs, |i, c| {
+        with_tls(c, &files[i]);
+        // Clients sign their requests; peers are known by their
+        // certificates and need no key.
+        c.auth.clients = "required".into();
+        c.auth.readers = vec!["*".into()];
+        c.auth.writers = vec!["*".into()];
+    })
+    .await
+}
+
+/// One replica over TLS, adjusted by `tweak`: the replica, its CA, the
+/// directory of certificates (`ca.pem` among them) and of its data.
+async fn secured(
+    tweak: impl FnOnce(&mut RawConfig),
+) -> (TestReplica, MeshCa, tempfile::TempDir, tempfile::TempDir) {
+    let certs = tempfile::tempdir().unwrap();
+    let ca = MeshCa::new("mesh CA").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let files = ca.write(certs.path(), "replica", &REPLICA_NAMES).unwrap();
+    let replica = TestReplica::start(dir.path(), |c| {
+        with_tls(c, &files);
+        tweak(c);
+    })
+    .await;
+    (replica, ca, certs, dir)
 }
 
 async fn peer_status_with(
@@ -155,11 +157,7 @@ async fn replicas_pair_over_mutual_tls_and_admin_calls_need_a_certificate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_not_of_the_mesh_are_refused() {
-    let certs = tempfile::tempdir().unwrap();
-    let ca = MeshCa::new("mesh CA").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let files = ca.write(certs.path(), "replica", &REPLICA_NAMES).unwrap();
-    let replica = TestReplica::start(dir.path(), |c| with_tls(c, &files)).await;
+    let (replica, ca, certs, _dir) = secured(|_| {}).await;
     let ca_file = certs.path().join("ca.pem");
 
     let other_ca = MeshCa::new("another CA").unwrap();
@@ -216,12 +214,7 @@ async fn certificates_not_of_the_mesh_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plaintext_to_a_tls_port_fails_cleanly_and_quickly() {
-    let certs = tempfile::tempdir().unwrap();
-    let ca = MeshCa::new("mesh CA").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let files = ca.write(certs.path(), "replica", &REPLICA_NAMES).unwrap();
-    let replica = TestReplica::start(dir.path(), |c| {
-        with_tls(c, &files);
+    let (replica, _ca, _certs, _dir) = secured(|c| {
         c.server.handshake_timeout_ms = 60_000;
     })
     .await;
@@ -261,12 +254,7 @@ async fn closed_within(conn: &mut TcpStream, within: Duration) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_handshake_deadline_covers_the_tls_handshake() {
-    let certs = tempfile::tempdir().unwrap();
-    let ca = MeshCa::new("mesh CA").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let files = ca.write(certs.path(), "replica", &REPLICA_NAMES).unwrap();
-    let replica = TestReplica::start(dir.path(), |c| {
-        with_tls(c, &files);
+    let (replica, _ca, certs, _dir) = secured(|c| {
         c.server.handshake_timeout_ms = 300;
     })
     .await;
@@ -328,12 +316,7 @@ async fn wait_for_metric(replica: &TestReplica, name: &str, at_least: f64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_tls_connections_are_closed_and_busy_ones_kept() {
-    let certs = tempfile::tempdir().unwrap();
-    let ca = MeshCa::new("mesh CA").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let files = ca.write(certs.path(), "replica", &REPLICA_NAMES).unwrap();
-    let replica = TestReplica::start(dir.path(), |c| {
-        with_tls(c, &files);
+    let (replica, _ca, certs, _dir) = secured(|c| {
         c.server.idle_connection_timeout_ms = 300;
     })
     .await;
@@ -355,12 +338,7 @@ async fn idle_tls_connections_are_closed_and_busy_ones_kept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_connection_cap_an_idle_tls_connection_gives_way() {
-    let certs = tempfile::tempdir().unwrap();
-    let ca = MeshCa::new("mesh CA").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let files = ca.write(certs.path(), "replica", &REPLICA_NAMES).unwrap();
-    let replica = TestReplica::start(dir.path(), |c| {
-        with_tls(c, &files);
+    let (replica, _ca, certs, _dir) = secured(|c| {
         c.server.max_connections = 2;
     })
     .await;
@@ -395,11 +373,7 @@ async fn presented_certificate(addr: std::net::SocketAddr, ca: &Path) -> Vec<u8>
 async fn a_rotated_certificate_is_taken_up_without_a_restart() {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
-    let certs = tempfile::tempdir().unwrap();
-    let ca = MeshCa::new("mesh CA").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let files = ca.write(certs.path(), "replica", &REPLICA_NAMES).unwrap();
-    let replica = TestReplica::start(dir.path(), |c| with_tls(c, &files)).await;
+    let (replica, ca, certs, _dir) = secured(|_| {}).await;
     let ca_file = certs.path().join("ca.pem");
     let first = presented_certificate(replica.addr, &ca_file).await;
     let mut session = watcher(&replica, &ca_file).await;
