@@ -78,6 +78,8 @@ pub struct AccessPolicy {
     /// For namespaces without rights of their own.
     pub default: Rights,
     pub namespaces: HashMap<Namespace, Rights>,
+    /// What clients may store per tenant (`[quotas]`).
+    pub quotas: std::sync::Arc<crate::quota::Quotas>,
 }
 
 impl Default for AccessPolicy {
@@ -87,6 +89,7 @@ impl Default for AccessPolicy {
             operators: Keys::default(),
             default: Rights::default(),
             namespaces: HashMap::new(),
+            quotas: Default::default(),
         }
     }
 }

@@ -38,6 +38,8 @@ pub struct Settings {
     /// Bytes of the newest log records kept in memory (see `replica::tail`).
     pub log_tail_bytes: usize,
     pub limits: Limits,
+    /// Each client's fair share (see [`crate::fair`]).
+    pub clients: crate::fair::FairLimits,
     pub policy: Policy,
     pub replication: ReplicationSettings,
     /// TLS on the gRPC port, when on.
@@ -341,7 +343,9 @@ impl RawConfig {
         let policy = self.policy.validate(max_entry_bytes)?;
         let replication = validate_replication(&self.replication, server.listen)?;
         let tls = self.tls.validate()?;
-        let auth = self.auth.validate()?;
+        let mut auth = self.auth.validate()?;
+        auth.access.quotas = std::sync::Arc::new(self.quotas.validate()?);
+        let clients = self.limits.clients(max_entry_bytes)?;
         let has_peers = !replication.peers.is_empty()
             || replication.spoke_of.is_some()
             || replication.discovery.is_some();
@@ -373,6 +377,7 @@ impl RawConfig {
             storage,
             log_tail_bytes: mib("storage.log_tail_mb", st.log_tail_mb, 0, 1024)?,
             limits,
+            clients,
             policy,
             replication,
             tls,

@@ -44,6 +44,8 @@ pub enum Error {
     Unauthenticated(String),
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    #[error(transparent)]
+    OverQuota(#[from] crate::quota::OverQuota),
     #[error("the replica is shutting down")]
     ShuttingDown,
     #[error(transparent)]
@@ -76,7 +78,7 @@ impl From<Error> for Status {
             | Error::InvalidId(_)
             | Error::InvalidNamespace(_)
             | Error::NamespaceNotAllowed(_) => Code::InvalidArgument,
-            Error::LimitExceeded { .. } => Code::ResourceExhausted,
+            Error::LimitExceeded { .. } | Error::OverQuota(_) => Code::ResourceExhausted,
             Error::CursorIncarnation { .. } | Error::CursorMismatch { .. } => {
                 Code::FailedPrecondition
             }

@@ -30,6 +30,17 @@ pub enum Caller {
 }
 
 impl Caller {
+    /// The kind of caller, as metrics label it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Caller::Peer(_) => "peer",
+            Caller::Operator(_) => "operator",
+            Caller::Client(_) => "client",
+            Caller::Refused(_) => "refused",
+            Caller::Anonymous => "anonymous",
+        }
+    }
+
     /// The caller a request was made by.
     pub fn of<T>(request: &tonic::Request<T>) -> Caller {
         request

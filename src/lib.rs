@@ -42,6 +42,8 @@ pub mod entry;
 pub mod error;
 #[cfg(feature = "client")]
 pub mod exchange;
+#[cfg(feature = "server")]
+pub mod fair;
 #[cfg(any(test, feature = "tools"))]
 pub mod fixtures;
 #[cfg(feature = "client")]
@@ -56,6 +58,7 @@ pub mod log;
 pub mod metrics;
 pub mod policy;
 pub mod proto;
+pub mod quota;
 #[cfg(feature = "server")]
 pub mod replica;
 #[cfg(feature = "server")]

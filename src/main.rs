@@ -178,7 +178,7 @@ enum BenchCommand {
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "slowloris,idle,slow-read,mixed"
+            default_value = "slowloris,idle,slow-read,mixed,flood"
         )]
         attacks: Vec<bench::Attack>,
         /// A config override for the replica, `section.key=value`

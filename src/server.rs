@@ -27,6 +27,7 @@ use crate::access::{AccessPolicy, AdminAccess};
 use crate::auth::Verifier;
 use crate::config::{ServerSettings, Settings, StorageSettings};
 use crate::connections;
+use crate::fair::{FairLayer, Shares};
 use crate::identity::IdentifyLayer;
 use crate::metrics::Metrics;
 use crate::metrics::layer::GrpcMetricsLayer;
@@ -273,9 +274,14 @@ pub async fn serve_with(
         .tcp_keepalive(Some(std::time::Duration::from_secs(60)))
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        // The caller is known first: metrics label calls by it, and the
+        // fair shares charge it.
+        .layer(IdentifyLayer { verifier })
         .layer(GrpcMetricsLayer::new(metrics.clone(), served_methods()?))
         .layer(connections::CallsLayer)
-        .layer(IdentifyLayer { verifier })
+        .layer(FairLayer {
+            shares: Arc::new(Shares::new(settings.clients, metrics.clone())),
+        })
         .layer(tower::util::MapResponseLayer::new(
             connections::slices::sliced,
         ))

@@ -16,6 +16,7 @@ pub struct RawConfig {
     pub replication: RawReplication,
     pub tls: RawTls,
     pub auth: RawAuth,
+    pub quotas: RawQuotas,
     pub log: RawLog,
 }
 
@@ -84,6 +85,41 @@ pub struct RawLimits {
     pub max_send_data_per_connection_mb: u64,
     /// ... the streams of all connections from one source address.
     pub max_send_data_per_address_mb: u64,
+    /// ... the streams of one client (its key, or its address when its
+    /// calls are not signed), whichever connections they are on.
+    pub max_send_data_per_client_mb: u64,
+    /// Calls a second one client may start, on average (PutEntries: each
+    /// batch); beyond it calls are refused with RESOURCE_EXHAUSTED and a
+    /// stream's batches wait. Peers and operators are not limited.
+    pub client_requests_per_second: u64,
+    /// ... at once, after a quiet spell.
+    pub client_request_burst: u64,
+    /// Calls one client may have open at once (a Watch counts while open).
+    pub max_calls_per_client: u64,
+    /// Clients whose limits are tracked at once (about 300 bytes each);
+    /// beyond it, clients with nothing open are forgotten, and new ones
+    /// share one set of limits while none can be.
+    pub max_tracked_clients: u64,
+}
+
+/// What clients may store per tenant (entries from peers are never
+/// refused). 0: no limit.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawQuotas {
+    /// Entries each tenant may store, unless it has a quota of its own.
+    pub max_entries_per_tenant: u64,
+    /// MiB of entry data each tenant may store, unless ...
+    pub max_mb_per_tenant: u64,
+    pub tenants: Vec<RawTenantQuota>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTenantQuota {
+    pub tenant: String,
+    pub max_entries: u64,
+    pub max_mb: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -297,6 +333,7 @@ impl Default for RawLimits {
     fn default() -> Self {
         let l = Limits::default();
         let c = crate::connections::ConnectionLimits::default();
+        let f = crate::fair::FairLimits::default();
         Self {
             max_entry_bytes: l.max_entry_bytes as u64,
             max_message_bytes: l.max_message_bytes as u64,
@@ -307,6 +344,11 @@ impl Default for RawLimits {
             max_send_data_mb: (l.max_send_data_bytes >> 20) as u64,
             max_send_data_per_connection_mb: (c.send_per_connection >> 20) as u64,
             max_send_data_per_address_mb: (c.send_per_address >> 20) as u64,
+            max_send_data_per_client_mb: (f.send_bytes >> 20) as u64,
+            client_requests_per_second: f.requests_per_second as u64,
+            client_request_burst: f.burst as u64,
+            max_calls_per_client: f.max_calls as u64,
+            max_tracked_clients: f.max_tracked as u64,
         }
     }
 }

@@ -107,6 +107,31 @@ fn errors_name_the_key() {
             "limits.max_send_data_mb",
         ),
         (
+            "[limits]\nclient_requests_per_second = 0\n",
+            &[],
+            "limits.client_requests_per_second",
+        ),
+        (
+            "[limits]\nmax_calls_per_client = 0\n",
+            &[],
+            "limits.max_calls_per_client",
+        ),
+        (
+            "[limits]\nmax_entry_bytes = 4194304\nmax_message_bytes = 8388608\nmax_send_data_per_connection_mb = 8\nmax_send_data_per_address_mb = 16\nmax_send_data_per_client_mb = 2\n",
+            &[],
+            "limits.max_send_data_per_client_mb",
+        ),
+        (
+            "[[quotas.tenants]]\ntenant = \"a\"\nmax_entries = 1\n[[quotas.tenants]]\ntenant = \"a\"\n",
+            &[],
+            "quotas.tenants[1]",
+        ),
+        (
+            "[[quotas.tenants]]\ntenant = \"\"\n",
+            &[],
+            "quotas.tenants[0]",
+        ),
+        (
             "[server]\nheader_timeout_ms = 10\n",
             &[],
             "server.header_timeout_ms",

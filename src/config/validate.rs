@@ -5,7 +5,9 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::{ConfigError, RawAuth, RawPolicy, RawReplication, RawTls, invalid};
+use super::{
+    ConfigError, RawAuth, RawLimits, RawPolicy, RawQuotas, RawReplication, RawTls, invalid,
+};
 use crate::entry::Namespace;
 use crate::policy::{NamespaceRules, Policy};
 use crate::replica::MAX_RELAY_DELAY;
@@ -303,6 +305,8 @@ impl RawAuth {
                     writers: keys("auth.writers", &self.writers)?,
                 },
                 namespaces,
+                // Set from `[quotas]` beside.
+                quotas: Default::default(),
             },
             max_clock_skew: Duration::from_millis(in_range(
                 "auth.max_clock_skew_ms",
@@ -317,6 +321,86 @@ impl RawAuth {
                 1_000,
                 50_000_000,
             )?,
+        })
+    }
+}
+
+impl RawLimits {
+    /// The limits per client (see [`crate::fair`]).
+    pub(super) fn clients(
+        &self,
+        max_entry_bytes: usize,
+    ) -> Result<crate::fair::FairLimits, ConfigError> {
+        let limits = crate::fair::FairLimits {
+            requests_per_second: count(
+                "limits.client_requests_per_second",
+                self.client_requests_per_second,
+                1,
+                10_000_000,
+            )? as f64,
+            burst: count(
+                "limits.client_request_burst",
+                self.client_request_burst,
+                1,
+                100_000_000,
+            )? as f64,
+            max_calls: count(
+                "limits.max_calls_per_client",
+                self.max_calls_per_client,
+                1,
+                1_000_000,
+            )?,
+            send_bytes: mib(
+                "limits.max_send_data_per_client_mb",
+                self.max_send_data_per_client_mb,
+                1,
+                4095,
+            )?,
+            max_tracked: count(
+                "limits.max_tracked_clients",
+                self.max_tracked_clients,
+                1,
+                10_000_000,
+            )?,
+        };
+        if limits.send_bytes < max_entry_bytes {
+            return Err(invalid(
+                "limits.max_send_data_per_client_mb",
+                format!(
+                    "{} MiB is too small: it must be at least limits.max_entry_bytes",
+                    limits.send_bytes >> 20
+                ),
+            ));
+        }
+        Ok(limits)
+    }
+}
+
+impl RawQuotas {
+    pub(super) fn validate(&self) -> Result<crate::quota::Quotas, ConfigError> {
+        use crate::quota::Quota;
+        let quota = |entries: u64, mb: u64| Quota {
+            max_entries: (entries > 0).then_some(entries),
+            max_bytes: (mb > 0).then(|| mb.saturating_mul(1 << 20)),
+        };
+        let mut tenants = HashMap::new();
+        for (i, raw) in self.tenants.iter().enumerate() {
+            let key = format!("quotas.tenants[{i}]");
+            // A tenant name follows the namespace rules.
+            Namespace::new(&raw.tenant, "db").map_err(|e| invalid(key.clone(), e.to_string()))?;
+            if tenants
+                .insert(raw.tenant.clone(), quota(raw.max_entries, raw.max_mb))
+                .is_some()
+            {
+                return Err(invalid(
+                    key,
+                    format!("tenant {} is listed twice", raw.tenant),
+                ));
+            }
+        }
+        Ok(crate::quota::Quotas {
+            default: quota(self.max_entries_per_tenant, self.max_mb_per_tenant),
+            tenants,
         })
     }
 }

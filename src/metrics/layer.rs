@@ -1,5 +1,6 @@
-//! A tower layer that records every gRPC call: count and duration by method
-//! and status code, plus calls in flight.
+//! A tower layer that records every gRPC call: count by method, status
+//! code and kind of caller (so it runs after [`crate::identity`] has set
+//! the caller), duration by method and status code, plus calls in flight.
 //!
 //! The record is made when the call's guard is dropped: after the trailers
 //! (which carry `grpc-status`) have been sent, or when the call is abandoned,
@@ -18,6 +19,7 @@ use tonic::Code;
 use tower::{Layer, Service};
 
 use super::Metrics;
+use crate::identity::Caller;
 
 #[derive(Clone)]
 pub struct GrpcMetricsLayer {
@@ -69,7 +71,11 @@ where
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
         let method = method_label(&self.methods, req.uri().path());
-        let guard = CallGuard::start(self.metrics.clone(), method);
+        let caller = req
+            .extensions()
+            .get::<Caller>()
+            .map_or("anonymous", Caller::kind);
+        let guard = CallGuard::start(self.metrics.clone(), method, caller);
         ResponseFuture {
             inner: self.inner.call(req),
             guard: Some(guard),
@@ -101,12 +107,13 @@ fn code_label(code: Code) -> String {
 struct CallGuard {
     metrics: Arc<Metrics>,
     method: String,
+    caller: &'static str,
     start: Instant,
     code: Option<Code>,
 }
 
 impl CallGuard {
-    fn start(metrics: Arc<Metrics>, method: String) -> Self {
+    fn start(metrics: Arc<Metrics>, method: String, caller: &'static str) -> Self {
         metrics
             .grpc_in_flight
             .with_label_values(&[method.as_str()])
@@ -114,6 +121,7 @@ impl CallGuard {
         Self {
             metrics,
             method,
+            caller,
             start: Instant::now(),
             code: None,
         }
@@ -124,7 +132,10 @@ impl Drop for CallGuard {
     fn drop(&mut self) {
         let code = code_label(self.code.unwrap_or(Code::Cancelled));
         let labels = [self.method.as_str(), code.as_str()];
-        self.metrics.grpc_requests.with_label_values(&labels).inc();
+        self.metrics
+            .grpc_requests
+            .with_label_values(&[self.method.as_str(), code.as_str(), self.caller])
+            .inc();
         self.metrics
             .grpc_duration
             .with_label_values(&labels)

@@ -58,6 +58,12 @@ pub struct Metrics {
     pub peer_cursors: IntGauge,
     /// Entry data granted to outgoing messages right now.
     pub send_data_held_bytes: IntGauge,
+    /// Client calls refused at their identity's limits, by limit.
+    pub client_calls_limited: IntCounterVec,
+    /// Client identities whose limits are tracked now.
+    pub clients_tracked: IntGauge,
+    /// Client batches refused at a tenant's quota, by what (entries, bytes).
+    pub quota_refusals: IntCounterVec,
     /// The sync engine's, in this registry.
     pub sync: Arc<SyncMetrics>,
 }
@@ -93,9 +99,10 @@ impl Metrics {
         let grpc_requests = IntCounterVec::new(
             Opts::new(
                 "grpc_requests_total",
-                "Finished gRPC calls, by method and status code",
+                "Finished gRPC calls, by method, status code and kind of caller (peer, operator, \
+                 client, refused, anonymous)",
             ),
-            &["method", "code"],
+            &["method", "code", "caller"],
         )
         .expect("valid metric");
         let grpc_duration = HistogramVec::new(
@@ -130,6 +137,31 @@ impl Metrics {
         ] {
             connections_refused.with_label_values(&[reason.label()]);
         }
+        let client_calls_limited = IntCounterVec::new(
+            Opts::new(
+                "client_calls_limited_total",
+                "Client calls refused with RESOURCE_EXHAUSTED at their identity's limits, by \
+                 limit (rate: limits.client_requests_per_second, calls: \
+                 limits.max_calls_per_client)",
+            ),
+            &["limit"],
+        )
+        .expect("valid metric");
+        for limit in crate::fair::Limited::ALL {
+            client_calls_limited.with_label_values(&[limit.label()]);
+        }
+        let quota_refusals = IntCounterVec::new(
+            Opts::new(
+                "quota_refused_batches_total",
+                "Client batches refused with RESOURCE_EXHAUSTED because they would take a \
+                 tenant past its quota, by what (entries, bytes)",
+            ),
+            &["limit"],
+        )
+        .expect("valid metric");
+        for what in ["entries", "bytes"] {
+            quota_refusals.with_label_values(&[what]);
+        }
         let store_memory_bytes = IntGaugeVec::new(
             Opts::new(
                 "store_memory_bytes",
@@ -145,6 +177,8 @@ impl Metrics {
             Box::new(grpc_duration.clone()),
             Box::new(grpc_in_flight.clone()),
             Box::new(connections_refused.clone()),
+            Box::new(client_calls_limited.clone()),
+            Box::new(quota_refusals.clone()),
         ] {
             registry.register(m).expect("unique");
         }
@@ -242,6 +276,13 @@ impl Metrics {
                 "Entry data held by outgoing messages not yet taken by the transport, within \
                  limits.max_send_data_mb (streams wait for it)",
             ),
+            client_calls_limited,
+            clients_tracked: gauge(
+                "clients_tracked",
+                "Client identities (keys, or addresses for unsigned calls) whose limits are \
+                 tracked, within limits.max_tracked_clients",
+            ),
+            quota_refusals,
             sync: Arc::new(SyncMetrics::new(&registry)),
             registry,
         }

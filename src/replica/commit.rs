@@ -4,6 +4,7 @@
 //! order and from the thread that committed, so a caller that goes away
 //! mid-commit cannot lose a wakeup.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -12,9 +13,11 @@ use tokio::sync::watch;
 use super::recent::RecentIds;
 use super::tail::LogTail;
 use crate::entry::VerifiedEntry;
+use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
-use crate::store::{Appended, CursorUpdate, Seq, Store, StoreError};
+use crate::quota::{OverQuota, Quota, Quotas};
+use crate::store::{Appended, CursorUpdate, Seq, Store, StoreError, Usage};
 use crate::sync::local::Checked;
 
 pub use crate::policy::Origin;
@@ -89,6 +92,70 @@ impl Committer {
         cursor: Option<&CursorUpdate>,
     ) -> Result<Vec<Appended>, StoreError> {
         let order = self.order.lock().unwrap_or_else(|e| e.into_inner());
+        self.commit_in_order(order, origin, entries, cursor)
+    }
+
+    /// Stores a client's entries unless they would take a tenant past its
+    /// quota, in which case nothing is stored. Checked in the commit order,
+    /// so two batches cannot both pass on the same room.
+    pub fn commit_within(
+        &self,
+        entries: &[VerifiedEntry],
+        quotas: &Quotas,
+    ) -> Result<Vec<Appended>, Error> {
+        let order = self.order.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(over) = self.within(entries, quotas)? {
+            self.metrics
+                .quota_refusals
+                .with_label_values(&[over.what])
+                .inc();
+            return Err(over.into());
+        }
+        Ok(self.commit_in_order(order, Origin::Client, entries, None)?)
+    }
+
+    /// What `entries` add to each tenant with a quota (entries held
+    /// already add nothing), against what the quota leaves.
+    fn within(
+        &self,
+        entries: &[VerifiedEntry],
+        quotas: &Quotas,
+    ) -> Result<Result<(), OverQuota>, StoreError> {
+        let mut adding: HashMap<&str, Usage> = HashMap::new();
+        let mut seen = HashSet::new();
+        let mut namespaces: Vec<_> = entries.iter().map(|e| &e.namespace).collect();
+        namespaces.sort_unstable();
+        namespaces.dedup();
+        for ns in namespaces {
+            if quotas.of(ns.tenant()) == Quota::default() {
+                continue;
+            }
+            let in_ns: Vec<&VerifiedEntry> =
+                entries.iter().filter(|e| &e.namespace == ns).collect();
+            let ids: Vec<_> = in_ns.iter().map(|e| e.id).collect();
+            let held = self.store.contains(ns, &ids)?;
+            for (e, held) in in_ns.into_iter().zip(held) {
+                if !held && seen.insert((ns, e.id)) {
+                    adding.entry(ns.tenant()).or_default().add(e.data.len());
+                }
+            }
+        }
+        for (tenant, adding) in adding {
+            let used = self.store.usage(tenant);
+            if let Err(over) = quotas.of(tenant).check(tenant, used, adding) {
+                return Ok(Err(over));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    fn commit_in_order(
+        &self,
+        order: std::sync::MutexGuard<'_, ()>,
+        origin: Origin,
+        entries: &[VerifiedEntry],
+        cursor: Option<&CursorUpdate>,
+    ) -> Result<Vec<Appended>, StoreError> {
         let out = match self.store.append(entries, cursor) {
             Ok(out) => out,
             Err(e) => {

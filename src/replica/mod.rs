@@ -29,6 +29,7 @@ use crate::limits::{Limits, check_count};
 use crate::log::Head;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
+use crate::quota::Quotas;
 use crate::store::{
     Appended, CursorRecord, CursorUpdate, Incarnation, LogRecord, PeerCursor, Seq, Store,
     StoreError, StoreStats,
@@ -205,6 +206,16 @@ impl Replica {
 
     /// Verifies and stores a batch of `(claimed id, data)` pairs from a client.
     pub async fn put(&self, items: Vec<(Bytes, Bytes)>) -> Result<Vec<PutOutcome>> {
+        self.put_within(items, None).await
+    }
+
+    /// [`Self::put`] within the tenants' `quotas`: a batch that would take
+    /// a tenant past its quota is refused whole.
+    pub async fn put_within(
+        &self,
+        items: Vec<(Bytes, Bytes)>,
+        quotas: Option<Arc<Quotas>>,
+    ) -> Result<Vec<PutOutcome>> {
         check_count(
             "entries in one batch",
             items.len(),
@@ -216,9 +227,27 @@ impl Replica {
         let received: usize = items.iter().map(|(_, d)| d.len()).sum();
         self.metrics.entry_bytes_received.inc_by(received as u64);
         let count = items.len();
-        let (rejections, appended) = self
-            .verify_and_ingest(Origin::Client, items, None, |_| false)
-            .await?;
+        let (rejections, appended) = match quotas.filter(|q| q.any()) {
+            None => {
+                self.verify_and_ingest(Origin::Client, items, None, |_| false)
+                    .await?
+            }
+            Some(quotas) => {
+                let commit = self.commit.clone();
+                let (rejections, appended) = tokio::task::spawn_blocking(move || {
+                    let (verified, rejections) = commit.verify(Origin::Client, items);
+                    let appended = match verified.is_empty() {
+                        true => Vec::new(),
+                        false => commit.commit_within(&verified, &quotas)?,
+                    };
+                    Ok::<_, Error>((rejections, Some(appended)))
+                })
+                .await
+                .map_err(|e| Error::Internal(format!("store task failed: {e}")))??;
+                self.count_rejections(&rejections);
+                (rejections, appended)
+            }
+        };
         let mut outcomes: Vec<Option<PutOutcome>> = vec![None; count];
         for (index, rejection) in rejections {
             outcomes[index] = Some(PutOutcome::Rejected(rejection));

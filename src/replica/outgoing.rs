@@ -1,7 +1,8 @@
-//! The entry data that messages on their way out may hold at once. Three
+//! The entry data that messages on their way out may hold at once. Four
 //! pools bound it: the replica's (every stream that sends data: Watch,
-//! ScanSince, GetEntries), each source address's and each connection's, so
-//! that one client cannot take what every other client needs.
+//! ScanSince, GetEntries), each client's ([`crate::fair`]), each source
+//! address's and each connection's, so that one client cannot take what
+//! every other client needs.
 //!
 //! Before it reads the data of a message, a stream takes a grant from the
 //! pools of its [`SendScope`]: a full message, and at least the largest
@@ -16,8 +17,8 @@
 //! stream (or what the reader's window let through before it stopped
 //! reading).
 //!
-//! A stream takes the pools in a fixed order, the connection's first and
-//! the replica's last, so streams cannot wait on each other in a circle. A
+//! A stream takes the pools in a fixed order (connection, address, client,
+//! replica), so streams cannot wait on each other in a circle. A
 //! stream whose reader never takes its message holds its grant until the
 //! connection's send timeout closes the connection (see
 //! [`crate::connections`]).

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use crate::access::{Access, AccessPolicy};
 use crate::connections::ConnectionInfo;
 use crate::error::Error;
+use crate::fair::Share;
 use crate::identity::Caller;
 use crate::log::FollowRequest;
 use crate::proto;
@@ -72,9 +73,11 @@ impl StoreApi for StoreService {
     ) -> Result<Response<Self::PutEntriesStream>, Status> {
         let caller = Caller::of(&request);
         self.access.borrow().check_known(&caller)?;
+        let share = request.extensions().get::<Arc<Share>>().cloned();
         let may_write = streams::WriteCheck {
             access: self.access.clone(),
             caller,
+            share,
         };
         Ok(Response::new(streams::put(
             self.replica.clone(),
@@ -202,13 +205,17 @@ impl StoreService {
     }
 
     /// The pools a call's response data is granted from: its connection's
-    /// and its source address's (when it came over one), and the replica's.
+    /// and its source address's (when it came over one), its client's
+    /// (see [`crate::fair`]), and the replica's.
     fn send_scope<T>(&self, request: &Request<T>) -> SendScope {
         let mut pools = request
             .extensions()
             .get::<ConnectionInfo>()
             .map(ConnectionInfo::send_pools)
             .unwrap_or_default();
+        if let Some(share) = request.extensions().get::<Arc<Share>>() {
+            pools.push(share.send_pool().clone());
+        }
         pools.push(self.replica.send_pool().clone());
         SendScope::new(pools)
     }

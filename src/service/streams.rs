@@ -37,9 +37,21 @@ fn fused<T: Send + 'static>(
 pub struct WriteCheck {
     pub access: tokio::sync::watch::Receiver<crate::access::AccessPolicy>,
     pub caller: crate::identity::Caller,
+    /// The client's fair share: each batch after the first takes a request
+    /// from its rate (the call took one for the first).
+    pub share: Option<Arc<crate::fair::Share>>,
 }
 
 impl WriteCheck {
+    /// The tenants' quotas, for a client; peers and operators have none.
+    fn quotas(&self) -> Option<Arc<crate::quota::Quotas>> {
+        use crate::identity::Caller;
+        match self.caller {
+            Caller::Peer(_) | Caller::Operator(_) => None,
+            _ => Some(self.access.borrow().quotas.clone()),
+        }
+    }
+
     fn check(&self, entries: &[(bytes::Bytes, bytes::Bytes)]) -> Result<(), Status> {
         let policy = self.access.borrow();
         if !policy.restricts(&self.caller) {
@@ -68,8 +80,8 @@ pub fn put(
     may_write: WriteCheck,
 ) -> ResponseStream<proto::PutEntriesResponse> {
     fused(futures::stream::unfold(
-        (replica, inbound, may_write),
-        |(replica, mut inbound, may_write)| async move {
+        (replica, inbound, may_write, 0u64),
+        |(replica, mut inbound, may_write, batches)| async move {
             let idle = replica.limits().stream_idle_timeout;
             let next = tokio::select! {
                 biased;
@@ -85,19 +97,25 @@ pub fn put(
                 Ok(Some(batch)) => batch,
                 Ok(None) => return None,
                 Err(status) => {
-                    return Some((Err(limit_status(status)), (replica, inbound, may_write)));
+                    let state = (replica, inbound, may_write, batches);
+                    return Some((Err(limit_status(status)), state));
                 }
             };
+            if batches > 0
+                && let Some(share) = &may_write.share
+            {
+                share.request().await;
+            }
             let entries = convert::put_entries(batch);
             if let Err(denied) = may_write.check(&entries) {
-                return Some((Err(denied), (replica, inbound, may_write)));
+                return Some((Err(denied), (replica, inbound, may_write, batches + 1)));
             }
             let result = replica
-                .put(entries)
+                .put_within(entries, may_write.quotas())
                 .await
                 .map(|outcomes| convert::put_response(outcomes, replica.stats().head_seq))
                 .map_err(Status::from);
-            Some((result, (replica, inbound, may_write)))
+            Some((result, (replica, inbound, may_write, batches + 1)))
         },
     ))
 }

@@ -450,6 +450,35 @@ fn log_since_in_reads_only_its_namespaces(store: &dyn Store) {
     assert_eq!(store.log_records_read() - before, 1000);
 }
 
+fn usage_counts_each_tenants_new_entries(store: &dyn Store) {
+    let a = ns("a");
+    let other = Namespace::new("other", "a").unwrap();
+    let first: Vec<_> = (0..3).map(|i| entry_with(&a, i, &[7; 100])).collect();
+    store.append(&first, None).unwrap();
+    let size = first[0].data.len() as u64;
+    assert_eq!(
+        store.usage("tenant"),
+        Usage {
+            entries: 3,
+            bytes: 3 * size
+        }
+    );
+    // Duplicates (held, or twice in a batch) count once; another tenant
+    // counts apart, and a tenant with nothing has nothing.
+    let elsewhere = entry_with(&other, 1, &[7; 100]);
+    let again = vec![first[0].clone(), elsewhere.clone(), elsewhere.clone()];
+    store.append(&again, None).unwrap();
+    assert_eq!(store.usage("tenant").entries, 3);
+    assert_eq!(
+        store.usage("other"),
+        Usage {
+            entries: 1,
+            bytes: elsewhere.data.len() as u64
+        }
+    );
+    assert_eq!(store.usage("nobody"), Usage::default());
+}
+
 macro_rules! conformance {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -495,6 +524,12 @@ macro_rules! conformance {
             fn get_logged_reads_entries_where_they_are_logged() {
                 let (store, _guard) = $make;
                 super::get_logged_reads_entries_where_they_are_logged(&store);
+            }
+
+            #[test]
+            fn usage_counts_each_tenants_new_entries() {
+                let (store, _guard) = $make;
+                super::usage_counts_each_tenants_new_entries(&store);
             }
 
             #[test]

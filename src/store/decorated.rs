@@ -42,6 +42,9 @@ impl<H: Hooks> Store for Decorated<H> {
     fn stats(&self) -> StoreStats {
         self.inner.stats()
     }
+    fn usage(&self, tenant: &str) -> crate::store::Usage {
+        self.inner.usage(tenant)
+    }
     fn disk_bytes(&self) -> u64 {
         self.inner.disk_bytes()
     }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use super::{
     Appended, CursorRecord, CursorUpdate, Incarnation, LogRecord, MergeBySeq, Seq, Store,
-    StoreError, StoreStats, distinct,
+    StoreError, StoreStats, Usage, distinct,
 };
 use crate::entry::VerifiedEntry;
 use crate::entry::{EntryId, Namespace};
@@ -33,6 +33,7 @@ struct Inner {
     /// Each namespace's sequence numbers, ascending.
     by_namespace: HashMap<Namespace, Vec<Seq>>,
     cursors: HashMap<String, CursorRecord>,
+    usage: HashMap<String, Usage>,
 }
 
 impl MemoryStore {
@@ -68,6 +69,10 @@ impl Store for MemoryStore {
         }
     }
 
+    fn usage(&self, tenant: &str) -> Usage {
+        self.read().usage.get(tenant).copied().unwrap_or_default()
+    }
+
     fn disk_bytes(&self) -> u64 {
         0
     }
@@ -95,6 +100,11 @@ impl Store for MemoryStore {
                 .or_default()
                 .insert(e.id, e.data.clone());
             inner.count += 1;
+            inner
+                .usage
+                .entry(e.namespace.tenant().to_owned())
+                .or_default()
+                .add(e.data.len());
             inner.log.push((e.namespace.clone(), e.id));
             let seq = inner.log.len() as Seq;
             inner

@@ -164,6 +164,23 @@ pub struct StoreStats {
     pub entries: u64,
 }
 
+/// What one tenant has stored: entries and their bytes (every namespace
+/// of the tenant, whichever way the entries came). Kept in the same commit
+/// as the entries, so it is exact after any crash.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+impl Usage {
+    /// One more entry of `bytes`.
+    pub fn add(&mut self, bytes: usize) {
+        self.entries += 1;
+        self.bytes += bytes as u64;
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(
@@ -187,6 +204,10 @@ pub trait Store: Send + Sync + 'static {
     fn incarnation(&self) -> Incarnation;
 
     fn stats(&self) -> StoreStats;
+
+    /// What `tenant` has stored; kept in memory, cheap enough for every
+    /// request.
+    fn usage(&self, tenant: &str) -> Usage;
 
     /// Approximate bytes on disk (0 for memory). Asks the engine: for
     /// metrics, not for request paths.

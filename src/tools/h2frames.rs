@@ -22,30 +22,53 @@ pub fn settings() -> Vec<u8> {
     frame(SETTINGS, 0, 0, &[])
 }
 
-/// A header block of literal fields (no indexing, no Huffman); names
-/// and values shorter than 127 bytes.
+/// A header block of literal fields (no indexing, no Huffman).
 pub fn block(fields: &[(&str, &str)]) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, value) in fields {
         out.push(0x00);
-        out.push(name.len() as u8);
-        out.extend_from_slice(name.as_bytes());
-        out.push(value.len() as u8);
-        out.extend_from_slice(value.as_bytes());
+        for text in [name, value] {
+            string_length(&mut out, text.len());
+            out.extend_from_slice(text.as_bytes());
+        }
     }
     out
 }
 
+/// An HPACK string length: an integer with a 7-bit prefix (RFC 7541 5.1).
+fn string_length(out: &mut Vec<u8>, len: usize) {
+    if len < 127 {
+        out.push(len as u8);
+        return;
+    }
+    out.push(127);
+    let mut rest = len - 127;
+    while rest >= 128 {
+        out.push((rest % 128) as u8 | 0x80);
+        rest /= 128;
+    }
+    out.push(rest as u8);
+}
+
 /// The headers of a unary call to `path`.
 pub fn request(path: &str) -> Vec<u8> {
-    block(&[
+    request_with(path, None)
+}
+
+/// ... carrying client credentials ([`crate::auth`]) when given.
+pub fn request_with(path: &str, credentials: Option<&str>) -> Vec<u8> {
+    let mut fields = vec![
         (":method", "POST"),
         (":scheme", "http"),
         (":path", path),
         (":authority", "replica"),
         ("content-type", "application/grpc"),
         ("te", "trailers"),
-    ])
+    ];
+    if let Some(credentials) = credentials {
+        fields.push((crate::auth::AUTH_HEADER, credentials));
+    }
+    block(&fields)
 }
 
 pub fn headers(stream: u32, flags: u8, block: &[u8]) -> Vec<u8> {
@@ -68,9 +91,14 @@ pub fn unread_watch() -> Vec<u8> {
 
 /// A connection opening `streams` Watches with data that it never reads.
 pub fn unread_watches(streams: u32) -> Vec<u8> {
+    unread_watches_with(streams, None)
+}
+
+/// ... with client credentials when given.
+pub fn unread_watches_with(streams: u32, credentials: Option<&str>) -> Vec<u8> {
     let mut out = PREFACE.to_vec();
     out.extend(frame(SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]));
-    let request = request("/mindoo.replica.v1.Store/Watch");
+    let request = request_with("/mindoo.replica.v1.Store/Watch", credentials);
     for i in 0..streams {
         let stream = 2 * i + 1;
         out.extend(headers(stream, END_HEADERS, &request));

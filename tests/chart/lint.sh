@@ -116,6 +116,7 @@ for section, sub in schema["properties"].items():
     pairs[f"config.{section}"] = ("Raw" + section.capitalize(), sub)
 pairs["config.policy.namespaces[]"] = ("RawNamespace", schema["properties"]["policy"]["properties"]["namespaces"]["items"])
 pairs["config.auth.namespaces[]"] = ("RawAccess", schema["properties"]["auth"]["properties"]["namespaces"]["items"])
+pairs["config.quotas.tenants[]"] = ("RawTenantQuota", schema["properties"]["quotas"]["properties"]["tenants"]["items"])
 bad = False
 for path, (struct, node) in pairs.items():
     have, want = set(node["properties"]), fields(struct)
@@ -372,10 +373,21 @@ base=$(checksum)
 ok "replicaCount 3 -> 4 keeps checksum/config (no rollout on scaling)"
 [[ $(checksum --set topology.mode=discovery --set replicaCount=7) == "$(checksum --set topology.mode=discovery)" ]] \
   || fail "discovery mode: replicaCount changes checksum/config"
-for change in shutdown.drainTimeoutMs=9000 config.storage.sync_writes=true log.format=text 'topology.namespaces={acme/notes}'; do
+for change in shutdown.drainTimeoutMs=9000 config.storage.sync_writes=true log.format=text 'topology.namespaces={acme/notes}' \
+  config.limits.client_requests_per_second=2000 config.limits.max_send_data_per_client_mb=32; do
   [[ $(checksum --set "$change") != "$base" ]] || fail "--set $change leaves checksum/config unchanged: the pods would not pick it up"
   ok "--set $change changes checksum/config"
 done
+# [quotas] is applied live, as the access lists are: no rollout for a quota.
+for change in config.quotas.max_entries_per_tenant=1000000 config.quotas.max_mb_per_tenant=10240 \
+  'config.quotas.tenants[0].tenant=acme,config.quotas.tenants[0].max_entries=5,config.quotas.tenants[0].max_mb=1'; do
+  [[ $(checksum --set "$change") == "$base" ]] \
+    || fail "--set $change changes checksum/config: a new quota would roll every pod (the replicas apply [quotas] live)"
+done
+quota_base=$(checksum -f tests/chart/values-limits-quotas.yaml)
+[[ $(checksum -f tests/chart/values-limits-quotas.yaml --set config.quotas.max_mb_per_tenant=1 --set config.quotas.max_entries_per_tenant=0) == "$quota_base" ]] \
+  || fail "changing the quotas of tests/chart/values-limits-quotas.yaml changes checksum/config"
+ok "config.quotas (defaults and tenants) keeps checksum/config (applied live, no rollout)"
 
 check_rendered "$COMMON"'
 cfg = config()
@@ -402,6 +414,16 @@ c = one("StatefulSet")["spec"]["template"]["spec"]["containers"][0]
 check({c[p]["grpc"]["port"] for p in ("startupProbe", "livenessProbe", "readinessProbe")} == {7700},
       "config.server.metrics_listen empty: the probes go to the gRPC port")
 ' --set config.storage.sync_writes=true --set config.server.metrics_listen= --set config.limits.max_page=500
+
+check_rendered "$COMMON"'
+cfg = config()
+given = yaml.safe_load(open("tests/chart/values-limits-quotas.yaml"))["config"]
+check(cfg["limits"] == given["limits"] and all(type(v) is int for v in cfg["limits"].values()),
+      "config.limits: the per-client limits as given, integers")
+q = cfg["quotas"]
+check(q == given["quotas"] and all(type(v) is int for t in q["tenants"] for k, v in t.items() if k != "tenant"),
+      "config.quotas: defaults and [[quotas.tenants]] as given, integers in the tables too (values files give floats)")
+' -f tests/chart/values-limits-quotas.yaml
 
 check_rendered "$COMMON"'
 c = one("StatefulSet")["spec"]["template"]["spec"]["containers"][0]
@@ -693,6 +715,17 @@ if ! grep -q 'WARNING: persistence.enabled is false' "$WORK/notes.txt" || ! grep
   fail "NOTES.txt does not warn about persistence disabled and a single replica"
 fi
 ok "NOTES.txt warns about persistence disabled and a single replica"
+notes -f tests/chart/values-limits-quotas.yaml >"$WORK/notes.txt" || fail "NOTES.txt does not render with tests/chart/values-limits-quotas.yaml"
+for line in \
+  "every tenant not listed: at most 1000000 entries and 10240 MiB" \
+  "acme: at most 50000000 entries and 512000 MiB" \
+  "mindoo-check: no limit" \
+  "globex: at most 2048 MiB" \
+  "A change of config.quotas rolls"; do
+  grep -qF -- "$line" "$WORK/notes.txt" || { cat "$WORK/notes.txt"; fail "NOTES.txt with quotas lacks: $line"; }
+done
+notes | grep -q 'Quotas per tenant' && fail "NOTES.txt lists quotas when config.quotas is unset"
+ok "NOTES.txt lists the quotas per tenant when config.quotas is set (and says they apply without a restart)"
 
 step "deploy/cert-manager matches the chart (deploy/values-production.yaml)"
 render -f deploy/values-production.yaml >"$WORK/production.yaml" || fail "helm template -f deploy/values-production.yaml"

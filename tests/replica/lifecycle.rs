@@ -262,7 +262,7 @@ async fn a_full_disk_is_resource_exhausted_and_loses_nothing_acknowledged() {
     assert_eq!(head.entry_count, acked.len() as u64);
     assert_eq!(client.get(&ns(), &acked).await.unwrap().len(), acked.len());
     let text = replica.metrics_text().await;
-    let name = "mindoo_replica_grpc_requests_total{code=\"ResourceExhausted\",method=\"mindoo.replica.v1.Store/PutEntries\"}";
+    let name = "mindoo_replica_grpc_requests_total{caller=\"anonymous\",code=\"ResourceExhausted\",method=\"mindoo.replica.v1.Store/PutEntries\"}";
     assert_eq!(metric(&text, name), 1.0);
     assert_eq!(metric(&text, "mindoo_replica_store_writable"), 0.0);
     // Readiness (the Store service) says so; liveness (overall) does not.

@@ -5,6 +5,7 @@ mod availability;
 mod bad_input;
 mod client;
 mod crash;
+mod fairness;
 mod filtered;
 mod harness;
 mod hostile;

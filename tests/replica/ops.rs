@@ -47,15 +47,14 @@ async fn metrics_pass_promtool_and_record_calls_by_method_and_code() {
     assert_eq!(
         metric(
             &text,
-            "mindoo_replica_grpc_requests_total{code=\"Unimplemented\",method=\"unknown\"}"
+            "mindoo_replica_grpc_requests_total{caller=\"anonymous\",code=\"Unimplemented\",method=\"unknown\"}"
         ),
         20.0
     );
 
-    let head =
-        "mindoo_replica_grpc_requests_total{code=\"OK\",method=\"mindoo.replica.v1.Store/Head\"}";
+    let head = "mindoo_replica_grpc_requests_total{caller=\"anonymous\",code=\"OK\",method=\"mindoo.replica.v1.Store/Head\"}";
     assert_eq!(metric(&text, head), 1.0);
-    let bad = "mindoo_replica_grpc_requests_total{code=\"InvalidArgument\",method=\"mindoo.replica.v1.Store/MissingIds\"}";
+    let bad = "mindoo_replica_grpc_requests_total{caller=\"anonymous\",code=\"InvalidArgument\",method=\"mindoo.replica.v1.Store/MissingIds\"}";
     assert_eq!(metric(&text, bad), 1.0);
     assert_eq!(metric(&text, "mindoo_replica_store_entries"), 10.0);
     assert!(metric(&text, "mindoo_replica_store_disk_bytes") > 0.0);

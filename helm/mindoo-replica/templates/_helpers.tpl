@@ -152,6 +152,14 @@ for metadata, with a leading newline; nothing when there are none.
 {{- if $out }}{{ join ", " $out }}{{ else }}none{{ end -}}
 {{- end -}}
 
+{{/* A quota for NOTES.txt; call with (dict "entries" N "mb" M), 0 or unset for none. */}}
+{{- define "mindoo-replica.quotaText" -}}
+{{- $parts := list -}}
+{{- with .entries }}{{ $parts = append $parts (printf "%d entries" (int64 .)) }}{{ end -}}
+{{- with .mb }}{{ $parts = append $parts (printf "%d MiB" (int64 .)) }}{{ end -}}
+{{- if $parts }}at most {{ join " and " $parts }}{{ else }}no limit{{ end -}}
+{{- end -}}
+
 {{/* Whether the rendered config has peers (what makes "required" need TLS). */}}
 {{- define "mindoo-replica.hasPeers" -}}
 {{- if or (ne .Values.topology.mode "mesh") (gt (int .Values.replicaCount) 1) -}}true{{- end -}}
@@ -286,11 +294,12 @@ The config as a dict, stored under "config" in the "out" dict; call with
 (dict "ctx" $ "live" true|false "out" (dict)). A dict is handed back this way
 rather than as YAML text because fromYaml would turn every integer into a
 float (rendered as 5000.0 in the TOML). With "live" false what the replicas
-apply without a restart is left out: the peer list derived from replicaCount
-and the access lists of [auth] (readers, writers, operators, namespaces).
-That is what checksum/config is computed over, so scaling alone, or a new
-client key, rolls no pod. `config` is merged over the rendered settings key
-by key (an empty value there still replaces the rendered one).
+apply without a restart is left out: the peer list derived from replicaCount,
+the access lists of [auth] (readers, writers, operators, namespaces) and the
+[quotas] section (config.quotas). That is what checksum/config is computed
+over, so scaling alone, a new client key or a new quota rolls no pod.
+`config` is merged over the rendered settings key by key (an empty value
+there still replaces the rendered one).
 */}}
 {{- define "mindoo-replica.configDict" -}}
 {{- $v := .ctx.Values -}}
@@ -347,11 +356,33 @@ by key (an empty value there still replaces the rendered one).
 {{- end -}}
 {{- $_ := set $cfg $section $dst -}}
 {{- end -}}
-{{- /* Numbers from -f values files arrive as floats: render integers. */ -}}
+{{- /* [quotas], like the access lists, is applied live: not in the checksum. */ -}}
+{{- if not .live -}}
+{{- $_ := unset $cfg "quotas" -}}
+{{- end -}}
+{{- /* Numbers from -f values files arrive as floats: render integers, in
+       the tables of an array of tables too (quotas.tenants), which are
+       copied rather than changed in .Values. */ -}}
 {{- range $section, $keys := $cfg -}}
 {{- range $key, $value := $keys -}}
 {{- if and (kindIs "float64" $value) (eq (float64 (int64 $value)) $value) -}}
 {{- $_ := set $keys $key (int64 $value) -}}
+{{- else if kindIs "slice" $value -}}
+{{- $items := list -}}
+{{- range $item := $value -}}
+{{- if kindIs "map" $item -}}
+{{- $copy := dict -}}
+{{- range $k, $v := $item -}}
+{{- if and (kindIs "float64" $v) (eq (float64 (int64 $v)) $v) -}}
+{{- $v = int64 $v -}}
+{{- end -}}
+{{- $_ := set $copy $k $v -}}
+{{- end -}}
+{{- $item = $copy -}}
+{{- end -}}
+{{- $items = append $items $item -}}
+{{- end -}}
+{{- $_ := set $keys $key $items -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
@@ -418,6 +449,12 @@ on containerPorts.metrics, as the metrics Service already assumes.
 {{- if lt $total $perAddr -}}
 {{- fail (printf "config.limits.max_send_data_mb (%d MiB) must be at least config.limits.max_send_data_per_address_mb (%d MiB)" $total $perAddr) -}}
 {{- end -}}
+{{- /* One client's pool (src/fair.rs), whichever connections it uses,
+       holds the largest entry too. */ -}}
+{{- $perClient := int64 (get $limits "max_send_data_per_client_mb" | default 16) -}}
+{{- if lt (mul $perClient 1048576) $entryBytes -}}
+{{- fail (printf "config.limits.max_send_data_per_client_mb (%d MiB) must hold the largest entry, config.limits.max_entry_bytes (%d bytes)" $perClient $entryBytes) -}}
+{{- end -}}
 {{- if and (eq .Values.topology.mode "peers") (empty .Values.topology.peers) -}}
 {{- fail "topology.mode peers needs topology.peers (the host:port of each replica)" -}}
 {{- end -}}
@@ -449,6 +486,17 @@ on containerPorts.metrics, as the metrics Service already assumes.
 {{- fail (printf "auth.namespaces: %s is listed twice (entries %d and %d); give it one entry with all its readers and writers" $name (int (get $seen $name)) $i) -}}
 {{- end -}}
 {{- $_ := set $seen $name $i -}}
+{{- end -}}
+{{- /* Quotas: each tenant listed once (the binary refuses the config
+       otherwise). Read from .Values: with "live" false, configDict leaves
+       [quotas] out. */ -}}
+{{- $quotaSeen := dict -}}
+{{- range $i, $q := (get (.Values.config | default dict) "quotas" | default dict).tenants | default list -}}
+{{- $tenant := toString $q.tenant -}}
+{{- if hasKey $quotaSeen $tenant -}}
+{{- fail (printf "config.quotas.tenants: tenant %s is listed twice (entries %d and %d); give it one entry" $tenant (int (get $quotaSeen $tenant)) $i) -}}
+{{- end -}}
+{{- $_ := set $quotaSeen $tenant $i -}}
 {{- end -}}
 {{- /* TLS: certificates from one source, complete, and probes the kubelet
        can still make (it speaks no TLS). */ -}}

@@ -54,6 +54,7 @@ pub(super) fn load_meta(
         batch.put_cf(meta, KEY_SCHEMA, SCHEMA_VERSION.to_be_bytes());
         // An empty log is indexed by namespace already.
         batch.put_cf(meta, KEY_NSLOG_BUILT, [1]);
+        batch.put_cf(meta, super::usage::KEY_BUILT, [1]);
         batch.put_cf(meta, KEY_INCARNATION, incarnation.0);
         batch.put_cf(meta, KEY_HEAD, 0u64.to_be_bytes());
         batch.put_cf(meta, KEY_COUNT, 0u64.to_be_bytes());

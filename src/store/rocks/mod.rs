@@ -8,7 +8,7 @@
 //! | `bodies`  | seq (u64 BE)            | entry data (blob files, uncompressed: it is ciphertext) |
 //! | `ids`     | ns ‖ id                 | seq (u64 BE)                            |
 //! | `nslog`   | ns ‖ seq (u64 BE)       | id (lz4): the log by namespace (`nslog.rs`) |
-//! | `meta`    | `incarnation`, `node`, `head_seq`, `entry_count`, `schema_version` | small values |
+//! | `meta`    | `incarnation`, `node`, `head_seq`, `entry_count`, `schema_version`, `usage/<tenant>` (`usage.rs`) | small values |
 //! | `cursors` | peer node name          | see [`super::encode_cursor`]            |
 //! | `docs`    | ns ‖ doc ‖ seq          | id, kind, time, deps: a device's index by document (`docindex.rs`) |
 //!
@@ -32,6 +32,7 @@
 //! Schema version 1 kept bodies keyed by ns ‖ id in an `entries` family; it
 //! is rewritten to this layout once, on open.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,7 +45,7 @@ use rocksdb::{
 
 use super::{
     Appended, CursorRecord, CursorUpdate, DocRange, DocRecord, Incarnation, LogRecord, Seq, Store,
-    StoreError, StoreStats, decode_cursor, encode_cursor, scan_doc_records,
+    StoreError, StoreStats, Usage, decode_cursor, encode_cursor, scan_doc_records,
 };
 use crate::entry::{EntryId, ID_LEN, Namespace, VerifiedEntry};
 
@@ -52,6 +53,7 @@ mod backfill;
 mod docindex;
 mod meta;
 mod nslog;
+mod usage;
 use docindex::CF_DOCS;
 use meta::{load_meta, synced};
 use nslog::CF_NSLOG;
@@ -117,6 +119,8 @@ pub struct RocksStore {
     incarnation: Incarnation,
     head: AtomicU64,
     count: AtomicU64,
+    /// Each tenant's, as committed (see `usage.rs`).
+    usage: Mutex<HashMap<String, Usage>>,
     write_lock: Mutex<()>,
     sync_writes: bool,
     /// See [`RocksConfig::index_documents`].
@@ -224,6 +228,7 @@ impl RocksStore {
         let (incarnation, head, count) = load_meta(&mut db, config.node.as_deref())?;
         let index_created = !existing.is_empty() && !existing.iter().any(|cf| cf == CF_NSLOG);
         nslog::ensure_built(&db, index_created)?;
+        let usage = usage::ensure_counted(&db)?;
         match config.index_documents {
             true => docindex::ensure_built(&db, !docs_existed)?,
             false if docs_existed => docindex::forget_built(&db)?,
@@ -234,6 +239,7 @@ impl RocksStore {
             incarnation,
             head: AtomicU64::new(head),
             count: AtomicU64::new(count),
+            usage: Mutex::new(usage),
             write_lock: Mutex::new(()),
             sync_writes: config.sync_writes,
             index_documents: config.index_documents,
@@ -408,6 +414,7 @@ impl Store for RocksStore {
         let mut count = self.count.load(Ordering::Acquire);
         let mut batch = WriteBatch::default();
         let mut out = Vec::with_capacity(entries.len());
+        let mut added: HashMap<&str, Usage> = HashMap::new();
         for ((entry, key), held) in entries.iter().zip(&keys).zip(held) {
             if held.map_err(backend)?.is_some() || !seen.insert(key.as_slice()) {
                 out.push(Appended::Duplicate);
@@ -425,6 +432,10 @@ impl Store for RocksStore {
             {
                 docindex::put(&self.db, &mut batch, &entry.namespace, &record);
             }
+            added
+                .entry(entry.namespace.tenant())
+                .or_default()
+                .add(entry.data.len());
             out.push(Appended::Stored(head));
         }
         if let Some(update) = cursor {
@@ -439,12 +450,40 @@ impl Store for RocksStore {
         }
         batch.put_cf(cf_meta, KEY_HEAD, head.to_be_bytes());
         batch.put_cf(cf_meta, KEY_COUNT, count.to_be_bytes());
+        // Appends are serialised: nothing changes the counts meanwhile.
+        let usage: Vec<(&str, Usage)> = {
+            let held = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+            added
+                .into_iter()
+                .map(|(tenant, more)| {
+                    let was = held.get(tenant).copied().unwrap_or_default();
+                    let now = Usage {
+                        entries: was.entries + more.entries,
+                        bytes: was.bytes + more.bytes,
+                    };
+                    (tenant, now)
+                })
+                .collect()
+        };
+        for (tenant, now) in &usage {
+            usage::put(&self.db, &mut batch, tenant, now);
+        }
         let mut opts = WriteOptions::default();
         opts.set_sync(self.sync_writes);
         self.db.write_opt(batch, &opts).map_err(backend)?;
+        let mut held = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        for (tenant, now) in usage {
+            held.insert(tenant.to_owned(), now);
+        }
+        drop(held);
         self.count.store(count, Ordering::Release);
         self.head.store(head, Ordering::Release);
         Ok(out)
+    }
+
+    fn usage(&self, tenant: &str) -> Usage {
+        let held = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        held.get(tenant).copied().unwrap_or_default()
     }
 
     fn contains(&self, ns: &Namespace, ids: &[EntryId]) -> Result<Vec<bool>, StoreError> {

@@ -132,6 +132,50 @@ fn a_database_from_before_the_namespace_index_is_indexed_on_open() {
 }
 
 #[test]
+fn usage_survives_a_reopen_and_a_database_from_before_it_is_counted_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = RocksConfig::new(dir.path());
+    let (t, u) = (
+        Namespace::new("t", "d").unwrap(),
+        Namespace::new("u", "d").unwrap(),
+    );
+    let batch: Vec<_> = (0..100)
+        .map(|i| entry(if i % 4 == 0 { &u } else { &t }, i))
+        .collect();
+    let size = batch[0].data.len() as u64;
+    let want = |n: u64| Usage {
+        entries: n,
+        bytes: n * size,
+    };
+    {
+        let store = RocksStore::open(&config).unwrap();
+        store.append(&batch[..60], None).unwrap();
+        store.append(&batch[60..], None).unwrap();
+    }
+    let store = RocksStore::open(&config).unwrap();
+    assert_eq!((store.usage("t"), store.usage("u")), (want(75), want(25)));
+    // As the release before the counts left it; then with a count that
+    // stopped after seq 40 (30 of t's, 10 of u's).
+    for partial in [false, true] {
+        let meta = store.cf(CF_META);
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.delete_cf(meta, b"usage_counted");
+        batch.delete_cf(meta, b"usage/t");
+        batch.delete_cf(meta, b"usage/u");
+        if partial {
+            batch.put_cf(meta, b"usage_backfill_at", 40u64.to_be_bytes());
+            let value = |n: u64| [n.to_be_bytes(), (n * size).to_be_bytes()].concat();
+            batch.put_cf(meta, b"usage/t", value(30));
+            batch.put_cf(meta, b"usage/u", value(10));
+        }
+        store.db.write(batch).unwrap();
+        let counted = usage::ensure_counted(&store.db).unwrap();
+        assert_eq!(counted.get("t"), Some(&want(75)), "partial: {partial}");
+        assert_eq!(counted.get("u"), Some(&want(25)), "partial: {partial}");
+    }
+}
+
+#[test]
 fn the_document_index_is_built_for_a_store_written_without_it_and_kept_in_step() {
     let dir = tempfile::tempdir().unwrap();
     let ns = Namespace::new("t", "d").unwrap();

@@ -12,7 +12,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-use super::mixed;
+use ed25519_dalek::SigningKey;
+
+use super::{flood, mixed};
 use crate::tools::h2frames as frames;
 
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
@@ -35,6 +37,21 @@ pub enum Attack {
     /// HTTP/2 connections that open Watches with data, announce a window
     /// of zero, answer PINGs and never take a byte.
     SlowRead,
+    /// A client with a valid key calling as much as it can (see [`flood`]).
+    Flood,
+}
+
+/// The attackers' credentials: one valid client key, which raw-frame
+/// attacks sign with anew on each connection; none with client
+/// authentication off.
+#[derive(Clone, Default)]
+pub struct Signer(pub Option<SigningKey>);
+
+impl Signer {
+    /// Credentials for one connection's requests.
+    pub fn credentials(&self) -> Option<String> {
+        self.0.as_ref().map(crate::auth::credentials)
+    }
 }
 
 impl Attack {
@@ -44,6 +61,7 @@ impl Attack {
             Attack::Slowloris => "slowloris",
             Attack::Idle => "idle",
             Attack::SlowRead => "slow-read",
+            Attack::Flood => "flood",
         }
     }
 
@@ -54,23 +72,30 @@ impl Attack {
             Attack::Slowloris => SLOWLORIS_CONNECTIONS,
             Attack::Idle => IDLE_CONNECTIONS,
             Attack::SlowRead => SLOW_READ_CONNECTIONS,
+            Attack::Flood => 1,
         }
     }
 
     /// Starts the attack on `addr`; dropping the set stops it and closes
     /// its connections.
-    pub fn start(self, addr: SocketAddr, stats: &Arc<AttackStats>) -> JoinSet<()> {
+    pub fn start(self, addr: SocketAddr, stats: &Arc<AttackStats>, signer: &Signer) -> JoinSet<()> {
         let mut set = JoinSet::new();
         for _ in 0..self.loops() {
-            set.spawn(self.run(addr, stats.clone()));
+            set.spawn(self.run(addr, stats.clone(), signer.clone()));
         }
         set
     }
 
     /// One connection loop, until aborted.
-    async fn run(self, addr: SocketAddr, stats: Arc<AttackStats>) {
-        if self == Attack::Mixed {
-            return mixed::run(addr, stats).await;
+    async fn run(self, addr: SocketAddr, stats: Arc<AttackStats>, signer: Signer) {
+        match (self, &signer.0) {
+            (Attack::Mixed, _) => return mixed::run(addr, stats, signer).await,
+            (Attack::Flood, Some(key)) => return flood::run(addr, stats, key.clone()).await,
+            // Without client authentication, anyone may flood: no key.
+            (Attack::Flood, None) => {
+                return flood::run(addr, stats, SigningKey::from_bytes(&[1; 32])).await;
+            }
+            _ => {}
         }
         loop {
             if let Ok(conn) = TcpStream::connect(addr).await {
@@ -78,8 +103,8 @@ impl Attack {
                 let _ = match self {
                     Attack::Slowloris => slowloris(conn).await,
                     Attack::Idle => until_closed(conn).await,
-                    Attack::SlowRead => slow_read(conn).await,
-                    Attack::Mixed => unreachable!("handled above"),
+                    Attack::SlowRead => slow_read(conn, signer.credentials()).await,
+                    Attack::Mixed | Attack::Flood => unreachable!("handled above"),
                 };
             }
             tokio::time::sleep(RECONNECT_PAUSE).await;
@@ -96,10 +121,11 @@ impl std::str::FromStr for Attack {
             Attack::Idle,
             Attack::SlowRead,
             Attack::Mixed,
+            Attack::Flood,
         ]
         .into_iter()
         .find(|a| a.name() == s)
-        .ok_or_else(|| format!("unknown attack {s:?} (slowloris, idle, slow-read, mixed)"))
+        .ok_or_else(|| format!("unknown attack {s:?} (slowloris, idle, slow-read, mixed, flood)"))
     }
 }
 
@@ -136,9 +162,9 @@ async fn until_closed(mut rx: impl AsyncRead + Unpin) -> std::io::Result<()> {
 
 /// Watches with data behind a window of zero; PINGs answered, no
 /// WINDOW_UPDATE ever.
-async fn slow_read(mut conn: TcpStream) -> std::io::Result<()> {
-    conn.write_all(&frames::unread_watches(SLOW_READ_WATCHES))
-        .await?;
+async fn slow_read(mut conn: TcpStream, credentials: Option<String>) -> std::io::Result<()> {
+    let watches = frames::unread_watches_with(SLOW_READ_WATCHES, credentials.as_deref());
+    conn.write_all(&watches).await?;
     frames::answer_pings_until_closed(&mut conn).await;
     Ok(())
 }

@@ -28,6 +28,8 @@ pub struct GoodClient {
     pub source: IpAddr,
     pub ns: Namespace,
     pub key: ed25519_dalek::SigningKey,
+    /// Sign each request with `key` (client authentication on).
+    pub signs: bool,
 }
 
 /// What the well-behaved client got done.
@@ -89,7 +91,10 @@ impl GoodClient {
             .local_address(Some(self.source))
             .connect()
             .await?;
-        Ok(StoreClient::new(channel))
+        Ok(StoreClient::signed(
+            channel,
+            self.signs.then(|| self.key.clone()),
+        ))
     }
 }
 
@@ -99,6 +104,8 @@ impl GoodClient {
 pub struct Prober {
     pub addr: String,
     pub source: IpAddr,
+    /// Signs its Head calls with this key, when given.
+    pub key: Option<ed25519_dalek::SigningKey>,
 }
 
 /// What the prober saw. The percentiles are over every attempt, a failed
@@ -167,7 +174,9 @@ impl Prober {
             "health status {}",
             health.status
         );
-        StoreClient::new(channel).head().await?;
+        StoreClient::signed(channel, self.key.clone())
+            .head()
+            .await?;
         Ok(())
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::attack::AttackStats;
+use super::attack::{AttackStats, Signer};
 use crate::tools::h2frames as frames;
 
 #[derive(Debug, Clone, Copy)]
@@ -57,17 +57,17 @@ impl Kind {
 }
 
 /// Runs every kind's workers until aborted.
-pub async fn run(addr: SocketAddr, stats: Arc<AttackStats>) {
+pub async fn run(addr: SocketAddr, stats: Arc<AttackStats>, signer: Signer) {
     let mut workers = tokio::task::JoinSet::new();
     for kind in Kind::ALL {
         for _ in 0..kind.workers() {
-            workers.spawn(worker(kind, addr, stats.clone()));
+            workers.spawn(worker(kind, addr, stats.clone(), signer.clone()));
         }
     }
     while workers.join_next().await.is_some() {}
 }
 
-async fn worker(kind: Kind, addr: SocketAddr, stats: Arc<AttackStats>) {
+async fn worker(kind: Kind, addr: SocketAddr, stats: Arc<AttackStats>, signer: Signer) {
     let mut held = std::collections::VecDeque::new();
     loop {
         let Ok(mut conn) = TcpStream::connect(addr).await else {
@@ -77,7 +77,9 @@ async fn worker(kind: Kind, addr: SocketAddr, stats: Arc<AttackStats>) {
         let open = stats.opened();
         if let Some((keep, pause)) = kind.holds() {
             if matches!(kind, Kind::UnreadWatch) {
-                let _ = conn.write_all(&frames::unread_watch()).await;
+                let credentials = signer.credentials();
+                let watch = frames::unread_watches_with(1, credentials.as_deref());
+                let _ = conn.write_all(&watch).await;
             }
             held.push_back((conn, open));
             if held.len() > keep {
@@ -86,7 +88,11 @@ async fn worker(kind: Kind, addr: SocketAddr, stats: Arc<AttackStats>) {
             tokio::time::sleep(pause).await;
             continue;
         }
-        if conn.write_all(&one_shot(kind)).await.is_ok() {
+        if conn
+            .write_all(&one_shot(kind, signer.credentials().as_deref()))
+            .await
+            .is_ok()
+        {
             // Read whatever comes back until the server closes or a
             // moment passes, then start over.
             let mut buf = vec![0u8; 16 << 10];
@@ -99,10 +105,11 @@ async fn worker(kind: Kind, addr: SocketAddr, stats: Arc<AttackStats>) {
 }
 
 /// What a one-shot kind sends on each new connection.
-fn one_shot(kind: Kind) -> Vec<u8> {
+fn one_shot(kind: Kind, credentials: Option<&str>) -> Vec<u8> {
     let mut out = frames::PREFACE.to_vec();
     out.extend(frames::settings());
-    let head = frames::request("/mindoo.replica.v1.Store/Head");
+    let request = |path: &str| frames::request_with(path, credentials);
+    let head = request("/mindoo.replica.v1.Store/Head");
     match kind {
         Kind::HalfOpen | Kind::UnreadWatch => unreachable!("these hold their connections"),
         Kind::RapidReset => {
@@ -124,7 +131,7 @@ fn one_shot(kind: Kind) -> Vec<u8> {
                 out.extend(frames::headers(
                     2 * i + 1,
                     frames::END_HEADERS | frames::END_STREAM,
-                    &frames::request(&path),
+                    &request(&path),
                 ));
             }
         }
@@ -144,7 +151,7 @@ fn one_shot(kind: Kind) -> Vec<u8> {
             out.extend(frames::headers(
                 1,
                 frames::END_HEADERS,
-                &frames::request("/mindoo.replica.v1.Store/GetEntries"),
+                &request("/mindoo.replica.v1.Store/GetEntries"),
             ));
             for (i, chunk) in body.chunks(16_000).enumerate() {
                 let last = (i + 1) * 16_000 >= body.len();

@@ -10,9 +10,10 @@
 //!    paced at half that rate: its `alone` throughput and p99, measured
 //!    again just before each attack.
 //! 2. **Each attack** of `--attacks`, from 127.0.0.1 ([`Attack`]):
-//!    `slowloris`, `idle`, `slow-read` and `mixed` (half-open handshakes,
+//!    `slowloris`, `idle`, `slow-read`, `mixed` (half-open handshakes,
 //!    rapid resets, CONTINUATION floods, unread Watches, made-up methods,
-//!    GetEntries naming one id thousands of times). Once it has ramped up,
+//!    GetEntries naming one id thousands of times) and `flood` (a client
+//!    with a valid key calling as much as it can). Once it has ramped up,
 //!    for `--seconds`:
 //!    - the well-behaved client offers the same paced rate on a new
 //!      connection of its own: throughput as % of alone, and p99;
@@ -29,6 +30,11 @@
 //!    hold no more than its send budget for them, so RSS should grow by at
 //!    most that budget + 128 MB.
 //!
+//! Client authentication is on, as it is by default: the well-behaved
+//! client and the prober sign with keys of their own, and the attackers
+//! with one valid key they share, so their calls get as far as any
+//! client's (`--set auth.clients=off` runs them all unsigned).
+//!
 //! The well-behaved client and the prober each run on a thread and
 //! runtime of their own, as clients on other machines would: their calls
 //! wait for the replica (and the two cores everything shares), never behind
@@ -44,6 +50,7 @@
 
 mod attack;
 mod clients;
+mod flood;
 mod mixed;
 mod sample;
 
@@ -55,7 +62,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 pub use attack::Attack;
-use attack::AttackStats;
+use attack::{AttackStats, Signer};
 use clients::{GoodClient, Load, Prober, Probes};
 use sample::{Cpu, Usage, metrics_text};
 
@@ -112,6 +119,13 @@ pub async fn hostile(opts: HostileOptions) -> anyhow::Result<()> {
         eprintln!("hostile: cannot raise the open-files limit: {e}");
     }
     let env = replica_env(&opts.overrides)?;
+    // Client authentication is on (the default), and the attackers hold
+    // a valid key of their own; `--set auth.clients=off` lets anyone in.
+    let signs = !opts
+        .overrides
+        .iter()
+        .any(|o| o.replace(' ', "") == "auth.clients=off");
+    let signer = Signer(signs.then(|| ed25519_dalek::SigningKey::from_bytes(&[66; 32])));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let send_budget_mb = opts
         .overrides
@@ -129,11 +143,20 @@ pub async fn hostile(opts: HostileOptions) -> anyhow::Result<()> {
         source: GOOD_CLIENT,
         ns: Namespace::new("bench", "hostile")?,
         key: ed25519_dalek::SigningKey::from_bytes(&[9; 32]),
+        signs,
     };
     let prober = Prober {
         addr: addr.clone(),
         source: PROBER,
+        key: signs.then(|| ed25519_dalek::SigningKey::from_bytes(&[10; 32])),
     };
+    println!(
+        "hostile: client authentication {}",
+        match signs {
+            true => "on: the attackers sign with one valid key of their own",
+            false => "off: anyone may call",
+        }
+    );
 
     let sustained = apart(good.clone().run(length, None)).await?;
     let target = sustained.rate / 2.0;
@@ -161,7 +184,8 @@ pub async fn hostile(opts: HostileOptions) -> anyhow::Result<()> {
         // The client alone again, just before the attack: the share
         // compares like with like on a machine whose speed drifts.
         let alone = apart(good.clone().run(length, Some(target))).await?;
-        let phase = Phase::run(attack, &replica, metrics, &good, &prober, target, &opts).await;
+        let callers = (&good, &prober, &signer);
+        let phase = Phase::run(attack, &replica, metrics, callers, target, &opts).await;
         println!("{}", phase.report(&alone, send_budget_mb));
         for (who, failure) in [
             ("good client", &phase.load.first_failure),
@@ -181,10 +205,14 @@ pub async fn hostile(opts: HostileOptions) -> anyhow::Result<()> {
 /// variables. Unless `log.filter` is among them, h2's warnings are left
 /// out: it logs one for every rapid-reset connection `mixed` makes.
 fn replica_env(overrides: &[String]) -> anyhow::Result<Vec<(String, String)>> {
-    let mut env = vec![(
-        "MINDOO_REPLICA__LOG__FILTER".to_owned(),
-        "warn,h2=error".to_owned(),
-    )];
+    let mut env: Vec<(String, String)> = [
+        ("MINDOO_REPLICA__LOG__FILTER", "warn,h2=error"),
+        ("MINDOO_REPLICA__AUTH__CLIENTS", "required"),
+        ("MINDOO_REPLICA__AUTH__READERS", "*"),
+        ("MINDOO_REPLICA__AUTH__WRITERS", "*"),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .into();
     for o in overrides {
         let (key, value) = o
             .split_once('=')
@@ -197,7 +225,11 @@ fn replica_env(overrides: &[String]) -> anyhow::Result<Vec<(String, String)>> {
 
 /// 64 entries of 1 MiB - 4 KiB, for `slow-read`'s Watches to ask for.
 async fn write_big_entries(good: &GoodClient) -> anyhow::Result<()> {
-    let mut client = StoreClient::connect(&good.addr).await?;
+    let dial = crate::client::Dial {
+        tls: None,
+        key: good.signs.then(|| good.key.clone()),
+    };
+    let mut client = StoreClient::connect_with(&good.addr, &dial).await?;
     for _ in 0..64 {
         let entry = sample_entries(&good.ns, &good.key, 1, (1 << 20) - 4096);
         client.put(&entry).await?;
@@ -242,8 +274,7 @@ impl Phase {
         attack: Attack,
         replica: &ReplicaProcess,
         metrics: SocketAddr,
-        good: &GoodClient,
-        prober: &Prober,
+        (good, prober, signer): (&GoodClient, &Prober, &Signer),
         rate: f64,
         opts: &HostileOptions,
     ) -> Phase {
@@ -252,7 +283,7 @@ impl Phase {
         let before = Usage::now(replica, metrics).await;
         let mut peak = before;
         let stats = Arc::new(AttackStats::default());
-        let attackers = attack.start(replica.grpc, &stats);
+        let attackers = attack.start(replica.grpc, &stats, signer);
         let ramp = tokio::time::Instant::now() + RAMP;
         while tokio::time::Instant::now() < ramp {
             peak = peak.max(Usage::now(replica, metrics).await);
