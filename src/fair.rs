@@ -16,7 +16,14 @@
 //!   as long as it is open). One more is refused with RESOURCE_EXHAUSTED;
 //! - **a send budget**: a pool of `limits.max_send_data_per_client_mb` that
 //!   its responses' data is granted from, beside the connection's, the
-//!   address's and the replica's (see [`crate::replica::outgoing`]).
+//!   address's and the replica's (see [`crate::replica::outgoing`]);
+//! - **turns at the write path**: a client's batch is checked and stored
+//!   in one of `limits.client_write_turns` turns that all clients share,
+//!   handed out in rotation between the clients that wait for one. A
+//!   client alone takes every turn; beside others, one that sends a
+//!   thousand batches at once waits its turn like one that sends one, so
+//!   the work it makes cannot push another's batches back by more than a
+//!   round. (Peers' pulls take no turns.)
 //!
 //! At most `limits.max_tracked_clients` identities are kept. An identity
 //! with nothing open and a full bucket is forgotten when room is needed;
@@ -32,6 +39,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
@@ -48,16 +56,20 @@ pub struct FairLimits {
     pub max_calls: usize,
     pub send_bytes: usize,
     pub max_tracked: usize,
+    /// Batches all clients together may have in the write path at once
+    /// (`limits.client_write_turns`; 0 there: one per core).
+    pub write_turns: usize,
 }
 
 impl Default for FairLimits {
     fn default() -> Self {
         Self {
-            requests_per_second: 5_000.0,
-            burst: 10_000.0,
+            requests_per_second: 1_000.0,
+            burst: 2_000.0,
             max_calls: 256,
             send_bytes: 16 << 20,
             max_tracked: 10_000,
+            write_turns: 2,
         }
     }
 }
@@ -94,16 +106,20 @@ struct Bucket {
     at: Instant,
 }
 
-/// One identity's share: its bucket, its open calls and its send pool.
+/// One identity's share: its bucket, its open calls, its send pool, and
+/// its place in the rotation of turns.
 pub struct Share {
     limits: FairLimits,
     bucket: Mutex<Bucket>,
     calls: AtomicUsize,
     send: BytePool,
+    turns: Arc<Turns>,
+    /// Its batches waiting for a turn, first come first served.
+    waiting: Mutex<std::collections::VecDeque<oneshot::Sender<Turn>>>,
 }
 
 impl Share {
-    fn new(limits: FairLimits) -> Self {
+    fn new(limits: FairLimits, turns: Arc<Turns>) -> Self {
         Self {
             limits,
             bucket: Mutex::new(Bucket {
@@ -112,7 +128,32 @@ impl Share {
             }),
             calls: AtomicUsize::new(0),
             send: BytePool::new(limits.send_bytes),
+            turns,
+            waiting: Mutex::new(Default::default()),
         }
+    }
+
+    /// Waits for a turn at the write path (see the module docs).
+    pub async fn turn(self: &Arc<Self>) -> Turn {
+        let waiting = {
+            let mut ring = self.turns.lock();
+            if ring.free > 0 {
+                ring.free -= 1;
+                return Turn(self.turns.clone());
+            }
+            let (tx, rx) = oneshot::channel();
+            let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+            if waiting.is_empty() {
+                ring.clients.push_back(self.clone());
+            }
+            waiting.push_back(tx);
+            rx
+        };
+        // A turn passed to a waiter dropped meanwhile is dropped with the
+        // channel, which hands it on.
+        waiting
+            .await
+            .expect("a waiter's turn is sent or its sender kept")
     }
 
     /// The pool this identity's response data is granted from.
@@ -162,6 +203,57 @@ impl Share {
     }
 }
 
+/// The turns at the write path, and the clients waiting for one, in
+/// rotation.
+struct Turns {
+    ring: Mutex<Ring>,
+}
+
+struct Ring {
+    free: usize,
+    /// Clients with a batch waiting, each once, in the order they get one.
+    clients: std::collections::VecDeque<Arc<Share>>,
+}
+
+impl Turns {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ring> {
+        self.ring.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A turn at the write path, until dropped: then the next client in the
+/// rotation with a batch waiting gets it.
+pub struct Turn(Arc<Turns>);
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let turns = self.0.clone();
+        let mut ring = turns.lock();
+        while let Some(client) = ring.clients.pop_front() {
+            let mut waiting = client.waiting.lock().unwrap_or_else(|e| e.into_inner());
+            while let Some(waiter) = waiting.pop_front() {
+                if waiter.is_closed() {
+                    continue;
+                }
+                if !waiting.is_empty() {
+                    ring.clients.push_back(client.clone());
+                }
+                // The receiver is alive: it gets the turn, or, should it be
+                // dropped before taking it, drops it (after this lock is
+                // released, as the channel is not dropped here).
+                if let Err(turn) = waiter.send(Turn(turns.clone())) {
+                    // Closed since: this drop hands the turn on again.
+                    drop(waiting);
+                    drop(ring);
+                    drop(turn);
+                }
+                return;
+            }
+        }
+        ring.free += 1;
+    }
+}
+
 /// A call counted as open against its identity until dropped.
 pub struct OpenCall(Arc<Share>);
 
@@ -175,6 +267,7 @@ impl Drop for OpenCall {
 pub struct Shares {
     limits: FairLimits,
     tracked: Mutex<Tracked>,
+    turns: Arc<Turns>,
     metrics: Arc<Metrics>,
 }
 
@@ -191,6 +284,12 @@ impl Shares {
             tracked: Mutex::new(Tracked {
                 shares: HashMap::new(),
                 full_since: None,
+            }),
+            turns: Arc::new(Turns {
+                ring: Mutex::new(Ring {
+                    free: limits.write_turns,
+                    clients: Default::default(),
+                }),
             }),
             metrics,
         }
@@ -212,10 +311,10 @@ impl Shares {
             let overflow = tracked
                 .shares
                 .entry(Charged::Overflow)
-                .or_insert_with(|| Arc::new(Share::new(self.limits)));
+                .or_insert_with(|| Arc::new(Share::new(self.limits, self.turns.clone())));
             return Some(overflow.clone());
         }
-        let share = Arc::new(Share::new(self.limits));
+        let share = Arc::new(Share::new(self.limits, self.turns.clone()));
         tracked.shares.insert(charged, share.clone());
         self.metrics
             .clients_tracked
@@ -433,7 +532,48 @@ mod tests {
             max_calls: 3,
             send_bytes: 1 << 20,
             max_tracked: 4,
+            write_turns: 1,
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn turns_go_round_the_clients_that_wait() {
+        let shares = shares(limits());
+        let a = shares.share_of(&KEY_A, None).unwrap();
+        let b = shares.share_of(&KEY_B, None).unwrap();
+        let first = a.turn().await;
+        let (order_tx, mut order) = tokio::sync::mpsc::unbounded_channel();
+        let mut waiting = tokio::task::JoinSet::new();
+        // Three of a's batches queue, then one of b's.
+        for (who, share) in [("a1", &a), ("a2", &a), ("a3", &a), ("b1", &b)] {
+            let (share, order_tx) = (share.clone(), order_tx.clone());
+            waiting.spawn(async move {
+                let _turn = share.turn().await;
+                order_tx.send(who).unwrap();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            });
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // A waiter that gives up passes its turn on.
+        let gave_up = {
+            let a = a.clone();
+            tokio::spawn(async move { a.turn().await })
+        };
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        gave_up.abort();
+        drop(first);
+        while waiting.join_next().await.is_some() {}
+        drop(order_tx);
+        let mut got = Vec::new();
+        while let Some(who) = order.recv().await {
+            got.push(who);
+        }
+        // b's one batch goes second, not after all of a's.
+        assert_eq!(got, ["a1", "b1", "a2", "a3"]);
+        // Every turn came back.
+        let again = a.turn().await;
+        drop(again);
+        assert_eq!(shares.turns.lock().free, 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -96,6 +96,9 @@ pub struct RawLimits {
     pub client_request_burst: u64,
     /// Calls one client may have open at once (a Watch counts while open).
     pub max_calls_per_client: u64,
+    /// Client batches checked and stored at once, all clients together,
+    /// taken in rotation between the clients waiting (0: one per core).
+    pub client_write_turns: u64,
     /// Clients whose limits are tracked at once (about 300 bytes each);
     /// beyond it, clients with nothing open are forgotten, and new ones
     /// share one set of limits while none can be.
@@ -349,6 +352,7 @@ impl Default for RawLimits {
             client_request_burst: f.burst as u64,
             max_calls_per_client: f.max_calls as u64,
             max_tracked_clients: f.max_tracked as u64,
+            client_write_turns: 0,
         }
     }
 }

@@ -362,6 +362,15 @@ impl RawLimits {
                 1,
                 10_000_000,
             )?,
+            write_turns: match count(
+                "limits.client_write_turns",
+                self.client_write_turns,
+                0,
+                1024,
+            )? {
+                0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+                n => n,
+            },
         };
         if limits.send_bytes < max_entry_bytes {
             return Err(invalid(

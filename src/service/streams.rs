@@ -110,6 +110,11 @@ pub fn put(
             if let Err(denied) = may_write.check(&entries) {
                 return Some((Err(denied), (replica, inbound, may_write, batches + 1)));
             }
+            // A client's batch is checked and stored in its turn.
+            let _turn = match &may_write.share {
+                Some(share) => Some(share.turn().await),
+                None => None,
+            };
             let result = replica
                 .put_within(entries, may_write.quotas())
                 .await
