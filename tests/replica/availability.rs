@@ -214,10 +214,12 @@ async fn readers_that_never_open_their_window_are_cut_off_within_bounded_memory(
         ("MINDOO_REPLICA__SERVER__SEND_TIMEOUT_MS", "1000"),
         // Each stream reads its own copy from the store.
         ("MINDOO_REPLICA__STORAGE__LOG_TAIL_MB", "1"),
-        // The attacker's address is one client, whose open calls are
-        // capped (256 by default): lifted, to show that the send budget
-        // alone bounds memory whatever many streams hold.
+        // The attacker's address is one client, whose open calls and
+        // call rate are capped (256; 1,000 a second after 2,000): lifted,
+        // to show that the send budget alone bounds memory whatever many
+        // streams hold.
         ("MINDOO_REPLICA__LIMITS__MAX_CALLS_PER_CLIENT", "100000"),
+        ("MINDOO_REPLICA__LIMITS__CLIENT_REQUEST_BURST", "100000"),
     ];
     let exe = env!("CARGO_BIN_EXE_mindoo-replica");
     let replica = ReplicaProcess::spawn(exe.as_ref(), dir.path(), true, &env)

@@ -68,7 +68,7 @@ async fn calls(mut client: StoreClient, batches: &[Vec<Entry>], n: usize) {
             0 => client.put(batch).await.map(drop),
             1 => {
                 let ids: Vec<_> = batch.iter().map(|e| e.id).collect();
-                client.get(&batch[0].namespace(), &ids).await.map(drop)
+                client.get(batch[0].namespace(), &ids).await.map(drop)
             }
             _ => client.head().await.map(drop),
         };
