@@ -102,8 +102,6 @@ impl RawConfig {
         file: Option<&Path>,
         env: Option<HashMap<String, String>>,
     ) -> Result<Self, ConfigError> {
-        let mut builder =
-            config::Config::builder().add_source(config::Config::try_from(&RawConfig::default())?);
         if let Some(path) = file {
             if !path.is_file() {
                 return Err(invalid(
@@ -111,10 +109,35 @@ impl RawConfig {
                     format!("{} does not exist or is not a file", path.display()),
                 ));
             }
-            builder = builder.add_source(
-                config::File::from(path.to_path_buf()).format(config::FileFormat::Toml),
-            );
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                invalid(
+                    "--config",
+                    format!("{} cannot be read: {e}", path.display()),
+                )
+            })?;
+            // A parse error names the file, as the file's own source would.
+            return Self::parse_with_env(&text, env).map_err(|e| match e {
+                ConfigError::Load(config::ConfigError::FileParse { uri: None, cause }) => {
+                    ConfigError::Load(config::ConfigError::FileParse {
+                        uri: Some(path.display().to_string()),
+                        cause,
+                    })
+                }
+                e => e,
+            });
         }
+        Self::parse_with_env("", env)
+    }
+
+    /// Defaults, then the TOML `text`, then `env` (the process environment
+    /// when `None`).
+    pub fn parse_with_env(
+        text: &str,
+        env: Option<HashMap<String, String>>,
+    ) -> Result<Self, ConfigError> {
+        let builder = config::Config::builder()
+            .add_source(config::Config::try_from(&RawConfig::default())?)
+            .add_source(config::File::from_str(text, config::FileFormat::Toml));
         let env_source = config::Environment::with_prefix(ENV_PREFIX)
             .prefix_separator("__")
             .separator("__")
@@ -129,14 +152,15 @@ impl RawConfig {
             .with_list_parse_key("auth.writers")
             .with_list_parse_key("auth.operators")
             .source(env.map(|e| e.into_iter().collect()));
-        builder = builder.add_source(env_source);
-        Ok(builder.build()?.try_deserialize()?)
+        Ok(builder.add_source(env_source).build()?.try_deserialize()?)
     }
 
-    /// The `[auth]` section checked alone (what a reload of the access
-    /// policy applies).
+    /// The `[auth]` and `[quotas]` sections checked alone (the access
+    /// policy a reload applies).
     pub fn auth_settings(&self) -> Result<crate::access::AuthSettings, ConfigError> {
-        self.auth.validate()
+        let mut auth = self.auth.validate()?;
+        auth.access.quotas = std::sync::Arc::new(self.quotas.validate()?);
+        Ok(auth)
     }
 
     pub fn to_toml(&self) -> String {
@@ -343,8 +367,7 @@ impl RawConfig {
         let policy = self.policy.validate(max_entry_bytes)?;
         let replication = validate_replication(&self.replication, server.listen)?;
         let tls = self.tls.validate()?;
-        let mut auth = self.auth.validate()?;
-        auth.access.quotas = std::sync::Arc::new(self.quotas.validate()?);
+        let auth = self.auth_settings()?;
         let clients = self.limits.clients(max_entry_bytes)?;
         let has_peers = !replication.peers.is_empty()
             || replication.spoke_of.is_some()

@@ -6,10 +6,11 @@ use libfuzzer_sys::fuzz_target;
 use mindoo_replica::config::RawConfig;
 
 fuzz_target!(|data: &[u8]| {
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let path = dir.path().join("replica.toml");
-    std::fs::write(&path, data).expect("a temp file");
-    match RawConfig::load_with_env(Some(&path), Some(Default::default())) {
+    // A file that is not UTF-8 is refused before it is parsed.
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match RawConfig::parse_with_env(text, Some(Default::default())) {
         Ok(raw) => {
             let _ = raw.validate();
         }

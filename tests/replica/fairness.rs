@@ -197,6 +197,23 @@ async fn a_tenant_over_its_quota_is_refused_and_entries_from_peers_still_arrive(
     let zed = sample_entries(&other(), &author(), 3, 256);
     writer.put(&zed).await.unwrap();
     assert_eq!(quota.entry_count().await, 23);
+    // Raised without a restart (as a reloaded config file does), the quota
+    // lets the batch in.
+    let mut raised = quota.access.borrow().clone();
+    raised.quotas = std::sync::Arc::new(mindoo_replica::quota::Quotas {
+        default: Default::default(),
+        tenants: [(
+            "acme".to_owned(),
+            mindoo_replica::quota::Quota {
+                max_entries: Some(30),
+                max_bytes: None,
+            },
+        )]
+        .into(),
+    });
+    quota.access.send(raised).unwrap();
+    writer.put(&more[20..]).await.unwrap();
+    assert_eq!(quota.entry_count().await, 24);
 
     let text = quota.metrics_text().await;
     assert_eq!(
