@@ -63,13 +63,15 @@ async fn secrets_never_appear_in_config_print_logs_or_errors() {
     assert!(printed.contains("key_file"), "{printed}");
 
     let log_path = dir.path().join("replica.log");
-    let mut replica = Command::new(EXE)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
+    let mut replica = Stopped(
+        Command::new(EXE)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     // Its address, from its log.
     let deadline = Instant::now() + Duration::from_secs(20);
     let addr = loop {
@@ -123,9 +125,9 @@ async fn secrets_never_appear_in_config_print_logs_or_errors() {
     assert_eq!(errors.len(), 3, "{errors:?}");
 
     let _ = Command::new("kill")
-        .args(["-TERM", &replica.id().to_string()])
+        .args(["-TERM", &replica.0.id().to_string()])
         .status();
-    let _ = replica.wait();
+    let _ = replica.0.wait();
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(log.contains("replica serving"), "{log}");
     for (what, text) in [
@@ -141,6 +143,16 @@ async fn secrets_never_appear_in_config_print_logs_or_errors() {
                 "{what} shows credentials: {value}"
             );
         }
+    }
+}
+
+/// The replica process, killed if the test ends before it stops it.
+struct Stopped(std::process::Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
