@@ -9,7 +9,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/mindoo-replica/target
 CARGO_FLAGS := --release --locked
 MESH_FLAGS ?=
 
-.PHONY: run test deps bench
+.PHONY: run test deps bench powerloss
 deps:
 	@bash .ci/deps
 
@@ -26,3 +26,8 @@ test: deps
 
 bench: deps
 	cargo run $(CARGO_FLAGS) -- bench append
+
+# 200 simulated power cuts under a replica with fsync on, and one with it off
+# (the suite runs 3; each cut takes a few seconds).
+powerloss: deps
+	MINDOO_POWERLOSS_CUTS=200 cargo test $(CARGO_FLAGS) --test replica powerloss -- --nocapture --test-threads 1

@@ -154,6 +154,10 @@ impl Home {
         let path = self.path.join("store");
         let mut config = RocksConfig::new(path.clone());
         config.index_documents = true;
+        // An app saves change by change and waits for each: an fsync per
+        // save would cost more than the save. A device's saves are durable
+        // once pushed to a replica, which syncs before it acknowledges.
+        config.sync_writes = false;
         RocksStore::open(&config)
             .map(|s| Arc::new(s) as Arc<dyn Store>)
             .map_err(|source| HomeError::Store { path, source })

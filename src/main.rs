@@ -125,17 +125,9 @@ enum ConfigCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
-    /// One client streams entries into one replica process over loopback gRPC.
-    Append {
-        #[arg(long, default_value_t = 100_000)]
-        entries: usize,
-        /// Ciphertext bytes per entry.
-        #[arg(long, default_value_t = 1024)]
-        size: usize,
-        /// Entries per PutEntries batch.
-        #[arg(long, default_value_t = 1000)]
-        batch: usize,
-    },
+    /// Clients stream entries into one replica process over loopback gRPC,
+    /// fsynced before each acknowledgement and not, in the same run.
+    Append(bench::AppendOptions),
     /// A device store pushes its entries through the sync engine to a
     /// replica, beside the append path measured in the same run.
     Push(bench::PushOptions),
@@ -315,19 +307,7 @@ fn main() -> ExitCode {
 
 async fn run_bench(command: BenchCommand, exe: PathBuf) -> anyhow::Result<()> {
     match command {
-        BenchCommand::Append {
-            entries,
-            size,
-            batch,
-        } => {
-            bench::append(bench::AppendOptions {
-                entries,
-                ciphertext_bytes: size,
-                batch: batch.max(1),
-                exe,
-            })
-            .await
-        }
+        BenchCommand::Append(opts) => bench::append(opts, exe).await,
         BenchCommand::Push(opts) => bench::push(opts, exe).await,
         BenchCommand::Client(opts) => bench::client(opts, exe).await,
         BenchCommand::Filtered(opts) => bench::filtered(opts, exe).await,

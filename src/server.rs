@@ -163,6 +163,25 @@ pub async fn serve(
     serve_with(settings, store, listeners, shutdown, peers, access).await
 }
 
+/// Says at start-up what an acknowledgement means on this replica.
+fn log_durability(storage: &StorageSettings) {
+    match storage {
+        StorageSettings::Rocks(rocks) if rocks.sync_writes => tracing::info!(
+            "durability: writes are acknowledged once fsynced (storage.sync_writes; commits \
+             waiting together share one fsync)"
+        ),
+        StorageSettings::Rocks(_) => tracing::warn!(
+            "durability: writes are acknowledged BEFORE they are fsynced \
+             (storage.sync_writes = false): a power cut loses what was acknowledged since \
+             the last fsync; a process crash loses nothing"
+        ),
+        StorageSettings::Memory => tracing::warn!(
+            "durability: NONE, the store is in memory (storage.backend = memory): everything \
+             is lost when the process stops"
+        ),
+    }
+}
+
 /// Serves `store` until `shutdown` resolves; replication follows `peers`
 /// and calls are checked against `access`, so a config reload can add and
 /// remove peers and change who may do what. See the module docs for the
@@ -190,6 +209,7 @@ pub async fn serve_with(
         ),
     }
     log_access(&settings);
+    log_durability(&settings.storage);
     let verifier = Arc::new(Verifier::new(
         settings.auth.max_clock_skew,
         settings.auth.max_recent_requests,

@@ -61,6 +61,8 @@ pub struct RawStorage {
     pub path: String,
     pub block_cache_mb: u64,
     pub write_buffer_mb: u64,
+    /// Acknowledge a write only once it is fsynced (group commit); off,
+    /// acknowledged writes since the last fsync are lost on a power cut.
     pub sync_writes: bool,
     /// Files RocksDB keeps open at most.
     pub max_open_files: u64,
@@ -325,7 +327,7 @@ impl Default for RawStorage {
             path: "./data".into(),
             block_cache_mb: 64,
             write_buffer_mb: 32,
-            sync_writes: false,
+            sync_writes: true,
             max_open_files: 1024,
             log_tail_mb: 8,
         }

@@ -38,6 +38,10 @@ pub struct Metrics {
     pub store_writable: IntGauge,
     /// Writes the store refused (appends and probes).
     pub store_write_errors: IntCounter,
+    /// How long each commit waited for its fsync (shared with the commits
+    /// waiting beside it).
+    pub store_sync_wait: prometheus::Histogram,
+    store_syncs: IntCounter,
     /// gRPC connections open now.
     pub connections_open: IntGauge,
     /// Connections closed for not starting HTTP/2 in time.
@@ -231,6 +235,27 @@ impl Metrics {
                 "store_write_errors_total",
                 "Writes the store refused, including the probes made while it refuses them",
             ),
+            store_sync_wait: {
+                let h = prometheus::Histogram::with_opts(
+                    HistogramOpts::new(
+                        "store_sync_wait_seconds",
+                        "How long a commit waited until it was durable (its share of a group \
+                         fsync); none observed with storage.sync_writes off",
+                    )
+                    .buckets(vec![
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                        0.25, 1.0,
+                    ]),
+                )
+                .expect("valid metric");
+                registry.register(Box::new(h.clone())).expect("unique");
+                h
+            },
+            store_syncs: counter(
+                "store_syncs_total",
+                "WAL fsyncs run for commits; with store_sync_wait_seconds_count, how many \
+                 commits share one",
+            ),
             connections_open: gauge(
                 "connections_open",
                 "gRPC connections open, within server.max_connections",
@@ -303,11 +328,15 @@ impl Metrics {
         }
     }
 
-    /// Brings `store_log_records_read_total` up to the store's own count.
-    pub fn set_log_records_read(&self, total: u64) {
-        let seen = self.store_log_records_read.get();
-        self.store_log_records_read
-            .inc_by(total.saturating_sub(seen));
+    /// Brings `store_log_records_read_total` and `store_syncs_total` up to
+    /// the store's own counts.
+    pub fn set_store_counts(&self, log_records_read: u64, syncs: u64) {
+        for (counter, total) in [
+            (&self.store_log_records_read, log_records_read),
+            (&self.store_syncs, syncs),
+        ] {
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
     }
 
     /// The text exposition of every metric, after refreshing the store gauges.

@@ -2,7 +2,9 @@
 //! policy and committing them to the store, then everything a commit makes
 //! known (the log tail, the recent ids, counters, the head signal), in that
 //! order and from the thread that committed, so a caller that goes away
-//! mid-commit cannot lose a wakeup.
+//! mid-commit cannot lose a wakeup. A commit returns once it is durable:
+//! the store's fsync runs after the commit order is released, so commits
+//! made meanwhile share it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -92,7 +94,27 @@ impl Committer {
         cursor: Option<&CursorUpdate>,
     ) -> Result<Vec<Appended>, StoreError> {
         let order = self.order.lock().unwrap_or_else(|e| e.into_inner());
-        self.commit_in_order(order, origin, entries, cursor)
+        let out = self.commit_in_order(order, origin, entries, cursor)?;
+        self.sync()?;
+        Ok(out)
+    }
+
+    /// Waits until what was committed is durable, sharing the fsync with
+    /// every commit waiting at the same time (see `Store::sync`).
+    fn sync(&self) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        match self.store.sync() {
+            Ok(()) => {
+                self.metrics
+                    .store_sync_wait
+                    .observe(started.elapsed().as_secs_f64());
+                Ok(())
+            }
+            Err(e) => {
+                self.writes_failed(&e);
+                Err(e)
+            }
+        }
     }
 
     /// Stores a client's entries unless they would take a tenant past its
@@ -111,7 +133,9 @@ impl Committer {
                 .inc();
             return Err(over.into());
         }
-        Ok(self.commit_in_order(order, Origin::Client, entries, None)?)
+        let out = self.commit_in_order(order, Origin::Client, entries, None)?;
+        self.sync()?;
+        Ok(out)
     }
 
     /// What `entries` add to each tenant with a quota (entries held

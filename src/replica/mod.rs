@@ -159,7 +159,7 @@ impl Replica {
                 .unwrap_or_default();
         self.metrics.set_store_memory(&memory);
         self.metrics
-            .set_log_records_read(self.store.log_records_read());
+            .set_store_counts(self.store.log_records_read(), self.store.syncs());
         self.metrics
             .send_data_held_bytes
             .set(self.send_pool.held() as i64);

@@ -59,6 +59,12 @@ impl<H: Hooks> Store for Decorated<H> {
         self.hooks.before_append()?;
         self.inner.append(entries, cursor)
     }
+    fn sync(&self) -> Result<(), StoreError> {
+        self.inner.sync()
+    }
+    fn syncs(&self) -> u64 {
+        self.inner.syncs()
+    }
     fn contains(&self, ns: &Namespace, ids: &[EntryId]) -> Result<Vec<bool>, StoreError> {
         self.inner.contains(ns, ids)
     }

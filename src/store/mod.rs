@@ -4,7 +4,9 @@
 //! every first insert with a sequence number, the replica's incarnation, and
 //! the replication cursors into peers' logs. Appending a batch is atomic: the
 //! entries, their log records and an optional advanced cursor are committed
-//! together, so a crash never loses, duplicates or skips anything.
+//! together, so a crash never loses, duplicates or skips anything. An
+//! append is visible at once and durable after [`Store::sync`], which
+//! writers waiting at the same time share (group commit).
 //!
 //! The log can be read whole ([`Store::log_since`]) or for a few namespaces
 //! ([`Store::log_since_in`]); the backends index the log by namespace, so a
@@ -19,6 +21,7 @@
 mod conformance;
 #[cfg(any(test, feature = "tools"))]
 pub mod decorated;
+mod group_sync;
 pub mod memory;
 pub mod rocks;
 
@@ -220,7 +223,9 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Appends a batch atomically, with an optional cursor update. Returns one
-    /// outcome per entry, in order.
+    /// outcome per entry, in order. The batch is visible to readers when
+    /// this returns; on a store that syncs, it is durable once a later
+    /// [`Self::sync`] has returned.
     fn append(
         &self,
         entries: &[VerifiedEntry],
@@ -319,6 +324,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes everything appended so far durable.
     fn flush(&self) -> Result<(), StoreError>;
+
+    /// Returns once every append that returned before this call is
+    /// durable. Writers that call it at the same time share one fsync
+    /// (group commit, see `group_sync.rs`). At once on a store that does
+    /// not sync (memory, or RocksDB with `sync_writes` off).
+    fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// fsyncs [`Self::sync`] has run since the store was opened.
+    fn syncs(&self) -> u64 {
+        0
+    }
 
     /// Writes a few bytes that mean nothing, to learn whether the store
     /// accepts writes again after it refused some.

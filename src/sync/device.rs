@@ -75,7 +75,8 @@ impl DeviceStore {
     }
 }
 
-/// Appends to the store, then moves the head signal. Woken from the thread
+/// Appends to the store, moves the head signal, then waits until the
+/// append is durable. Woken from the thread
 /// that committed, so a caller that goes away mid-commit cannot lose the
 /// wakeup.
 fn append_and_wake(
@@ -87,6 +88,7 @@ fn append_and_wake(
     let out = s.append(entries, cursor)?;
     let last = s.stats().head_seq;
     head.send_if_modified(|h| std::mem::replace(h, last.max(*h)) < last);
+    s.sync()?;
     Ok(out)
 }
 

@@ -15,6 +15,7 @@ mod log;
 mod mesh;
 mod ops;
 mod p2p;
+mod powerloss;
 mod secrets;
 mod store_api;
 mod sync;

@@ -24,6 +24,9 @@
 //! `ns` is [`Namespace::encode_key`], which is prefix-free, so a namespace's
 //! ids are one contiguous key range. Appends are serialised by a mutex and
 //! committed as one `WriteBatch`, which keeps the head and the count exact.
+//! The batch lands in the WAL without an fsync, so the lock is held only
+//! for the write itself; [`Store::sync`] then fsyncs the WAL once for every
+//! writer waiting at that moment (group commit).
 //!
 //! The database remembers the node identity that last opened it. Opened by a
 //! different node (a copied volume, a cloned or restored directory), it takes
@@ -40,9 +43,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use rocksdb::{
     BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB,
-    DBCompressionType, Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions,
+    DBCompressionType, Direction, IteratorMode, Options, ReadOptions, WriteBatch,
 };
 
+use super::group_sync::GroupSync;
 use super::{
     Appended, CursorRecord, CursorUpdate, DocRange, DocRecord, Incarnation, LogRecord, Seq, Store,
     StoreError, StoreStats, Usage, decode_cursor, encode_cursor, scan_doc_records,
@@ -86,7 +90,8 @@ pub struct RocksConfig {
     pub block_cache_bytes: usize,
     /// Memtable size of the `entries` column family.
     pub write_buffer_bytes: usize,
-    /// fsync the WAL on every batch (survives power loss, slower).
+    /// [`Store::sync`] fsyncs the WAL (what it returned for survives a
+    /// power loss); off, it returns at once.
     pub sync_writes: bool,
     /// Files RocksDB keeps open at most (table files beyond it are reopened
     /// on use).
@@ -106,7 +111,7 @@ impl RocksConfig {
             path: path.into(),
             block_cache_bytes: 64 << 20,
             write_buffer_bytes: 32 << 20,
-            sync_writes: false,
+            sync_writes: true,
             max_open_files: 1024,
             node: None,
             index_documents: false,
@@ -123,6 +128,9 @@ pub struct RocksStore {
     usage: Mutex<HashMap<String, Usage>>,
     write_lock: Mutex<()>,
     sync_writes: bool,
+    /// Appends land in the WAL unsynced; [`Store::sync`] fsyncs it for
+    /// every writer waiting at once.
+    group: GroupSync,
     /// See [`RocksConfig::index_documents`].
     index_documents: bool,
     /// See [`Store::log_records_read`].
@@ -242,6 +250,7 @@ impl RocksStore {
             usage: Mutex::new(usage),
             write_lock: Mutex::new(()),
             sync_writes: config.sync_writes,
+            group: GroupSync::default(),
             index_documents: config.index_documents,
             records_read: AtomicU64::new(0),
         })
@@ -468,9 +477,8 @@ impl Store for RocksStore {
         for (tenant, now) in &usage {
             usage::put(&self.db, &mut batch, tenant, now);
         }
-        let mut opts = WriteOptions::default();
-        opts.set_sync(self.sync_writes);
-        self.db.write_opt(batch, &opts).map_err(backend)?;
+        self.db.write(batch).map_err(backend)?;
+        self.group.wrote();
         let mut held = self.usage.lock().unwrap_or_else(|e| e.into_inner());
         for (tenant, now) in usage {
             held.insert(tenant.to_owned(), now);
@@ -706,6 +714,18 @@ impl Store for RocksStore {
         self.db
             .put_cf(self.cf(CF_META), KEY_WRITE_PROBE, now.to_be_bytes())
             .map_err(backend)
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        if !self.sync_writes {
+            return Ok(());
+        }
+        // SyncWAL: fsyncs every WAL file written so far.
+        self.group.sync(|| self.db.flush_wal(true).map_err(backend))
+    }
+
+    fn syncs(&self) -> u64 {
+        self.group.syncs()
     }
 
     fn flush(&self) -> Result<(), StoreError> {
