@@ -2,9 +2,10 @@
 //! policy and committing them to the store, then everything a commit makes
 //! known (the log tail, the recent ids, counters, the head signal), in that
 //! order and from the thread that committed, so a caller that goes away
-//! mid-commit cannot lose a wakeup. A commit returns once it is durable:
-//! the store's fsync runs after the commit order is released, so commits
-//! made meanwhile share it.
+//! mid-commit cannot lose a wakeup. A commit returns once its batch is
+//! written and visible; [`Committer::sync`] then waits until it is durable,
+//! outside the commit order and the caller's write turn, so the commits
+//! made meanwhile share the fsync.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -86,7 +87,8 @@ impl Committer {
         self.policy.check_batch(items, origin)
     }
 
-    /// Stores verified entries, and `cursor` with them, in one atomic batch.
+    /// Stores verified entries, and `cursor` with them, in one atomic
+    /// batch: visible on return, durable after [`Self::sync`].
     pub fn commit(
         &self,
         origin: Origin,
@@ -94,14 +96,13 @@ impl Committer {
         cursor: Option<&CursorUpdate>,
     ) -> Result<Vec<Appended>, StoreError> {
         let order = self.order.lock().unwrap_or_else(|e| e.into_inner());
-        let out = self.commit_in_order(order, origin, entries, cursor)?;
-        self.sync()?;
-        Ok(out)
+        self.commit_in_order(order, origin, entries, cursor)
     }
 
-    /// Waits until what was committed is durable, sharing the fsync with
-    /// every commit waiting at the same time (see `Store::sync`).
-    fn sync(&self) -> Result<(), StoreError> {
+    /// Waits until every commit that returned before is durable, sharing
+    /// the fsync with every commit waiting at the same time (see
+    /// `Store::sync`).
+    pub fn sync(&self) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
         match self.store.sync() {
             Ok(()) => {
@@ -133,9 +134,7 @@ impl Committer {
                 .inc();
             return Err(over.into());
         }
-        let out = self.commit_in_order(order, Origin::Client, entries, None)?;
-        self.sync()?;
-        Ok(out)
+        Ok(self.commit_in_order(order, Origin::Client, entries, None)?)
     }
 
     /// What `entries` add to each tenant with a quota (entries held

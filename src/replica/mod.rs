@@ -35,6 +35,28 @@ use crate::store::{
     StoreError, StoreStats,
 };
 
+/// What a commit gave, to be had once the commit is durable: a commit is
+/// visible at once, and its fsync is shared with the commits made while it
+/// runs (group commit). Acknowledge nothing before [`Self::durable`].
+#[must_use = "a write is acknowledged only once durable"]
+pub struct Committed<T> {
+    value: T,
+    /// `None` when nothing was written.
+    commit: Option<Arc<commit::Committer>>,
+}
+
+impl<T> Committed<T> {
+    /// Waits, on the blocking pool, until the commit is durable.
+    pub async fn durable(self) -> Result<T> {
+        if let Some(commit) = self.commit {
+            tokio::task::spawn_blocking(move || commit.sync())
+                .await
+                .map_err(|e| Error::Internal(format!("store task failed: {e}")))??;
+        }
+        Ok(self.value)
+    }
+}
+
 /// Who this replica process is. `node` is stable (the advertised name);
 /// `instance` is new for every process start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,18 +226,20 @@ impl Replica {
         }
     }
 
-    /// Verifies and stores a batch of `(claimed id, data)` pairs from a client.
+    /// Verifies and stores a batch of `(claimed id, data)` pairs from a
+    /// client; returns once the batch is durable.
     pub async fn put(&self, items: Vec<(Bytes, Bytes)>) -> Result<Vec<PutOutcome>> {
-        self.put_within(items, None).await
+        self.put_within(items, None).await?.durable().await
     }
 
     /// [`Self::put`] within the tenants' `quotas`: a batch that would take
-    /// a tenant past its quota is refused whole.
+    /// a tenant past its quota is refused whole. Returns once the batch is
+    /// stored and visible; it is acknowledged once [`Committed::durable`].
     pub async fn put_within(
         &self,
         items: Vec<(Bytes, Bytes)>,
         quotas: Option<Arc<Quotas>>,
-    ) -> Result<Vec<PutOutcome>> {
+    ) -> Result<Committed<Vec<PutOutcome>>> {
         check_count(
             "entries in one batch",
             items.len(),
@@ -229,7 +253,7 @@ impl Replica {
         let count = items.len();
         let (rejections, appended) = match quotas.filter(|q| q.any()) {
             None => {
-                self.verify_and_ingest(Origin::Client, items, None, |_| false)
+                self.verify_and_commit(Origin::Client, items, None, |_| false)
                     .await?
             }
             Some(quotas) => {
@@ -252,8 +276,9 @@ impl Replica {
         for (index, rejection) in rejections {
             outcomes[index] = Some(PutOutcome::Rejected(rejection));
         }
+        let wrote = appended.as_ref().is_some_and(|a| !a.is_empty());
         let mut appended = appended.unwrap_or_default().into_iter();
-        Ok(outcomes
+        let outcomes = outcomes
             .into_iter()
             .map(|o| {
                 o.unwrap_or_else(|| match appended.next() {
@@ -261,7 +286,17 @@ impl Replica {
                     _ => PutOutcome::Duplicate,
                 })
             })
-            .collect())
+            .collect();
+        Ok(self.committed(outcomes, wrote))
+    }
+
+    /// `value`, to be had once what was committed for it is durable (at
+    /// once when nothing was written).
+    fn committed<T>(&self, value: T, wrote: bool) -> Committed<T> {
+        Committed {
+            value,
+            commit: wrote.then(|| self.commit.clone()),
+        }
     }
 
     /// Checks `(claimed id, data)` pairs from `origin` against the policy
@@ -290,6 +325,25 @@ impl Replica {
     /// rejection is `fatal`, in which case nothing is. Returns the
     /// rejections, and what the store did with the rest when it was asked.
     pub async fn verify_and_ingest(
+        &self,
+        origin: Origin,
+        items: Vec<(Bytes, Bytes)>,
+        cursor: Option<CursorUpdate>,
+        fatal: fn(&Rejection) -> bool,
+    ) -> Result<(Vec<(usize, Rejection)>, Option<Vec<Appended>>)> {
+        let has_cursor = cursor.is_some();
+        let (rejections, appended) = self.verify_and_commit(origin, items, cursor, fatal).await?;
+        let wrote = appended
+            .as_ref()
+            .is_some_and(|a| !a.is_empty() || has_cursor);
+        self.committed((rejections, appended), wrote)
+            .durable()
+            .await
+    }
+
+    /// [`Self::verify_and_ingest`], returning once the commit is visible,
+    /// before it is durable.
+    async fn verify_and_commit(
         &self,
         origin: Origin,
         items: Vec<(Bytes, Bytes)>,

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use tonic::{Status, Streaming};
 
 use super::ResponseStream;
@@ -79,9 +79,13 @@ pub fn put(
     inbound: Streaming<proto::PutEntriesRequest>,
     may_write: WriteCheck,
 ) -> ResponseStream<proto::PutEntriesResponse> {
-    fused(futures::stream::unfold(
-        (replica, inbound, may_write, 0u64),
-        |(replica, mut inbound, may_write, batches)| async move {
+    // Each batch is checked and committed in order; its response waits
+    // until the commit is durable. The next batch is committed meanwhile
+    // (one ahead), so a single stream shares fsyncs with itself too.
+    let committed = futures::stream::unfold(
+        Some((replica, inbound, may_write, 0u64)),
+        |state| async move {
+            let (replica, mut inbound, may_write, batches) = state?;
             let idle = replica.limits().stream_idle_timeout;
             let next = tokio::select! {
                 biased;
@@ -96,10 +100,8 @@ pub fn put(
             let batch = match next {
                 Ok(Some(batch)) => batch,
                 Ok(None) => return None,
-                Err(status) => {
-                    let state = (replica, inbound, may_write, batches);
-                    return Some((Err(limit_status(status)), state));
-                }
+                // Nothing is taken after an error.
+                Err(status) => return Some((acked(Err(limit_status(status))), None)),
             };
             if batches > 0
                 && let Some(share) = &may_write.share
@@ -108,21 +110,37 @@ pub fn put(
             }
             let entries = convert::put_entries(batch);
             if let Err(denied) = may_write.check(&entries) {
-                return Some((Err(denied), (replica, inbound, may_write, batches + 1)));
+                return Some((acked(Err(denied)), None));
             }
-            // A client's batch is checked and stored in its turn.
-            let _turn = match &may_write.share {
+            // A client's batch is checked and stored in its turn; the turn
+            // is not held while the commit waits for its fsync.
+            let turn = match &may_write.share {
                 Some(share) => Some(share.turn().await),
                 None => None,
             };
-            let result = replica
-                .put_within(entries, may_write.quotas())
-                .await
-                .map(|outcomes| convert::put_response(outcomes, replica.stats().head_seq))
-                .map_err(Status::from);
-            Some((result, (replica, inbound, may_write, batches + 1)))
+            let committed = replica.put_within(entries, may_write.quotas()).await;
+            drop(turn);
+            let committed = match committed {
+                Ok(committed) => committed,
+                Err(e) => return Some((acked(Err(e.into())), None)),
+            };
+            let head = replica.clone();
+            let response = async move {
+                let outcomes = committed.durable().await.map_err(Status::from)?;
+                Ok(convert::put_response(outcomes, head.stats().head_seq))
+            }
+            .boxed();
+            Some((response, Some((replica, inbound, may_write, batches + 1))))
         },
-    ))
+    );
+    fused(committed.buffered(2))
+}
+
+/// A response that needs no waiting.
+fn acked(
+    response: Result<proto::PutEntriesResponse, Status>,
+) -> futures::future::BoxFuture<'static, Result<proto::PutEntriesResponse, Status>> {
+    futures::future::ready(response).boxed()
 }
 
 /// tonic reports a request message over the decode limit as OUT_OF_RANGE; it
