@@ -15,6 +15,7 @@ use tonic::service::interceptor::InterceptedService;
 use crate::auth::RequestSigner;
 use crate::entry::PutOutcome;
 use crate::entry::{Entry, EntryId, Namespace};
+use crate::log::WriteConcern;
 use crate::proto;
 use crate::proto::convert;
 use crate::proto::store_client::StoreClient as RawClient;
@@ -202,7 +203,20 @@ impl StoreClient {
 
     /// Puts one batch and returns the outcome of each entry.
     pub async fn put(&mut self, entries: &[Entry]) -> Result<Vec<PutOutcome>, Status> {
-        let req = convert::put_request(entries);
+        Ok(self.put_with(entries, WriteConcern::default()).await?.0)
+    }
+
+    /// Puts one batch, acknowledged once `concern.replicas` replicas hold
+    /// it durably: the outcome of each entry, and how many replicas
+    /// confirmed. DEADLINE_EXCEEDED when too few did within
+    /// `concern.timeout` (the batch is stored on the replica and still
+    /// replicates).
+    pub async fn put_with(
+        &mut self,
+        entries: &[Entry],
+        concern: WriteConcern,
+    ) -> Result<(Vec<PutOutcome>, u32), Status> {
+        let req = convert::put_request_with(entries, concern);
         let mut responses = self
             .inner
             .put_entries(futures::stream::iter([req]))
@@ -211,7 +225,8 @@ impl StoreClient {
         let resp = only_message(&mut responses)
             .await?
             .ok_or_else(|| Status::internal("replica closed the put stream without a response"))?;
-        Ok(convert::put_outcomes(resp))
+        let replicas = resp.replicas.max(1);
+        Ok((convert::put_outcomes(resp), replicas))
     }
 
     /// Streams batches through one PutEntries call, pipelined: the next batch

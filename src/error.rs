@@ -46,6 +46,21 @@ pub enum Error {
     PermissionDenied(String),
     #[error(transparent)]
     OverQuota(#[from] crate::quota::OverQuota),
+    #[error(
+        "the batch asks for {asked} replicas but this mesh has {mesh} (this replica and the \
+         peers it pairs with)"
+    )]
+    MeshTooSmall { asked: u32, mesh: usize },
+    #[error(
+        "the batch is stored on this replica, durably, but only {confirmed} of the {asked} \
+         replicas asked for confirmed holding it within {waited_ms} ms; it stays stored and \
+         still replicates"
+    )]
+    NotConfirmed {
+        asked: u32,
+        confirmed: usize,
+        waited_ms: u128,
+    },
     #[error("the replica is shutting down")]
     ShuttingDown,
     #[error(transparent)]
@@ -77,7 +92,9 @@ impl From<Error> for Status {
             Error::InvalidArgument(_)
             | Error::InvalidId(_)
             | Error::InvalidNamespace(_)
-            | Error::NamespaceNotAllowed(_) => Code::InvalidArgument,
+            | Error::NamespaceNotAllowed(_)
+            | Error::MeshTooSmall { .. } => Code::InvalidArgument,
+            Error::NotConfirmed { .. } => Code::DeadlineExceeded,
             Error::LimitExceeded { .. } | Error::OverQuota(_) => Code::ResourceExhausted,
             Error::CursorIncarnation { .. } | Error::CursorMismatch { .. } => {
                 Code::FailedPrecondition

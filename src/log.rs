@@ -1,8 +1,9 @@
 //! The shared vocabulary of a log, below the client, the engine and the
 //! core alike: what a replica says about itself and its log when first
 //! asked ([`Head`]), what a reader asks to follow of it ([`FollowRequest`]),
-//! one step of a stream of it ([`LogBatch`]), and entries fetched by id
-//! ([`EntryChunk`]).
+//! one step of a stream of it ([`LogBatch`]), entries fetched by id
+//! ([`EntryChunk`]), and how many replicas a write waits for
+//! ([`WriteConcern`]).
 
 use std::time::Duration;
 
@@ -37,6 +38,37 @@ impl Head {
     }
 }
 
+/// How many replicas must hold a batch durably before it is acknowledged,
+/// and how long the replica that took it waits for their confirmations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteConcern {
+    /// Replicas, the one written to included (at least 1).
+    pub replicas: u32,
+    pub timeout: Duration,
+}
+
+impl WriteConcern {
+    /// The longest wait a request may ask for.
+    pub const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+    /// The wait when a request names none.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// `replicas` replicas, waiting at most `timeout` for them.
+    pub fn replicas(replicas: u32, timeout: Duration) -> Self {
+        Self {
+            replicas: replicas.max(1),
+            timeout,
+        }
+    }
+}
+
+impl Default for WriteConcern {
+    /// The replica written to alone.
+    fn default() -> Self {
+        Self::replicas(1, Self::DEFAULT_TIMEOUT)
+    }
+}
+
 /// One step of a log stream. A batch with no records and no `next` is a
 /// heartbeat: the log is idle and the serving replica's head is `head_seq`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +81,9 @@ pub struct LogBatch {
     pub next: Option<PeerCursor>,
     /// The serving replica's head when this batch was read.
     pub head_seq: Seq,
+    /// A writer there waits for replicas: once this batch is stored
+    /// durably, confirm the cursor (see `crate::replica::confirm`).
+    pub confirm: bool,
 }
 
 impl LogBatch {

@@ -308,7 +308,11 @@ pub async fn serve_with(
         .add_service(health_service.clone())
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .add_service(StoreService::server(replica.clone(), access.clone()))
+        .add_service(StoreService::server(
+            replica.clone(),
+            access.clone(),
+            board.clone(),
+        ))
         .add_service(ReplicationService::server(
             replica.clone(),
             board.clone(),

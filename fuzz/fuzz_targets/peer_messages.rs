@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&which, bytes)) = data.split_first() else {
         return;
     };
-    match which % 7 {
+    match which % 8 {
         0 => {
             if let Ok(m) = proto::HeadResponse::decode(bytes) {
                 let _ = convert::head(m);
@@ -53,9 +53,19 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
         }
+        6 => {
+            if let Ok(m) = proto::ConfirmRequest::decode(bytes) {
+                let _ = convert::cursor(m.cursor);
+                for ns in m.namespaces {
+                    let _ = convert::namespace(Some(ns));
+                }
+            }
+        }
         _ => {
             if let Ok(m) = proto::PutEntriesRequest::decode(bytes) {
-                let _ = convert::put_entries(m);
+                if let Ok((_, concern)) = convert::put_entries(m) {
+                    assert!(concern.replicas >= 1);
+                }
             }
         }
     }

@@ -42,6 +42,12 @@ pub struct Metrics {
     /// waiting beside it).
     pub store_sync_wait: prometheus::Histogram,
     store_syncs: IntCounter,
+    /// Batches that asked for more than one replica, by whether enough
+    /// confirmed in time (met, timed_out).
+    pub write_concern_batches: IntCounterVec,
+    /// How long after a batch was durable here each peer confirmed holding
+    /// it, by peer.
+    pub peer_confirmation: HistogramVec,
     /// gRPC connections open now.
     pub connections_open: IntGauge,
     /// Connections closed for not starting HTTP/2 in time.
@@ -246,6 +252,38 @@ impl Metrics {
                         0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                         0.25, 1.0,
                     ]),
+                )
+                .expect("valid metric");
+                registry.register(Box::new(h.clone())).expect("unique");
+                h
+            },
+            write_concern_batches: {
+                let c = IntCounterVec::new(
+                    Opts::new(
+                        "write_concern_batches_total",
+                        "Client batches that asked for more than one replica (min_replicas), by \
+                         whether enough peers confirmed in time (met, timed_out)",
+                    ),
+                    &["result"],
+                )
+                .expect("valid metric");
+                for result in ["met", "timed_out"] {
+                    c.with_label_values(&[result]);
+                }
+                registry.register(Box::new(c.clone())).expect("unique");
+                c
+            },
+            peer_confirmation: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "peer_confirmation_seconds",
+                        "How long after a batch that asked for more replicas was durable here \
+                         each peer confirmed holding it, by peer",
+                    )
+                    .buckets(vec![
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+                    ]),
+                    &["peer"],
                 )
                 .expect("valid metric");
                 registry.register(Box::new(h.clone())).expect("unique");

@@ -2,6 +2,8 @@
 //! is validated here, before a handler does any work. Shared by the server's
 //! handlers and the clients; it knows neither, and its errors are its own.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 
 use crate::entry::PutOutcome;
@@ -9,7 +11,7 @@ use crate::entry::{
     Entry, EntryId, InvalidId, InvalidNamespace, Namespace, RejectReason, Rejection,
 };
 use crate::log::Head;
-use crate::log::{EntryChunk, FollowRequest, LogBatch, MAX_RELAY_DELAY};
+use crate::log::{EntryChunk, FollowRequest, LogBatch, MAX_RELAY_DELAY, WriteConcern};
 use crate::proto;
 use crate::store::{Incarnation, LogRecord, PeerCursor};
 
@@ -101,11 +103,28 @@ pub fn cursor_to_proto(incarnation: Incarnation, seq: u64, id: Option<&EntryId>)
     }
 }
 
-pub fn put_entries(req: proto::PutEntriesRequest) -> Vec<(Bytes, Bytes)> {
-    req.entries.into_iter().map(|e| (e.id, e.data)).collect()
+/// A batch's entries as `(claimed id, data)`, and its write concern.
+pub fn put_entries(req: proto::PutEntriesRequest) -> Result<(Vec<(Bytes, Bytes)>, WriteConcern)> {
+    let timeout = match req.confirm_timeout_ms {
+        0 => WriteConcern::DEFAULT_TIMEOUT,
+        ms => Duration::from_millis(ms.into()),
+    };
+    if timeout > WriteConcern::MAX_TIMEOUT {
+        return Err(Invalid::Field(format!(
+            "confirm_timeout_ms {} is above the most a write may wait, {} ms",
+            req.confirm_timeout_ms,
+            WriteConcern::MAX_TIMEOUT.as_millis()
+        )));
+    }
+    let entries = req.entries.into_iter().map(|e| (e.id, e.data)).collect();
+    Ok((entries, WriteConcern::replicas(req.min_replicas, timeout)))
 }
 
-pub fn put_response(outcomes: Vec<PutOutcome>, head_seq: u64) -> proto::PutEntriesResponse {
+pub fn put_response(
+    outcomes: Vec<PutOutcome>,
+    head_seq: u64,
+    replicas: u32,
+) -> proto::PutEntriesResponse {
     let mut status = Vec::with_capacity(outcomes.len());
     let mut rejections = Vec::new();
     for (index, outcome) in outcomes.into_iter().enumerate() {
@@ -127,6 +146,7 @@ pub fn put_response(outcomes: Vec<PutOutcome>, head_seq: u64) -> proto::PutEntri
         status,
         rejections,
         head_seq,
+        replicas,
     }
 }
 
@@ -206,6 +226,7 @@ pub fn head(h: proto::HeadResponse) -> Result<Head> {
 pub fn log_batch_to_proto(b: LogBatch) -> proto::LogBatch {
     let mut out = proto::LogBatch {
         head_seq: b.head_seq,
+        confirm: b.confirm,
         next: b
             .next
             .map(|c| cursor_to_proto(c.incarnation, c.seq, Some(&c.id_at_seq))),
@@ -268,11 +289,21 @@ pub fn log_batch(b: proto::LogBatch) -> Result<LogBatch> {
         records,
         next,
         head_seq: b.head_seq,
+        confirm: b.confirm,
     })
 }
 
 pub fn put_request(entries: &[Entry]) -> proto::PutEntriesRequest {
     put_request_raw(entries.iter().map(|e| (e.id, e.data().clone())))
+}
+
+/// A put of `entries` that waits for `concern`.
+pub fn put_request_with(entries: &[Entry], concern: WriteConcern) -> proto::PutEntriesRequest {
+    proto::PutEntriesRequest {
+        min_replicas: concern.replicas,
+        confirm_timeout_ms: concern.timeout.as_millis().min(u32::MAX as u128) as u32,
+        ..put_request(entries)
+    }
 }
 
 /// A put of `(id, data)` pairs.
@@ -287,6 +318,7 @@ pub fn put_request_raw(
                 data,
             })
             .collect(),
+        ..Default::default()
     }
 }
 
@@ -463,6 +495,7 @@ mod tests {
             records: vec![record.clone(), proto::LogRecord { seq: 2, ..record }],
             head_seq: 2,
             next: Some(cursor()),
+            confirm: true,
         };
         let entries = proto::EntryBatch {
             entries: vec![proto::Entry {
@@ -479,6 +512,7 @@ mod tests {
                 detail: "malformed".into(),
             }],
             head_seq: 3,
+            replicas: 2,
         };
         let watch = proto::WatchRequest {
             cursor: Some(cursor()),
@@ -491,6 +525,19 @@ mod tests {
         let wanted = proto::MissingIdsRequest {
             namespace: Some(ns()),
             ids: vec![vec![4; 32].into(), vec![7; 32].into()],
+        };
+        let confirm = proto::ConfirmRequest {
+            node: "replica-1".into(),
+            cursor: Some(cursor()),
+            namespaces: vec![ns()],
+        };
+        let put_request = proto::PutEntriesRequest {
+            entries: vec![proto::Entry {
+                id: vec![4; 32].into(),
+                data: vec![5; 40].into(),
+            }],
+            min_replicas: 2,
+            confirm_timeout_ms: 700,
         };
         let decoded = [
             decode_mutations(&head_msg, 1, |h| {
@@ -522,6 +569,18 @@ mod tests {
                 let _ = namespace(m.namespace);
                 if let Ok(ids) = ids(m.ids, 10) {
                     assert!(ids.len() <= 10);
+                }
+            }),
+            decode_mutations(&confirm, 7, |c| {
+                let _ = super::cursor(c.cursor);
+                for ns in c.namespaces {
+                    let _ = namespace(Some(ns));
+                }
+            }),
+            decode_mutations(&put_request, 8, |r| {
+                if let Ok((_, concern)) = put_entries(r) {
+                    assert!(concern.replicas >= 1);
+                    assert!(concern.timeout <= WriteConcern::MAX_TIMEOUT);
                 }
             }),
         ];

@@ -204,6 +204,7 @@ impl LogFollower {
                         records: Vec::new(),
                         next: None,
                         head_seq: self.replica.stats().head_seq,
+                        confirm: self.replica.confirmations().wanted(),
                     }));
                 }
             }
@@ -249,6 +250,7 @@ impl LogFollower {
                 id_at_seq,
             }),
             head_seq: self.replica.stats().head_seq,
+            confirm: self.replica.confirmations().wanted(),
         })
     }
 
@@ -263,6 +265,7 @@ impl LogFollower {
             records,
             next,
             head_seq: self.replica.stats().head_seq,
+            confirm: self.replica.confirmations().wanted(),
         }
     }
 }

@@ -14,6 +14,7 @@ use super::outgoing::SendScope;
 use crate::entry::{EntryId, Namespace, PutOutcome};
 use crate::error::Error;
 use crate::log::Head;
+use crate::store::PeerCursor;
 use crate::sync::peer::{EntryStream, FollowRequest, LogStream, Peer, PeerError};
 
 pub struct LocalPeer {
@@ -88,5 +89,17 @@ impl Peer for LocalPeer {
             .map(|(id, data)| (Bytes::copy_from_slice(&id.0), data))
             .collect();
         self.replica.put(items).await.map_err(peer_error)
+    }
+
+    async fn confirm(
+        &self,
+        node: &str,
+        at: PeerCursor,
+        namespaces: &[Namespace],
+    ) -> Result<(), PeerError> {
+        self.replica
+            .confirmations()
+            .confirm(node, at.incarnation, at.seq, namespaces.to_vec());
+        Ok(())
     }
 }

@@ -19,6 +19,7 @@ impl Local for Replica {
         LocalIdentity {
             instance: self.identity().instance,
             incarnation: self.incarnation(),
+            node: Some(self.identity().node.clone()),
         }
     }
 

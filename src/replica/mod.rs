@@ -5,6 +5,7 @@
 //! Store calls run on tokio's blocking pool, never on the async executor.
 
 mod commit;
+pub mod confirm;
 mod follow;
 pub mod in_process;
 mod local;
@@ -85,6 +86,8 @@ pub struct Replica {
     /// The policy never changes while the replica runs.
     policy_digest: u64,
     send_pool: outgoing::BytePool,
+    /// Peers' confirmations, for writers that ask for more replicas.
+    confirmations: confirm::Confirmations,
     shutdown: CancellationToken,
 }
 
@@ -115,6 +118,7 @@ impl Replica {
             writes: watch::channel(None).0,
         });
         Self {
+            confirmations: confirm::Confirmations::new(store.incarnation()),
             store,
             identity,
             send_pool: outgoing::BytePool::new(limits.max_send_data_bytes),
@@ -128,6 +132,11 @@ impl Replica {
 
     pub fn identity(&self) -> &NodeIdentity {
         &self.identity
+    }
+
+    /// Peers' confirmations of what they hold (write concern).
+    pub fn confirmations(&self) -> &confirm::Confirmations {
+        &self.confirmations
     }
 
     /// A digest of this replica's ingest policy (see [`Policy::digest`]).
@@ -387,7 +396,7 @@ impl Replica {
     }
 
     /// Stores already-verified entries, optionally with a cursor update, in one
-    /// atomic batch. Watchers are woken and the entries counted by the
+    /// atomic batch; returns once it is durable. Watchers are woken and the entries counted by the
     /// blocking task that commits, so this holds even when the caller is
     /// dropped while the commit runs.
     pub async fn ingest(
@@ -400,10 +409,12 @@ impl Replica {
             return Ok(Vec::new());
         }
         let commit = self.commit.clone();
-        tokio::task::spawn_blocking(move || commit.commit(origin, &entries, cursor.as_ref()))
-            .await
-            .map_err(|e| Error::Internal(format!("store task failed: {e}")))?
-            .map_err(Error::from)
+        let appended =
+            tokio::task::spawn_blocking(move || commit.commit(origin, &entries, cursor.as_ref()))
+                .await
+                .map_err(|e| Error::Internal(format!("store task failed: {e}")))?
+                .map_err(Error::from)?;
+        self.committed(appended, true).durable().await
     }
 
     /// The ids of `ids` this replica does not hold.

@@ -24,12 +24,16 @@ use crate::proto::convert;
 use crate::proto::store_server::{Store as StoreApi, StoreServer};
 use crate::replica::Replica;
 use crate::replica::outgoing::SendScope;
+use crate::sync::status::StatusBoard;
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 pub struct StoreService {
     replica: Arc<Replica>,
     access: watch::Receiver<AccessPolicy>,
+    /// The peers paired with, for the size of the mesh a write may ask
+    /// for (see [`streams::WriteCheck::mesh`]).
+    board: StatusBoard,
 }
 
 impl StoreService {
@@ -38,11 +42,16 @@ impl StoreService {
     pub fn server(
         replica: Arc<Replica>,
         access: watch::Receiver<AccessPolicy>,
+        board: StatusBoard,
     ) -> StoreServer<Self> {
         let max = replica.limits().max_message_bytes;
-        StoreServer::new(Self { replica, access })
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max)
+        StoreServer::new(Self {
+            replica,
+            access,
+            board,
+        })
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max)
     }
 
     /// Whether `caller` may read what `follow` asks for.
@@ -74,10 +83,12 @@ impl StoreApi for StoreService {
         let caller = Caller::of(&request);
         self.access.borrow().check_known(&caller)?;
         let share = request.extensions().get::<Arc<Share>>().cloned();
+        let peers = self.board.snapshot().iter().filter(|p| !p.is_self).count();
         let may_write = streams::WriteCheck {
             access: self.access.clone(),
             caller,
             share,
+            mesh: 1 + peers,
         };
         Ok(Response::new(streams::put(
             self.replica.clone(),

@@ -1,5 +1,6 @@
 //! The `mindoo.replica.v1.Replication` service: peer status for operators
-//! and peers (see [`AdminAccess`]).
+//! and peers (see [`AdminAccess`]), and peers' confirmations of what they
+//! hold (see `crate::replica::confirm`).
 
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
@@ -12,6 +13,7 @@ use tokio::sync::watch;
 use crate::access::{AccessPolicy, AdminAccess};
 use crate::identity::Caller;
 use crate::proto;
+use crate::proto::convert;
 use crate::proto::replication_server::{Replication as ReplicationApi, ReplicationServer};
 use crate::replica::Replica;
 use crate::sync::status::StatusBoard;
@@ -80,5 +82,37 @@ impl ReplicationApi for ReplicationService {
             entry_count: stats.entries,
             peers,
         }))
+    }
+
+    async fn confirm(
+        &self,
+        request: Request<proto::ConfirmRequest>,
+    ) -> Result<Response<proto::ConfirmResponse>, Status> {
+        // A peer by its certificate; anyone on an open mesh, by the name
+        // it gives.
+        let node = match (Caller::of(&request), self.admin) {
+            (Caller::Peer(name), _) => name,
+            (_, AdminAccess::Open) => request.get_ref().node.clone(),
+            _ => {
+                return Err(Status::permission_denied(
+                    "Confirm is for the mesh's replicas, by their certificates",
+                ));
+            }
+        };
+        if node.is_empty() {
+            return Err(Status::invalid_argument("node is required"));
+        }
+        let req = request.into_inner();
+        let cursor = convert::cursor(req.cursor)?
+            .ok_or_else(|| Status::invalid_argument("cursor is required"))?;
+        let namespaces = req
+            .namespaces
+            .into_iter()
+            .map(|ns| convert::namespace(Some(ns)))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.replica
+            .confirmations()
+            .confirm(&node, cursor.incarnation, cursor.seq, namespaces);
+        Ok(Response::new(proto::ConfirmResponse {}))
     }
 }

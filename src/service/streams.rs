@@ -40,6 +40,9 @@ pub struct WriteCheck {
     /// The client's fair share: each batch after the first takes a request
     /// from its rate (the call took one for the first).
     pub share: Option<Arc<crate::fair::Share>>,
+    /// Replicas in the mesh: this one and the peers it pairs with, the
+    /// most a batch's write concern may ask for.
+    pub mesh: usize,
 }
 
 impl WriteCheck {
@@ -108,10 +111,26 @@ pub fn put(
             {
                 share.request().await;
             }
-            let entries = convert::put_entries(batch);
+            let (entries, concern) = match convert::put_entries(batch) {
+                Ok(batch) => batch,
+                Err(invalid) => return Some((acked(Err(invalid.into())), None)),
+            };
+            if concern.replicas as usize > may_write.mesh {
+                let small = Error::MeshTooSmall {
+                    asked: concern.replicas,
+                    mesh: may_write.mesh,
+                };
+                return Some((acked(Err(small.into())), None));
+            }
             if let Err(denied) = may_write.check(&entries) {
                 return Some((acked(Err(denied)), None));
             }
+            let confirming = (concern.replicas > 1).then(|| Confirming {
+                namespaces: namespaces_of(&entries),
+                // Before the commit: every log batch that carries these
+                // entries asks its reader to confirm.
+                _expecting: replica.confirmations().expect(),
+            });
             // A client's batch is checked and stored in its turn; the turn
             // is not held while the commit waits for its fsync.
             let turn = match &may_write.share {
@@ -124,16 +143,88 @@ pub fn put(
                 Ok(committed) => committed,
                 Err(e) => return Some((acked(Err(e.into())), None)),
             };
-            let head = replica.clone();
-            let response = async move {
-                let outcomes = committed.durable().await.map_err(Status::from)?;
-                Ok(convert::put_response(outcomes, head.stats().head_seq))
-            }
-            .boxed();
+            // Where the log was once the batch was in it: what peers confirm.
+            let logged = replica.stats().head_seq;
+            let response = {
+                let replica = replica.clone();
+                async move {
+                    let outcomes = committed.durable().await.map_err(Status::from)?;
+                    let replicas = match confirming {
+                        None => 1,
+                        Some(c) => c.wait(&replica, logged, concern).await?,
+                    };
+                    Ok(convert::put_response(
+                        outcomes,
+                        replica.stats().head_seq,
+                        replicas,
+                    ))
+                }
+                .boxed()
+            };
             Some((response, Some((replica, inbound, may_write, batches + 1))))
         },
     );
     fused(committed.buffered(2))
+}
+
+/// A batch that waits for peers to confirm it.
+struct Confirming {
+    namespaces: Vec<crate::entry::Namespace>,
+    _expecting: crate::replica::confirm::Expecting,
+}
+
+impl Confirming {
+    /// Waits until `concern` is met for the log up to `logged`: the
+    /// replicas holding the batch, this one included, or why not.
+    async fn wait(
+        self,
+        replica: &Replica,
+        logged: crate::store::Seq,
+        concern: crate::log::WriteConcern,
+    ) -> Result<u32, Status> {
+        let needed = concern.replicas as usize - 1;
+        let waited = replica
+            .confirmations()
+            .wait(logged, &self.namespaces, needed, concern.timeout)
+            .await;
+        let metrics = replica.metrics();
+        let (result, confirmers) = match &waited {
+            Ok(c) => ("met", c),
+            Err(c) => ("timed_out", c),
+        };
+        metrics
+            .write_concern_batches
+            .with_label_values(&[result])
+            .inc();
+        for (peer, after) in confirmers {
+            metrics
+                .peer_confirmation
+                .with_label_values(&[peer.as_str()])
+                .observe(after.as_secs_f64());
+        }
+        match waited {
+            Ok(confirmers) => Ok(1 + confirmers.len() as u32),
+            Err(confirmers) => Err(Error::NotConfirmed {
+                asked: concern.replicas,
+                confirmed: 1 + confirmers.len(),
+                waited_ms: concern.timeout.as_millis(),
+            }
+            .into()),
+        }
+    }
+}
+
+/// The namespaces a batch's entries name (what does not parse is rejected
+/// by the ingest checks, and needs no confirmation).
+fn namespaces_of(entries: &[(bytes::Bytes, bytes::Bytes)]) -> Vec<crate::entry::Namespace> {
+    let mut namespaces: Vec<_> = entries
+        .iter()
+        .filter_map(|(_, data)| crate::entry::Envelope::parse(data).ok())
+        .map(|e| e.namespace)
+        .collect();
+    namespaces.sort_unstable();
+    namespaces.dedup();
+    namespaces
 }
 
 /// A response that needs no waiting.

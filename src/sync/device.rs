@@ -98,6 +98,7 @@ impl Local for DeviceStore {
         LocalIdentity {
             instance: self.instance,
             incarnation: self.store.incarnation(),
+            node: None,
         }
     }
 

@@ -21,7 +21,10 @@ use crate::entry::{EntryId, Namespace, PutOutcome};
 use crate::log::Head;
 use crate::log::LogBatch;
 use crate::proto::convert;
-use crate::proto::{self, store_client::StoreClient as RawClient};
+use crate::proto::{
+    self, replication_client::ReplicationClient, store_client::StoreClient as RawClient,
+};
+use crate::store::PeerCursor;
 
 /// The TLS config each new connection is made with.
 pub type TlsSource = Arc<dyn Fn() -> Arc<ClientConfig> + Send + Sync>;
@@ -29,6 +32,7 @@ pub type TlsSource = Arc<dyn Fn() -> Arc<ClientConfig> + Send + Sync>;
 pub struct GrpcPeer {
     address: String,
     client: RawClient<SignedChannel>,
+    replication: ReplicationClient<SignedChannel>,
 }
 
 impl GrpcPeer {
@@ -68,9 +72,10 @@ impl GrpcPeer {
         };
         Ok(Self {
             address: address.to_owned(),
-            client: RawClient::with_interceptor(channel, RequestSigner::new(key))
+            client: RawClient::with_interceptor(channel.clone(), RequestSigner::new(key.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            replication: ReplicationClient::with_interceptor(channel, RequestSigner::new(key)),
         })
     }
 
@@ -197,6 +202,28 @@ impl Peer for GrpcPeer {
             .map_err(peer_error)?
             .ok_or(PeerError::Closed)?;
         Ok(convert::put_outcomes(response))
+    }
+
+    async fn confirm(
+        &self,
+        node: &str,
+        at: PeerCursor,
+        namespaces: &[Namespace],
+    ) -> Result<(), PeerError> {
+        self.replication
+            .clone()
+            .confirm(proto::ConfirmRequest {
+                node: node.to_owned(),
+                cursor: Some(convert::cursor_to_proto(
+                    at.incarnation,
+                    at.seq,
+                    Some(&at.id_at_seq),
+                )),
+                namespaces: namespaces.iter().map(convert::namespace_to_proto).collect(),
+            })
+            .await
+            .map_err(peer_error)?;
+        Ok(())
     }
 }
 

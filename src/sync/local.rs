@@ -22,13 +22,17 @@ pub use crate::policy::Checked;
 pub type Fatal = for<'a> fn(&'a Rejection) -> bool;
 
 /// Who the local side is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalIdentity {
     /// New for every process start: a peer that reports this instance is
     /// this very process, reached through some address.
     pub instance: [u8; 16],
     /// One life of the local log; cursors into it name it.
     pub incarnation: Incarnation,
+    /// The node name this side confirms what it pulled under (see
+    /// `Peer::confirm`); `None` for a side that holds no replica's share of
+    /// a write (a device).
+    pub node: Option<String>,
 }
 
 /// The local side of the engine. See the module docs.

@@ -11,6 +11,7 @@ use futures::stream::BoxStream;
 use crate::entry::{EntryId, Namespace, PutOutcome};
 pub use crate::log::{EntryChunk, FollowRequest};
 use crate::log::{Head, LogBatch};
+use crate::store::PeerCursor;
 
 /// How a peer is connected to.
 #[derive(Debug, Clone, Copy)]
@@ -88,4 +89,18 @@ pub trait Peer: Send + Sync + 'static {
     /// entry. At most the peer's `max_ids_per_request` entries and
     /// `max_message_bytes` per call.
     async fn put(&self, entries: Vec<(EntryId, Bytes)>) -> Result<Vec<PutOutcome>, PeerError>;
+
+    /// Tells the peer that `node` (this side) holds its log durably up to
+    /// `at`, in `namespaces` (all when empty): what its writers that asked
+    /// for more replicas wait for. A peer that takes no confirmations (a
+    /// device) ignores it.
+    async fn confirm(
+        &self,
+        node: &str,
+        at: PeerCursor,
+        namespaces: &[Namespace],
+    ) -> Result<(), PeerError> {
+        let _ = (node, at, namespaces);
+        Ok(())
+    }
 }

@@ -364,6 +364,7 @@ async fn demo(replicas: &[ReplicaProcess], count: usize, dial: &Dial) -> anyhow:
                 id: bytes::Bytes::copy_from_slice(&entries[0].id.0),
                 data: forged.into(),
             }],
+            ..Default::default()
         }]))
         .await?
         .into_inner()

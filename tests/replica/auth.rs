@@ -185,6 +185,7 @@ async fn forged_replayed_and_stale_credentials_are_refused() {
                 data: e.data().clone(),
             })
             .collect(),
+        ..Default::default()
     }]));
     request
         .metadata_mut()

@@ -21,6 +21,7 @@ async fn put_raw(
         .raw()
         .put_entries(futures::stream::iter([proto::PutEntriesRequest {
             entries,
+            ..Default::default()
         }]))
         .await?
         .into_inner();
@@ -407,6 +408,7 @@ async fn a_silent_put_stream_is_closed_after_the_idle_timeout() {
         .into_inner();
     tx.send(proto::PutEntriesRequest {
         entries: vec![wire(&entries(1)[0])],
+        ..Default::default()
     })
     .await
     .unwrap();

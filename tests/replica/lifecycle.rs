@@ -69,6 +69,7 @@ async fn graceful_shutdown_loses_no_acknowledged_entry() {
                         data: e.data().clone(),
                     })
                     .collect(),
+                ..Default::default()
             };
             if tx.send(req).await.is_err() {
                 break;

@@ -20,3 +20,4 @@ mod secrets;
 mod store_api;
 mod sync;
 mod tls;
+mod write_concern;

@@ -441,11 +441,19 @@ async fn hub_and_spoke_routes_everything_through_the_hub() {
     for r in &replicas {
         r.wait_for_count(50, 20).await;
     }
-    let spoke = replicas[2].metrics_text().await;
     let from_hub = format!(
         "mindoo_replica_peer_entries_pulled_total{{peer=\"{}\"}}",
         addrs[0]
     );
+    // Entries are visible a moment before their fsync, and counted after it.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let spoke = loop {
+        let text = replicas[2].metrics_text().await;
+        if try_metric(&text, &from_hub) == Some(50.0) || tokio::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::task::yield_now().await;
+    };
     assert_eq!(metric(&spoke, &from_hub), 50.0);
     let other_spoke = format!(
         "mindoo_replica_peer_sessions_total{{peer=\"{}\"}}",

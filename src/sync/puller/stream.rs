@@ -148,6 +148,13 @@ impl Worker {
                 if let Err(e) = sink.drain().await {
                     break Err(e);
                 }
+                if batch.confirm
+                    && until.is_none()
+                    && let Some(at) = last
+                    && let Err(e) = self.confirm(link, at).await
+                {
+                    break Err(e);
+                }
                 let caught_up = sink.heartbeat(batch.head_seq);
                 if caught_up && matches!(mode, Mode::Bootstrap) {
                     break Ok(End::CaughtUp(last));
@@ -188,11 +195,18 @@ impl Worker {
                 }
             }
             last = cursor.or(last);
-            if at_head || reached {
-                // Nothing to overlap with: finish now.
+            if at_head || reached || batch.confirm {
+                // Nothing to overlap with, or a writer there waits: finish
+                // now.
                 if let Err(e) = sink.drain().await {
                     break Err(e);
                 }
+            }
+            if batch.confirm
+                && let Some(at) = cursor
+                && let Err(e) = self.confirm(link, at).await
+            {
+                break Err(e);
             }
             if reached {
                 break Ok(End::Reached);
@@ -328,6 +342,21 @@ impl Worker {
                 .into());
             }
         }
+        Ok(())
+    }
+}
+
+impl Worker {
+    /// Tells the peer this side holds its log, durably, up to `at` (all
+    /// that passed it is stored: the caller drained the sink).
+    async fn confirm(&self, link: &Link, at: PeerCursor) -> Result<(), SyncError> {
+        let Some(node) = self.p.local.identity().node else {
+            return Ok(());
+        };
+        let confirm = self.p.peer.confirm(&node, at, &link.settings.namespaces);
+        tokio::time::timeout(link.settings.connect_timeout, confirm)
+            .await
+            .map_err(|_| PeerError::Timeout("Confirm"))??;
         Ok(())
     }
 }
