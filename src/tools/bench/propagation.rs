@@ -4,8 +4,11 @@
 //! first for single entries at a fixed interval, then under load at each
 //! offered rate (entries/s, written in 1 ms batches), with the CPU all
 //! replicas used, and finally the rate at which the mesh saturates (writes
-//! as fast as replica-1 takes them). All of it in plaintext, then again
-//! over mutual TLS between the replicas and to the clients.
+//! as fast as replica-1 takes them). Then, in plaintext, the time from
+//! request to acknowledgement for batches that ask for one replica and for
+//! two (write concern), at each offered rate up to 5,000/s. All but the
+//! last in plaintext, then again over mutual TLS between the replicas and
+//! to the clients.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -15,6 +18,7 @@ use std::time::{Duration, Instant};
 use super::{cpu_seconds, unsigned_entries};
 use crate::client::{Dial, StoreClient};
 use crate::entry::{EntryId, Namespace};
+use crate::log::WriteConcern;
 use crate::proto;
 use crate::proto::replication_client::ReplicationClient;
 use crate::tools::mesh::{MeshCerts, spawn_mesh};
@@ -183,6 +187,34 @@ async fn run(opts: &PropagationOptions, tls: bool) -> anyhow::Result<()> {
             acks.len() as f64 / everywhere
         );
     }
+    // Write concern: request -> acknowledgement with k = 1 and k = 2, in
+    // alternating phases at each rate, so that a noisy moment costs both.
+    if !tls {
+        for &rate in opts.rates.iter().filter(|&&r| r <= 5_000) {
+            let mut phases = [(1, Vec::new()), (2, Vec::new())];
+            for _ in 0..4 {
+                for (k, latencies) in phases.iter_mut() {
+                    let concern = WriteConcern::replicas(*k, Duration::from_secs(10));
+                    let seconds = opts.seconds.div_ceil(4).max(1);
+                    latencies.extend(
+                        ack_latencies(&mut writer, &mut entries, rate, seconds, concern).await?,
+                    );
+                }
+            }
+            for (_, latencies) in phases.iter_mut() {
+                latencies.sort_by(f64::total_cmp);
+            }
+            let pct = |l: &[f64], p: f64| l[((l.len() - 1) as f64 * p).round() as usize];
+            let (one, two) = (&phases[0].1, &phases[1].1);
+            println!(
+                "{label}: write concern at {rate}/s offered, request -> acknowledgement per batch: k = 1 {}; k = 2 {}; k = 2 adds p50 {:.2} ms, p99 {:.2} ms (target p99 <= 5 ms at 1000/s)",
+                summary(one),
+                summary(two),
+                pct(two, 0.5) - pct(one, 0.5),
+                pct(two, 0.99) - pct(one, 0.99),
+            );
+        }
+    }
     watchers.abort_all();
     for m in &members {
         m.process.terminate();
@@ -191,6 +223,33 @@ async fn run(opts: &PropagationOptions, tls: bool) -> anyhow::Result<()> {
         m.process.stop().await?;
     }
     Ok(())
+}
+
+/// Writes `rate` entries/s for `seconds` in 1 ms batches, each asking for
+/// `concern`; returns each batch's request -> acknowledgement time in ms.
+async fn ack_latencies(
+    writer: &mut StoreClient,
+    entries: &mut impl FnMut(usize) -> Vec<crate::entry::Entry>,
+    rate: u64,
+    seconds: u64,
+    concern: WriteConcern,
+) -> anyhow::Result<Vec<f64>> {
+    let per_ms = (rate / 1000).max(1) as usize;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut latencies = Vec::with_capacity(seconds as usize * 1000);
+    for _ in 0..seconds * 1000 {
+        tick.tick().await;
+        let batch = entries(per_ms);
+        let sent = Instant::now();
+        let (_, replicas) = writer.put_with(&batch, concern).await?;
+        latencies.push(sent.elapsed().as_secs_f64() * 1e3);
+        anyhow::ensure!(
+            replicas >= concern.replicas,
+            "acknowledged by {replicas} replicas"
+        );
+    }
+    Ok(latencies)
 }
 
 /// Waits until every acknowledged entry has reached the other `n - 1`
