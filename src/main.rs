@@ -81,6 +81,10 @@ enum Command {
         /// Seconds for all of it, waiting for replicas to come up included.
         #[arg(long, default_value_t = 60)]
         timeout_secs: u64,
+        /// Replicas, the first included, that must hold the entry durably
+        /// before the first acknowledges it (write concern).
+        #[arg(long, default_value_t = 1)]
+        replicas: u32,
     },
     /// List a running replica's peers, one line each.
     Peers {
@@ -283,12 +287,14 @@ fn main() -> ExitCode {
             addrs,
             namespace,
             timeout_secs,
+            replicas,
         } => runtime.block_on(async {
             let namespace = mindoo_replica::entry::Namespace::from_path(&namespace)?;
             check::check(check::CheckOptions {
                 addrs,
                 namespace,
                 timeout: std::time::Duration::from_secs(timeout_secs),
+                replicas,
             })
             .await
         }),

@@ -1,6 +1,7 @@
 //! The `check` command: writes one new entry through the first replica and
 //! waits until every other one serves it, a proof that the mesh replicates
 //! end to end. The Helm chart's test pod runs it; operators can too.
+//! With `--replicas K` the write itself waits until K replicas hold it.
 
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use tokio::time::Instant;
 use crate::client::StoreClient;
 use crate::entry::{Namespace, PutOutcome};
 use crate::fixtures::sample_entries;
+use crate::log::WriteConcern;
 
 pub struct CheckOptions {
     /// gRPC addresses: the first takes the write, the others must serve it.
@@ -17,6 +19,8 @@ pub struct CheckOptions {
     pub namespace: Namespace,
     /// For all of it, waiting for replicas to come up included.
     pub timeout: Duration,
+    /// Replicas that must hold the entry before the first acknowledges it.
+    pub replicas: u32,
 }
 
 pub async fn check(opts: CheckOptions) -> anyhow::Result<()> {
@@ -31,8 +35,14 @@ pub async fn check(opts: CheckOptions) -> anyhow::Result<()> {
     let id = entry.id;
 
     let mut client = connect(first, deadline).await?;
-    let outcome = client
-        .put(std::slice::from_ref(&entry))
+    let wait = deadline
+        .saturating_duration_since(Instant::now())
+        .min(WriteConcern::MAX_TIMEOUT);
+    let (outcome, confirmed) = client
+        .put_with(
+            std::slice::from_ref(&entry),
+            WriteConcern::replicas(opts.replicas, wait),
+        )
         .await
         .with_context(|| format!("writing through {first}"))?;
     match outcome.first() {
@@ -40,7 +50,10 @@ pub async fn check(opts: CheckOptions) -> anyhow::Result<()> {
         Some(PutOutcome::Rejected(why)) => bail!("{first} rejected the entry: {why}"),
         None => bail!("{first} answered the write without an outcome"),
     }
-    println!("check: wrote {id} to {} through {first}", opts.namespace);
+    println!(
+        "check: wrote {id} to {} through {first}, acknowledged as held by {confirmed} replica(s)",
+        opts.namespace
+    );
     for addr in others {
         let mut client = connect(addr, deadline).await?;
         loop {

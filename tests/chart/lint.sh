@@ -345,8 +345,8 @@ test = one("Pod")
 tc = test["spec"]["containers"][0]
 check(test["metadata"]["annotations"]["helm.sh/hook"] == "test" and test["spec"]["restartPolicy"] == "Never"
       and tc["image"] == c["image"], "test Pod: helm.sh/hook test, restartPolicy Never, the replicas image")
-check(tc["args"] == ["check", "--namespace", "mindoo-check/probe"] + [a for i in range(3) for a in ("--addr", fqdn(i))],
-      "test Pod: mindoo-replica check --namespace mindoo-check/probe with one --addr per replica")
+check(tc["args"] == ["check", "--namespace", "mindoo-check/probe", "--replicas", "2"] + [a for i in range(3) for a in ("--addr", fqdn(i))],
+      "test Pod: mindoo-replica check --namespace mindoo-check/probe --replicas 2 (write concern) with one --addr per replica")
 check(tc["securityContext"] == sc and test["spec"]["securityContext"] == psc, "test Pod: the replicas security contexts")
 selector = spec["selector"]["matchLabels"]
 check(not all(test["metadata"]["labels"].get(k) == v for k, v in selector.items()), "test Pod is not selected by the replicas Services")
@@ -364,7 +364,7 @@ check(cfg["auth"] == {"clients": "off", "max_clock_skew_ms": 30000, "max_recent_
 
 check_rendered "$COMMON"'
 check(len(config()["replication"]["peers"]) == 4, "replicaCount 4: the ConfigMap lists 4 peers")
-check(len(one("Pod")["spec"]["containers"][0]["args"]) == 11, "replicaCount 4: the test Pod checks 4 addresses")
+check(one("Pod")["spec"]["containers"][0]["args"].count("--addr") == 4, "replicaCount 4: the test Pod checks 4 addresses")
 ' --set replicaCount=4
 
 base=$(checksum)
