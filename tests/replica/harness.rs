@@ -122,6 +122,21 @@ impl TestReplica {
         StoreClient::connect(&self.addr.to_string()).await.unwrap()
     }
 
+    /// The metrics once `series` reads `value`, or after `secs` (then
+    /// whatever they read). Entries are visible a moment before their
+    /// fsync and counted by the pull after it, so a count seen in the
+    /// store can lead the pull's metrics.
+    pub async fn metrics_when(&self, series: &str, value: f64, secs: u64) -> String {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let text = self.metrics_text().await;
+            if try_metric(&text, series) == Some(value) || tokio::time::Instant::now() > deadline {
+                return text;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
     pub async fn metrics_text(&self) -> String {
         mindoo_replica::tools::child::http_get(self.metrics, "/metrics")
             .await

@@ -358,11 +358,11 @@ async fn peers_are_discovered_from_a_dns_name() {
     })
     .await;
     puller.wait_for_count(25, 10).await;
-    let text = puller.metrics_text().await;
     let series = format!(
         "mindoo_replica_peer_entries_pulled_total{{peer=\"{}\"}}",
         source.addr
     );
+    let text = puller.metrics_when(&series, 25.0, 10).await;
     assert_eq!(metric(&text, &series), 25.0);
     puller.stop().await.unwrap();
     source.stop().await.unwrap();
@@ -445,15 +445,7 @@ async fn hub_and_spoke_routes_everything_through_the_hub() {
         "mindoo_replica_peer_entries_pulled_total{{peer=\"{}\"}}",
         addrs[0]
     );
-    // Entries are visible a moment before their fsync, and counted after it.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    let spoke = loop {
-        let text = replicas[2].metrics_text().await;
-        if try_metric(&text, &from_hub) == Some(50.0) || tokio::time::Instant::now() > deadline {
-            break text;
-        }
-        tokio::task::yield_now().await;
-    };
+    let spoke = replicas[2].metrics_when(&from_hub, 50.0, 10).await;
     assert_eq!(metric(&spoke, &from_hub), 50.0);
     let other_spoke = format!(
         "mindoo_replica_peer_sessions_total{{peer=\"{}\"}}",
