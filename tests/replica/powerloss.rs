@@ -104,8 +104,14 @@ struct Cut {
 /// How the replica stops.
 #[derive(Clone, Copy)]
 enum Stop {
-    /// The power is cut under it (on the layer), and it is killed.
-    PowerCut { sync_writes: bool },
+    /// The power is cut under it (on the layer), and it is killed. With
+    /// `small_memtables`, memtables of 1 MiB flush to table files and the
+    /// WAL switches files while the writers run, so the cut can fall in
+    /// the middle of a flush.
+    PowerCut {
+        sync_writes: bool,
+        small_memtables: bool,
+    },
     /// `kill -9`, on a plain directory: the OS keeps what was written.
     Kill,
 }
@@ -118,15 +124,23 @@ async fn one_cut(stop: Stop, writers: usize, after: Duration) -> Cut {
     let (backing, mountpoint) = (dir.path().join("backing"), dir.path().join("mnt"));
     std::fs::create_dir_all(&backing).unwrap();
     std::fs::create_dir_all(&mountpoint).unwrap();
-    let (layer, data, env) = match stop {
-        Stop::PowerCut { sync_writes } => (
+    let (layer, data, sync, memtable_mb) = match stop {
+        Stop::PowerCut {
+            sync_writes,
+            small_memtables,
+        } => (
             Some(Layer::mount(&backing, &mountpoint).await),
             mountpoint.join("db"),
-            sync_writes.to_string(),
+            sync_writes,
+            if small_memtables { "1" } else { "32" },
         ),
-        Stop::Kill => (None, backing.join("db"), "true".into()),
+        Stop::Kill => (None, backing.join("db"), true, "32"),
     };
-    let env = [("MINDOO_REPLICA__STORAGE__SYNC_WRITES", env.as_str())];
+    let sync = sync.to_string();
+    let env = [
+        ("MINDOO_REPLICA__STORAGE__SYNC_WRITES", sync.as_str()),
+        ("MINDOO_REPLICA__STORAGE__WRITE_BUFFER_MB", memtable_mb),
+    ];
     let replica = ReplicaProcess::spawn(EXE.as_ref(), &data, false, &env)
         .await
         .unwrap();
@@ -214,11 +228,22 @@ async fn a_power_cut_keeps_every_acknowledged_entry_when_writes_are_synced() {
     for i in 0..total {
         let seed = rand::random::<u64>();
         let after = Duration::from_millis(300 + seed % 1200);
-        let cut = one_cut(Stop::PowerCut { sync_writes: true }, WRITERS, after).await;
+        // Every other cut with memtables that flush while the writers run.
+        let small_memtables = i % 2 == 1;
+        let stop = Stop::PowerCut {
+            sync_writes: true,
+            small_memtables,
+        };
+        let cut = one_cut(stop, WRITERS, after).await;
         println!(
-            "powerloss: cut {} of {total} after {} ms (sync_writes = true): {} acknowledged, {} lost; {}",
+            "powerloss: cut {} of {total} after {} ms (sync_writes = true{}): {} acknowledged, {} lost; {}",
             i + 1,
             cut.after_ms,
+            if small_memtables {
+                ", 1 MiB memtables"
+            } else {
+                ""
+            },
             cut.acknowledged,
             cut.lost,
             cut.layer
@@ -235,7 +260,10 @@ async fn a_power_cut_keeps_every_acknowledged_entry_when_writes_are_synced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_power_cut_loses_acknowledged_entries_when_writes_are_not_synced() {
     let cut = one_cut(
-        Stop::PowerCut { sync_writes: false },
+        Stop::PowerCut {
+            sync_writes: false,
+            small_memtables: false,
+        },
         WRITERS,
         Duration::from_millis(800),
     )
