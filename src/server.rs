@@ -35,8 +35,8 @@ use crate::proto;
 use crate::replica::{NodeIdentity, Replica};
 use crate::replication::Replicator;
 use crate::replication::settings::ReplicationSettings;
-use crate::service::StoreService;
 use crate::service::replication::ReplicationService;
+use crate::service::{Mesh, StoreService};
 use crate::store::memory::MemoryStore;
 use crate::store::rocks::RocksStore;
 use crate::store::{Store, StoreError};
@@ -230,6 +230,10 @@ pub async fn serve_with(
         false => AdminAccess::PeersAndOperators,
     };
     let board = StatusBoard::default();
+    let mesh = Mesh {
+        board: board.clone(),
+        settings: peers.clone(),
+    };
     let stop_replication = CancellationToken::new();
     let replicator = Replicator::new(
         replica.clone(),
@@ -308,11 +312,7 @@ pub async fn serve_with(
         .add_service(health_service.clone())
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .add_service(StoreService::server(
-            replica.clone(),
-            access.clone(),
-            board.clone(),
-        ))
+        .add_service(StoreService::server(replica.clone(), access.clone(), mesh))
         .add_service(ReplicationService::server(
             replica.clone(),
             board.clone(),

@@ -24,6 +24,7 @@ use crate::proto::convert;
 use crate::proto::store_server::{Store as StoreApi, StoreServer};
 use crate::replica::Replica;
 use crate::replica::outgoing::SendScope;
+use crate::replication::settings::ReplicationSettings;
 use crate::sync::status::StatusBoard;
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -31,9 +32,23 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + '
 pub struct StoreService {
     replica: Arc<Replica>,
     access: watch::Receiver<AccessPolicy>,
-    /// The peers paired with, for the size of the mesh a write may ask
-    /// for (see [`streams::WriteCheck::mesh`]).
-    board: StatusBoard,
+    /// The most replicas a write may ask for.
+    mesh: Mesh,
+}
+
+/// The replicas of the mesh: this one, and the peers it pairs with,
+/// configured or found so far (see [`streams::WriteCheck::mesh`]).
+pub struct Mesh {
+    pub board: StatusBoard,
+    pub settings: watch::Receiver<ReplicationSettings>,
+}
+
+impl Mesh {
+    fn size(&self) -> usize {
+        let configured = self.settings.borrow().peers.len();
+        let found = self.board.snapshot().iter().filter(|p| !p.is_self).count();
+        1 + configured.max(found)
+    }
 }
 
 impl StoreService {
@@ -42,13 +57,13 @@ impl StoreService {
     pub fn server(
         replica: Arc<Replica>,
         access: watch::Receiver<AccessPolicy>,
-        board: StatusBoard,
+        mesh: Mesh,
     ) -> StoreServer<Self> {
         let max = replica.limits().max_message_bytes;
         StoreServer::new(Self {
             replica,
             access,
-            board,
+            mesh,
         })
         .max_decoding_message_size(max)
         .max_encoding_message_size(max)
@@ -83,12 +98,11 @@ impl StoreApi for StoreService {
         let caller = Caller::of(&request);
         self.access.borrow().check_known(&caller)?;
         let share = request.extensions().get::<Arc<Share>>().cloned();
-        let peers = self.board.snapshot().iter().filter(|p| !p.is_self).count();
         let may_write = streams::WriteCheck {
             access: self.access.clone(),
             caller,
             share,
-            mesh: 1 + peers,
+            mesh: self.mesh.size(),
         };
         Ok(Response::new(streams::put(
             self.replica.clone(),
