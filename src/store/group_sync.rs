@@ -138,6 +138,15 @@ mod tests {
     fn a_write_after_an_fsync_started_waits_for_the_next_one() {
         let group = GroupSync::default();
         group.wrote();
+        assert_eq!(fsyncs_run(&group), 1);
+        // Nothing new: no fsync.
+        group.sync(|| panic!("nothing to sync")).unwrap();
+        group.wrote();
+        assert_eq!(fsyncs_run(&group), 1);
+    }
+
+    /// Syncs `group`, counting the fsyncs this call ran.
+    fn fsyncs_run(group: &GroupSync) -> usize {
         let mut calls = 0;
         group
             .sync(|| {
@@ -145,18 +154,7 @@ mod tests {
                 Ok(())
             })
             .unwrap();
-        assert_eq!(calls, 1);
-        // Nothing new: no fsync.
-        group.sync(|| panic!("nothing to sync")).unwrap();
-        group.wrote();
-        let mut again = 0;
-        group
-            .sync(|| {
-                again += 1;
-                Ok(())
-            })
-            .unwrap();
-        assert_eq!(again, 1);
+        calls
     }
 
     #[test]
@@ -167,13 +165,6 @@ mod tests {
             .sync(|| Err(StoreError::Backend("EIO".into())))
             .unwrap_err();
         assert!(err.to_string().contains("EIO"));
-        let mut calls = 0;
-        group
-            .sync(|| {
-                calls += 1;
-                Ok(())
-            })
-            .unwrap();
-        assert_eq!(calls, 1, "the write is synced again");
+        assert_eq!(fsyncs_run(&group), 1, "the write is synced again");
     }
 }

@@ -124,7 +124,7 @@ async fn one_cut(stop: Stop, writers: usize, after: Duration) -> Cut {
     let (backing, mountpoint) = (dir.path().join("backing"), dir.path().join("mnt"));
     std::fs::create_dir_all(&backing).unwrap();
     std::fs::create_dir_all(&mountpoint).unwrap();
-    let (layer, data, sync, memtable_mb) = match stop {
+    let (layer, data, sync, small_memtables) = match stop {
         Stop::PowerCut {
             sync_writes,
             small_memtables,
@@ -132,15 +132,15 @@ async fn one_cut(stop: Stop, writers: usize, after: Duration) -> Cut {
             Some(Layer::mount(&backing, &mountpoint).await),
             mountpoint.join("db"),
             sync_writes,
-            if small_memtables { "1" } else { "32" },
+            small_memtables,
         ),
-        Stop::Kill => (None, backing.join("db"), true, "32"),
+        Stop::Kill => (None, backing.join("db"), true, false),
     };
     let sync = sync.to_string();
-    let env = [
-        ("MINDOO_REPLICA__STORAGE__SYNC_WRITES", sync.as_str()),
-        ("MINDOO_REPLICA__STORAGE__WRITE_BUFFER_MB", memtable_mb),
-    ];
+    let mut env = vec![("MINDOO_REPLICA__STORAGE__SYNC_WRITES", sync.as_str())];
+    if small_memtables {
+        env.push(("MINDOO_REPLICA__STORAGE__WRITE_BUFFER_MB", "1"));
+    }
     let replica = ReplicaProcess::spawn(EXE.as_ref(), &data, false, &env)
         .await
         .unwrap();

@@ -204,14 +204,13 @@ async fn run(opts: &PropagationOptions, tls: bool) -> anyhow::Result<()> {
             for (_, latencies) in phases.iter_mut() {
                 latencies.sort_by(f64::total_cmp);
             }
-            let pct = |l: &[f64], p: f64| l[((l.len() - 1) as f64 * p).round() as usize];
             let (one, two) = (&phases[0].1, &phases[1].1);
             println!(
                 "{label}: write concern at {rate}/s offered, request -> acknowledgement per batch: k = 1 {}; k = 2 {}; k = 2 adds p50 {:.2} ms, p99 {:.2} ms (target p99 <= 5 ms at 1000/s)",
                 summary(one),
                 summary(two),
-                pct(two, 0.5) - pct(one, 0.5),
-                pct(two, 0.99) - pct(one, 0.99),
+                percentile(two, 0.5) - percentile(one, 0.5),
+                percentile(two, 0.99) - percentile(one, 0.99),
             );
         }
     }
@@ -292,11 +291,15 @@ async fn wait_all(
 }
 
 fn summary(sorted: &[f64]) -> String {
-    let pct = |p: f64| sorted[((sorted.len() - 1) as f64 * p).round() as usize];
     format!(
         "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        pct(0.5),
-        pct(0.99),
+        percentile(sorted, 0.5),
+        percentile(sorted, 0.99),
         sorted[sorted.len() - 1]
     )
+}
+
+/// The value at fraction `p` of `sorted` (nearest rank).
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
