@@ -255,6 +255,8 @@ impl RawConfig {
                         4096,
                     )?,
                     sync_writes: st.sync_writes,
+                    // Where the filesystem takes it (probed on open).
+                    direct_io: true,
                     max_open_files: count(
                         "storage.max_open_files",
                         st.max_open_files,

@@ -54,6 +54,7 @@ use super::{
 use crate::entry::{EntryId, ID_LEN, Namespace, VerifiedEntry};
 
 mod backfill;
+mod direct;
 mod docindex;
 mod meta;
 mod nslog;
@@ -103,6 +104,9 @@ pub struct RocksConfig {
     /// documents through. A replica never reads it, so it does not pay for
     /// it.
     pub index_documents: bool,
+    /// Flushes and compactions write past the page cache (see `direct.rs`),
+    /// when the data directory's filesystem takes direct I/O.
+    pub direct_io: bool,
 }
 
 impl RocksConfig {
@@ -115,6 +119,7 @@ impl RocksConfig {
             max_open_files: 1024,
             node: None,
             index_documents: false,
+            direct_io: true,
         }
     }
 }
@@ -133,6 +138,8 @@ pub struct RocksStore {
     group: GroupSync,
     /// See [`RocksConfig::index_documents`].
     index_documents: bool,
+    /// See [`RocksConfig::direct_io`].
+    direct_io: bool,
     /// See [`Store::log_records_read`].
     records_read: AtomicU64,
 }
@@ -204,6 +211,8 @@ impl RocksStore {
         db_opts.set_max_background_jobs(2);
         db_opts.set_max_open_files(config.max_open_files.min(i32::MAX as usize) as i32);
         db_opts.set_bytes_per_sync(1 << 20);
+        let direct_io = config.direct_io && direct::supported(&config.path);
+        db_opts.set_use_direct_io_for_flush_and_compaction(direct_io);
         db_opts.set_keep_log_file_num(3);
         db_opts.set_max_total_wal_size(256 << 20);
         // All memtables together stay within twice the bodies' memtable, so
@@ -252,8 +261,14 @@ impl RocksStore {
             sync_writes: config.sync_writes,
             group: GroupSync::default(),
             index_documents: config.index_documents,
+            direct_io,
             records_read: AtomicU64::new(0),
         })
+    }
+
+    /// Whether flushes and compactions write past the page cache.
+    pub fn direct_io(&self) -> bool {
+        self.direct_io
     }
 
     fn cf(&self, name: &str) -> &ColumnFamily {

@@ -585,3 +585,26 @@ fn child_process() {
         other => panic!("no child task {other}"),
     }
 }
+
+/// A store on tmpfs (which takes direct I/O only on recent kernels) flushes
+/// and reads back what it flushed, whichever way the probe decided.
+#[test]
+fn a_store_on_tmpfs_flushes_and_reads_back() {
+    let shm = Path::new("/dev/shm");
+    assert!(shm.is_dir(), "this test needs a tmpfs at /dev/shm");
+    let dir = tempfile::tempdir_in(shm).unwrap();
+    let config = RocksConfig::new(dir.path());
+    let ns = Namespace::new("t", "d").unwrap();
+    let batch: Vec<_> = (0..100).map(|i| entry(&ns, i)).collect();
+    let ids: Vec<EntryId> = batch.iter().map(|e| e.id).collect();
+    {
+        let store = RocksStore::open(&config).unwrap();
+        assert_eq!(store.direct_io(), direct::supported(dir.path()));
+        store.append(&batch, None).unwrap();
+        store.flush().unwrap();
+        store.append(&[entry(&ns, 100)], None).unwrap();
+    }
+    let store = RocksStore::open(&config).unwrap();
+    assert_eq!(store.get(&ns, &ids).unwrap().len(), 100);
+    assert_eq!(store.stats().head_seq, 101);
+}
