@@ -114,10 +114,15 @@ impl From<Error> for Status {
             tracing::error!(error = %e, "internal error");
         }
         let mut status = Status::new(code, e.to_string());
-        if let Error::NamespaceNotAllowed(_) = e {
+        let reason = match e {
+            Error::NamespaceNotAllowed(_) => Some(proto::REASON_NAMESPACE_NOT_SERVED),
+            Error::NotConfirmed { .. } => Some(proto::REASON_NOT_CONFIRMED),
+            _ => None,
+        };
+        if let Some(reason) = reason {
             status.metadata_mut().insert(
                 proto::ERROR_REASON_KEY,
-                tonic::metadata::MetadataValue::from_static(proto::REASON_NAMESPACE_NOT_SERVED),
+                tonic::metadata::MetadataValue::from_static(reason),
             );
         }
         status

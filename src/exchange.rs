@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::entry::Namespace;
+use crate::log::WriteConcern;
 use crate::sync::budget::ByteBudget;
 use crate::sync::env::Env;
 use crate::sync::error::SyncError;
@@ -40,6 +41,8 @@ pub struct Exchange {
     /// What every push and pull of this exchange records (in a registry
     /// of its own: a device exports no metrics).
     metrics: Arc<SyncMetrics>,
+    /// What a push asks of the replica before each batch is acknowledged.
+    write_concern: WriteConcern,
 }
 
 /// What a pull did.
@@ -59,7 +62,17 @@ impl Exchange {
             namespaces: Vec::new(),
             timeout,
             metrics: Arc::new(SyncMetrics::new(&prometheus::Registry::new())),
+            write_concern: WriteConcern::default(),
         }
+    }
+
+    /// Each batch a push sends is acknowledged only once `concern` is met:
+    /// held durably by that many replicas. A push whose batch was not
+    /// confirmed in time fails with [`PeerError::NotConfirmed`] (what it
+    /// sent is stored and still replicates; pushing again waits again).
+    pub fn with_write_concern(mut self, concern: WriteConcern) -> Self {
+        self.write_concern = concern;
+        self
     }
 
     /// An exchange with the replica (or device) at a gRPC `address`,
@@ -107,6 +120,7 @@ impl Exchange {
         SyncSettings {
             namespaces: self.namespaces.clone(),
             connect_timeout: self.timeout.min(Duration::from_secs(10)),
+            write_concern: self.write_concern,
             ..SyncSettings::default()
         }
     }

@@ -103,7 +103,7 @@ enum Command {
         command: device::DocCommand,
     },
     /// Send a database's entries a replica lacks, through the sync engine.
-    Push(device::ExchangeArgs),
+    Push(device::PushArgs),
     /// Fetch a database's entries this device lacks from a replica.
     Pull(device::ExchangeArgs),
     /// Keep this device's databases in step with replicas or serving

@@ -156,6 +156,8 @@ pub(super) fn validate_replication(
                 true => Duration::ZERO,
                 false => relay_delay,
             },
+            // Replicas pull; a write concern is what clients' pushes ask.
+            write_concern: Default::default(),
         },
         max_inflight_bytes,
         max_peer_inflight_bytes,

@@ -299,10 +299,22 @@ pub fn put_request(entries: &[Entry]) -> proto::PutEntriesRequest {
 
 /// A put of `entries` that waits for `concern`.
 pub fn put_request_with(entries: &[Entry], concern: WriteConcern) -> proto::PutEntriesRequest {
+    with_concern(put_request(entries), concern)
+}
+
+/// `request`, waiting for `concern`; the default concern is sent as
+/// nothing (the replica's default).
+pub fn with_concern(
+    request: proto::PutEntriesRequest,
+    concern: WriteConcern,
+) -> proto::PutEntriesRequest {
+    if concern == WriteConcern::default() {
+        return request;
+    }
     proto::PutEntriesRequest {
         min_replicas: concern.replicas,
         confirm_timeout_ms: concern.timeout.as_millis().min(u32::MAX as u128) as u32,
-        ..put_request(entries)
+        ..request
     }
 }
 

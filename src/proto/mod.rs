@@ -18,6 +18,9 @@ pub use generated::*;
 pub const ERROR_REASON_KEY: &str = "mindoo-error-reason";
 /// [`ERROR_REASON_KEY`]: the replica does not serve the namespace asked for.
 pub const REASON_NAMESPACE_NOT_SERVED: &str = "namespace-not-served";
+/// [`ERROR_REASON_KEY`]: the batch is stored, but fewer replicas than asked
+/// for confirmed holding it in time (a deadline the call itself did not hit).
+pub const REASON_NOT_CONFIRMED: &str = "not-confirmed";
 
 /// Encoded `FileDescriptorSet` of the API, served by gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

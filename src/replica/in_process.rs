@@ -13,7 +13,7 @@ use super::Replica;
 use super::outgoing::SendScope;
 use crate::entry::{EntryId, Namespace, PutOutcome};
 use crate::error::Error;
-use crate::log::Head;
+use crate::log::{Head, WriteConcern};
 use crate::store::PeerCursor;
 use crate::sync::peer::{EntryStream, FollowRequest, LogStream, Peer, PeerError};
 
@@ -83,7 +83,20 @@ impl Peer for LocalPeer {
         Ok(chunks.map(|c| c.map_err(peer_error)).boxed())
     }
 
-    async fn put(&self, entries: Vec<(EntryId, Bytes)>) -> Result<Vec<PutOutcome>, PeerError> {
+    /// A store in this process pairs with no replicas of its own: it
+    /// holds what it is given alone, and refuses a concern of more.
+    async fn put(
+        &self,
+        entries: Vec<(EntryId, Bytes)>,
+        concern: WriteConcern,
+    ) -> Result<Vec<PutOutcome>, PeerError> {
+        if concern.replicas > 1 {
+            let small = Error::MeshTooSmall {
+                asked: concern.replicas,
+                mesh: 1,
+            };
+            return Err(peer_error(small));
+        }
         let items: Vec<(Bytes, Bytes)> = entries
             .into_iter()
             .map(|(id, data)| (Bytes::copy_from_slice(&id.0), data))

@@ -18,8 +18,8 @@ use crate::client::{MAX_MESSAGE_BYTES, SignedChannel, endpoint, only_message};
 use bytes::Bytes;
 
 use crate::entry::{EntryId, Namespace, PutOutcome};
-use crate::log::Head;
 use crate::log::LogBatch;
+use crate::log::{Head, WriteConcern};
 use crate::proto::convert;
 use crate::proto::{
     self, replication_client::ReplicationClient, store_client::StoreClient as RawClient,
@@ -111,6 +111,9 @@ pub fn peer_error(status: tonic::Status) -> PeerError {
     if reason.is_some_and(|r| r == proto::REASON_NAMESPACE_NOT_SERVED) {
         return PeerError::NamespaceNotServed(message);
     }
+    if reason.is_some_and(|r| r == proto::REASON_NOT_CONFIRMED) {
+        return PeerError::NotConfirmed(message);
+    }
     match status.code() {
         Code::Unavailable | Code::Unknown | Code::Cancelled => PeerError::Unavailable(message),
         Code::DeadlineExceeded => PeerError::Timeout("a call"),
@@ -188,8 +191,12 @@ impl Peer for GrpcPeer {
             .boxed())
     }
 
-    async fn put(&self, entries: Vec<(EntryId, Bytes)>) -> Result<Vec<PutOutcome>, PeerError> {
-        let request = convert::put_request_raw(entries);
+    async fn put(
+        &self,
+        entries: Vec<(EntryId, Bytes)>,
+        concern: WriteConcern,
+    ) -> Result<Vec<PutOutcome>, PeerError> {
+        let request = convert::with_concern(convert::put_request_raw(entries), concern);
         let mut responses = self
             .client
             .clone()

@@ -38,6 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::entry::Namespace;
+use crate::log::WriteConcern;
 
 /// What a pull or push worker follows; reloadable while it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +52,9 @@ pub struct SyncSettings {
     /// Asked of a followed peer: how long it may hold back entries it
     /// pulled from others (zero: not at all).
     pub relay_delay: Duration,
+    /// What each push's puts ask of the peer: how many replicas hold a
+    /// batch before it is acknowledged.
+    pub write_concern: WriteConcern,
 }
 
 impl Default for SyncSettings {
@@ -62,6 +66,7 @@ impl Default for SyncSettings {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             relay_delay: Duration::ZERO,
+            write_concern: WriteConcern::default(),
         }
     }
 }

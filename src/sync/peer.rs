@@ -10,7 +10,7 @@ use futures::stream::BoxStream;
 
 use crate::entry::{EntryId, Namespace, PutOutcome};
 pub use crate::log::{EntryChunk, FollowRequest};
-use crate::log::{Head, LogBatch};
+use crate::log::{Head, LogBatch, WriteConcern};
 use crate::store::PeerCursor;
 
 /// How a peer is connected to.
@@ -48,6 +48,10 @@ pub enum PeerError {
     DataLoss(String),
     #[error("the peer closed the stream")]
     Closed,
+    /// A put that asked for more replicas than confirmed in time; what was
+    /// sent is stored on the peer and still replicates.
+    #[error("{0}")]
+    NotConfirmed(String),
 }
 
 impl PeerError {
@@ -61,6 +65,7 @@ impl PeerError {
             Self::NamespaceNotServed(_) => "namespace",
             Self::DataLoss(_) => "data_loss",
             Self::Closed => "closed",
+            Self::NotConfirmed(_) => "not_confirmed",
         }
     }
 }
@@ -88,7 +93,15 @@ pub trait Peer: Send + Sync + 'static {
     /// Stores entries, as `(id, data)`, at the peer; one outcome per
     /// entry. At most the peer's `max_ids_per_request` entries and
     /// `max_message_bytes` per call.
-    async fn put(&self, entries: Vec<(EntryId, Bytes)>) -> Result<Vec<PutOutcome>, PeerError>;
+    ///
+    /// Acknowledged once `concern` is met: held by that many replicas
+    /// (the peer and those it replicates to), or [`PeerError::NotConfirmed`]
+    /// when they did not confirm in time.
+    async fn put(
+        &self,
+        entries: Vec<(EntryId, Bytes)>,
+        concern: WriteConcern,
+    ) -> Result<Vec<PutOutcome>, PeerError>;
 
     /// Tells the peer that `node` (this side) holds its log durably up to
     /// `at`, in `namespaces` (all when empty): what its writers that asked

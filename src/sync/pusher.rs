@@ -395,9 +395,12 @@ impl Pusher {
 
     /// One put call.
     async fn put(&self, batch: Vec<(EntryId, Bytes)>) -> Result<PutDone, SyncError> {
-        let timeout = self.settings.borrow().session_idle_timeout;
+        let (timeout, concern) = {
+            let s = self.settings.borrow();
+            (s.session_idle_timeout, s.write_concern)
+        };
         let sent = batch.len() as u64;
-        let outcomes = tokio::time::timeout(timeout, self.peer.put(batch))
+        let outcomes = tokio::time::timeout(timeout, self.peer.put(batch, concern))
             .await
             .map_err(|_| PeerError::Timeout("PutEntries"))??;
         if outcomes.len() as u64 != sent {

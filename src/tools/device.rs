@@ -11,6 +11,7 @@ use crate::docs::DocId;
 use crate::edit::{Edit, set_path};
 use crate::entry::Namespace;
 use crate::exchange::Exchange;
+use crate::log::WriteConcern;
 use crate::sync::error::SyncError;
 use crate::sync::peer::PeerError;
 
@@ -121,6 +122,47 @@ pub struct ExchangeArgs {
     pub timeout_secs: u64,
 }
 
+/// `push`.
+#[derive(Debug, clap::Args)]
+pub struct PushArgs {
+    #[command(flatten)]
+    pub exchange: ExchangeArgs,
+    #[command(flatten)]
+    pub concern: WriteConcernArgs,
+}
+
+/// How many replicas must hold each pushed batch before it counts as sent.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WriteConcernArgs {
+    /// Replicas, the one pushed to included, that must hold each batch
+    /// durably before the replica acknowledges it (1: that replica alone).
+    #[arg(long, default_value_t = 1)]
+    pub min_replicas: u32,
+    /// How long the replica waits for the others to confirm a batch (at
+    /// most 60s); past it the push fails, and what it sent stays stored
+    /// and still replicates.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub confirm_timeout: Duration,
+}
+
+impl WriteConcernArgs {
+    pub fn concern(&self) -> anyhow::Result<WriteConcern> {
+        anyhow::ensure!(
+            self.min_replicas >= 1,
+            "--min-replicas must be at least 1 (the replica pushed to)"
+        );
+        anyhow::ensure!(
+            self.confirm_timeout <= WriteConcern::MAX_TIMEOUT,
+            "--confirm-timeout may be at most {}s",
+            WriteConcern::MAX_TIMEOUT.as_secs()
+        );
+        Ok(WriteConcern::replicas(
+            self.min_replicas,
+            self.confirm_timeout,
+        ))
+    }
+}
+
 impl ExchangeArgs {
     fn exchange(&self, db: &Database) -> anyhow::Result<Exchange> {
         let timeout = Duration::from_secs(self.timeout_secs);
@@ -224,15 +266,28 @@ fn reach(replica: &str, e: SyncError) -> anyhow::Error {
 }
 
 /// `push`: sends what the replica lacks of this database.
-pub async fn push(args: ExchangeArgs) -> anyhow::Result<()> {
+pub async fn push(push: PushArgs) -> anyhow::Result<()> {
+    let concern = push.concern.concern()?;
+    let args = push.exchange;
     let db = args.on.open()?;
     let done = args
         .exchange(&db)?
+        .with_write_concern(concern)
         .push(db.store())
         .await
-        .map_err(|e| reach(&args.replica, e))?;
+        .map_err(|e| match e {
+            SyncError::Peer(PeerError::NotConfirmed(why)) => anyhow::anyhow!(
+                "{}: {why}. Pushing again waits for the confirmations again",
+                args.replica
+            ),
+            e => reach(&args.replica, e),
+        })?;
+    let held = match concern.replicas {
+        k if k > 1 && done.sent > 0 => format!(", each batch held by at least {k} replicas"),
+        _ => String::new(),
+    };
     println!(
-        "pushed to {} ({}): {} records read, {} sent, {} stored, {} already there, {} refused",
+        "pushed to {} ({}): {} records read, {} sent, {} stored, {} already there, {} refused{held}",
         args.replica,
         done.node,
         done.records,

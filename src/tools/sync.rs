@@ -33,6 +33,7 @@ use crate::sync::backoff::Backoff;
 use crate::sync::device::DeviceStore;
 use crate::sync::env::Env;
 use crate::sync::local::Local;
+use crate::tools::device::WriteConcernArgs;
 
 /// `sync`.
 #[derive(Debug, clap::Args)]
@@ -67,6 +68,10 @@ pub struct SyncArgs {
     /// Seconds one push or pull of a round may take.
     #[arg(long, default_value_t = 60)]
     pub timeout_secs: u64,
+    /// What pushes to the `--replica` addresses ask for (devices found on
+    /// the network hold what they get alone).
+    #[command(flatten)]
+    pub concern: WriteConcernArgs,
 }
 
 /// `sync-local`.
@@ -153,10 +158,14 @@ pub async fn sync(
         );
     }
     let timeout = Duration::from_secs(args.timeout_secs);
+    let concern = args.concern.concern()?;
     let exchanges = args
         .replicas
         .iter()
-        .map(|a| Ok(filtered(Exchange::grpc(a, timeout)?, &only)))
+        .map(|a| {
+            let exchange = Exchange::grpc(a, timeout)?.with_write_concern(concern);
+            Ok(filtered(exchange, &only))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let names: Vec<String> = only.iter().map(|n| n.to_string()).collect();
     println!(

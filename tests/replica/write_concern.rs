@@ -187,3 +187,70 @@ async fn a_write_concern_the_mesh_cannot_meet_is_refused_and_nothing_stored() {
         r.stop().await.unwrap();
     }
 }
+
+/// `push --min-replicas 2`: the command returns once another replica holds
+/// what it pushed; with both peers gone it fails with the deadline's
+/// message and what it sent stays stored; a concern the mesh cannot meet
+/// and a wait past the limit are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_push_command_asks_for_two_replicas() {
+    let dirs = dirs(3);
+    let mut replicas = mesh(&dirs).await;
+    let home = tempfile::tempdir().unwrap();
+    let origin = replicas[0].addr.to_string();
+    let run = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--namespace", "acme/notes"]);
+        cli(home.path(), &all)
+    };
+    let push = |extra: &[&str]| {
+        let mut all = vec!["push", "--replica", &origin, "--min-replicas"];
+        all.extend(extra);
+        run(&all)
+    };
+    run(&["keys", "init"]).unwrap();
+    for round in 1..=3u64 {
+        run(&["doc", "create", "--json", r#"{"title":"notes"}"#]).unwrap();
+        let pushed = push(&["2"]).unwrap();
+        assert!(
+            pushed.contains("1 stored") && pushed.contains("held by at least 2 replicas"),
+            "{pushed}"
+        );
+        // Checked right after the command returned, with no waiting.
+        let peers = replicas[1].entry_count().await + replicas[2].entry_count().await;
+        assert!(
+            peers >= round,
+            "round {round}: the push returned before a peer held its entry"
+        );
+    }
+
+    run(&["doc", "create", "--json", r#"{"title":"four"}"#]).unwrap();
+    let err = push(&["4"]).unwrap_err();
+    assert!(
+        err.contains("asks for 4 replicas but this mesh has 3"),
+        "{err}"
+    );
+    let err = push(&["2", "--confirm-timeout", "61s"]).unwrap_err();
+    assert!(
+        err.contains("--confirm-timeout may be at most 60s"),
+        "{err}"
+    );
+
+    replicas.pop().unwrap().stop().await.unwrap();
+    replicas.pop().unwrap().stop().await.unwrap();
+    run(&["doc", "create", "--json", r#"{"title":"alone"}"#]).unwrap();
+    let err = push(&["2", "--confirm-timeout", "500ms"]).unwrap_err();
+    assert!(
+        err.contains(&format!(
+            "{origin}: the batch is stored on this replica, durably"
+        )) && err.contains("1 of the 2")
+            && err.contains("Pushing again waits"),
+        "{err}"
+    );
+    assert_eq!(replicas[0].entry_count().await, 5);
+    // Pushed again without a concern: nothing to send, the replica holds
+    // both entries of the failed push (the refused one's and this one's).
+    let pushed = run(&["push", "--replica", &origin]).unwrap();
+    assert!(pushed.contains("2 records read, 0 sent"), "{pushed}");
+    replicas.pop().unwrap().stop().await.unwrap();
+}

@@ -28,6 +28,7 @@ use super::status::StatusBoard;
 use super::{Shared, SyncSettings};
 use crate::entry::{Entry, EntryId, Namespace, PutOutcome};
 use crate::limits::Limits;
+use crate::log::WriteConcern;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::replica::in_process::LocalPeer;
@@ -275,8 +276,12 @@ impl Peer for Observed {
         self.gets.fetch_add(1, Ordering::SeqCst);
         self.inner.get(ns, ids).await
     }
-    async fn put(&self, entries: Vec<(EntryId, Bytes)>) -> Result<Vec<PutOutcome>, PeerError> {
-        self.inner.put(entries).await
+    async fn put(
+        &self,
+        entries: Vec<(EntryId, Bytes)>,
+        concern: WriteConcern,
+    ) -> Result<Vec<PutOutcome>, PeerError> {
+        self.inner.put(entries, concern).await
     }
 }
 
@@ -300,8 +305,12 @@ impl Peer for Silent {
     async fn get(&self, ns: &Namespace, ids: Vec<EntryId>) -> Result<EntryStream, PeerError> {
         self.0.get(ns, ids).await
     }
-    async fn put(&self, entries: Vec<(EntryId, Bytes)>) -> Result<Vec<PutOutcome>, PeerError> {
-        self.0.put(entries).await
+    async fn put(
+        &self,
+        entries: Vec<(EntryId, Bytes)>,
+        concern: WriteConcern,
+    ) -> Result<Vec<PutOutcome>, PeerError> {
+        self.0.put(entries, concern).await
     }
 }
 

@@ -121,13 +121,41 @@ impl Peer for Counting {
     async fn get(&self, ns: &Namespace, ids: Vec<EntryId>) -> Result<EntryStream, PeerError> {
         self.inner.get(ns, ids).await
     }
-    async fn put(&self, entries: Vec<(EntryId, Bytes)>) -> Result<Vec<PutOutcome>, PeerError> {
+    async fn put(
+        &self,
+        entries: Vec<(EntryId, Bytes)>,
+        concern: WriteConcern,
+    ) -> Result<Vec<PutOutcome>, PeerError> {
         if self.put_calls.fetch_add(1, Ordering::SeqCst) >= self.puts {
             return Err(PeerError::Unavailable("connection reset".into()));
         }
         self.delivered.fetch_add(entries.len(), Ordering::SeqCst);
-        self.inner.put(entries).await
+        self.inner.put(entries, concern).await
     }
+}
+
+/// A store in this process holds what it is given alone: a push asking
+/// for two replicas is refused with the reason, and nothing is stored.
+#[tokio::test(start_paused = true)]
+async fn a_store_in_this_process_refuses_a_push_that_asks_for_more_replicas() {
+    let server = replica("server", Arc::new(MemoryStore::new()));
+    let laptop = device();
+    write(&laptop, &entries(&ns("a"), 10, 100)).await;
+    let settings = SyncSettings {
+        write_concern: WriteConcern::replicas(2, Duration::from_secs(1)),
+        ..fast()
+    };
+    let peer: Arc<dyn Peer> = Arc::new(LocalPeer::new(server.clone()));
+    let err = pusher(laptop.clone(), peer, settings)
+        .push_to_head()
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("asks for 2 replicas but this mesh has 1"),
+        "{err}"
+    );
+    assert_eq!(server.stats().entries, 0);
 }
 
 #[tokio::test(start_paused = true)]
