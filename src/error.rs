@@ -108,6 +108,7 @@ impl From<Error> for Status {
             Error::Store(StoreError::Locked { .. } | StoreError::OutOfFiles(_)) => {
                 Code::Unavailable
             }
+            Error::Store(StoreError::Unsupported(_)) => Code::FailedPrecondition,
             Error::Store(_) | Error::Internal(_) => Code::Internal,
         };
         if code == Code::Internal {

@@ -65,6 +65,9 @@ impl<H: Hooks> Store for Decorated<H> {
     fn syncs(&self) -> u64 {
         self.inner.syncs()
     }
+    fn checkpoint(&self, dir: &std::path::Path) -> Result<(), StoreError> {
+        self.inner.checkpoint(dir)
+    }
     fn contains(&self, ns: &Namespace, ids: &[EntryId]) -> Result<Vec<bool>, StoreError> {
         self.inner.contains(ns, ids)
     }

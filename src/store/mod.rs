@@ -200,6 +200,8 @@ pub enum StoreError {
     Corrupt { what: &'static str, detail: String },
     #[error("storage error: {0}")]
     Backend(String),
+    #[error("{0}")]
+    Unsupported(&'static str),
 }
 
 /// The storage interface. See the module docs for the guarantees.
@@ -336,6 +338,15 @@ pub trait Store: Send + Sync + 'static {
     /// fsyncs [`Self::sync`] has run since the store was opened.
     fn syncs(&self) -> u64 {
         0
+    }
+
+    /// Takes a consistent copy of the store into `dir` (which must not
+    /// exist; its parent must) while it keeps serving: a backup.
+    fn checkpoint(&self, dir: &std::path::Path) -> Result<(), StoreError> {
+        let _ = dir;
+        Err(StoreError::Unsupported(
+            "this store keeps nothing on disk to back up (storage.backend = \"memory\")",
+        ))
     }
 
     /// Writes a few bytes that mean nothing, to learn whether the store

@@ -160,3 +160,15 @@ fn copy_v1_bodies(db: &DB) -> Result<(), StoreError> {
     tracing::info!(moved, "schema upgrade done");
     Ok(())
 }
+
+/// Gives the database a new incarnation (a restored one), durably.
+pub(super) fn renew_incarnation(db: &DB) -> Result<Incarnation, StoreError> {
+    let meta = db
+        .cf_handle(CF_META)
+        .expect("column families are created on open");
+    let incarnation = Incarnation::random();
+    let mut batch = WriteBatch::default();
+    batch.put_cf(meta, KEY_INCARNATION, incarnation.0);
+    db.write_opt(batch, &synced()).map_err(backend)?;
+    Ok(incarnation)
+}

@@ -54,6 +54,7 @@ use super::{
 use crate::entry::{EntryId, ID_LEN, Namespace, VerifiedEntry};
 
 mod backfill;
+pub mod backup;
 mod direct;
 mod docindex;
 mod meta;
@@ -741,6 +742,10 @@ impl Store for RocksStore {
 
     fn syncs(&self) -> u64 {
         self.group.syncs()
+    }
+
+    fn checkpoint(&self, dir: &Path) -> Result<(), StoreError> {
+        self.checkpoint_to(dir)
     }
 
     fn flush(&self) -> Result<(), StoreError> {
