@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use mindoo_replica::config::{ConfigError, RawConfig, Settings};
 use mindoo_replica::server::{self, Listeners};
 use mindoo_replica::telemetry;
-use mindoo_replica::tools::{bench, check, device, inspect, keys, mesh, sync};
+use mindoo_replica::tools::{backup, bench, check, device, inspect, keys, mesh, sync};
 
 #[derive(Parser)]
 #[command(name = "mindoo-replica", version, about)]
@@ -63,6 +63,12 @@ enum Command {
         #[arg(long)]
         tls: bool,
     },
+    /// Take an online backup of a running replica: kept on its volume, or
+    /// streamed here into one file (`--out`).
+    Backup(backup::BackupArgs),
+    /// Put a backup in place of a stopped replica's database, keeping what
+    /// it replaces; the restored replica takes a new incarnation.
+    Restore(backup::RestoreArgs),
     /// Show a running replica's head and how its pulls from each peer are going.
     Status {
         /// The replica's gRPC address.
@@ -281,6 +287,8 @@ fn main() -> ExitCode {
         }),
         Command::Discover { wait_secs } => runtime.block_on(sync::discover(wait_secs)),
         Command::SyncLocal(args) => runtime.block_on(sync::sync_local(args)),
+        Command::Backup(args) => runtime.block_on(backup::backup(args)),
+        Command::Restore(args) => backup::restore(args),
         Command::Status { addr } => runtime.block_on(inspect::status(&addr, true)),
         Command::Peers { addr } => runtime.block_on(inspect::status(&addr, false)),
         Command::Check {

@@ -264,6 +264,12 @@ pub async fn serve_with(
 
     let grpc_addr = listeners.grpc_addr()?;
     let mut limits = settings.server.connections;
+    let backups = match &settings.storage {
+        StorageSettings::Rocks(rocks) => Some(crate::service::backup::Backups {
+            dir: rocks.path.join(crate::store::rocks::backup::BACKUPS_DIR),
+        }),
+        StorageSettings::Memory => None,
+    };
     let store_files = match &settings.storage {
         StorageSettings::Rocks(rocks) => rocks.max_open_files,
         StorageSettings::Memory => 0,
@@ -318,6 +324,7 @@ pub async fn serve_with(
             board.clone(),
             admin,
             access.clone(),
+            backups,
         ))
         .serve_with_incoming_shutdown(incoming, stopping.clone().cancelled_owned());
     tokio::pin!(grpc);

@@ -215,6 +215,20 @@ impl Replica {
         let _ = tokio::task::spawn_blocking(move || commit.probe()).await;
     }
 
+    /// Takes a consistent copy of the store into `dir` (a new directory;
+    /// its parent is made if missing) while the replica keeps serving.
+    pub async fn checkpoint(&self, dir: std::path::PathBuf) -> Result<()> {
+        on_store(&self.store, move |store| {
+            if let Some(parent) = dir.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    crate::store::StoreError::Backend(format!("creating {}: {e}", parent.display()))
+                })?;
+            }
+            store.checkpoint(&dir)
+        })
+        .await
+    }
+
     /// Follows the head sequence number as entries are stored.
     pub fn subscribe(&self) -> watch::Receiver<Seq> {
         self.commit.head.subscribe()

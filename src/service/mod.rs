@@ -1,6 +1,7 @@
 //! The `mindoo.replica.v1.Store` gRPC service: thin handlers that validate
 //! requests (see [`convert`]), call the [`Replica`] core and shape responses.
 
+pub mod backup;
 pub mod replication;
 mod streams;
 

@@ -1,6 +1,7 @@
 //! The `mindoo.replica.v1.Replication` service: peer status for operators
-//! and peers (see [`AdminAccess`]), and peers' confirmations of what they
-//! hold (see `crate::replica::confirm`).
+//! and peers (see [`AdminAccess`]), peers' confirmations of what they
+//! hold (see `crate::replica::confirm`), and operators' backups (see
+//! `backup.rs`).
 
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
@@ -10,6 +11,8 @@ use tonic::{Request, Response, Status};
 
 use tokio::sync::watch;
 
+use super::ResponseStream;
+use super::backup::{Backups, backup};
 use crate::access::{AccessPolicy, AdminAccess};
 use crate::identity::Caller;
 use crate::proto;
@@ -23,6 +26,7 @@ pub struct ReplicationService {
     board: StatusBoard,
     admin: AdminAccess,
     access: watch::Receiver<AccessPolicy>,
+    backups: Option<Backups>,
 }
 
 impl ReplicationService {
@@ -31,12 +35,14 @@ impl ReplicationService {
         board: StatusBoard,
         admin: AdminAccess,
         access: watch::Receiver<AccessPolicy>,
+        backups: Option<Backups>,
     ) -> ReplicationServer<Self> {
         ReplicationServer::new(Self {
             replica,
             board,
             admin,
             access,
+            backups,
         })
     }
 }
@@ -82,6 +88,19 @@ impl ReplicationApi for ReplicationService {
             entry_count: stats.entries,
             peers,
         }))
+    }
+
+    type BackupStream = ResponseStream<proto::BackupChunk>;
+
+    async fn backup(
+        &self,
+        request: Request<proto::BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        let caller = Caller::of(&request);
+        self.access.borrow().check_admin(&caller, self.admin)?;
+        let download = request.into_inner().download;
+        let stream = backup(self.replica.clone(), self.backups.as_ref(), download).await?;
+        Ok(Response::new(stream))
     }
 
     async fn confirm(

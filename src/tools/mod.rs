@@ -1,9 +1,10 @@
 //! Tooling of the `mindoo-replica` command, outside the library proper:
 //! benchmarks, the local mesh demo, child replica processes, the `status`
-//! and `check` commands, and the client's `keys`, `doc`, `push`, `pull`,
+//! and `check` commands, `backup` and `restore`, and the client's `keys`, `doc`, `push`, `pull`,
 //! `sync` and `sync-local`. Behind the `tools` feature (on by default); a
 //! library user that wants only the replica or the client turns it off.
 
+pub mod backup;
 pub mod bench;
 pub mod certs;
 pub mod check;

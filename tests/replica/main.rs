@@ -2,6 +2,7 @@
 
 mod auth;
 mod availability;
+mod backup;
 mod bad_input;
 mod client;
 mod crash;

@@ -1,0 +1,229 @@
+//! The `backup` and `restore` commands.
+//!
+//! - `backup` asks a running replica for an online backup
+//!   (`Replication/Backup`): kept on its volume, or with `--out FILE`
+//!   streamed here into one tar file, written as `FILE.partial` and renamed
+//!   only once whole.
+//! - `restore` puts a backup (a backup's directory, or such a tar file)
+//!   in place of a stopped replica's database (see
+//!   `crate::store::rocks::backup`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::proto;
+use crate::proto::backup_chunk::Part;
+use crate::proto::replication_client::ReplicationClient;
+use crate::store::rocks::backup::restore as restore_store;
+
+/// `backup`.
+#[derive(Debug, clap::Args)]
+pub struct BackupArgs {
+    /// The replica's gRPC address.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub addr: String,
+    /// Stream the backup here as one tar file instead of keeping it on
+    /// the replica's volume.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// `restore`.
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    /// The backup: a directory `backup` kept on a replica's volume
+    /// (`<storage.path>/backups/…`), or a file `backup --out` wrote.
+    #[arg(long)]
+    pub from: PathBuf,
+    /// The stopped replica's `storage.path`.
+    #[arg(long)]
+    pub data: PathBuf,
+}
+
+pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
+    let dial = crate::client::Dial::from_env()?;
+    let channel = crate::client::channel(&args.addr, dial.tls).await?;
+    let signer = crate::auth::RequestSigner::new(dial.key);
+    let mut chunks = ReplicationClient::with_interceptor(channel, signer)
+        .max_decoding_message_size(crate::client::MAX_MESSAGE_BYTES)
+        .backup(proto::BackupRequest {
+            download: args.out.is_some(),
+        })
+        .await?
+        .into_inner();
+    let started = Instant::now();
+    let mut out = match &args.out {
+        Some(path) => Some(TarOut::create(path)?),
+        None => None,
+    };
+    while let Some(chunk) = chunks.message().await? {
+        match chunk.part {
+            Some(Part::File(file)) => {
+                let out = out
+                    .as_mut()
+                    .ok_or_else(|| anyhow::anyhow!("the replica sent a file unasked"))?;
+                out.start(&file.name, file.size)?;
+            }
+            Some(Part::Data(data)) => {
+                let out = out
+                    .as_mut()
+                    .ok_or_else(|| anyhow::anyhow!("the replica sent data unasked"))?;
+                out.write(&data)?;
+            }
+            Some(Part::Done(done)) => {
+                let kept = match out.take() {
+                    Some(out) => out.finish()?.display().to_string(),
+                    None => format!("{} on the replica's volume", done.path),
+                };
+                println!(
+                    "backup of {} (incarnation {}): log through at least {}, {} entries, {} files, {:.1} MB, checkpoint took {} ms, {:.1} s in all; kept at {kept}",
+                    args.addr,
+                    hex::encode(&done.incarnation),
+                    done.head_seq,
+                    done.entries,
+                    done.files,
+                    done.bytes as f64 / 1e6,
+                    done.took_ms,
+                    started.elapsed().as_secs_f64()
+                );
+                return Ok(());
+            }
+            None => anyhow::bail!("the replica sent an empty backup message"),
+        }
+    }
+    anyhow::bail!("the backup stream ended before the backup was whole; nothing was kept here")
+}
+
+/// A tar file written as a backup streams in: `FILE.partial` until whole.
+struct TarOut {
+    path: PathBuf,
+    partial: PathBuf,
+    file: std::io::BufWriter<std::fs::File>,
+    /// Bytes the current file still expects, and its padding.
+    left: u64,
+    pad: u64,
+    written: u64,
+    shown: u64,
+}
+
+impl TarOut {
+    fn create(path: &Path) -> anyhow::Result<Self> {
+        anyhow::ensure!(!path.exists(), "{} exists; name a new file", path.display());
+        let partial = PathBuf::from(format!("{}.partial", path.display()));
+        let file = std::fs::File::create(&partial)
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", partial.display()))?;
+        Ok(Self {
+            path: path.to_owned(),
+            partial,
+            file: std::io::BufWriter::new(file),
+            left: 0,
+            pad: 0,
+            written: 0,
+            shown: 0,
+        })
+    }
+
+    fn start(&mut self, name: &str, size: u64) -> anyhow::Result<()> {
+        self.end_file()?;
+        anyhow::ensure!(
+            !name.is_empty() && !name.contains('/') && name != ".." && name != ".",
+            "the replica sent a file name that is not a plain name: {name:?}"
+        );
+        let mut header = tar::Header::new_gnu();
+        header.set_path(name)?;
+        header.set_size(size);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        self.file.write_all(header.as_bytes())?;
+        self.left = size;
+        self.pad = (512 - size % 512) % 512;
+        Ok(())
+    }
+
+    fn write(&mut self, data: &[u8]) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            data.len() as u64 <= self.left,
+            "the replica sent more bytes than the file's size"
+        );
+        self.file.write_all(data)?;
+        self.left -= data.len() as u64;
+        self.written += data.len() as u64;
+        if self.written - self.shown >= 256 << 20 {
+            self.shown = self.written;
+            println!("backup: {:.0} MB received", self.written as f64 / 1e6);
+        }
+        Ok(())
+    }
+
+    fn end_file(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.left == 0,
+            "the replica's file ended {} bytes short",
+            self.left
+        );
+        self.file.write_all(&vec![0; self.pad as usize])?;
+        self.pad = 0;
+        Ok(())
+    }
+
+    /// Ends the archive, makes it durable and gives it its name.
+    fn finish(mut self) -> anyhow::Result<PathBuf> {
+        self.end_file()?;
+        self.file.write_all(&[0; 1024])?;
+        let file = self.file.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        std::fs::rename(&self.partial, &self.path)?;
+        Ok(self.path)
+    }
+}
+
+pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let unpacked = match args.from.is_file() {
+        false => None,
+        true => Some(unpack(&args.from, &args.data)?),
+    };
+    let from = unpacked.as_ref().map_or(args.from.as_path(), |u| u.path());
+    let restored = restore_store(from, &args.data);
+    if let Some(dir) = unpacked {
+        dir.close()?;
+    }
+    let restored = restored?;
+    println!(
+        "restored {} into {} in {:.1} s: log through {}, {} entries, new incarnation {}",
+        args.from.display(),
+        args.data.display(),
+        started.elapsed().as_secs_f64(),
+        restored.head_seq,
+        restored.entries,
+        restored.incarnation
+    );
+    if let Some(aside) = restored.set_aside {
+        println!(
+            "the database it replaced is kept at {}; remove it once the restored replica runs",
+            aside.display()
+        );
+    }
+    println!(
+        "start the replica: its peers' cursors into the old log are refused and they read its log again; it pulls what it missed from them"
+    );
+    Ok(())
+}
+
+/// Unpacks a backup tar file into a directory beside the data (on its
+/// filesystem, so the restore moves files rather than copying them).
+fn unpack(file: &Path, data: &Path) -> anyhow::Result<tempfile::TempDir> {
+    std::fs::create_dir_all(data)
+        .map_err(|e| anyhow::anyhow!("creating {}: {e}", data.display()))?;
+    let dir = tempfile::Builder::new()
+        .prefix(".restoring-unpacked-")
+        .tempdir_in(data)?;
+    let reader = std::fs::File::open(file)
+        .map_err(|e| anyhow::anyhow!("opening {}: {e}", file.display()))?;
+    tar::Archive::new(std::io::BufReader::new(reader))
+        .unpack(dir.path())
+        .map_err(|e| anyhow::anyhow!("{} is not a backup file: {e}", file.display()))?;
+    Ok(dir)
+}
