@@ -39,7 +39,14 @@ pub struct RestoreArgs {
     /// The stopped replica's `storage.path`.
     #[arg(long)]
     pub data: PathBuf,
+    /// Do nothing when the directory was already restored from this same
+    /// backup (what the chart's restore step runs before each start).
+    #[arg(long)]
+    pub once: bool,
 }
+
+/// In a restored directory: the backup it was restored from.
+const RESTORED_FROM: &str = "restored-from";
 
 pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
     let dial = crate::client::Dial::from_env()?;
@@ -181,6 +188,15 @@ impl TarOut {
 
 pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    let marker = args.data.join(RESTORED_FROM);
+    let from_text = args.from.display().to_string();
+    if args.once && std::fs::read_to_string(&marker).is_ok_and(|m| m == from_text) {
+        println!(
+            "{} was already restored from {from_text}; nothing to do",
+            args.data.display()
+        );
+        return Ok(());
+    }
     let unpacked = match args.from.is_file() {
         false => None,
         true => Some(unpack(&args.from, &args.data)?),
@@ -191,6 +207,8 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         dir.close()?;
     }
     let restored = restored?;
+    std::fs::write(&marker, &from_text)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", marker.display()))?;
     println!(
         "restored {} into {} in {:.1} s: log through {}, {} entries, new incarnation {}",
         args.from.display(),

@@ -93,6 +93,14 @@ async fn a_replica_restored_from_a_backup_file_heals_both_ways() {
     .unwrap();
     assert!(restored.contains("new incarnation"), "{restored}");
     assert!(restored.contains("kept at"), "{restored}");
+    // Run again before each start (the chart's restore step), it restores
+    // only once.
+    let again = cli(
+        home.path(),
+        &["restore", "--once", "--from", file.to_str().unwrap(), "--data", &data],
+    )
+    .unwrap();
+    assert!(again.contains("already restored"), "{again}");
 
     let a = restart(dirs[0].path(), addrs[0], &addrs).await;
     assert_ne!(incarnation(&a).await, old);
