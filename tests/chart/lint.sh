@@ -656,6 +656,69 @@ for change in auth.clients=off auth.maxClockSkewMs=10000 auth.maxRecentRequests=
 done
 ok "auth.clients, maxClockSkewMs and maxRecentRequests change checksum/config (read at start: the pods roll)"
 
+# The restore step (restore.from, restore.pod): an init container in every
+# pod that restores the one pod named, and lets the others start. Its script
+# runs here with /bin/sh, a stand-in mindoo-replica first on PATH recording
+# its arguments, and the environment the manifest gives it.
+RESTORE_COMMON="$COMMON"'
+import os, subprocess, tempfile
+DATA = "/var/lib/mindoo-replica"
+def restore_checks(chosen, source, data=DATA):
+    pod = one("StatefulSet")["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    inits = pod.get("initContainers", [])
+    check([i["name"] for i in inits] == ["restore"], "restore.from set: one init container, restore")
+    r = inits[0]
+    check(all(r[k] == c[k] for k in ("image", "imagePullPolicy", "securityContext", "resources")),
+          "restore: the replica container image, imagePullPolicy, securityContext and resources")
+    data_mount = [m for m in c["volumeMounts"] if m["name"] == "data"]
+    check(r["volumeMounts"] == [{"name": "data", "mountPath": DATA}, {"name": "tmp", "mountPath": "/tmp"}]
+          and data_mount == [{"name": "data", "mountPath": DATA}],
+          f"restore: the data volume at {DATA} (as in the replica container) and tmp at /tmp, nothing else")
+    env = {e["name"]: e for e in r["env"]}
+    check(env["POD_NAME"] == {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+          and (env["RESTORE_POD"]["value"], env["RESTORE_FROM"]["value"], env["RESTORE_DATA"]["value"]) == (chosen, source, data),
+          f"restore: POD_NAME from metadata.name; RESTORE_POD {chosen}, RESTORE_FROM {source!r}, RESTORE_DATA {data}")
+    script = r["command"][2] if r["command"][:2] == ["/bin/sh", "-c"] and len(r["command"]) == 3 else ""
+    check("[ \"$POD_NAME\" != \"$RESTORE_POD\" ]" in script
+          and "exec mindoo-replica restore --once --from \"$RESTORE_FROM\" --data \"$RESTORE_DATA\"" in script
+          and source not in script and "args" not in r,
+          "restore: /bin/sh -c, a pod check, exec mindoo-replica restore --once --from \"$RESTORE_FROM\" --data \"$RESTORE_DATA\" (the path in the environment alone)")
+    with tempfile.TemporaryDirectory() as tmp:
+        calls = os.path.join(tmp, "calls")
+        stub = os.path.join(tmp, "mindoo-replica")
+        with open(stub, "w") as f:
+            f.write("#!/bin/sh\nfor a in \"$@\"; do printf \"%s\\n\" \"$a\"; done >>\"$CALLS\"\n")
+        os.chmod(stub, 0o755)
+        ran = {}
+        for i in range(int(one("StatefulSet")["spec"]["replicas"])):
+            name = chosen.rsplit("-", 1)[0] + f"-{i}"
+            environ = {"PATH": f"{tmp}:/usr/bin:/bin", "CALLS": calls, "POD_NAME": name,
+                       **{k: e["value"] for k, e in env.items() if "value" in e}}
+            done = subprocess.run(["/bin/sh", "-c", script], env=environ, capture_output=True, text=True)
+            ran[name] = (done.returncode, open(calls).read().splitlines() if os.path.exists(calls) else None)
+            if os.path.exists(calls):
+                os.remove(calls)
+        want = ["restore", "--once", "--from", source, "--data", data]
+        check(ran[chosen] == (0, want) and all(v == (0, None) for k, v in ran.items() if k != chosen),
+              f"restore script under /bin/sh: {chosen} runs mindoo-replica with exactly {want}; the {len(ran) - 1} other pods exit 0 without it")
+'
+
+check_rendered "$COMMON"'
+pod = one("StatefulSet")["spec"]["template"]["spec"]
+check("restore" not in [i["name"] for i in pod.get("initContainers", [])], "restore.from empty (the default): no init container restore")
+'
+check_rendered "$RESTORE_COMMON"'
+restore_checks(f"{full}-0", "/var/lib/mindoo-replica/backups/backup-1-10")
+' --set restore.from=/var/lib/mindoo-replica/backups/backup-1-10 --set restore.pod="$RELEASE-mindoo-replica-0"
+check_rendered "$RESTORE_COMMON"'
+restore_checks("mindoo-replica-2", yaml.safe_load(open("tests/chart/values-restore.yaml"))["restore"]["from"])
+' -f tests/chart/values-restore.yaml
+check_rendered "$RESTORE_COMMON"'
+restore_checks(f"{full}-1", "/var/lib/mindoo-replica/backups/backup-1-10", data="/var/lib/mindoo-replica/db")
+' --set restore.from=/var/lib/mindoo-replica/backups/backup-1-10 --set restore.pod="$RELEASE-mindoo-replica-1" \
+  --set config.storage.path=/var/lib/mindoo-replica/db
+
 # NOTES.txt is not rendered by helm template: render it through a copy of the
 # chart with one more template that includes it.
 cp -r "$CHART" "$WORK/notes-chart"
@@ -726,6 +789,18 @@ for line in \
 done
 notes | grep -q 'Quotas per tenant' && fail "NOTES.txt lists quotas when config.quotas is unset"
 ok "NOTES.txt lists the quotas per tenant when config.quotas is set (and says they apply without a restart)"
+
+notes | grep -q '^  Restore:' && fail "NOTES.txt mentions a restore when restore.from is unset"
+notes --set restore.from=/var/lib/mindoo-replica/backups/backup-1-10 --set restore.pod="$RELEASE-mindoo-replica-0" >"$WORK/notes.txt" \
+  || fail "NOTES.txt does not render with restore.from and restore.pod"
+for line in \
+  "Restore: pod $RELEASE-mindoo-replica-0 restores its database from /var/lib/mindoo-replica/backups/backup-1-10" \
+  "its peers read its log again" \
+  "kubectl logs --namespace $NAMESPACE $RELEASE-mindoo-replica-0 -c restore" \
+  "unset restore.from and restore.pod"; do
+  grep -qF -- "$line" "$WORK/notes.txt" || { cat "$WORK/notes.txt"; fail "NOTES.txt with restore.from lacks: $line"; }
+done
+ok "NOTES.txt with restore.from: which pod restores from what, its peers read its log again, unset restore.* afterwards"
 
 step "deploy/cert-manager matches the chart (deploy/values-production.yaml)"
 render -f deploy/values-production.yaml >"$WORK/production.yaml" || fail "helm template -f deploy/values-production.yaml"
