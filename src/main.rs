@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use mindoo_replica::config::{ConfigError, RawConfig, Settings};
 use mindoo_replica::server::{self, Listeners};
 use mindoo_replica::telemetry;
-use mindoo_replica::tools::{backup, bench, check, device, inspect, keys, mesh, sync};
+use mindoo_replica::tools::{backup, bench, check, device, inspect, keys, mesh, scrub, sync};
 
 #[derive(Parser)]
 #[command(name = "mindoo-replica", version, about)]
@@ -69,6 +69,9 @@ enum Command {
     /// Put a backup in place of a stopped replica's database, keeping what
     /// it replaces; the restored replica takes a new incarnation.
     Restore(backup::RestoreArgs),
+    /// Read every entry of a stopped replica's store back and check it:
+    /// prints each one that is not as stored.
+    Scrub(scrub::ScrubArgs),
     /// Show a running replica's head and how its pulls from each peer are going.
     Status {
         /// The replica's gRPC address.
@@ -289,6 +292,7 @@ fn main() -> ExitCode {
         Command::SyncLocal(args) => runtime.block_on(sync::sync_local(args)),
         Command::Backup(args) => runtime.block_on(backup::backup(args)),
         Command::Restore(args) => backup::restore(args),
+        Command::Scrub(args) => scrub::scrub(args),
         Command::Status { addr } => runtime.block_on(inspect::status(&addr, true)),
         Command::Peers { addr } => runtime.block_on(inspect::status(&addr, false)),
         Command::Check {

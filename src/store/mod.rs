@@ -24,6 +24,7 @@ pub mod decorated;
 mod group_sync;
 pub mod memory;
 pub mod rocks;
+pub mod scrub;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet};

@@ -1,6 +1,6 @@
 //! Tooling of the `mindoo-replica` command, outside the library proper:
 //! benchmarks, the local mesh demo, child replica processes, the `status`
-//! and `check` commands, `backup` and `restore`, and the client's `keys`, `doc`, `push`, `pull`,
+//! and `check` commands, `backup`, `restore` and `scrub`, and the client's `keys`, `doc`, `push`, `pull`,
 //! `sync` and `sync-local`. Behind the `tools` feature (on by default); a
 //! library user that wants only the replica or the client turns it off.
 
@@ -14,4 +14,5 @@ pub mod h2frames;
 pub mod inspect;
 pub mod keys;
 pub mod mesh;
+pub mod scrub;
 pub mod sync;

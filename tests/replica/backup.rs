@@ -97,7 +97,14 @@ async fn a_replica_restored_from_a_backup_file_heals_both_ways() {
     // only once.
     let again = cli(
         home.path(),
-        &["restore", "--once", "--from", file.to_str().unwrap(), "--data", &data],
+        &[
+            "restore",
+            "--once",
+            "--from",
+            file.to_str().unwrap(),
+            "--data",
+            &data,
+        ],
     )
     .unwrap();
     assert!(again.contains("already restored"), "{again}");
