@@ -144,6 +144,8 @@ class PodPlan:
     cpu_limit: str
     active_deadline: int | None
     labels: dict[str, str]
+    container_name: str = ""
+    init_containers: list[PodPlan] = dataclasses.field(default_factory=list)  # run in order before the container
 
     def probe_port_name(self, probe: dict) -> str:
         """The name of the container port a rendered gRPC probe asks (the
@@ -226,8 +228,11 @@ def pod_plan(r: Render, pod_spec: dict, meta: dict, *, claims: tuple[str, ...] =
     if len(containers) != 1:
         raise ChartError(f"pod {meta['name']}: {len(containers)} containers; this harness runs one")
     c = containers[0]
-    if pod_spec.get("initContainers"):
-        raise ChartError(f"pod {meta['name']}: init containers are not supported by this harness")
+    # Init containers: each as a plan of its own (the pod's volumes, security
+    # context and name), run to completion in order before the container.
+    init_plans = [pod_plan(r, {**pod_spec, "containers": [ic], "initContainers": []}, meta, claims=claims,
+                           fqdn=fqdn, service_fqdn=service_fqdn)
+                  for ic in pod_spec.get("initContainers") or []]
 
     env: dict[str, str] = {}
     for e in c.get("env") or []:
@@ -317,6 +322,8 @@ def pod_plan(r: Render, pod_spec: dict, meta: dict, *, claims: tuple[str, ...] =
         cpu_limit=str(limits.get("cpu", "")),
         active_deadline=pod_spec.get("activeDeadlineSeconds"),
         labels=dict(meta.get("labels") or {}),
+        container_name=c.get("name", ""),
+        init_containers=init_plans,
     )
 
 

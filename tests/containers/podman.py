@@ -162,7 +162,20 @@ class Pod:
         args += p.args
         return args
 
-    def start(self) -> None:
+    def start(self, init_timeout: float = 120) -> None:
+        """The init containers to completion, in order (each as `<pod>-init-<name>`,
+        its output kept in `init_output`), then the container; an init
+        container that exits non-zero stops there (PodmanError)."""
+        self.init_output: dict[str, str] = {}
+        for plan in self.plan.init_containers:
+            init = Pod(plan, self.network, {}, self.volume_dir.parent, self.configmaps, self.secrets)
+            init.container = f"{self.plan.name}-init-{plan.container_name}"
+            init.remove()
+            proc = init.run_to_completion(init_timeout)
+            self.init_output[plan.container_name] = (proc.stdout + proc.stderr).rstrip()
+            if proc.returncode != 0:
+                raise PodmanError(f"{self.plan.name}: init container {plan.container_name} exited {proc.returncode}: "
+                                  f"{self.init_output[plan.container_name]}")
         podman(*self.run_args())
 
     def run_to_completion(self, timeout: float) -> subprocess.CompletedProcess:

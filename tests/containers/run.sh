@@ -14,6 +14,9 @@
 #   partition  one replica cut off for 15 s; time to converge after the reconnect (limit 10 s)
 #   scaleout   replicaCount 3 -> 4 through the mounted ConfigMap only, no restart
 #   prometheus deploy/prometheus config and rules, and every query of the Grafana dashboard
+#   restore    a backup of replica 0 taken while it serves, more writes, then its pod restarted with the
+#              chart's restore.from/restore.pod: the init step restores it (new incarnation), it pulls what it
+#              missed, its peers follow its new log, and a later restart does not restore again
 #
 #   bash tests/containers/run.sh [SCENARIO...]      (default: all; start always runs)
 #   MINDOO_CONTAINERS_SET="config.replication.keepalive_interval_ms=30000" bash tests/containers/run.sh partition

@@ -1,4 +1,4 @@
-"""The chart's replicas in real containers: six scenarios, run by run.sh.
+"""The chart's replicas in real containers: seven scenarios, run by run.sh.
 
   1 start      the rendered StatefulSet as 3 podman containers, ready
   2 mesh       writes through every replica reach every replica; the helm test pod passes;
@@ -8,6 +8,8 @@
   4 partition  one replica cut off for a while, then the time to converge
   5 scaleout   replicaCount 3 -> 4 through the mounted config only
   6 prometheus the Prometheus config, rules and dashboard queries against the containers
+  7 restore    a backup of pod 0 on its volume; pod 0 restored from it by the chart's init
+               container: a new incarnation, what it missed pulled back, no second restore
 
 Each is a module, scenario_<name>.py; harness.py holds what they share. This
 runs the selected ones in order on one release (a failed scenario's pods are
@@ -39,6 +41,7 @@ import scenario_mesh
 import scenario_partition
 import scenario_prometheus
 import scenario_restart
+import scenario_restore
 import scenario_scaleout
 import scenario_start
 from harness import REPORTED, Mesh, Result, describe, fail_line, heading, print_summary, time_line
@@ -46,7 +49,8 @@ from replica import Writer
 
 # In the order they run; each has a TITLE and run(mesh) -> the note for the summary.
 SCENARIOS = {"start": scenario_start, "mesh": scenario_mesh, "restart": scenario_restart,
-             "partition": scenario_partition, "scaleout": scenario_scaleout, "prometheus": scenario_prometheus}
+             "partition": scenario_partition, "scaleout": scenario_scaleout, "prometheus": scenario_prometheus,
+             "restore": scenario_restore}
 
 
 def parse_args() -> argparse.Namespace:
