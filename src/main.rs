@@ -150,6 +150,10 @@ enum BenchCommand {
     /// A pull of one namespace from a replica holding many, beside the
     /// same pull from a replica holding only it: time and records read.
     Filtered(bench::FilteredOptions),
+    /// A replica holding N entries backed up while a client writes: kept on
+    /// its volume and streamed into a file, beside a plain copy; a restore
+    /// of the file and a scrub of the restored store.
+    Backup(bench::BackupOptions),
     /// An empty replica pulls every entry from one peer; then the idle pair's keepalive bytes.
     Bootstrap {
         #[arg(long, default_value_t = 1_000_000)]
@@ -329,6 +333,7 @@ async fn run_bench(command: BenchCommand, exe: PathBuf) -> anyhow::Result<()> {
         BenchCommand::Push(opts) => bench::push(opts, exe).await,
         BenchCommand::Client(opts) => bench::client(opts, exe).await,
         BenchCommand::Filtered(opts) => bench::filtered(opts, exe).await,
+        BenchCommand::Backup(opts) => bench::backup(opts, exe).await,
         BenchCommand::Bootstrap {
             entries,
             size,

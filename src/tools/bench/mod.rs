@@ -3,6 +3,7 @@
 //! Shared here: entry generators, wire-byte counting and a counting proxy.
 
 mod append;
+mod backup;
 mod bootstrap;
 mod client;
 mod filtered;
@@ -12,6 +13,7 @@ mod propagation;
 mod push;
 
 pub use append::{AppendOptions, append};
+pub use backup::{BackupOptions, backup};
 pub use bootstrap::{BootstrapOptions, bootstrap};
 pub use client::{ClientOptions, client};
 pub use filtered::{FilteredOptions, filtered};

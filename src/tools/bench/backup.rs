@@ -1,0 +1,213 @@
+//! `bench backup`: a replica process holding N entries is backed up while a
+//! client keeps writing: once kept on its volume, once streamed into a
+//! file; the client's write rate during the stream is printed beside its
+//! rate alone just before. Then, with the replica stopped: a plain copy of
+//! its data directory (the baseline for the stream), a restore of the file
+//! into an empty directory, and a scrub of the restored store.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::{UNSIGNED_FIXTURES, unsigned_entries};
+use crate::client::StoreClient;
+use crate::entry::Namespace;
+use crate::proto;
+use crate::proto::backup_chunk::Part;
+use crate::proto::replication_client::ReplicationClient;
+use crate::store::rocks::backup::restore;
+use crate::store::rocks::{RocksConfig, RocksStore};
+use crate::store::scrub::scrub_page;
+use crate::tools::child::ReplicaProcess;
+
+/// Options of `bench backup`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BackupOptions {
+    /// Entries the replica holds.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub entries: usize,
+    /// Ciphertext bytes per entry.
+    #[arg(long = "size", default_value_t = 1024)]
+    pub ciphertext_bytes: usize,
+}
+
+/// Entries per batch, and batches generated at once while filling.
+const BATCH: usize = 1000;
+const FILL_CHUNK: usize = 100_000;
+
+/// `bench backup`. See the module docs.
+pub async fn backup(opts: BackupOptions, exe: PathBuf) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("replica");
+    let replica = ReplicaProcess::spawn(&exe, &data, false, &[UNSIGNED_FIXTURES]).await?;
+    let addr = replica.grpc.to_string();
+    let ns = Namespace::new("bench", "backup")?;
+    let mut client = StoreClient::connect(&addr).await?;
+    let started = Instant::now();
+    let mut first = 0u64;
+    while (first as usize) < opts.entries {
+        let count = FILL_CHUNK.min(opts.entries - first as usize);
+        let entries = unsigned_entries(&ns, first, count, opts.ciphertext_bytes);
+        let batches: Vec<_> = entries.chunks(BATCH).map(<[_]>::to_vec).collect();
+        client.put_stream(futures::stream::iter(batches)).await?;
+        first += count as u64;
+    }
+    println!(
+        "backup: {} entries of {} B ciphertext in a replica process, filled in {:.1} s",
+        opts.entries,
+        opts.ciphertext_bytes,
+        started.elapsed().as_secs_f64()
+    );
+
+    let mut admin = ReplicationClient::connect(format!("http://{addr}"))
+        .await?
+        .max_decoding_message_size(crate::client::MAX_MESSAGE_BYTES);
+    let started = Instant::now();
+    let kept = done_of(
+        admin
+            .backup(proto::BackupRequest { download: false })
+            .await?
+            .into_inner(),
+    )
+    .await?;
+    println!(
+        "backup: kept on the volume: {} files, {:.1} MB linked, checkpoint {} ms, {:.0} ms for the call",
+        kept.files,
+        kept.bytes as f64 / 1e6,
+        kept.took_ms,
+        started.elapsed().as_secs_f64() * 1e3
+    );
+
+    // The client's write rate alone, then during the streamed backup.
+    let alone = write_for(
+        &mut client,
+        &ns,
+        &mut first,
+        opts.ciphertext_bytes,
+        Duration::from_secs(3),
+    )
+    .await?;
+    let stop = CancellationToken::new();
+    let writer = {
+        let (mut client, ns, stop) = (client.clone(), ns.clone(), stop.clone());
+        let (mut next, size) = (first, opts.ciphertext_bytes);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut written = 0u64;
+            while !stop.is_cancelled() {
+                let batch = unsigned_entries(&ns, next, BATCH, size);
+                next += BATCH as u64;
+                client.put(&batch).await?;
+                written += BATCH as u64;
+            }
+            anyhow::Ok(written as f64 / started.elapsed().as_secs_f64())
+        })
+    };
+    let file = dir.path().join("backup.tar");
+    let started = Instant::now();
+    crate::tools::backup::backup(crate::tools::backup::BackupArgs {
+        addr: addr.clone(),
+        out: Some(file.clone()),
+    })
+    .await?;
+    let streamed_secs = started.elapsed().as_secs_f64();
+    stop.cancel();
+    let during = writer.await??;
+    let file_bytes = std::fs::metadata(&file)?.len();
+    replica.stop().await?;
+    let stream_rate = file_bytes as f64 / streamed_secs / 1e6;
+    println!(
+        "backup: streamed into one file: {:.1} MB in {streamed_secs:.2} s = {stream_rate:.0} MB/s, while a client wrote {during:.0} entries/s (alone just before: {alone:.0} entries/s, {:+.0} %)",
+        file_bytes as f64 / 1e6,
+        (during / alone - 1.0) * 100.0
+    );
+
+    let (copied, copy_secs) = copy_dir(&data, &dir.path().join("copy"))?;
+    let copy_rate = copied as f64 / copy_secs / 1e6;
+    println!(
+        "backup: baseline, a plain copy of the stopped data directory: {:.1} MB in {copy_secs:.2} s = {copy_rate:.0} MB/s (the stream reaches {:.0} %)",
+        copied as f64 / 1e6,
+        stream_rate / copy_rate * 100.0
+    );
+
+    let target = dir.path().join("restored");
+    let started = Instant::now();
+    let unpacked = dir.path().join("unpacked");
+    std::fs::create_dir_all(&unpacked)?;
+    tar::Archive::new(std::io::BufReader::new(std::fs::File::open(&file)?)).unpack(&unpacked)?;
+    let restored = restore(&unpacked, &target)?;
+    println!(
+        "backup: restore of the file into an empty directory: {:.2} s (unpacking included), log through {}, {} entries",
+        started.elapsed().as_secs_f64(),
+        restored.head_seq,
+        restored.entries
+    );
+
+    let store = RocksStore::open(&RocksConfig::new(&target))?;
+    let started = Instant::now();
+    let (mut after, mut checked, mut found) = (0, 0u64, 0usize);
+    loop {
+        let page = scrub_page(&store, after, BATCH)?;
+        checked += page.checked;
+        found += page.findings.len();
+        match page.next {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "backup: scrub of the restored store: {checked} entries in {secs:.2} s = {:.0} entries/s, {found} corrupt",
+        checked as f64 / secs
+    );
+    anyhow::ensure!(found == 0, "the restored store has corrupt entries");
+    Ok(())
+}
+
+/// The last message of a backup call.
+async fn done_of(
+    mut chunks: tonic::Streaming<proto::BackupChunk>,
+) -> anyhow::Result<proto::BackupDone> {
+    while let Some(chunk) = chunks.message().await? {
+        if let Some(Part::Done(done)) = chunk.part {
+            return Ok(done);
+        }
+    }
+    anyhow::bail!("the backup ended without its last message")
+}
+
+/// Writes batches for `secs`; entries/s.
+async fn write_for(
+    client: &mut StoreClient,
+    ns: &Namespace,
+    next: &mut u64,
+    size: usize,
+    secs: Duration,
+) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let mut written = 0u64;
+    while started.elapsed() < secs {
+        let batch = unsigned_entries(ns, *next, BATCH, size);
+        *next += BATCH as u64;
+        client.put(&batch).await?;
+        written += BATCH as u64;
+    }
+    Ok(written as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Copies the files of `from` (not its backups) into `to`: bytes, seconds.
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<(u64, f64)> {
+    std::fs::create_dir_all(to)?;
+    let started = Instant::now();
+    let mut bytes = 0;
+    for file in std::fs::read_dir(from)? {
+        let file = file?;
+        if file.file_type()?.is_file() {
+            bytes += std::fs::copy(file.path(), to.join(file.file_name()))?;
+        }
+    }
+    let copied = std::fs::File::open(to)?;
+    copied.sync_all()?;
+    Ok((bytes, started.elapsed().as_secs_f64()))
+}
