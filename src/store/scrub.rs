@@ -33,6 +33,35 @@ pub struct ScrubPage {
     pub next: Option<Seq>,
 }
 
+/// What a scrub of the whole log found.
+#[derive(Debug, Clone, Default)]
+pub struct ScrubTotals {
+    pub checked: u64,
+    pub bytes: u64,
+    pub findings: Vec<Finding>,
+}
+
+/// Checks the whole log, `page` records at a time, handing each finding
+/// to `found` as it turns up.
+pub fn scrub_all(
+    store: &dyn Store,
+    page: usize,
+    mut found: impl FnMut(&Finding),
+) -> Result<ScrubTotals, StoreError> {
+    let (mut after, mut totals) = (0, ScrubTotals::default());
+    loop {
+        let next = scrub_page(store, after, page)?;
+        totals.checked += next.checked;
+        totals.bytes += next.bytes;
+        next.findings.iter().for_each(&mut found);
+        totals.findings.extend(next.findings);
+        match next.next {
+            Some(seq) => after = seq,
+            None => return Ok(totals),
+        }
+    }
+}
+
 /// Checks up to `limit` log records after `after`.
 pub fn scrub_page(store: &dyn Store, after: Seq, limit: usize) -> Result<ScrubPage, StoreError> {
     let records = store.log_since(after, limit.max(1), None)?;
@@ -156,16 +185,8 @@ mod tests {
             .map(|i| entry_with(&spaces[i as usize % 2], i, &[i as u8; 100]))
             .collect();
         store.append(&batch, None).unwrap();
-        let (mut after, mut checked) = (0, 0);
-        loop {
-            let page = scrub_page(&store, after, 100).unwrap();
-            assert!(page.findings.is_empty(), "{:?}", page.findings);
-            checked += page.checked;
-            match page.next {
-                Some(next) => after = next,
-                None => break,
-            }
-        }
-        assert_eq!(checked, 250);
+        let totals = scrub_all(&store, 100, |_| {}).unwrap();
+        assert!(totals.findings.is_empty(), "{:?}", totals.findings);
+        assert_eq!(totals.checked, 250);
     }
 }

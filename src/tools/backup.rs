@@ -15,7 +15,7 @@ use std::time::Instant;
 use crate::proto;
 use crate::proto::backup_chunk::Part;
 use crate::proto::replication_client::ReplicationClient;
-use crate::store::rocks::backup::restore as restore_store;
+use crate::store::rocks::backup::{Restored, restore as restore_store};
 
 /// `backup`.
 #[derive(Debug, clap::Args)]
@@ -197,16 +197,7 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let unpacked = match args.from.is_file() {
-        false => None,
-        true => Some(unpack(&args.from, &args.data)?),
-    };
-    let from = unpacked.as_ref().map_or(args.from.as_path(), |u| u.path());
-    let restored = restore_store(from, &args.data);
-    if let Some(dir) = unpacked {
-        dir.close()?;
-    }
-    let restored = restored?;
+    let restored = restore_from(&args.from, &args.data)?;
     std::fs::write(&marker, &from_text)
         .map_err(|e| anyhow::anyhow!("writing {}: {e}", marker.display()))?;
     println!(
@@ -228,6 +219,20 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         "start the replica: its peers' cursors into the old log are refused and they read its log again; it pulls what it missed from them"
     );
     Ok(())
+}
+
+/// Restores `from` (a backup's directory, or a file `backup --out`
+/// wrote) into `data`.
+pub fn restore_from(from: &Path, data: &Path) -> anyhow::Result<Restored> {
+    let unpacked = match from.is_file() {
+        false => None,
+        true => Some(unpack(from, data)?),
+    };
+    let restored = restore_store(unpacked.as_ref().map_or(from, |u| u.path()), data);
+    if let Some(dir) = unpacked {
+        dir.close()?;
+    }
+    Ok(restored?)
 }
 
 /// Unpacks a backup tar file into a directory beside the data (on its

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::store::rocks::{RocksConfig, RocksStore};
-use crate::store::scrub::scrub_page;
+use crate::store::scrub::scrub_all;
 
 /// Log records checked per page.
 const PAGE: usize = 1000;
@@ -27,23 +27,13 @@ pub fn scrub(args: ScrubArgs) -> anyhow::Result<()> {
     );
     let store = RocksStore::open(&RocksConfig::new(&args.data))?;
     let started = Instant::now();
-    let (mut after, mut checked, mut bytes, mut found) = (0, 0u64, 0u64, 0u64);
-    loop {
-        let page = scrub_page(&store, after, PAGE)?;
-        checked += page.checked;
-        bytes += page.bytes;
-        for f in &page.findings {
-            found += 1;
-            println!(
-                "corrupt: seq {} in {} id {}: {}",
-                f.seq, f.namespace, f.id, f.problem
-            );
-        }
-        match page.next {
-            Some(next) => after = next,
-            None => break,
-        }
-    }
+    let totals = scrub_all(&store, PAGE, |f| {
+        println!(
+            "corrupt: seq {} in {} id {}: {}",
+            f.seq, f.namespace, f.id, f.problem
+        )
+    })?;
+    let (checked, bytes, found) = (totals.checked, totals.bytes, totals.findings.len());
     let secs = started.elapsed().as_secs_f64();
     println!(
         "scrub of {}: {checked} entries, {:.1} MB checked in {secs:.1} s ({:.0} entries/s); {found} corrupt",

@@ -148,3 +148,80 @@ fn ensure_not_open(data: &Path) -> Result<(), StoreError> {
         Err(_) => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::{EntryId, Namespace, VerifiedEntry};
+    use crate::store::conformance::entry_with;
+
+    fn entry(ns: &Namespace, n: u32) -> VerifiedEntry {
+        entry_with(ns, n, &[n as u8; 600])
+    }
+
+    /// A checkpoint taken while the store takes writes holds what was there
+    /// at that moment; restored over the store, the database is the
+    /// checkpoint's with a new incarnation, what it replaced is kept aside,
+    /// and writes to the restored store leave the backup as it was.
+    #[test]
+    fn a_checkpoint_restores_in_place_with_a_new_incarnation() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let ns = Namespace::new("t", "d").unwrap();
+        let first: Vec<_> = (0..300).map(|i| entry(&ns, i)).collect();
+        let later: Vec<_> = (300..400).map(|i| entry(&ns, i)).collect();
+        let backup = dir.path().join("backup");
+        let incarnation = {
+            let store = RocksStore::open(&RocksConfig::new(&data)).unwrap();
+            store.append(&first[..200], None).unwrap();
+            store.flush().unwrap();
+            // Some of it in a memtable when the checkpoint is taken.
+            store.append(&first[200..], None).unwrap();
+            store.checkpoint(&backup).unwrap();
+            store.append(&later, None).unwrap();
+            // The store is open: a restore into its directory is refused.
+            let err = restore(&backup, &data).unwrap_err();
+            assert!(err.to_string().contains("stop the replica"), "{err}");
+            store.incarnation()
+        };
+        let restored = restore(&backup, &data).unwrap();
+        assert_eq!((restored.head_seq, restored.entries), (300, 300));
+        assert_ne!(restored.incarnation, incarnation);
+        let aside = restored.set_aside.clone().unwrap();
+        {
+            let store = RocksStore::open(&RocksConfig::new(&data)).unwrap();
+            assert_eq!(store.incarnation(), restored.incarnation);
+            assert_eq!(store.stats().head_seq, 300);
+            let ids: Vec<EntryId> = first.iter().map(|e| e.id).collect();
+            let held = |ids: &[EntryId]| store.get(&ns, ids).unwrap().iter().flatten().count();
+            assert_eq!(held(&ids), 300);
+            let later_ids: Vec<EntryId> = later.iter().map(|e| e.id).collect();
+            assert_eq!(held(&later_ids), 0);
+            // The restored store takes writes; they stay out of the backup.
+            store.append(&later, None).unwrap();
+            store.flush().unwrap();
+        }
+        let again = RocksStore::open(&RocksConfig::new(&backup)).unwrap();
+        assert_eq!(again.stats().head_seq, 300);
+        drop(again);
+        // What the restore replaced is whole, beside it.
+        let replaced = RocksStore::open(&RocksConfig::new(&aside)).unwrap();
+        assert_eq!(replaced.stats().head_seq, 400);
+        assert_eq!(replaced.incarnation(), incarnation);
+    }
+
+    #[test]
+    fn what_is_not_a_backup_is_refused_and_replaces_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        drop(RocksStore::open(&RocksConfig::new(&data)).unwrap());
+        let empty = dir.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        let err = restore(&empty, &data).unwrap_err();
+        assert!(err.to_string().contains("is not a backup"), "{err}");
+        assert!(data.join("CURRENT").is_file());
+        let memory = crate::store::memory::MemoryStore::new();
+        let err = memory.checkpoint(&dir.path().join("m")).unwrap_err();
+        assert!(err.to_string().contains("nothing on disk"), "{err}");
+    }
+}

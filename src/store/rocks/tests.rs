@@ -609,99 +609,25 @@ fn a_store_on_tmpfs_flushes_and_reads_back() {
     assert_eq!(store.stats().head_seq, 101);
 }
 
-/// A checkpoint taken while the store takes writes holds what was there
-/// at that moment; restored over the store, the database is the
-/// checkpoint's with a new incarnation, what it replaced is kept aside,
-/// and writes to the restored store leave the backup as it was.
-#[test]
-fn a_checkpoint_restores_in_place_with_a_new_incarnation() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let ns = Namespace::new("t", "d").unwrap();
-    let first: Vec<_> = (0..300).map(|i| entry(&ns, i)).collect();
-    let later: Vec<_> = (300..400).map(|i| entry(&ns, i)).collect();
-    let backup = dir.path().join("backup");
-    let incarnation = {
-        let store = RocksStore::open(&RocksConfig::new(&data)).unwrap();
-        store.append(&first[..200], None).unwrap();
-        store.flush().unwrap();
-        // Some of it in a memtable when the checkpoint is taken.
-        store.append(&first[200..], None).unwrap();
-        store.checkpoint(&backup).unwrap();
-        store.append(&later, None).unwrap();
-        // The store is open: a restore into its directory is refused.
-        let err = backup::restore(&backup, &data).unwrap_err();
-        assert!(err.to_string().contains("stop the replica"), "{err}");
-        store.incarnation()
-    };
-    let restored = backup::restore(&backup, &data).unwrap();
-    assert_eq!((restored.head_seq, restored.entries), (300, 300));
-    assert_ne!(restored.incarnation, incarnation);
-    let aside = restored.set_aside.clone().unwrap();
-    {
-        let store = RocksStore::open(&RocksConfig::new(&data)).unwrap();
-        assert_eq!(store.incarnation(), restored.incarnation);
-        assert_eq!(store.stats().head_seq, 300);
-        let ids: Vec<EntryId> = first.iter().map(|e| e.id).collect();
-        let held = |ids: &[EntryId]| store.get(&ns, ids).unwrap().iter().flatten().count();
-        assert_eq!(held(&ids), 300);
-        let later_ids: Vec<EntryId> = later.iter().map(|e| e.id).collect();
-        assert_eq!(held(&later_ids), 0);
-        // The restored store takes writes; they stay out of the backup.
-        store.append(&later, None).unwrap();
-        store.flush().unwrap();
-    }
-    let again = RocksStore::open(&RocksConfig::new(&backup)).unwrap();
-    assert_eq!(again.stats().head_seq, 300);
-    drop(again);
-    // What the restore replaced is whole, beside it.
-    let replaced = RocksStore::open(&RocksConfig::new(&aside)).unwrap();
-    assert_eq!(replaced.stats().head_seq, 400);
-    assert_eq!(replaced.incarnation(), incarnation);
-}
-
-#[test]
-fn what_is_not_a_backup_is_refused_and_replaces_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    drop(RocksStore::open(&RocksConfig::new(&data)).unwrap());
-    let empty = dir.path().join("empty");
-    std::fs::create_dir(&empty).unwrap();
-    let err = backup::restore(&empty, &data).unwrap_err();
-    assert!(err.to_string().contains("is not a backup"), "{err}");
-    assert!(data.join("CURRENT").is_file());
-    let memory = crate::store::memory::MemoryStore::new();
-    let err = memory.checkpoint(&dir.path().join("m")).unwrap_err();
-    assert!(err.to_string().contains("nothing on disk"), "{err}");
-}
-
 /// A byte flipped in a blob file on disk is found by a scrub, for that
 /// entry alone; the same store unflipped has no findings.
 #[test]
 fn scrub_finds_a_body_flipped_on_disk() {
-    use crate::store::scrub::scrub_page;
+    use crate::store::scrub::scrub_all;
     let dir = tempfile::tempdir().unwrap();
     let config = RocksConfig::new(dir.path());
     let ns = Namespace::new("t", "d").unwrap();
     let marked = |i: u32| -> Vec<u8> { format!("entry-{i:05}-").repeat(40).into_bytes() };
     let batch: Vec<_> = (0..500).map(|i| entry_with(&ns, i, &marked(i))).collect();
-    let scrub_all = |store: &RocksStore| {
-        let (mut after, mut checked, mut findings) = (0, 0, Vec::new());
-        loop {
-            let page = scrub_page(store, after, 64).unwrap();
-            checked += page.checked;
-            findings.extend(page.findings);
-            match page.next {
-                Some(next) => after = next,
-                None => return (checked, findings),
-            }
-        }
+    let scrub = |store: &RocksStore| {
+        let totals = scrub_all(store, 64, |_| {}).unwrap();
+        (totals.checked, totals.findings)
     };
     {
         let store = RocksStore::open(&config).unwrap();
         store.append(&batch, None).unwrap();
         store.flush().unwrap();
-        let (checked, findings) = scrub_all(&store);
+        let (checked, findings) = scrub(&store);
         assert_eq!((checked, findings.len()), (500, 0), "{findings:?}");
     }
     let blob = std::fs::read_dir(dir.path())
@@ -719,7 +645,7 @@ fn scrub_finds_a_body_flipped_on_disk() {
     std::fs::write(&blob, bytes).unwrap();
 
     let store = RocksStore::open(&config).unwrap();
-    let (checked, findings) = scrub_all(&store);
+    let (checked, findings) = scrub(&store);
     assert_eq!(checked, 500);
     assert_eq!(findings.len(), 1, "{findings:?}");
     assert_eq!(findings[0].id, batch[321].id);

@@ -16,9 +16,8 @@ use crate::entry::Namespace;
 use crate::proto;
 use crate::proto::backup_chunk::Part;
 use crate::proto::replication_client::ReplicationClient;
-use crate::store::rocks::backup::restore;
 use crate::store::rocks::{RocksConfig, RocksStore};
-use crate::store::scrub::scrub_page;
+use crate::store::scrub::scrub_all;
 use crate::tools::child::ReplicaProcess;
 
 /// Options of `bench backup`.
@@ -80,28 +79,18 @@ pub async fn backup(opts: BackupOptions, exe: PathBuf) -> anyhow::Result<()> {
     );
 
     // The client's write rate alone, then during the streamed backup.
-    let alone = write_for(
-        &mut client,
-        &ns,
-        &mut first,
-        opts.ciphertext_bytes,
-        Duration::from_secs(3),
-    )
+    let size = opts.ciphertext_bytes;
+    let until = Instant::now() + Duration::from_secs(3);
+    let alone = write_until(&mut client, &ns, &mut first, size, || {
+        Instant::now() >= until
+    })
     .await?;
     let stop = CancellationToken::new();
     let writer = {
         let (mut client, ns, stop) = (client.clone(), ns.clone(), stop.clone());
-        let (mut next, size) = (first, opts.ciphertext_bytes);
+        let mut next = first;
         tokio::spawn(async move {
-            let started = Instant::now();
-            let mut written = 0u64;
-            while !stop.is_cancelled() {
-                let batch = unsigned_entries(&ns, next, BATCH, size);
-                next += BATCH as u64;
-                client.put(&batch).await?;
-                written += BATCH as u64;
-            }
-            anyhow::Ok(written as f64 / started.elapsed().as_secs_f64())
+            write_until(&mut client, &ns, &mut next, size, || stop.is_cancelled()).await
         })
     };
     let file = dir.path().join("backup.tar");
@@ -133,10 +122,7 @@ pub async fn backup(opts: BackupOptions, exe: PathBuf) -> anyhow::Result<()> {
 
     let target = dir.path().join("restored");
     let started = Instant::now();
-    let unpacked = dir.path().join("unpacked");
-    std::fs::create_dir_all(&unpacked)?;
-    tar::Archive::new(std::io::BufReader::new(std::fs::File::open(&file)?)).unpack(&unpacked)?;
-    let restored = restore(&unpacked, &target)?;
+    let restored = crate::tools::backup::restore_from(&file, &target)?;
     println!(
         "backup: restore of the file into an empty directory: {:.2} s (unpacking included), log through {}, {} entries",
         started.elapsed().as_secs_f64(),
@@ -146,16 +132,8 @@ pub async fn backup(opts: BackupOptions, exe: PathBuf) -> anyhow::Result<()> {
 
     let store = RocksStore::open(&RocksConfig::new(&target))?;
     let started = Instant::now();
-    let (mut after, mut checked, mut found) = (0, 0u64, 0usize);
-    loop {
-        let page = scrub_page(&store, after, BATCH)?;
-        checked += page.checked;
-        found += page.findings.len();
-        match page.next {
-            Some(next) => after = next,
-            None => break,
-        }
-    }
+    let totals = scrub_all(&store, BATCH, |_| {})?;
+    let (checked, found) = (totals.checked, totals.findings.len());
     let secs = started.elapsed().as_secs_f64();
     println!(
         "backup: scrub of the restored store: {checked} entries in {secs:.2} s = {:.0} entries/s, {found} corrupt",
@@ -177,17 +155,17 @@ async fn done_of(
     anyhow::bail!("the backup ended without its last message")
 }
 
-/// Writes batches for `secs`; entries/s.
-async fn write_for(
+/// Writes batches until `done`; entries/s.
+async fn write_until(
     client: &mut StoreClient,
     ns: &Namespace,
     next: &mut u64,
     size: usize,
-    secs: Duration,
+    done: impl Fn() -> bool,
 ) -> anyhow::Result<f64> {
     let started = Instant::now();
     let mut written = 0u64;
-    while started.elapsed() < secs {
+    while !done() {
         let batch = unsigned_entries(ns, *next, BATCH, size);
         *next += BATCH as u64;
         client.put(&batch).await?;
