@@ -10,6 +10,7 @@ use std::time::Duration;
 pub use crate::limits::Limits;
 use crate::policy::Policy;
 use crate::replication::settings::ReplicationSettings;
+use crate::store::ranges::FingerprintKey;
 use crate::store::rocks::RocksConfig;
 
 /// Prefix of environment overrides; sections and keys are separated by `__`.
@@ -82,7 +83,8 @@ pub struct ServerSettings {
 #[derive(Debug, Clone)]
 pub enum StorageSettings {
     Rocks(RocksConfig),
-    Memory,
+    /// Nothing on disk; range fingerprints under this key, when given.
+    Memory(Option<FingerprintKey>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -266,9 +268,11 @@ impl RawConfig {
                     // Known once the listener is bound (see `Settings::node_name`).
                     node: None,
                     index_documents: false,
+                    // From `replication` (see below).
+                    fingerprint_key: None,
                 })
             }
-            "memory" => StorageSettings::Memory,
+            "memory" => StorageSettings::Memory(None),
             other => {
                 return Err(invalid(
                     "storage.backend",
@@ -368,6 +372,13 @@ impl RawConfig {
         }
         let policy = self.policy.validate(max_entry_bytes)?;
         let replication = validate_replication(&self.replication, server.listen)?;
+        let mut storage = storage;
+        match &mut storage {
+            StorageSettings::Rocks(rocks) => {
+                rocks.fingerprint_key = replication.fingerprint_key.clone()
+            }
+            StorageSettings::Memory(key) => *key = replication.fingerprint_key.clone(),
+        }
         let tls = self.tls.validate()?;
         let auth = self.auth_settings()?;
         let clients = self.limits.clients(max_entry_bytes)?;

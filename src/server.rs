@@ -127,7 +127,10 @@ pub async fn open_store(
     node: &str,
 ) -> Result<Arc<dyn Store>, StoreError> {
     match settings {
-        StorageSettings::Memory => Ok(Arc::new(MemoryStore::new())),
+        StorageSettings::Memory(key) => Ok(Arc::new(match key {
+            Some(key) => MemoryStore::with_fingerprints(key.clone()),
+            None => MemoryStore::new(),
+        })),
         StorageSettings::Rocks(config) => {
             let mut config = config.clone();
             config.node = Some(node.to_owned());
@@ -175,7 +178,7 @@ fn log_durability(storage: &StorageSettings) {
              (storage.sync_writes = false): a power cut loses what was acknowledged since \
              the last fsync; a process crash loses nothing"
         ),
-        StorageSettings::Memory => tracing::warn!(
+        StorageSettings::Memory(_) => tracing::warn!(
             "durability: NONE, the store is in memory (storage.backend = memory): everything \
              is lost when the process stops"
         ),
@@ -268,11 +271,11 @@ pub async fn serve_with(
         StorageSettings::Rocks(rocks) => Some(crate::service::backup::Backups {
             dir: rocks.path.join(crate::store::rocks::backup::BACKUPS_DIR),
         }),
-        StorageSettings::Memory => None,
+        StorageSettings::Memory(_) => None,
     };
     let store_files = match &settings.storage {
         StorageSettings::Rocks(rocks) => rocks.max_open_files,
-        StorageSettings::Memory => 0,
+        StorageSettings::Memory(_) => 0,
     };
     let open_files = connections::open_files_limit();
     limits.max_connections =

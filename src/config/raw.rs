@@ -193,6 +193,15 @@ pub struct RawReplication {
     /// The config file is read again this often and, when it changed, its
     /// replication settings applied, as on SIGHUP (0: only on SIGHUP).
     pub config_poll_ms: u64,
+    /// The secret the replicas of a mesh share to key their range
+    /// fingerprints (64 hex digits); set it here or in a file. Without
+    /// one, pairs reconcile only by cursor pull.
+    pub fingerprint_key: String,
+    /// A file holding `fingerprint_key` (what the chart mounts).
+    pub fingerprint_key_file: String,
+    /// Each pair compares its whole sets this often, jittered (0: only when
+    /// a cursor is refused, after a bootstrap, or on `repair`).
+    pub reconcile_interval_ms: u64,
 }
 
 impl Default for RawReplication {
@@ -214,6 +223,9 @@ impl Default for RawReplication {
             max_peer_inflight_mb: 16,
             cursor_retention_ms: 7 * 24 * 3600 * 1000,
             config_poll_ms: 5_000,
+            fingerprint_key: String::new(),
+            fingerprint_key_file: String::new(),
+            reconcile_interval_ms: 5 * 60 * 1000,
         }
     }
 }

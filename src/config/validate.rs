@@ -12,6 +12,7 @@ use crate::entry::Namespace;
 use crate::policy::{NamespaceRules, Policy};
 use crate::replica::MAX_RELAY_DELAY;
 use crate::replication::settings::ReplicationSettings;
+use crate::store::ranges::FingerprintKey;
 use crate::sync::SyncSettings;
 
 /// `v` if within `min..=max`, else an error naming `key` and the range.
@@ -126,6 +127,7 @@ pub(super) fn validate_replication(
             "must not exceed replication.max_inflight_mb",
         ));
     }
+    let fingerprint_key = fingerprint_key(raw)?;
     let mut settings = ReplicationSettings {
         advertise,
         peers: Vec::new(),
@@ -158,6 +160,10 @@ pub(super) fn validate_replication(
             },
             // Replicas pull; a write concern is what clients' pushes ask.
             write_concern: Default::default(),
+            reconcile_interval: match (raw.reconcile_interval_ms, &fingerprint_key) {
+                (0, _) | (_, None) => None,
+                (v, Some(_)) => Some(ms("replication.reconcile_interval_ms", v, 1_000)?),
+            },
         },
         max_inflight_bytes,
         max_peer_inflight_bytes,
@@ -170,9 +176,36 @@ pub(super) fn validate_replication(
             0 => None,
             v => Some(ms("replication.config_poll_ms", v, 100)?),
         },
+        fingerprint_key,
     };
     settings.peers = settings.select(peers);
     Ok(settings)
+}
+
+/// The fingerprint key, from the config or its file.
+fn fingerprint_key(raw: &RawReplication) -> Result<Option<FingerprintKey>, ConfigError> {
+    match (
+        raw.fingerprint_key.as_str(),
+        raw.fingerprint_key_file.as_str(),
+    ) {
+        ("", "") => Ok(None),
+        (key, "") => FingerprintKey::parse(key)
+            .map(Some)
+            .map_err(|e| invalid("replication.fingerprint_key", e)),
+        ("", path) => {
+            let key = "replication.fingerprint_key_file";
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| invalid(key, format!("cannot read {path}: {e}")))?;
+            FingerprintKey::parse(&text)
+                .map(Some)
+                .map_err(|e| invalid(key, format!("{path}: {e}")))
+        }
+        _ => Err(invalid(
+            "replication.fingerprint_key_file",
+            "set either replication.fingerprint_key or replication.fingerprint_key_file, \
+             not both",
+        )),
+    }
 }
 
 /// Normalises `host:port` (an `http://` prefix is allowed) and checks its shape.

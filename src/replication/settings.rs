@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use crate::store::ranges::FingerprintKey;
 use crate::sync::SyncSettings;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +30,9 @@ pub struct ReplicationSettings {
     /// How often the config file is checked for changes; `None`: only on
     /// SIGHUP (see [`crate::config::reload`]).
     pub config_poll: Option<Duration>,
+    /// The key of the store's range fingerprints; `None`: no set
+    /// reconciliation.
+    pub fingerprint_key: Option<FingerprintKey>,
 }
 
 impl ReplicationSettings {

@@ -68,6 +68,16 @@ impl<H: Hooks> Store for Decorated<H> {
     fn checkpoint(&self, dir: &std::path::Path) -> Result<(), StoreError> {
         self.inner.checkpoint(dir)
     }
+    fn ranges(&self) -> Option<&crate::store::ranges::RangeIndex> {
+        self.inner.ranges()
+    }
+    fn range_ids(
+        &self,
+        range: &crate::store::ranges::KeyRange,
+        limit: usize,
+    ) -> Result<Vec<(Namespace, EntryId)>, StoreError> {
+        self.inner.range_ids(range, limit)
+    }
     fn contains(&self, ns: &Namespace, ids: &[EntryId]) -> Result<Vec<bool>, StoreError> {
         self.inner.contains(ns, ids)
     }

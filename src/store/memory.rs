@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
+use super::ranges::{FingerprintKey, KeyRange, RangeIndex, ns_key};
 use super::{
     Appended, CursorRecord, CursorUpdate, Incarnation, LogRecord, MergeBySeq, Seq, Store,
     StoreError, StoreStats, Usage, distinct,
@@ -22,6 +23,7 @@ pub struct MemoryStore {
     inner: RwLock<Inner>,
     /// See [`Store::log_records_read`].
     records_read: AtomicU64,
+    ranges: Option<RangeIndex>,
 }
 
 #[derive(Default)]
@@ -42,6 +44,15 @@ impl MemoryStore {
             incarnation: Incarnation::random(),
             inner: RwLock::new(Inner::default()),
             records_read: AtomicU64::new(0),
+            ranges: None,
+        }
+    }
+
+    /// A store that keeps range fingerprints under `key`.
+    pub fn with_fingerprints(key: FingerprintKey) -> Self {
+        Self {
+            ranges: Some(RangeIndex::new(key)),
+            ..Self::new()
         }
     }
 
@@ -117,7 +128,43 @@ impl Store for MemoryStore {
         if let Some(update) = cursor {
             inner.cursors.insert(update.peer.clone(), update.record);
         }
+        if let Some(index) = &self.ranges {
+            let stored = entries.iter().zip(&out);
+            index.insert(
+                stored
+                    .filter(|(_, a)| matches!(a, Appended::Stored(_)))
+                    .map(|(e, _)| (&e.namespace, &e.id)),
+            );
+        }
         Ok(out)
+    }
+
+    fn ranges(&self) -> Option<&RangeIndex> {
+        self.ranges.as_ref()
+    }
+
+    fn range_ids(
+        &self,
+        range: &KeyRange,
+        limit: usize,
+    ) -> Result<Vec<(Namespace, EntryId)>, StoreError> {
+        let inner = self.read();
+        let mut keyed: Vec<(Vec<u8>, &Namespace, &EntryId)> = Vec::new();
+        for (ns, ids) in &inner.entries {
+            let prefix = ns_key(ns);
+            for id in ids.keys() {
+                let key = [prefix.as_slice(), &id.0].concat();
+                if key >= range.lo && range.below_hi(&key) {
+                    keyed.push((key, ns, id));
+                }
+            }
+        }
+        keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        keyed.truncate(limit);
+        Ok(keyed
+            .into_iter()
+            .map(|(_, ns, id)| (ns.clone(), *id))
+            .collect())
     }
 
     fn contains(&self, ns: &Namespace, ids: &[EntryId]) -> Result<Vec<bool>, StoreError> {

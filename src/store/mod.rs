@@ -23,6 +23,7 @@ mod conformance;
 pub mod decorated;
 mod group_sync;
 pub mod memory;
+pub mod ranges;
 pub mod rocks;
 pub mod scrub;
 
@@ -339,6 +340,26 @@ pub trait Store: Send + Sync + 'static {
     /// fsyncs [`Self::sync`] has run since the store was opened.
     fn syncs(&self) -> u64 {
         0
+    }
+
+    /// The fingerprints of the store's key ranges, when it keeps them
+    /// (it was given a [`ranges::FingerprintKey`]): what set
+    /// reconciliation compares.
+    fn ranges(&self) -> Option<&ranges::RangeIndex> {
+        None
+    }
+
+    /// The entries stored in `range`, in key order (`ns ‖ id`), at most
+    /// `limit`.
+    fn range_ids(
+        &self,
+        range: &ranges::KeyRange,
+        limit: usize,
+    ) -> Result<Vec<(Namespace, EntryId)>, StoreError> {
+        let _ = (range, limit);
+        Err(StoreError::Unsupported(
+            "this store does not list its entries by key range",
+        ))
     }
 
     /// Takes a consistent copy of the store into `dir` (which must not

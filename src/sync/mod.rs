@@ -55,6 +55,9 @@ pub struct SyncSettings {
     /// What each push's puts ask of the peer: how many replicas hold a
     /// batch before it is acknowledged.
     pub write_concern: WriteConcern,
+    /// How often a pair compares its whole sets (jittered); `None`: only
+    /// when a cursor is refused, after a bootstrap, or on demand.
+    pub reconcile_interval: Option<Duration>,
 }
 
 impl Default for SyncSettings {
@@ -67,6 +70,7 @@ impl Default for SyncSettings {
             backoff_max: Duration::from_secs(10),
             relay_delay: Duration::ZERO,
             write_concern: WriteConcern::default(),
+            reconcile_interval: None,
         }
     }
 }

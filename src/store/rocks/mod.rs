@@ -47,6 +47,7 @@ use rocksdb::{
 };
 
 use super::group_sync::GroupSync;
+use super::ranges::{FingerprintKey, KeyRange, RangeIndex};
 use super::{
     Appended, CursorRecord, CursorUpdate, DocRange, DocRecord, Incarnation, LogRecord, Seq, Store,
     StoreError, StoreStats, Usage, decode_cursor, encode_cursor, scan_doc_records,
@@ -108,6 +109,9 @@ pub struct RocksConfig {
     /// Flushes and compactions write past the page cache (see `direct.rs`),
     /// when the data directory's filesystem takes direct I/O.
     pub direct_io: bool,
+    /// Keep range fingerprints under this key (see [`super::ranges`]),
+    /// rebuilt from the `ids` family on open.
+    pub fingerprint_key: Option<FingerprintKey>,
 }
 
 impl RocksConfig {
@@ -121,6 +125,7 @@ impl RocksConfig {
             node: None,
             index_documents: false,
             direct_io: true,
+            fingerprint_key: None,
         }
     }
 }
@@ -143,6 +148,8 @@ pub struct RocksStore {
     direct_io: bool,
     /// See [`Store::log_records_read`].
     records_read: AtomicU64,
+    /// See [`RocksConfig::fingerprint_key`].
+    ranges: Option<RangeIndex>,
 }
 
 impl RocksStore {
@@ -252,7 +259,7 @@ impl RocksStore {
             false if docs_existed => docindex::forget_built(&db)?,
             false => {}
         }
-        Ok(Self {
+        Self {
             db,
             incarnation,
             head: AtomicU64::new(head),
@@ -264,7 +271,36 @@ impl RocksStore {
             index_documents: config.index_documents,
             direct_io,
             records_read: AtomicU64::new(0),
-        })
+            ranges: None,
+        }
+        .with_ranges(config.fingerprint_key.clone())
+    }
+
+    /// Builds the fingerprint index from the `ids` family.
+    fn with_ranges(mut self, key: Option<FingerprintKey>) -> Result<Self, StoreError> {
+        let Some(key) = key else {
+            return Ok(self);
+        };
+        let started = std::time::Instant::now();
+        let index = RangeIndex::new(key);
+        let mut batch: Vec<(Namespace, EntryId)> = Vec::with_capacity(4096);
+        for item in self.db.iterator_cf(self.cf(CF_IDS), IteratorMode::Start) {
+            let (k, _) = item.map_err(backend)?;
+            batch.push(decode_entry_key(&k)?);
+            if batch.len() == batch.capacity() {
+                index.insert(batch.iter().map(|(n, i)| (n, i)));
+                batch.clear();
+            }
+        }
+        index.insert(batch.iter().map(|(n, i)| (n, i)));
+        tracing::info!(
+            entries = self.count.load(Ordering::Relaxed),
+            took_ms = started.elapsed().as_millis() as u64,
+            memory_bytes = index.memory_bytes(),
+            "range fingerprints built"
+        );
+        self.ranges = Some(index);
+        Ok(self)
     }
 
     /// Whether flushes and compactions write past the page cache.
@@ -495,6 +531,14 @@ impl Store for RocksStore {
         }
         self.db.write(batch).map_err(backend)?;
         self.group.wrote();
+        if let Some(index) = &self.ranges {
+            let stored = entries.iter().zip(&out);
+            index.insert(
+                stored
+                    .filter(|(_, a)| matches!(a, Appended::Stored(_)))
+                    .map(|(e, _)| (&e.namespace, &e.id)),
+            );
+        }
         let mut held = self.usage.lock().unwrap_or_else(|e| e.into_inner());
         for (tenant, now) in usage {
             held.insert(tenant.to_owned(), now);
@@ -742,6 +786,35 @@ impl Store for RocksStore {
 
     fn syncs(&self) -> u64 {
         self.group.syncs()
+    }
+
+    fn ranges(&self) -> Option<&RangeIndex> {
+        self.ranges.as_ref()
+    }
+
+    fn range_ids(
+        &self,
+        range: &KeyRange,
+        limit: usize,
+    ) -> Result<Vec<(Namespace, EntryId)>, StoreError> {
+        let mut opts = ReadOptions::default();
+        if let Some(hi) = &range.hi {
+            opts.set_iterate_upper_bound(hi.clone());
+        }
+        let iter = self.db.iterator_cf_opt(
+            self.cf(CF_IDS),
+            opts,
+            IteratorMode::From(&range.lo, Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in iter {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, _) = item.map_err(backend)?;
+            out.push(decode_entry_key(&k)?);
+        }
+        Ok(out)
     }
 
     fn checkpoint(&self, dir: &Path) -> Result<(), StoreError> {
