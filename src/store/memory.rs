@@ -152,9 +152,20 @@ impl Store for MemoryStore {
         let mut keyed: Vec<(Vec<u8>, &Namespace, &EntryId)> = Vec::new();
         for (ns, ids) in &inner.entries {
             let prefix = ns_key(ns);
-            for id in ids.keys() {
+            // The first id at or after `lo` in this namespace.
+            let mut from = [0u8; 32];
+            if let Some(part) = range.lo.strip_prefix(prefix.as_slice()) {
+                let n = part.len().min(32);
+                from[..n].copy_from_slice(&part[..n]);
+            } else if range.lo > prefix {
+                continue;
+            }
+            for id in ids.range(EntryId(from)..).map(|(id, _)| id) {
                 let key = [prefix.as_slice(), &id.0].concat();
-                if key >= range.lo && range.below_hi(&key) {
+                if !range.below_hi(&key) {
+                    break;
+                }
+                if key >= range.lo {
                     keyed.push((key, ns, id));
                 }
             }

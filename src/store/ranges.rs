@@ -364,6 +364,15 @@ impl RangeIndex {
         }
     }
 
+    /// Whether `bound` falls inside a namespace held here, after its
+    /// first key.
+    pub fn cuts(&self, bound: &[u8]) -> bool {
+        self.read()
+            .range::<[u8], _>((Unbounded, Included(bound)))
+            .next_back()
+            .is_some_and(|(k, _)| bound.len() > k.len() && bound.starts_with(k))
+    }
+
     /// Forgets everything (before a rebuild).
     pub fn clear(&self) {
         self.write().clear();
@@ -512,6 +521,11 @@ impl<'a, S: Store + ?Sized> Ranges<'a, S> {
 
     pub fn key(&self) -> &FingerprintKey {
         self.index.key()
+    }
+
+    /// See [`RangeIndex::cuts`].
+    pub fn cuts(&self, bound: &[u8]) -> bool {
+        self.index.cuts(bound)
     }
 
     fn scan(&self) -> impl FnMut(&[u8], &[u8]) -> Result<Vec<EntryId>, StoreError> + '_ {

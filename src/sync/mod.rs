@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod peer;
 pub mod puller;
 pub mod pusher;
+pub mod reconcile;
 mod sink;
 pub mod status;
 
