@@ -25,6 +25,9 @@ pub struct Head {
     pub entry_count: u64,
     pub max_ids_per_request: usize,
     pub max_message_bytes: usize,
+    /// The peer answers `Reconcile` (it advertises it; the previous
+    /// release does not).
+    pub reconcile: bool,
 }
 
 impl Head {

@@ -183,8 +183,15 @@ pub fn head_to_proto(h: &Head) -> proto::HeadResponse {
         instance: Bytes::copy_from_slice(&h.instance),
         max_ids_per_request: h.max_ids_per_request.min(u32::MAX as usize) as u32,
         max_message_bytes: h.max_message_bytes as u64,
+        features: match h.reconcile {
+            true => vec![FEATURE_RECONCILE.to_owned()],
+            false => Vec::new(),
+        },
     }
 }
+
+/// What a head names when the replica answers `Reconcile`.
+pub const FEATURE_RECONCILE: &str = "reconcile";
 
 /// A head as a replica sent it. Replicas from before node identities and
 /// limits were announced send none: the node is then unknown (empty), and
@@ -220,6 +227,7 @@ pub fn head(h: proto::HeadResponse) -> Result<Head> {
         max_message_bytes: usize::try_from(h.max_message_bytes)
             .unwrap_or(usize::MAX)
             .max(64 << 10),
+        reconcile: h.features.iter().any(|f| f == FEATURE_RECONCILE),
     })
 }
 
@@ -495,6 +503,7 @@ mod tests {
             instance: vec![3; 16].into(),
             max_ids_per_request: 10_000,
             max_message_bytes: 1 << 20,
+            features: vec![FEATURE_RECONCILE.into()],
         };
         let record = proto::LogRecord {
             seq: 1,

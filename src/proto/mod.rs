@@ -5,6 +5,7 @@
 
 pub mod codec;
 pub mod convert;
+pub mod reconcile;
 
 #[allow(clippy::all, missing_docs)]
 mod generated {

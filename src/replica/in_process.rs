@@ -15,7 +15,10 @@ use crate::entry::{EntryId, Namespace, PutOutcome};
 use crate::error::Error;
 use crate::log::{Head, WriteConcern};
 use crate::store::PeerCursor;
-use crate::sync::peer::{EntryStream, FollowRequest, LogStream, Peer, PeerError};
+use crate::store::ranges::Scope;
+use crate::sync::local::Local;
+use crate::sync::peer::{EntryStream, FollowRequest, LogStream, Peer, PeerError, ReconcileChannel};
+use crate::sync::reconcile::{Part, Role, Session, SessionLimits};
 
 pub struct LocalPeer {
     name: String,
@@ -114,5 +117,41 @@ impl Peer for LocalPeer {
             .confirmations()
             .confirm(node, at.incarnation, at.seq, namespaces.to_vec());
         Ok(())
+    }
+
+    async fn reconcile(
+        &self,
+        namespaces: &[Namespace],
+    ) -> Result<Box<dyn ReconcileChannel>, PeerError> {
+        let scope = match namespaces.is_empty() {
+            true => Scope::all(),
+            false => Scope::only(namespaces),
+        };
+        Ok(Box::new(InProcessReconcile {
+            replica: self.replica.clone(),
+            session: Some(Session::new(
+                Role::Responder,
+                scope,
+                SessionLimits::default(),
+            )),
+        }))
+    }
+}
+
+/// The replica's side of a session, answered in this process.
+struct InProcessReconcile {
+    replica: Arc<Replica>,
+    session: Option<Session>,
+}
+
+#[async_trait]
+impl ReconcileChannel for InProcessReconcile {
+    async fn round(&mut self, parts: Vec<Part>) -> Result<Vec<Part>, PeerError> {
+        let session = self.session.take().ok_or(PeerError::Closed)?;
+        let (session, answer) = Local::reconcile(&*self.replica, session, Some(parts))
+            .await
+            .map_err(peer_error)?;
+        self.session = Some(session);
+        Ok(answer)
     }
 }

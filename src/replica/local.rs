@@ -12,6 +12,7 @@ use crate::entry::{EntryId, Namespace, Rejection, VerifiedEntry};
 use crate::error::Result;
 use crate::store::{Appended, CursorRecord, CursorUpdate, Seq, StoreStats};
 use crate::sync::local::{Checked, Fatal, Local, LocalIdentity, LogRead, passed};
+use crate::sync::reconcile::{self, Part, Session};
 
 #[async_trait]
 impl Local for Replica {
@@ -95,5 +96,13 @@ impl Local for Replica {
 
     async fn get(&self, ns: Namespace, ids: Vec<EntryId>) -> Result<Vec<Option<Bytes>>> {
         Replica::get(self, ns, ids).await
+    }
+
+    async fn reconcile(
+        &self,
+        session: Session,
+        incoming: Option<Vec<Part>>,
+    ) -> Result<(Session, Vec<Part>)> {
+        reconcile::step(self.store.clone(), session, incoming).await
     }
 }

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use super::ResponseStream;
 use super::backup::{Backups, backup};
+use super::reconcile;
 use crate::access::{AccessPolicy, AdminAccess};
 use crate::identity::Caller;
 use crate::proto;
@@ -101,6 +102,26 @@ impl ReplicationApi for ReplicationService {
         let download = request.into_inner().download;
         let stream = backup(self.replica.clone(), self.backups.as_ref(), download).await?;
         Ok(Response::new(stream))
+    }
+
+    type ReconcileStream = ResponseStream<proto::ReconcileFrame>;
+
+    async fn reconcile(
+        &self,
+        request: Request<tonic::Streaming<proto::ReconcileFrame>>,
+    ) -> Result<Response<Self::ReconcileStream>, Status> {
+        match (Caller::of(&request), self.admin) {
+            (Caller::Peer(_), _) | (_, AdminAccess::Open) => {}
+            _ => {
+                return Err(Status::permission_denied(
+                    "Reconcile is for the mesh's replicas, by their certificates",
+                ));
+            }
+        }
+        Ok(Response::new(reconcile::serve(
+            self.replica.clone(),
+            request.into_inner(),
+        )))
     }
 
     async fn confirm(

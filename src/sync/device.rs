@@ -10,6 +10,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::local::{Checked, Local, LocalIdentity, LogRead, passed};
+use super::reconcile::{Part, Session};
 use crate::entry::{EntryId, Namespace, VerifiedEntry};
 use crate::error::{Error, Result, on_store};
 use crate::policy::{Origin, Policy};
@@ -178,5 +179,13 @@ impl Local for DeviceStore {
 
     async fn get(&self, ns: Namespace, ids: Vec<EntryId>) -> Result<Vec<Option<Bytes>>> {
         self.blocking(move |s| s.get(&ns, &ids)).await
+    }
+
+    async fn reconcile(
+        &self,
+        session: Session,
+        incoming: Option<Vec<Part>>,
+    ) -> Result<(Session, Vec<Part>)> {
+        super::reconcile::step(self.store.clone(), session, incoming).await
     }
 }

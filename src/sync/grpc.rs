@@ -12,10 +12,13 @@ use crate::tls::Reloading;
 
 use super::peer::{
     ConnectOptions, Connector, EntryStream, FollowRequest, LogStream, Peer, PeerError,
+    ReconcileChannel,
 };
+use super::reconcile::Part;
 use crate::auth::RequestSigner;
 use crate::client::{MAX_MESSAGE_BYTES, SignedChannel, endpoint, only_message};
 use bytes::Bytes;
+use prost::Message;
 
 use crate::entry::{EntryId, Namespace, PutOutcome};
 use crate::log::LogBatch;
@@ -231,6 +234,83 @@ impl Peer for GrpcPeer {
             .await
             .map_err(peer_error)?;
         Ok(())
+    }
+
+    async fn reconcile(
+        &self,
+        namespaces: &[Namespace],
+    ) -> Result<Box<dyn ReconcileChannel>, PeerError> {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let outgoing = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let response = self
+            .replication
+            .clone()
+            .reconcile(outgoing)
+            .await
+            .map_err(peer_error)?;
+        Ok(Box::new(GrpcReconcile {
+            tx,
+            incoming: response.into_inner(),
+            namespaces: Some(namespaces.to_vec()),
+            sent: 0,
+            received: 0,
+        }))
+    }
+}
+
+/// A `Reconcile` stream: a round out as frames, the answer back as frames.
+struct GrpcReconcile {
+    tx: tokio::sync::mpsc::Sender<proto::ReconcileFrame>,
+    incoming: tonic::Streaming<proto::ReconcileFrame>,
+    /// Sent with the first round.
+    namespaces: Option<Vec<Namespace>>,
+    sent: u64,
+    received: u64,
+}
+
+/// Bytes of one gRPC message's length prefix.
+const MESSAGE_PREFIX: u64 = 5;
+
+#[async_trait]
+impl ReconcileChannel for GrpcReconcile {
+    async fn round(&mut self, parts: Vec<Part>) -> Result<Vec<Part>, PeerError> {
+        let namespaces = self.namespaces.take().unwrap_or_default();
+        for frame in proto::reconcile::frames(parts, &namespaces) {
+            self.sent += frame.encoded_len() as u64 + MESSAGE_PREFIX;
+            self.tx.send(frame).await.map_err(|_| PeerError::Closed)?;
+        }
+        let mut answer = Vec::new();
+        let mut round_bytes = 0;
+        loop {
+            let frame = self.incoming.message().await.map_err(peer_error)?;
+            let frame = frame.ok_or(PeerError::Closed)?;
+            let len = frame.encoded_len() as u64 + MESSAGE_PREFIX;
+            self.received += len;
+            round_bytes += len;
+            if round_bytes > proto::reconcile::MAX_ROUND_BYTES as u64 {
+                return Err(PeerError::Refused {
+                    code: "ResourceExhausted".into(),
+                    message: format!(
+                        "the peer's reconcile round is over {} bytes",
+                        proto::reconcile::MAX_ROUND_BYTES
+                    ),
+                });
+            }
+            let end = frame.end_of_round;
+            answer.extend(
+                proto::reconcile::parts(frame).map_err(|e| PeerError::Refused {
+                    code: "InvalidArgument".into(),
+                    message: format!("the peer sent a malformed reconcile frame: {e}"),
+                })?,
+            );
+            if end {
+                return Ok(answer);
+            }
+        }
+    }
+
+    fn bytes(&self) -> (u64, u64) {
+        (self.sent, self.received)
     }
 }
 

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use crate::entry::{EntryId, Namespace, Rejection, VerifiedEntry};
 use crate::error::Result;
 use crate::store::{Appended, CursorRecord, CursorUpdate, Incarnation, LogRecord, Seq, StoreStats};
+use crate::sync::reconcile::{Part, Session};
 
 pub use crate::policy::Checked;
 
@@ -109,6 +110,14 @@ pub trait Local: Send + Sync + 'static {
 
     /// The data of each id, if held.
     async fn get(&self, ns: Namespace, ids: Vec<EntryId>) -> Result<Vec<Option<Bytes>>>;
+
+    /// Opens a reconciliation session (`incoming: None`) or answers the
+    /// peer's round, over the local store's range fingerprints.
+    async fn reconcile(
+        &self,
+        session: Session,
+        incoming: Option<Vec<Part>>,
+    ) -> Result<(Session, Vec<Part>)>;
 }
 
 /// A read of the local log.

@@ -12,6 +12,7 @@ use crate::entry::{EntryId, Namespace, PutOutcome};
 pub use crate::log::{EntryChunk, FollowRequest};
 use crate::log::{Head, LogBatch, WriteConcern};
 use crate::store::PeerCursor;
+use crate::sync::reconcile::Part;
 
 /// How a peer is connected to.
 #[derive(Debug, Clone, Copy)]
@@ -115,5 +116,32 @@ pub trait Peer: Send + Sync + 'static {
     ) -> Result<(), PeerError> {
         let _ = (node, at, namespaces);
         Ok(())
+    }
+
+    /// Opens a reconciliation session over `namespaces` (all when empty).
+    /// Only for a peer whose head says it reconciles.
+    async fn reconcile(
+        &self,
+        namespaces: &[Namespace],
+    ) -> Result<Box<dyn ReconcileChannel>, PeerError> {
+        let _ = namespaces;
+        Err(PeerError::Refused {
+            code: "Unimplemented".into(),
+            message: "this peer does not reconcile".into(),
+        })
+    }
+}
+
+/// A reconciliation session open with a peer.
+#[async_trait]
+pub trait ReconcileChannel: Send {
+    /// Sends one round and returns the peer's answer (empty: it has
+    /// nothing more to say).
+    async fn round(&mut self, parts: Vec<Part>) -> Result<Vec<Part>, PeerError>;
+
+    /// Bytes sent and received so far, as encoded on the wire (none in this
+    /// process).
+    fn bytes(&self) -> (u64, u64) {
+        (0, 0)
     }
 }

@@ -13,7 +13,30 @@ pub mod message;
 pub mod session;
 
 pub use message::{Cell, Part, Range};
-pub use session::{LEAF_ITEMS, Role, Session, SessionLimits};
+pub use session::{LEAF_ITEMS, MAX_ROUNDS, Role, Session, SessionLimits};
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::store::Store;
+
+/// Opens a session (`incoming: None`, the initiator's first round) or
+/// answers a round, on the blocking pool.
+pub async fn step(
+    store: Arc<dyn Store>,
+    mut session: Session,
+    incoming: Option<Vec<Part>>,
+) -> Result<(Session, Vec<Part>)> {
+    tokio::task::spawn_blocking(move || {
+        let out = match incoming {
+            None => session.open(&*store)?,
+            Some(parts) => session.answer(&*store, parts)?,
+        };
+        Ok((session, out))
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("reconcile task failed: {e}")))?
+}
 
 #[cfg(test)]
 mod tests {

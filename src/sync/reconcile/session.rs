@@ -20,6 +20,8 @@ use crate::store::ranges::{Fingerprint, KeyRange, Ranges, Scope, prefix_end};
 /// A range with at most this many entries on one side is answered with
 /// its entries rather than split.
 pub const LEAF_ITEMS: u64 = 32;
+/// Rounds one side answers in a session, at most.
+pub const MAX_ROUNDS: u32 = 64;
 /// A range is split in at most this many groups of namespaces.
 const SPAN_FANOUT: usize = 16;
 /// A cell with more entries than this splits in 256, else in 16.
@@ -101,6 +103,13 @@ impl Session {
     ) -> Result<Vec<Part>> {
         let r = ranges(store)?;
         self.rounds += 1;
+        if self.rounds > MAX_ROUNDS {
+            return Err(Error::LimitExceeded {
+                what: "reconcile rounds in one session",
+                got: self.rounds as usize,
+                limit: MAX_ROUNDS as usize,
+            });
+        }
         let mut out = Vec::new();
         for part in incoming {
             match part {
