@@ -174,11 +174,12 @@ pub fn head_to_proto(h: &Head) -> proto::HeadResponse {
         incarnation: Bytes::copy_from_slice(&h.incarnation.0),
         head_seq: h.head_seq,
         entry_count: h.entry_count,
-        cursor: Some(cursor_to_proto(
-            h.incarnation,
-            h.head_seq,
-            h.head_id.as_ref(),
-        )),
+        // A head whose log record is gone (lost on disk) has no cursor
+        // there: the start of the log stands in.
+        cursor: Some(match &h.head_id {
+            Some(id) => cursor_to_proto(h.incarnation, h.head_seq, Some(id)),
+            None => cursor_to_proto(h.incarnation, 0, None),
+        }),
         node: h.node.clone(),
         instance: Bytes::copy_from_slice(&h.instance),
         max_ids_per_request: h.max_ids_per_request.min(u32::MAX as usize) as u32,

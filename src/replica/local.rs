@@ -98,6 +98,10 @@ impl Local for Replica {
         Replica::get(self, ns, ids).await
     }
 
+    fn reconciles(&self) -> bool {
+        self.store.ranges().is_some()
+    }
+
     async fn reconcile(
         &self,
         session: Session,

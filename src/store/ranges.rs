@@ -373,6 +373,11 @@ impl RangeIndex {
             .is_some_and(|(k, _)| bound.len() > k.len() && bound.starts_with(k))
     }
 
+    /// Entries counted, in every namespace.
+    pub fn count(&self) -> u64 {
+        self.read().values().map(|s| s.total.count).sum()
+    }
+
     /// Forgets everything (before a rebuild).
     pub fn clear(&self) {
         self.write().clear();

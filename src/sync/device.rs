@@ -181,6 +181,10 @@ impl Local for DeviceStore {
         self.blocking(move |s| s.get(&ns, &ids)).await
     }
 
+    fn reconciles(&self) -> bool {
+        self.store.ranges().is_some()
+    }
+
     async fn reconcile(
         &self,
         session: Session,

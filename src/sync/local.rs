@@ -111,6 +111,10 @@ pub trait Local: Send + Sync + 'static {
     /// The data of each id, if held.
     async fn get(&self, ns: Namespace, ids: Vec<EntryId>) -> Result<Vec<Option<Bytes>>>;
 
+    /// Whether the local store keeps range fingerprints (and so can
+    /// reconcile).
+    fn reconciles(&self) -> bool;
+
     /// Opens a reconciliation session (`incoming: None`) or answers the
     /// peer's round, over the local store's range fingerprints.
     async fn reconcile(

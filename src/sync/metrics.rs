@@ -20,6 +20,12 @@ pub struct SyncMetrics {
     sessions: IntCounterVec,
     cursor_resets: IntCounterVec,
     connected: IntGaugeVec,
+    reconciles: IntCounterVec,
+    reconcile_rounds: IntCounterVec,
+    reconcile_bytes: IntCounterVec,
+    reconcile_pulled: IntCounterVec,
+    reconcile_pushed: IntCounterVec,
+    last_reconcile: GaugeVec,
 }
 
 /// Error kinds, the `kind` label of `peer_errors_total`.
@@ -47,6 +53,12 @@ pub struct PeerHandles {
     pub sessions: IntCounter,
     pub cursor_resets: IntCounter,
     pub connected: IntGauge,
+    pub reconciles: IntCounter,
+    pub reconcile_rounds: IntCounter,
+    pub reconcile_bytes: IntCounter,
+    pub reconcile_pulled: IntCounter,
+    pub reconcile_pushed: IntCounter,
+    pub last_reconcile: Gauge,
     errors: IntCounterVec,
     peer: String,
 }
@@ -139,6 +151,30 @@ impl SyncMetrics {
                 "peer_connected",
                 "1 while a replication session with the peer is streaming",
             ),
+            reconciles: ivec(
+                "peer_reconcile_sessions_total",
+                "Set reconciliations completed with a peer",
+            ),
+            reconcile_rounds: ivec(
+                "peer_reconcile_rounds_total",
+                "Round trips of set reconciliations with a peer",
+            ),
+            reconcile_bytes: ivec(
+                "peer_reconcile_bytes_total",
+                "Bytes of reconcile frames exchanged with a peer, both ways",
+            ),
+            reconcile_pulled: ivec(
+                "peer_reconcile_pulled_total",
+                "Entries a reconciliation found this replica lacked, and pulled from the peer",
+            ),
+            reconcile_pushed: ivec(
+                "peer_reconcile_pushed_total",
+                "Entries a reconciliation found the peer lacked, and pushed to it",
+            ),
+            last_reconcile: gauge(
+                "peer_last_reconcile_timestamp_seconds",
+                "Unix time of the last complete reconciliation with a peer",
+            ),
         }
     }
 
@@ -156,6 +192,12 @@ impl SyncMetrics {
             sessions: self.sessions.with_label_values(&[peer]),
             cursor_resets: self.cursor_resets.with_label_values(&[peer]),
             connected: self.connected.with_label_values(&[peer]),
+            reconciles: self.reconciles.with_label_values(&[peer]),
+            reconcile_rounds: self.reconcile_rounds.with_label_values(&[peer]),
+            reconcile_bytes: self.reconcile_bytes.with_label_values(&[peer]),
+            reconcile_pulled: self.reconcile_pulled.with_label_values(&[peer]),
+            reconcile_pushed: self.reconcile_pushed.with_label_values(&[peer]),
+            last_reconcile: self.last_reconcile.with_label_values(&[peer]),
             errors: self.errors.clone(),
             peer: peer.to_owned(),
         }
@@ -172,6 +214,16 @@ impl SyncMetrics {
         let _ = self.sessions.remove_label_values(&[peer]);
         let _ = self.cursor_resets.remove_label_values(&[peer]);
         let _ = self.connected.remove_label_values(&[peer]);
+        for v in [
+            &self.reconciles,
+            &self.reconcile_rounds,
+            &self.reconcile_bytes,
+            &self.reconcile_pulled,
+            &self.reconcile_pushed,
+        ] {
+            let _ = v.remove_label_values(&[peer]);
+        }
+        let _ = self.last_reconcile.remove_label_values(&[peer]);
         for kind in ERROR_KINDS {
             let _ = self.errors.remove_label_values(&[peer, kind]);
         }

@@ -26,7 +26,10 @@
 //! Entry data held by a pull is bounded by a [`PeerBudget`]; the sink
 //! (`super::sink`) verifies and commits it in log order.
 
+mod reconcile;
 mod stream;
+
+pub use reconcile::Reconciled;
 
 use std::sync::{Arc, Mutex};
 
@@ -70,6 +73,18 @@ struct Link {
     settings: SyncSettings,
     _claim: Claim,
     span: tracing::Span,
+    /// When the next periodic reconciliation is due, if this pair
+    /// reconciles periodically.
+    reconcile_at: Option<Instant>,
+}
+
+/// Where a worker goes after a reconciliation.
+enum After {
+    /// Follow the peer's log from this position (its head before the
+    /// session), persisted first.
+    Follow(Option<PeerCursor>),
+    /// Back to the cursor it had.
+    CheckCursor,
 }
 
 enum State {
@@ -79,6 +94,7 @@ enum State {
     Follow(Link, Option<PeerCursor>),
     Rescan(Link, PeerCursor),
     Reset(Link, String),
+    Reconcile(Link, After),
     Backoff(SyncError),
     Paused(String),
 }
@@ -92,6 +108,7 @@ impl State {
             Self::Follow(..) => "follow",
             Self::Rescan(..) => "rescan",
             Self::Reset(..) => "reset",
+            Self::Reconcile(..) => "reconcile",
             Self::Backoff(_) => "backoff",
             Self::Paused(_) => "paused",
         }
@@ -106,6 +123,8 @@ enum End {
     Reached,
     /// The namespace filter changed: check the cursor again.
     Refiltered(SyncSettings),
+    /// A periodic reconciliation is due.
+    ReconcileDue,
 }
 
 enum Mode {
@@ -231,12 +250,13 @@ impl Worker {
                         State::Follow(link, at)
                     }
                     Ok(End::Refiltered(s)) => self.refilter(link, s),
-                    Ok(End::Reached) => State::Follow(link, from),
+                    Ok(End::Reached | End::ReconcileDue) => State::Follow(link, from),
                     Err(e) => self.on_error(link, e),
                 }
             }
             State::Follow(link, from) => match self.stream(&link, from, Mode::Follow).await {
                 Ok(End::Refiltered(s)) => self.refilter(link, s),
+                Ok(End::ReconcileDue) => State::Reconcile(link, After::CheckCursor),
                 Ok(_) => State::CheckCursor(link),
                 Err(e) => self.on_error(link, e),
             },
@@ -257,6 +277,31 @@ impl Worker {
                     .instrument(span)
                     .await
                     .unwrap_or_else(State::Backoff)
+            }
+            State::Reconcile(mut link, after) => {
+                let span = link.span.clone();
+                span.record("state", "reconcile");
+                let why = match after {
+                    After::Follow(_) => "no usable cursor into the peer",
+                    After::CheckCursor => "periodic",
+                };
+                match self.reconcile(&link, why).instrument(span).await {
+                    Err(e) => State::Backoff(e),
+                    Ok(_) => {
+                        self.progressed = true;
+                        link.reconcile_at = self.next_reconcile(&link.settings);
+                        match after {
+                            After::CheckCursor => State::CheckCursor(link),
+                            After::Follow(at) => match at {
+                                Some(at) => match self.persist_cursor(&link, at).await {
+                                    Ok(()) => State::Follow(link, Some(at)),
+                                    Err(e) => State::Backoff(e),
+                                },
+                                None => State::Follow(link, None),
+                            },
+                        }
+                    }
+                }
             }
             State::Backoff(e) => {
                 self.back_off(e).await;
@@ -337,10 +382,15 @@ impl Worker {
             s.shares_incarnation = shares;
             s.is_self = false;
         });
+        let reconcile_at = match head.reconcile && self.p.local.reconciles() {
+            true => self.next_reconcile(&settings),
+            false => None,
+        };
         Ok(Ok(Link {
             head,
             bootstrap: None,
             node,
+            reconcile_at,
             settings,
             _claim: claim,
             span,
@@ -361,7 +411,19 @@ impl Worker {
                 return State::Bootstrap(link, None);
             }
         }
+        // Compare the two sets instead of reading the peer's whole log.
+        if self.can_reconcile(&link) {
+            let at = link.head.cursor();
+            return State::Reconcile(link, After::Follow(at));
+        }
         State::Follow(link, None)
+    }
+
+    /// When the next periodic reconciliation is due: about one interval
+    /// from now, jittered so pairs do not run in step.
+    fn next_reconcile(&self, settings: &SyncSettings) -> Option<Instant> {
+        let every = settings.reconcile_interval?;
+        Some(Instant::now() + every / 2 + self.p.env.jitter(every))
     }
 
     async fn check_cursor(&self, link: Link) -> Result<State, SyncError> {

@@ -27,6 +27,10 @@ pub struct PeerStatus {
     pub entries_pulled: u64,
     pub last_success: Option<SystemTime>,
     pub last_error: Option<String>,
+    /// When the last reconciliation with the peer completed, and what it
+    /// found.
+    pub last_reconcile: Option<SystemTime>,
+    pub last_reconcile_result: Option<String>,
     /// The peer is another process with this replica's incarnation: one
     /// data directory was copied to both.
     pub shares_incarnation: bool,

@@ -17,6 +17,7 @@ mod mesh;
 mod ops;
 mod p2p;
 mod powerloss;
+mod reconcile;
 mod secrets;
 mod store_api;
 mod sync;

@@ -293,8 +293,30 @@ impl RocksStore {
             }
         }
         index.insert(batch.iter().map(|(n, i)| (n, i)));
+        // The index counts what the `ids` family holds: a count that says
+        // otherwise lost entries (or gained them) outside this store.
+        let counted = index.count();
+        let recorded = self.count.load(Ordering::Acquire);
+        if counted != recorded {
+            tracing::warn!(
+                counted,
+                recorded,
+                "the store holds a different number of entries than it recorded (entries lost \
+                 or damaged on disk); recording what it holds, and reconciliation with the \
+                 peers brings back what is missing"
+            );
+            self.db
+                .put_cf_opt(
+                    self.cf(CF_META),
+                    KEY_COUNT,
+                    counted.to_be_bytes(),
+                    &synced(),
+                )
+                .map_err(backend)?;
+            self.count.store(counted, Ordering::Release);
+        }
         tracing::info!(
-            entries = self.count.load(Ordering::Relaxed),
+            entries = counted,
             took_ms = started.elapsed().as_millis() as u64,
             memory_bytes = index.memory_bytes(),
             "range fingerprints built"

@@ -18,6 +18,17 @@ use crate::sync::peer::{FollowRequest, PeerError};
 use crate::sync::sink::{Report, Sink};
 
 impl Worker {
+    /// Where a sink of this worker reports.
+    pub(super) fn report(&self) -> Report {
+        Report {
+            handles: self.handles.clone(),
+            inflight_gauge: self.p.metrics.pull_inflight_bytes.clone(),
+            status: self.p.status.clone(),
+            caught_up_at: self.caught_up_at.clone(),
+            env: self.p.env.clone(),
+        }
+    }
+
     /// Streams the peer's log in one mode until it ends or fails.
     pub(super) async fn stream(
         &mut self,
@@ -68,17 +79,10 @@ impl Worker {
             Mode::Rescan(until) => Some(until),
             _ => None,
         };
-        let report = Report {
-            handles: self.handles.clone(),
-            inflight_gauge: self.p.metrics.pull_inflight_bytes.clone(),
-            status: self.p.status.clone(),
-            caught_up_at: self.caught_up_at.clone(),
-            env: self.p.env.clone(),
-        };
         let mut sink = Sink::new(
             self.p.local.clone(),
             self.p.budget.clone(),
-            report,
+            self.report(),
             link.node.clone(),
             self.scope(link),
             until.or(from).map_or(0, |c| c.seq),
@@ -99,6 +103,8 @@ impl Worker {
         // session waits out the rest of the idle timeout.
         let mut last_heard = tokio::time::Instant::now();
         let mut silent = false;
+        // A periodic reconciliation ends a follow session when it is due.
+        let reconcile_at = link.reconcile_at.filter(|_| matches!(mode, Mode::Follow));
         let result = loop {
             let idle = settings.borrow().session_idle_timeout;
             let wait_until = last_heard + if silent { idle } else { idle / 2 };
@@ -109,6 +115,14 @@ impl Worker {
                         break Err(e);
                     }
                     continue;
+                }
+                _ = sleep_until_some(reconcile_at), if reconcile_at.is_some() => {
+                    if let Some((cursor, head_seq)) = unsaved.take()
+                        && let Err(e) = sink.seal(Some(cursor), head_seq).await
+                    {
+                        break Err(e);
+                    }
+                    break sink.drain().await.map(|_| End::ReconcileDue);
                 }
                 changed = settings.changed(), if settings_open => {
                     if changed.is_err() {
@@ -237,7 +251,7 @@ impl Worker {
     /// accepts; entries another worker is fetching are waited for (and
     /// fetched here only if that fails), so a body crosses once and the
     /// cursor never passes an entry that is not stored.
-    async fn fetch_and_store(
+    pub(super) async fn fetch_and_store(
         &self,
         link: &Link,
         sink: &mut Sink,
@@ -363,3 +377,10 @@ impl Worker {
 
 /// How long a cursor moved by batches that stored nothing may go unsaved.
 const CURSOR_PERSIST_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

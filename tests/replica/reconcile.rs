@@ -1,0 +1,181 @@
+//! Set reconciliation between replicas: what cursor pull cannot see (data a
+//! replica lost silently, a peer restored from a backup) is found by
+//! comparing the two sets, and only the difference moves. A replica that
+//! does not reconcile is still kept in sync by cursor pull.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use mindoo_replica::entry::EntryId;
+
+use crate::harness::*;
+
+/// The key the test meshes share.
+const KEY: &str = "4f1c3a9e8b7d6c5f4e3d2c1b0a99887766554433221100ffeeddccbbaa998877";
+
+/// The mesh's config: a shared fingerprint key and a reconciliation every
+/// second.
+fn reconciling(c: &mut mindoo_replica::config::RawConfig) {
+    c.replication.fingerprint_key = KEY.into();
+    c.replication.reconcile_interval_ms = 1000;
+}
+
+async fn restart(dir: &Path, addr: SocketAddr, all: &[SocketAddr]) -> TestReplica {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let peers: Vec<String> = all.iter().map(|a| a.to_string()).collect();
+    TestReplica::start_on(dir, listener, |c| {
+        c.replication.peers = peers;
+        c.replication.advertise = addr.to_string();
+        reconciling(c);
+    })
+    .await
+}
+
+/// Deletes entries from a stopped replica's RocksDB, every row of them, as
+/// a lost table file would: the store is not told.
+fn lose(dir: &Path, ids: &[EntryId]) {
+    let opts = rocksdb::Options::default();
+    let families = rocksdb::DB::list_cf(&opts, dir).unwrap();
+    let db = rocksdb::DB::open_cf(&opts, dir, &families).unwrap();
+    let mut ns_key = Vec::new();
+    ns().encode_key(&mut ns_key);
+    for id in ids {
+        let key = [ns_key.as_slice(), &id.0].concat();
+        let cf = |name| db.cf_handle(name).unwrap();
+        let seq = db.get_cf(cf("ids"), &key).unwrap().expect("stored");
+        db.delete_cf(cf("ids"), &key).unwrap();
+        db.delete_cf(cf("bodies"), &seq).unwrap();
+        db.delete_cf(cf("log"), &seq).unwrap();
+        db.delete_cf(cf("nslog"), [ns_key.as_slice(), &seq].concat())
+            .unwrap();
+    }
+    db.flush_cf(db.cf_handle("ids").unwrap()).unwrap();
+}
+
+async fn wait_for_metric(replica: &TestReplica, series: &str, at_least: f64, secs: u64) -> f64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let text = replica.metrics_text().await;
+        let value = try_metric(&text, series).unwrap_or(0.0);
+        if value >= at_least {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} is {value}, expected at least {at_least}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_lost_silently_come_back_by_reconciliation_with_no_cursor_moving() {
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut replicas = mesh_with(&dirs, |_, c| reconciling(c)).await;
+    let addrs: Vec<SocketAddr> = replicas.iter().map(|r| r.addr).collect();
+    let all = entries(1000);
+    replicas[0].client().await.put(&all).await.unwrap();
+    replicas[1].wait_for_count(1000, 20).await;
+    let a_node = addrs[0].to_string();
+    wait_for_cursor(&replicas[1], &a_node, 1000, 20).await;
+
+    replicas.remove(1).stop().await.unwrap();
+    // Scattered, the log's head among them neither way round: cursors
+    // into the store stay valid.
+    let lost: Vec<EntryId> = all[..990].iter().step_by(27).map(|e| e.id).collect();
+    lose(dirs[1].path(), &lost);
+    let b = restart(dirs[1].path(), addrs[1], &addrs).await;
+    let at_start = b.entry_count().await;
+    assert_eq!(
+        at_start,
+        1000 - lost.len() as u64,
+        "the restarted replica counts what it holds"
+    );
+    // Cursor pull cannot bring them back: the cursors are past them. The
+    // next reconciliation of the pair does, whichever side runs it.
+    b.wait_for_count(1000, 30).await;
+    let b_node = addrs[1].to_string();
+    let pulled = try_metric(
+        &b.metrics_text().await,
+        &format!("mindoo_replica_peer_reconcile_pulled_total{{peer=\"{a_node}\"}}"),
+    );
+    let pushed = try_metric(
+        &replicas[0].metrics_text().await,
+        &format!("mindoo_replica_peer_reconcile_pushed_total{{peer=\"{b_node}\"}}"),
+    );
+    assert_eq!(
+        pulled.unwrap_or(0.0) + pushed.unwrap_or(0.0),
+        lost.len() as f64,
+        "exactly what was lost moved (pulled by b {pulled:?}, pushed by a {pushed:?})"
+    );
+    assert_holds_exactly(&b, &ns(), &all).await;
+    let cursor = peer_status(&b)
+        .await
+        .peers
+        .into_iter()
+        .find(|p| p.peer == a_node)
+        .expect("a is a peer")
+        .cursor_seq;
+    assert_eq!(cursor, 1000, "no cursor moved");
+    b.stop().await.unwrap();
+    replicas.remove(0).stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_does_not_reconcile_is_kept_in_sync_by_cursor_pull() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    // Replica 2 runs without a fingerprint key, as the previous release
+    // does: its head advertises nothing.
+    let replicas = mesh_with(&dirs, |i, c| {
+        if i < 2 {
+            reconciling(c)
+        }
+    })
+    .await;
+    let all = entries(900);
+    for (i, r) in replicas.iter().enumerate() {
+        r.client()
+            .await
+            .put(&all[i * 300..(i + 1) * 300])
+            .await
+            .unwrap();
+    }
+    for r in &replicas {
+        r.wait_for_count(900, 30).await;
+        assert_holds_exactly(r, &ns(), &all).await;
+    }
+    // The two that reconcile do so with each other, never with replica 2,
+    // and no session with it fails.
+    let old = replicas[2].addr.to_string();
+    let mid = replicas[1].addr.to_string();
+    wait_for_metric(
+        &replicas[0],
+        &format!("mindoo_replica_peer_reconcile_sessions_total{{peer=\"{mid}\"}}"),
+        1.0,
+        10,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for r in &replicas[..2] {
+        let text = r.metrics_text().await;
+        let with_old = try_metric(
+            &text,
+            &format!("mindoo_replica_peer_reconcile_sessions_total{{peer=\"{old}\"}}"),
+        );
+        assert_eq!(
+            with_old,
+            Some(0.0),
+            "no reconciliation with the old replica"
+        );
+        let errors: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("mindoo_replica_peer_errors_total{") && l.contains(&old))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert_eq!(errors, 0.0, "errors with the old replica:\n{text}");
+    }
+    for r in replicas {
+        r.stop().await.unwrap();
+    }
+}
