@@ -154,6 +154,10 @@ enum BenchCommand {
     /// its volume and streamed into a file, beside a plain copy; a restore
     /// of the file and a scrub of the restored store.
     Backup(bench::BackupOptions),
+    /// Two sides holding N entries each reconcile d random differences over
+    /// loopback gRPC, beside negentropy on the same sets; the fingerprint
+    /// index's memory and rebuild time.
+    Reconcile(bench::ReconcileOptions),
     /// An empty replica pulls every entry from one peer; then the idle pair's keepalive bytes.
     Bootstrap {
         #[arg(long, default_value_t = 1_000_000)]
@@ -334,6 +338,7 @@ async fn run_bench(command: BenchCommand, exe: PathBuf) -> anyhow::Result<()> {
         BenchCommand::Client(opts) => bench::client(opts, exe).await,
         BenchCommand::Filtered(opts) => bench::filtered(opts, exe).await,
         BenchCommand::Backup(opts) => bench::backup(opts, exe).await,
+        BenchCommand::Reconcile(opts) => bench::reconcile(opts, exe).await,
         BenchCommand::Bootstrap {
             entries,
             size,

@@ -334,6 +334,10 @@ there still replaces the rendered one).
 {{- with $v.topology.namespaces -}}
 {{- $_ := set $replication "namespaces" . -}}
 {{- end -}}
+{{- if $v.secrets.enabled -}}
+{{- $_ := set $replication "fingerprint_key_file" "/etc/mindoo-replica/secrets/fingerprint.key" -}}
+{{- $_ := set $replication "reconcile_interval_ms" (int $v.topology.reconcileIntervalMs) -}}
+{{- end -}}
 {{- $cfg := dict "server" $server "storage" $storage "replication" $replication "log" $log -}}
 {{- if $v.tls.enabled -}}
 {{- $dir := include "mindoo-replica.tlsDir" .ctx -}}

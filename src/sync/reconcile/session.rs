@@ -90,7 +90,11 @@ impl Session {
         let all = Range::all();
         let fp = r.fingerprint(&all.keys(), &self.scope)?;
         let mut out = Vec::new();
-        self.offer(&r, all, fp, &mut out)?;
+        match fp.count <= LEAF_ITEMS {
+            true => self.offer(&r, all, fp, &mut out)?,
+            // Equal sets end here, after one fingerprint each way.
+            false => out.push(Part::Fingerprint { range: all, fp }),
+        }
         Ok(out)
     }
 

@@ -11,6 +11,7 @@ mod hostile;
 mod missing;
 mod propagation;
 mod push;
+mod reconcile;
 
 pub use append::{AppendOptions, append};
 pub use backup::{BackupOptions, backup};
@@ -21,6 +22,7 @@ pub use hostile::{Attack, HostileOptions, hostile};
 pub use missing::{MissingOptions, missing_ids};
 pub use propagation::{PropagationOptions, propagation};
 pub use push::{PushOptions, push};
+pub use reconcile::{ReconcileOptions, reconcile};
 
 use std::pin::Pin;
 use std::sync::Arc;
