@@ -314,6 +314,9 @@ def effective_replication_settings(m: Mesh) -> dict[str, str]:
     cfg = m.work / "config.toml"
     cfg.write_bytes(m.render.configmap_data(source)["config.toml"])
     env = dict(os.environ)
+    # The fingerprint key is a file of the pods' Secret, which the binary
+    # reads when it loads the config; the settings shown do not depend on it.
+    env["MINDOO_REPLICA__REPLICATION__FINGERPRINT_KEY_FILE"] = ""
     if m.certs is not None:
         # [tls] names files inside the pods, which the binary checks when it
         # loads the config; the replication settings do not depend on them.

@@ -179,3 +179,89 @@ async fn a_replica_that_does_not_reconcile_is_kept_in_sync_by_cursor_pull() {
         r.stop().await.unwrap();
     }
 }
+
+/// A raw `Reconcile` stream to `replica`: sends `frames`, returns the
+/// status the replica ends it with.
+async fn send_frames(
+    replica: &TestReplica,
+    frames: Vec<mindoo_replica::proto::ReconcileFrame>,
+) -> tonic::Status {
+    use mindoo_replica::proto::replication_client::ReplicationClient;
+    let mut client = ReplicationClient::new(replica.channel().await);
+    let outgoing = futures::stream::iter(frames);
+    let mut answers = match client.reconcile(outgoing).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => return status,
+    };
+    loop {
+        match answers.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the replica answered the stream to its end"),
+            Err(status) => return status,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_endless_reconcile_rounds_are_cut_off_and_the_replica_carries_on() {
+    use mindoo_replica::proto::{self, reconcile_part::Part};
+    let dir = tempfile::tempdir().unwrap();
+    let replica = TestReplica::start(dir.path(), reconciling).await;
+    replica.client().await.put(&entries(100)).await.unwrap();
+
+    // A split whose sums do not fit its bits.
+    let bad = proto::ReconcileFrame {
+        parts: vec![proto::ReconcilePart {
+            part: Some(Part::Split(proto::RangeSplit {
+                bits: 8,
+                sums: vec![0; 3],
+                counts: vec![0; 3],
+                ..Default::default()
+            })),
+        }],
+        end_of_round: true,
+        ..Default::default()
+    };
+    let status = send_frames(&replica, vec![bad]).await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("split of 8 bits"), "{status:?}");
+
+    // A round that never ends: frames of keys, never the last.
+    let frame = proto::ReconcileFrame {
+        parts: (0..2000)
+            .map(|_| proto::ReconcilePart {
+                part: Some(Part::Want(proto::RangeKeys {
+                    range: Some(proto::ReconcileRange {
+                        range: Some(proto::reconcile_range::Range::Span(proto::KeySpan {
+                            lo: Default::default(),
+                            hi: None,
+                        })),
+                    }),
+                    keys: vec![7; 8],
+                })),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let endless = std::iter::repeat_n(frame, 400).collect();
+    let status = send_frames(&replica, endless).await;
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("reconcile round"), "{status:?}");
+
+    // The replica still answers a well-formed session.
+    let head = replica.client().await.head().await.unwrap();
+    assert_eq!(head.entry_count, 100);
+    let fine = proto::ReconcileFrame {
+        end_of_round: true,
+        ..Default::default()
+    };
+    let mut client = proto::replication_client::ReplicationClient::new(replica.channel().await);
+    let mut answers = client
+        .reconcile(futures::stream::iter(vec![fine]))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().expect("an answer");
+    assert!(answer.end_of_round && answer.parts.is_empty());
+    replica.stop().await.unwrap();
+}
