@@ -80,6 +80,11 @@ impl ReplicationApi for ReplicationService {
                 address: s.address,
                 state: s.state.to_owned(),
                 shares_incarnation: s.shares_incarnation,
+                last_reconcile_unix_ms: s
+                    .last_reconcile
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_millis() as i64),
+                last_reconcile: s.last_reconcile_result.unwrap_or_default(),
             })
             .collect();
         Ok(Response::new(proto::PeerStatusResponse {

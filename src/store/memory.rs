@@ -129,12 +129,7 @@ impl Store for MemoryStore {
             inner.cursors.insert(update.peer.clone(), update.record);
         }
         if let Some(index) = &self.ranges {
-            let stored = entries.iter().zip(&out);
-            index.insert(
-                stored
-                    .filter(|(_, a)| matches!(a, Appended::Stored(_)))
-                    .map(|(e, _)| (&e.namespace, &e.id)),
-            );
+            index.insert_appended(entries, &out);
         }
         Ok(out)
     }

@@ -22,8 +22,8 @@ use std::fmt;
 use std::ops::Bound::{Included, Unbounded};
 use std::sync::RwLock;
 
-use super::{Store, StoreError};
-use crate::entry::{EntryId, Namespace};
+use super::{Appended, Store, StoreError};
+use crate::entry::{EntryId, Namespace, VerifiedEntry};
 
 /// The secret the replicas of a mesh share to key their fingerprints.
 #[derive(Clone, PartialEq, Eq)]
@@ -346,6 +346,16 @@ impl RangeIndex {
             space.total.add(k);
             space.buckets.add(bucket_of(&id.0) as u16, k);
         }
+    }
+
+    /// Counts the entries of an append that were stored (not duplicates).
+    pub fn insert_appended(&self, entries: &[VerifiedEntry], appended: &[Appended]) {
+        let stored = entries.iter().zip(appended);
+        self.insert(
+            stored
+                .filter(|(_, a)| matches!(a, Appended::Stored(_)))
+                .map(|(e, _)| (&e.namespace, &e.id)),
+        );
     }
 
     /// Forgets entries no longer stored.

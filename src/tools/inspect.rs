@@ -58,6 +58,16 @@ pub async fn status(addr: &str, with_head: bool) -> anyhow::Result<()> {
             last_ok,
             p.last_error
         );
+        if p.last_reconcile_unix_ms > 0 {
+            println!(
+                "{:<28} reconciled {:.0}s ago: {}",
+                "",
+                now.as_millis()
+                    .saturating_sub(p.last_reconcile_unix_ms as u128) as f64
+                    / 1e3,
+                p.last_reconcile
+            );
+        }
     }
     if s.peers.is_empty() {
         println!("(no peers configured)");

@@ -8,15 +8,8 @@ use std::path::Path;
 
 use crate::harness::*;
 
-/// Starts a mesh member again on its address and directory.
 async fn restart(dir: &Path, addr: SocketAddr, all: &[SocketAddr]) -> TestReplica {
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    let peers: Vec<String> = all.iter().map(|a| a.to_string()).collect();
-    TestReplica::start_on(dir, listener, |c| {
-        c.replication.peers = peers;
-        c.replication.advertise = addr.to_string();
-    })
-    .await
+    restart_member(dir, addr, all, |_| {}).await
 }
 
 async fn incarnation(replica: &TestReplica) -> Vec<u8> {

@@ -176,6 +176,24 @@ impl TestReplica {
     }
 }
 
+/// Starts a mesh member again on its address and directory, with the
+/// mesh's peer list and its config adjusted by `tweak`.
+pub async fn restart_member(
+    dir: &Path,
+    addr: SocketAddr,
+    all: &[SocketAddr],
+    tweak: impl FnOnce(&mut RawConfig),
+) -> TestReplica {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let peers: Vec<String> = all.iter().map(|a| a.to_string()).collect();
+    TestReplica::start_on(dir, listener, |c| {
+        c.replication.peers = peers;
+        c.replication.advertise = addr.to_string();
+        tweak(c);
+    })
+    .await
+}
+
 /// `n` replicas in a full mesh: every listener is bound first, then each
 /// replica starts with the complete peer list and its own address.
 pub async fn mesh(dirs: &[tempfile::TempDir]) -> Vec<TestReplica> {

@@ -554,12 +554,7 @@ impl Store for RocksStore {
         self.db.write(batch).map_err(backend)?;
         self.group.wrote();
         if let Some(index) = &self.ranges {
-            let stored = entries.iter().zip(&out);
-            index.insert(
-                stored
-                    .filter(|(_, a)| matches!(a, Appended::Stored(_)))
-                    .map(|(e, _)| (&e.namespace, &e.id)),
-            );
+            index.insert_appended(entries, &out);
         }
         let mut held = self.usage.lock().unwrap_or_else(|e| e.into_inner());
         for (tenant, now) in usage {
