@@ -26,8 +26,9 @@ pub struct Head {
     pub max_ids_per_request: usize,
     pub max_message_bytes: usize,
     /// The peer answers `Reconcile` (it advertises it; the previous
-    /// release does not).
-    pub reconcile: bool,
+    /// release does not), with fingerprints under the key of this check
+    /// (see [`crate::store::ranges::FingerprintKey::check`]).
+    pub reconcile_key: Option<u64>,
 }
 
 impl Head {

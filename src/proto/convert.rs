@@ -184,10 +184,11 @@ pub fn head_to_proto(h: &Head) -> proto::HeadResponse {
         instance: Bytes::copy_from_slice(&h.instance),
         max_ids_per_request: h.max_ids_per_request.min(u32::MAX as usize) as u32,
         max_message_bytes: h.max_message_bytes as u64,
-        features: match h.reconcile {
-            true => vec![FEATURE_RECONCILE.to_owned()],
-            false => Vec::new(),
+        features: match h.reconcile_key {
+            Some(_) => vec![FEATURE_RECONCILE.to_owned()],
+            None => Vec::new(),
         },
+        fingerprint_key_check: h.reconcile_key.unwrap_or_default(),
     }
 }
 
@@ -228,7 +229,11 @@ pub fn head(h: proto::HeadResponse) -> Result<Head> {
         max_message_bytes: usize::try_from(h.max_message_bytes)
             .unwrap_or(usize::MAX)
             .max(64 << 10),
-        reconcile: h.features.iter().any(|f| f == FEATURE_RECONCILE),
+        reconcile_key: h
+            .features
+            .iter()
+            .any(|f| f == FEATURE_RECONCILE)
+            .then_some(h.fingerprint_key_check),
     })
 }
 
@@ -505,6 +510,7 @@ mod tests {
             max_ids_per_request: 10_000,
             max_message_bytes: 1 << 20,
             features: vec![FEATURE_RECONCILE.into()],
+            fingerprint_key_check: 7,
         };
         let record = proto::LogRecord {
             seq: 1,

@@ -98,8 +98,8 @@ impl Local for Replica {
         Replica::get(self, ns, ids).await
     }
 
-    fn reconciles(&self) -> bool {
-        self.store.ranges().is_some()
+    fn reconcile_key(&self) -> Option<u64> {
+        self.store.ranges().map(|r| r.key().check())
     }
 
     async fn reconcile(

@@ -178,7 +178,7 @@ impl Replica {
             entry_count: stats.entries,
             max_ids_per_request: self.limits.max_ids_per_request,
             max_message_bytes: self.limits.max_message_bytes,
-            reconcile: self.store.ranges().is_some(),
+            reconcile_key: self.store.ranges().map(|r| r.key().check()),
         })
     }
 

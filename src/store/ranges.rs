@@ -53,6 +53,13 @@ impl FingerprintKey {
         Ok(Self(key))
     }
 
+    /// A check value of the key: equal on replicas that share it, and
+    /// nothing about the key itself (a keyed hash of a fixed label).
+    pub fn check(&self) -> u64 {
+        let out = blake3::keyed_hash(&self.0, b"mindoo-replica fingerprint key check");
+        u64::from_le_bytes(out.as_bytes()[..8].try_into().expect("8 bytes"))
+    }
+
     /// `k` of one entry.
     pub fn hash(&self, ns_key: &[u8], id: &EntryId) -> u64 {
         let mut h = blake3::Hasher::new_keyed(&self.0);

@@ -181,8 +181,8 @@ impl Local for DeviceStore {
         self.blocking(move |s| s.get(&ns, &ids)).await
     }
 
-    fn reconciles(&self) -> bool {
-        self.store.ranges().is_some()
+    fn reconcile_key(&self) -> Option<u64> {
+        self.store.ranges().map(|r| r.key().check())
     }
 
     async fn reconcile(

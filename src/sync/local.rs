@@ -111,9 +111,10 @@ pub trait Local: Send + Sync + 'static {
     /// The data of each id, if held.
     async fn get(&self, ns: Namespace, ids: Vec<EntryId>) -> Result<Vec<Option<Bytes>>>;
 
-    /// Whether the local store keeps range fingerprints (and so can
-    /// reconcile).
-    fn reconciles(&self) -> bool;
+    /// The check of the key the local store keeps range fingerprints
+    /// under (see [`crate::store::ranges::FingerprintKey::check`]); `None`:
+    /// it keeps none and does not reconcile.
+    fn reconcile_key(&self) -> Option<u64>;
 
     /// Opens a reconciliation session (`incoming: None`) or answers the
     /// peer's round, over the local store's range fingerprints.

@@ -382,7 +382,16 @@ impl Worker {
             s.shares_incarnation = shares;
             s.is_self = false;
         });
-        let reconcile_at = match head.reconcile && self.p.local.reconciles() {
+        let mine = self.p.local.reconcile_key();
+        if mine.is_some() && head.reconcile_key.is_some() && head.reconcile_key != mine {
+            tracing::error!(
+                parent: &span,
+                "this peer keys its range fingerprints with another replication.fingerprint_key: \
+                 reconciling would move every entry, so this pair pairs by cursor pull alone; \
+                 give every replica of the mesh the same key"
+            );
+        }
+        let reconcile_at = match self.can_reconcile(&head) {
             true => self.next_reconcile(&settings),
             false => None,
         };
@@ -412,7 +421,7 @@ impl Worker {
             }
         }
         // Compare the two sets instead of reading the peer's whole log.
-        if self.can_reconcile(&link) {
+        if self.can_reconcile(&link.head) {
             let at = link.head.cursor();
             return State::Reconcile(link, After::Follow(at));
         }

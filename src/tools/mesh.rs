@@ -180,6 +180,8 @@ pub async fn spawn_mesh(
         .map(|l| l.grpc_addr().map(|a| a.to_string()))
         .collect::<Result<_, _>>()?;
     let mut members = Vec::new();
+    // The secret the mesh's replicas key their range fingerprints with.
+    let fingerprint_key = hex::encode(rand::random::<[u8; 32]>());
     for (i, l) in listeners.into_iter().enumerate() {
         let name = format!("replica-{}", i + 1);
         let mut config = RawConfig::default();
@@ -187,6 +189,7 @@ pub async fn spawn_mesh(
         config.replication.peers = addrs.clone();
         config.replication.advertise = addrs[i].clone();
         config.replication.backoff_max_ms = 2_000;
+        config.replication.fingerprint_key = fingerprint_key.clone();
         // No load balancer in front of a local mesh: stop at once.
         config.server.shutdown_delay_ms = 0;
         tweak(i, &mut config);

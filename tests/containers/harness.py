@@ -109,6 +109,9 @@ class Mesh:
         self.binary = args.binary
         self.sets = {"image.repository": args.image_repository, "image.tag": args.image_tag}
         self.sets.update(kv.split("=", 1) for kv in args.set)
+        # A cluster keeps the Secret's generated fingerprint key across renders (helm lookup);
+        # renders here have no cluster to look it up in, so every render is given the same one.
+        self.sets.setdefault("secrets.fingerprintKey", os.urandom(32).hex())
         self.set_files: dict[str, Path] = {}
         # Secrets the pods mount that the chart does not render.
         self.cluster_secrets: dict[str, dict[str, bytes]] = {}

@@ -125,6 +125,7 @@ def run(m: Mesh) -> str:
     inits = [p.container_name for p in chart.replica_plan(r, x).init_containers]
     require(inits == ["restore"], f"the render with restore.* has init containers {inits}, expected ['restore']")
     others_inits = {o: chart.replica_plan(r, o).init_containers for o in m.pods if o != x}
+    restarted_ms = int(time.time() * 1000)
     pod, ready = restart_with(m, x, r)
     log = pod.init_output.get("restore", "")
     for line in log.splitlines():
@@ -157,6 +158,19 @@ def run(m: Mesh) -> str:
         time.sleep(0.5)
     require(all(v == [new] for v in seen.values()),
             f"the peers' PeerStatus for {name}: incarnations {seen}, expected [{new}] on each")
+    # The peers found their cursors refused and compared their sets with it (set reconciliation,
+    # keyed by the chart's Secret) instead of reading its whole log again.
+    deadline, found = time.monotonic() + 30, {}
+    while time.monotonic() < deadline:
+        found = {m.pods[o].plan.name: p.last_reconcile
+                 for o in m.pods if o != x for p in peer_status(m, o).peers
+                 if p.peer.startswith(fqdn) and p.last_reconcile_unix_ms > restarted_ms}
+        if len(found) == len(m.pods) - 1:
+            break
+        time.sleep(0.5)
+    require(len(found) == len(m.pods) - 1,
+            f"the peers of {name} reconciled with it after its restore: {found or 'none'}")
+    ok(f"the peers reconciled with {name} after its restore: {found}")
     pulled = {p.peer.split(".")[0]: p.entries_pulled for p in peer_status(m, x).peers if not p.is_self}
     require(sum(pulled.values()) == M, f"{name} pulled {pulled} entries from its peers since the restore, "
                                        f"expected {M} in all (written after the backup)")

@@ -133,13 +133,28 @@ async fn entries_lost_silently_come_back_by_reconciliation_with_no_cursor_moving
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_does_not_reconcile_is_kept_in_sync_by_cursor_pull() {
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     // Replica 2 runs without a fingerprint key, as the previous release
     // does: its head advertises nothing.
-    let replicas = mesh_with(&dirs, |i, c| {
-        if i < 2 {
-            reconciling(c)
-        }
+    paired_by_cursor_pull_alone(|_| {}).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_another_key_is_kept_in_sync_by_cursor_pull() {
+    // Reconciling with it would find every entry different.
+    paired_by_cursor_pull_alone(|c| {
+        c.replication.fingerprint_key = "ab".repeat(32);
+        c.replication.reconcile_interval_ms = 1000;
+    })
+    .await;
+}
+
+/// A mesh of three in which replica 2 is configured by `odd`, the others
+/// reconcile: all converge, and nobody reconciles with replica 2.
+async fn paired_by_cursor_pull_alone(odd: impl Fn(&mut mindoo_replica::config::RawConfig)) {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let replicas = mesh_with(&dirs, |i, c| match i {
+        2 => odd(c),
+        _ => reconciling(c),
     })
     .await;
     let all = entries(900);

@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use super::{Link, Worker};
 use crate::entry::{EntryId, Namespace};
-use crate::log::WriteConcern;
+use crate::log::{Head, WriteConcern};
 use crate::store::LogRecord;
 use crate::store::ranges::Scope;
 use crate::sync::error::SyncError;
@@ -53,9 +53,10 @@ impl std::fmt::Display for Reconciled {
 }
 
 impl Worker {
-    /// Whether this pair can reconcile: both sides keep fingerprints.
-    pub(super) fn can_reconcile(&self, link: &Link) -> bool {
-        link.head.reconcile && self.p.local.reconciles()
+    /// Whether this pair can reconcile: both sides keep fingerprints,
+    /// under the same key.
+    pub(super) fn can_reconcile(&self, head: &Head) -> bool {
+        head.reconcile_key.is_some() && head.reconcile_key == self.p.local.reconcile_key()
     }
 
     /// Runs sessions until one ends with nothing left unrecorded.
