@@ -283,16 +283,16 @@ impl RocksStore {
         };
         let started = std::time::Instant::now();
         let index = RangeIndex::new(key);
-        let mut batch: Vec<(Namespace, EntryId)> = Vec::with_capacity(4096);
+        let mut batch: Vec<Box<[u8]>> = Vec::with_capacity(4096);
         for item in self.db.iterator_cf(self.cf(CF_IDS), IteratorMode::Start) {
             let (k, _) = item.map_err(backend)?;
-            batch.push(decode_entry_key(&k)?);
+            batch.push(k);
             if batch.len() == batch.capacity() {
-                index.insert(batch.iter().map(|(n, i)| (n, i)));
+                index.insert_keys(batch.iter().map(|k| &k[..]));
                 batch.clear();
             }
         }
-        index.insert(batch.iter().map(|(n, i)| (n, i)));
+        index.insert_keys(batch.iter().map(|k| &k[..]));
         // The index counts what the `ids` family holds: a count that says
         // otherwise lost entries (or gained them) outside this store.
         let counted = index.count();
