@@ -122,12 +122,6 @@ impl KeyRange {
     pub fn below_hi(&self, key: &[u8]) -> bool {
         self.hi.as_deref().is_none_or(|hi| key < hi)
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.hi
-            .as_deref()
-            .is_some_and(|hi| hi <= self.lo.as_slice())
-    }
 }
 
 /// The smallest key after every key that starts with `prefix`; `None`
@@ -159,11 +153,6 @@ impl Scope {
 
     pub fn covers(&self, ns_key: &[u8]) -> bool {
         self.0.as_ref().is_none_or(|set| set.contains(ns_key))
-    }
-
-    /// The namespaces named, when it names some.
-    pub fn named(&self) -> Option<&BTreeSet<Vec<u8>>> {
-        self.0.as_ref()
     }
 }
 
@@ -415,11 +404,6 @@ impl RangeIndex {
         self.read().values().map(|s| s.total.count).sum()
     }
 
-    /// Forgets everything (before a rebuild).
-    pub fn clear(&self) {
-        self.write().clear();
-    }
-
     /// Memory the index holds, in bytes (its buckets and namespace keys).
     pub fn memory_bytes(&self) -> usize {
         self.read()
@@ -438,26 +422,22 @@ impl RangeIndex {
     ) -> Result<Vec<(Vec<u8>, Fingerprint)>, StoreError> {
         let spaces = self.read();
         let mut out = Vec::new();
-        // The namespace that holds `lo`, if one does, then those after it.
-        let first = spaces
-            .range::<[u8], _>((Unbounded, Included(range.lo.as_slice())))
-            .next_back()
-            .filter(|(k, _)| range.lo.starts_with(k))
-            .map(|(k, _)| k.as_slice());
-        let from = first.unwrap_or(range.lo.as_slice());
-        for (key, space) in spaces.range::<[u8], _>((Included(from), Unbounded)) {
-            if !range.below_hi(key) {
-                break;
-            }
-            if !scope.covers(key) {
-                continue;
-            }
+        for (key, space) in overlapping(&spaces, range, scope) {
             let fp = self.space_fingerprint(key, space, range, scan)?;
             if fp.count > 0 {
                 out.push((key.clone(), fp));
             }
         }
         Ok(out)
+    }
+
+    /// The keys of the namespaces in `scope` that `range` overlaps, in
+    /// key order, without computing their part of it.
+    pub fn namespaces(&self, range: &KeyRange, scope: &Scope) -> Vec<Vec<u8>> {
+        let spaces = self.read();
+        overlapping(&spaces, range, scope)
+            .map(|(key, _)| key.clone())
+            .collect()
     }
 
     /// The fingerprint of the entries in `range`, of namespaces in `scope`.
@@ -532,6 +512,25 @@ impl RangeIndex {
     }
 }
 
+/// The namespaces of `scope` that `range` overlaps: the one that holds its
+/// start, if one does, then those before its end.
+fn overlapping<'a>(
+    spaces: &'a BTreeMap<Vec<u8>, Space>,
+    range: &'a KeyRange,
+    scope: &'a Scope,
+) -> impl Iterator<Item = (&'a Vec<u8>, &'a Space)> {
+    let first = spaces
+        .range::<[u8], _>((Unbounded, Included(range.lo.as_slice())))
+        .next_back()
+        .filter(|(k, _)| range.lo.starts_with(k))
+        .map(|(k, _)| k.as_slice());
+    let from = first.unwrap_or(range.lo.as_slice());
+    spaces
+        .range::<[u8], _>((Included(from), Unbounded))
+        .take_while(|(key, _)| range.below_hi(key))
+        .filter(|(key, _)| scope.covers(key))
+}
+
 fn bucket_start(ns: &[u8], bucket: u32) -> Vec<u8> {
     let mut k = ns.to_vec();
     k.extend_from_slice(&(bucket as u16).to_be_bytes());
@@ -601,7 +600,7 @@ impl<'a, S: Store + ?Sized> Ranges<'a, S> {
         limit: usize,
     ) -> Result<Vec<(Namespace, EntryId, u64)>, StoreError> {
         let mut out = Vec::new();
-        for (key, _) in self.spaces(range, scope)? {
+        for key in self.index.namespaces(range, scope) {
             // This namespace's part of the range.
             let lo = range.lo.clone().max(key.clone());
             let end = prefix_end(&key);

@@ -29,8 +29,6 @@
 mod reconcile;
 mod stream;
 
-pub use reconcile::Reconciled;
-
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;

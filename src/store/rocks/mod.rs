@@ -60,6 +60,7 @@ mod direct;
 mod docindex;
 mod meta;
 mod nslog;
+mod ranges;
 mod usage;
 use docindex::CF_DOCS;
 use meta::{load_meta, synced};
@@ -274,55 +275,6 @@ impl RocksStore {
             ranges: None,
         }
         .with_ranges(config.fingerprint_key.clone())
-    }
-
-    /// Builds the fingerprint index from the `ids` family.
-    fn with_ranges(mut self, key: Option<FingerprintKey>) -> Result<Self, StoreError> {
-        let Some(key) = key else {
-            return Ok(self);
-        };
-        let started = std::time::Instant::now();
-        let index = RangeIndex::new(key);
-        let mut batch: Vec<Box<[u8]>> = Vec::with_capacity(4096);
-        for item in self.db.iterator_cf(self.cf(CF_IDS), IteratorMode::Start) {
-            let (k, _) = item.map_err(backend)?;
-            batch.push(k);
-            if batch.len() == batch.capacity() {
-                index.insert_keys(batch.iter().map(|k| &k[..]));
-                batch.clear();
-            }
-        }
-        index.insert_keys(batch.iter().map(|k| &k[..]));
-        // The index counts what the `ids` family holds: a count that says
-        // otherwise lost entries (or gained them) outside this store.
-        let counted = index.count();
-        let recorded = self.count.load(Ordering::Acquire);
-        if counted != recorded {
-            tracing::warn!(
-                counted,
-                recorded,
-                "the store holds a different number of entries than it recorded (entries lost \
-                 or damaged on disk); recording what it holds, and reconciliation with the \
-                 peers brings back what is missing"
-            );
-            self.db
-                .put_cf_opt(
-                    self.cf(CF_META),
-                    KEY_COUNT,
-                    counted.to_be_bytes(),
-                    &synced(),
-                )
-                .map_err(backend)?;
-            self.count.store(counted, Ordering::Release);
-        }
-        tracing::info!(
-            entries = counted,
-            took_ms = started.elapsed().as_millis() as u64,
-            memory_bytes = index.memory_bytes(),
-            "range fingerprints built"
-        );
-        self.ranges = Some(index);
-        Ok(self)
     }
 
     /// Whether flushes and compactions write past the page cache.
@@ -814,24 +766,7 @@ impl Store for RocksStore {
         range: &KeyRange,
         limit: usize,
     ) -> Result<Vec<(Namespace, EntryId)>, StoreError> {
-        let mut opts = ReadOptions::default();
-        if let Some(hi) = &range.hi {
-            opts.set_iterate_upper_bound(hi.clone());
-        }
-        let iter = self.db.iterator_cf_opt(
-            self.cf(CF_IDS),
-            opts,
-            IteratorMode::From(&range.lo, Direction::Forward),
-        );
-        let mut out = Vec::new();
-        for item in iter {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, _) = item.map_err(backend)?;
-            out.push(decode_entry_key(&k)?);
-        }
-        Ok(out)
+        ranges::ids_in(&self.db, range, limit)
     }
 
     fn checkpoint(&self, dir: &Path) -> Result<(), StoreError> {

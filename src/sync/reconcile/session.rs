@@ -80,10 +80,6 @@ impl Session {
         }
     }
 
-    pub fn scope(&self) -> &Scope {
-        &self.scope
-    }
-
     /// The initiator's first round: its fingerprint of everything in scope.
     pub fn open<S: Store + ?Sized>(&mut self, store: &S) -> Result<Vec<Part>> {
         let r = ranges(store)?;
