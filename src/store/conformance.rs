@@ -479,6 +479,71 @@ fn usage_counts_each_tenants_new_entries(store: &dyn Store) {
     assert_eq!(store.usage("nobody"), Usage::default());
 }
 
+fn quarantine_takes_an_entry_out_of_every_read(store: &dyn Store) {
+    let (a, b) = (ns("a"), ns("b"));
+    let batch: Vec<_> = (0..6)
+        .map(|i| doc_entry([&a, &b][i as usize % 2], b"doc", "doc_change", i, vec![]))
+        .collect();
+    store.append(&batch, None).unwrap();
+    let bad = &batch[2];
+    let usage = store.usage("tenant");
+    let finding = |seq: Seq, entry: &VerifiedEntry| scrub::Finding {
+        seq,
+        namespace: entry.namespace.clone(),
+        id: entry.id,
+        problem: "test".into(),
+    };
+    // A finding whose position names another entry changes nothing.
+    assert_eq!(store.quarantine(&[finding(4, bad)]).unwrap(), 0);
+    assert_eq!(store.quarantine(&[finding(3, bad)]).unwrap(), 1);
+    assert_eq!(store.contains(&a, &[bad.id]).unwrap(), vec![false]);
+    assert_eq!(store.get(&a, &[bad.id]).unwrap(), vec![None]);
+    assert_eq!(store.get_logged(&[3]).unwrap(), vec![None]);
+    assert_eq!(store.log_at(3).unwrap(), None);
+    assert_eq!(
+        seqs(&store.log_since(0, 100, Some(1 << 20)).unwrap()),
+        [1, 2, 4, 5, 6]
+    );
+    assert_eq!(seqs(&store.log_since(1, 2, None).unwrap()), [2, 4]);
+    assert_eq!(
+        seqs(
+            &store
+                .log_since_in(&[a.clone()], 0, 100, Some(1 << 20))
+                .unwrap()
+        ),
+        [1, 5]
+    );
+    assert!(!store.list_ids(&a, None, 100).unwrap().contains(&bad.id));
+    let docs = store.doc_records(&a, DocRange::default(), 100).unwrap();
+    assert_eq!(positions(&docs), [(&b"doc"[..], 1), (&b"doc"[..], 5)]);
+    assert_eq!(store.stats().entries, 5);
+    assert_eq!(store.stats().head_seq, 6);
+    assert_eq!(
+        store.usage("tenant"),
+        Usage {
+            entries: usage.entries - 1,
+            bytes: usage.bytes - bad.data.len() as u64
+        }
+    );
+    // Taken out twice: nothing more happens.
+    assert_eq!(store.quarantine(&[finding(3, bad)]).unwrap(), 0);
+    assert_eq!(store.stats().entries, 5);
+    // A good copy comes back as a new entry of the log, and a scrub finds
+    // the store sound.
+    assert_eq!(
+        store.append(std::slice::from_ref(bad), None).unwrap(),
+        [Appended::Stored(7)]
+    );
+    assert_eq!(
+        store.get(&a, &[bad.id]).unwrap(),
+        vec![Some(bad.data.clone())]
+    );
+    assert_eq!(store.stats().entries, 6);
+    let totals = scrub::scrub_all(store, 2, |_| {}).unwrap();
+    assert!(totals.findings.is_empty(), "{:?}", totals.findings);
+    assert_eq!(totals.checked, 6);
+}
+
 macro_rules! conformance {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -530,6 +595,12 @@ macro_rules! conformance {
             fn usage_counts_each_tenants_new_entries() {
                 let (store, _guard) = $make;
                 super::usage_counts_each_tenants_new_entries(&store);
+            }
+
+            #[test]
+            fn quarantine_takes_an_entry_out_of_every_read() {
+                let (store, _guard) = $make;
+                super::quarantine_takes_an_entry_out_of_every_read(&store);
             }
 
             #[test]

@@ -68,6 +68,9 @@ impl<H: Hooks> Store for Decorated<H> {
     fn checkpoint(&self, dir: &std::path::Path) -> Result<(), StoreError> {
         self.inner.checkpoint(dir)
     }
+    fn quarantine(&self, found: &[crate::store::scrub::Finding]) -> Result<usize, StoreError> {
+        self.inner.quarantine(found)
+    }
     fn ranges(&self) -> Option<&crate::store::ranges::RangeIndex> {
         self.inner.ranges()
     }

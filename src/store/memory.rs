@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 
 use super::ranges::{FingerprintKey, KeyRange, RangeIndex, ns_key};
+use super::scrub::Finding;
 use super::{
     Appended, CursorRecord, CursorUpdate, Incarnation, LogRecord, MergeBySeq, Seq, Store,
     StoreError, StoreStats, Usage, distinct,
@@ -36,6 +37,19 @@ struct Inner {
     by_namespace: HashMap<Namespace, Vec<Seq>>,
     cursors: HashMap<String, CursorRecord>,
     usage: HashMap<String, Usage>,
+    /// Log positions taken out of service (see [`Store::quarantine`]).
+    quarantined: HashSet<Seq>,
+}
+
+impl Inner {
+    /// The entry logged at `seq`, unless there is none or it was taken
+    /// out of service.
+    fn logged(&self, seq: Seq) -> Option<&(Namespace, EntryId)> {
+        if self.quarantined.contains(&seq) {
+            return None;
+        }
+        self.log.get(usize::try_from(seq).ok()?.checked_sub(1)?)
+    }
 }
 
 impl MemoryStore {
@@ -138,6 +152,38 @@ impl Store for MemoryStore {
         self.ranges.as_ref()
     }
 
+    fn quarantine(&self, found: &[Finding]) -> Result<usize, StoreError> {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let mut records = 0;
+        for f in found {
+            if inner.logged(f.seq) != Some(&(f.namespace.clone(), f.id)) {
+                continue;
+            }
+            records += 1;
+            inner.quarantined.insert(f.seq);
+            if let Some(seqs) = inner.by_namespace.get_mut(&f.namespace) {
+                seqs.retain(|&s| s != f.seq);
+            }
+            let body = inner
+                .entries
+                .get_mut(&f.namespace)
+                .and_then(|m| m.remove(&f.id));
+            if let Some(body) = body {
+                inner.count -= 1;
+                let usage = inner
+                    .usage
+                    .entry(f.namespace.tenant().to_owned())
+                    .or_default();
+                usage.entries = usage.entries.saturating_sub(1);
+                usage.bytes = usage.bytes.saturating_sub(body.len() as u64);
+                if let Some(index) = &self.ranges {
+                    index.remove([(&f.namespace, &f.id)]);
+                }
+            }
+        }
+        Ok(records)
+    }
+
     fn range_ids(
         &self,
         range: &KeyRange,
@@ -196,7 +242,7 @@ impl Store for MemoryStore {
         Ok(seqs
             .iter()
             .map(|&seq| {
-                let (ns, id) = inner.log.get(usize::try_from(seq).ok()?.checked_sub(1)?)?;
+                let (ns, id) = inner.logged(seq)?;
                 Some(inner.entries[ns][id].clone())
             })
             .collect())
@@ -212,7 +258,13 @@ impl Store for MemoryStore {
         let start = usize::try_from(after).unwrap_or(usize::MAX);
         let mut records = Vec::new();
         let mut bytes = 0;
-        for (i, (ns, id)) in inner.log.iter().enumerate().skip(start).take(limit) {
+        let held = inner
+            .log
+            .iter()
+            .enumerate()
+            .skip(start)
+            .filter(|(i, _)| !inner.quarantined.contains(&(*i as Seq + 1)));
+        for (i, (ns, id)) in held.take(limit) {
             self.records_read.fetch_add(1, Ordering::Relaxed);
             let data = data_budget.map(|_| inner.entries[ns][id].clone());
             let len = data.as_ref().map_or(0, Bytes::len);
@@ -279,9 +331,7 @@ impl Store for MemoryStore {
     }
 
     fn log_at(&self, seq: Seq) -> Result<Option<EntryId>, StoreError> {
-        let inner = self.read();
-        let index = usize::try_from(seq).ok().and_then(|s| s.checked_sub(1));
-        Ok(index.and_then(|i| inner.log.get(i)).map(|(_, id)| *id))
+        Ok(self.read().logged(seq).map(|(_, id)| *id))
     }
 
     fn list_ids(

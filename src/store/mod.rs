@@ -362,6 +362,19 @@ pub trait Store: Send + Sync + 'static {
         ))
     }
 
+    /// Takes entries a scrub found not as stored out of service, in one
+    /// durable commit: each finding's log record, body and index rows go,
+    /// so no reader is handed its bytes again, and the entry is missing,
+    /// fetched again from a peer like any other missing entry (it then
+    /// gets a new log position). A finding whose log position no longer
+    /// names its entry is left alone. Returns the log records removed.
+    fn quarantine(&self, found: &[scrub::Finding]) -> Result<usize, StoreError> {
+        let _ = found;
+        Err(StoreError::Unsupported(
+            "this store cannot take entries out of service",
+        ))
+    }
+
     /// Takes a consistent copy of the store into `dir` (which must not
     /// exist; its parent must) while it keeps serving: a backup.
     fn checkpoint(&self, dir: &std::path::Path) -> Result<(), StoreError> {

@@ -56,6 +56,13 @@ pub(super) fn put(db: &DB, batch: &mut WriteBatch, ns: &Namespace, record: &DocR
     batch.put_cf(family(db), key, value);
 }
 
+/// Adds the removal of `record`'s row in `ns` to `batch`.
+pub(super) fn delete(db: &DB, batch: &mut WriteBatch, ns: &Namespace, record: &DocRecord) {
+    let mut key = prefix(ns, Some(&record.doc));
+    key.extend_from_slice(&record.seq.to_be_bytes());
+    batch.delete_cf(family(db), key);
+}
+
 fn family(db: &DB) -> &rocksdb::ColumnFamily {
     db.cf_handle(CF_DOCS)
         .expect("the docs family is opened with index_documents")

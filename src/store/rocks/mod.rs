@@ -60,6 +60,7 @@ mod direct;
 mod docindex;
 mod meta;
 mod nslog;
+mod quarantine;
 mod ranges;
 mod usage;
 use docindex::CF_DOCS;
@@ -295,20 +296,28 @@ impl RocksStore {
         FAMILIES.into_iter().chain(docs)
     }
 
-    /// The bodies logged at `seqs`, each one required: the log is dense up
-    /// to the head.
+    /// The bodies logged at `seqs`: `None` where nothing is logged (taken
+    /// out of service by [`Store::quarantine`]); a log record without its
+    /// body is corrupt.
     fn bodies_at(&self, seqs: impl Iterator<Item = Seq>) -> Result<Vec<Option<Bytes>>, StoreError> {
         let keys: Vec<[u8; 8]> = seqs.map(Seq::to_be_bytes).collect();
         self.db
             .batched_multi_get_cf_opt(self.cf(CF_BODIES), &keys, false, &body_read_options())
             .into_iter()
             .zip(&keys)
-            .map(|(body, seq)| {
-                let body = body.map_err(backend)?.ok_or_else(|| StoreError::Corrupt {
-                    what: "bodies",
-                    detail: format!("no body at seq {}", u64::from_be_bytes(*seq)),
-                })?;
-                Ok(Some(Bytes::copy_from_slice(&body)))
+            .map(|(body, seq)| match body.map_err(backend)? {
+                Some(body) => Ok(Some(Bytes::copy_from_slice(&body))),
+                None => match self
+                    .db
+                    .get_pinned_cf(self.cf(CF_LOG), seq)
+                    .map_err(backend)?
+                {
+                    None => Ok(None),
+                    Some(_) => Err(StoreError::Corrupt {
+                        what: "bodies",
+                        detail: format!("no body at seq {}", u64::from_be_bytes(*seq)),
+                    }),
+                },
             })
             .collect()
     }
@@ -767,6 +776,10 @@ impl Store for RocksStore {
         limit: usize,
     ) -> Result<Vec<(Namespace, EntryId)>, StoreError> {
         ranges::ids_in(&self.db, range, limit)
+    }
+
+    fn quarantine(&self, found: &[super::scrub::Finding]) -> Result<usize, StoreError> {
+        self.quarantine_found(found)
     }
 
     fn checkpoint(&self, dir: &Path) -> Result<(), StoreError> {
