@@ -38,6 +38,8 @@ pub struct Settings {
     pub storage: StorageSettings,
     /// Bytes of the newest log records kept in memory (see `replica::tail`).
     pub log_tail_bytes: usize,
+    /// The background scrub (see `replica::scrub`).
+    pub scrub: crate::replica::scrub::ScrubSettings,
     pub limits: Limits,
     /// Each client's fair share (see [`crate::fair`]).
     pub clients: crate::fair::FairLimits,
@@ -412,6 +414,24 @@ impl RawConfig {
             server,
             storage,
             log_tail_bytes: mib("storage.log_tail_mb", st.log_tail_mb, 0, 1024)?,
+            scrub: crate::replica::scrub::ScrubSettings {
+                interval: match st.scrub_interval_ms {
+                    0 => None,
+                    v => Some(Duration::from_millis(in_range(
+                        "storage.scrub_interval_ms",
+                        v,
+                        1_000,
+                        u64::MAX,
+                        " ms",
+                    )? as u64)),
+                },
+                bytes_per_second: mib(
+                    "storage.scrub_mb_per_second",
+                    st.scrub_mb_per_second,
+                    0,
+                    1 << 20,
+                )? as u64,
+            },
             limits,
             clients,
             policy,

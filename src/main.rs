@@ -69,9 +69,15 @@ enum Command {
     /// Put a backup in place of a stopped replica's database, keeping what
     /// it replaces; the restored replica takes a new incarnation.
     Restore(backup::RestoreArgs),
-    /// Read every entry of a stopped replica's store back and check it:
-    /// prints each one that is not as stored.
+    /// Read every entry back and check it: a running replica's (`--addr`;
+    /// what is not as stored is taken out of service and fetched again from
+    /// its peers), or a stopped one's store (`--data`; nothing changed).
+    /// Prints each entry that is not as stored.
     Scrub(scrub::ScrubArgs),
+    /// Compare a running replica's set with its peers' now (or one peer's,
+    /// `--peer`) and move what either lacks; prints what each found and
+    /// moved.
+    Repair(scrub::RepairArgs),
     /// Show a running replica's head and how its pulls from each peer are going.
     Status {
         /// The replica's gRPC address.
@@ -300,7 +306,8 @@ fn main() -> ExitCode {
         Command::SyncLocal(args) => runtime.block_on(sync::sync_local(args)),
         Command::Backup(args) => runtime.block_on(backup::backup(args)),
         Command::Restore(args) => backup::restore(args),
-        Command::Scrub(args) => scrub::scrub(args),
+        Command::Scrub(args) => runtime.block_on(scrub::scrub(args)),
+        Command::Repair(args) => runtime.block_on(scrub::repair(args)),
         Command::Status { addr } => runtime.block_on(inspect::status(&addr, true)),
         Command::Peers { addr } => runtime.block_on(inspect::status(&addr, false)),
         Command::Check {

@@ -35,7 +35,7 @@ use crate::proto;
 use crate::replica::{NodeIdentity, Replica};
 use crate::replication::Replicator;
 use crate::replication::settings::ReplicationSettings;
-use crate::service::replication::ReplicationService;
+use crate::service::replication::{Operations, ReplicationService};
 use crate::service::{Mesh, StoreService};
 use crate::store::memory::MemoryStore;
 use crate::store::rocks::RocksStore;
@@ -246,7 +246,20 @@ pub async fn serve_with(
         Env::system(),
         stop_replication.clone(),
     );
+    let repairs = replicator.repairs();
     let mut replicator = AbortOnDropHandle::new(tokio::spawn(replicator.run()));
+    let _scrub = AbortOnDropHandle::new(tokio::spawn({
+        let (repairs, env) = (repairs.clone(), Env::system());
+        crate::replica::scrub::run_periodic(
+            replica.clone(),
+            settings.scrub,
+            move |d| env.jitter(d),
+            move || {
+                repairs.request(None);
+            },
+            stopping.clone(),
+        )
+    }));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -324,10 +337,13 @@ pub async fn serve_with(
         .add_service(StoreService::server(replica.clone(), access.clone(), mesh))
         .add_service(ReplicationService::server(
             replica.clone(),
-            board.clone(),
+            Operations {
+                board: board.clone(),
+                repairs: repairs.clone(),
+                backups,
+            },
             admin,
             access.clone(),
-            backups,
         ))
         .serve_with_incoming_shutdown(incoming, stopping.clone().cancelled_owned());
     tokio::pin!(grpc);

@@ -68,6 +68,11 @@ pub struct RawStorage {
     pub max_open_files: u64,
     /// The newest log records kept in memory with their data (0: none).
     pub log_tail_mb: u64,
+    /// How often a background scrub reads every entry back and checks it
+    /// (jittered; 0: only when asked, `mindoo-replica scrub --addr`).
+    pub scrub_interval_ms: u64,
+    /// Entry bytes a scrub reads per second at most (0: no limit).
+    pub scrub_mb_per_second: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -342,6 +347,8 @@ impl Default for RawStorage {
             sync_writes: true,
             max_open_files: 1024,
             log_tail_mb: 8,
+            scrub_interval_ms: 7 * 24 * 3600 * 1000,
+            scrub_mb_per_second: 16,
         }
     }
 }

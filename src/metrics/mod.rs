@@ -74,6 +74,14 @@ pub struct Metrics {
     pub clients_tracked: IntGauge,
     /// Client batches refused at a tenant's quota, by what (entries, bytes).
     pub quota_refusals: IntCounterVec,
+    /// Entries and their bytes a scrub read back and checked.
+    pub scrub_entries: IntCounter,
+    pub scrub_bytes: IntCounter,
+    /// Entries a scrub found not as stored and took out of service.
+    pub scrub_corrupt: IntCounter,
+    /// Whole passes done, and when the last one ended (unix seconds).
+    pub scrub_passes: IntCounter,
+    pub scrub_last_pass: IntGauge,
     /// The sync engine's, in this registry.
     pub sync: Arc<SyncMetrics>,
 }
@@ -289,6 +297,22 @@ impl Metrics {
                 registry.register(Box::new(h.clone())).expect("unique");
                 h
             },
+            scrub_entries: counter(
+                "scrub_entries_total",
+                "Stored entries a scrub read back and checked",
+            ),
+            scrub_bytes: counter("scrub_bytes_total", "Entry bytes a scrub read back"),
+            scrub_corrupt: counter(
+                "scrub_corrupt_entries_total",
+                "Entries a scrub found not as stored (bytes that no longer hash to their id, \
+                 a body or index row missing) and took out of service; good copies come back \
+                 from peers",
+            ),
+            scrub_passes: counter("scrub_passes_total", "Whole scrub passes done"),
+            scrub_last_pass: gauge(
+                "scrub_last_pass_timestamp_seconds",
+                "When the last whole scrub pass ended (unix seconds; 0: none since start)",
+            ),
             store_syncs: counter(
                 "store_syncs_total",
                 "WAL fsyncs run for commits; with store_sync_wait_seconds_count, how many \

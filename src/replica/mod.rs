@@ -11,6 +11,7 @@ pub mod in_process;
 mod local;
 pub mod outgoing;
 mod recent;
+pub mod scrub;
 mod serve;
 mod tail;
 

@@ -48,6 +48,14 @@ impl RecentIds {
     }
 
     /// The ids of `ids` not known here to be held.
+    /// Forgets `ids` (taken out of the store).
+    pub fn forget(&self, ids: impl IntoIterator<Item = EntryId>) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            inner.0.remove(&id);
+        }
+    }
+
     pub fn unknown(&self, ids: Vec<EntryId>) -> Vec<EntryId> {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         ids.into_iter().filter(|id| !inner.0.contains(id)).collect()

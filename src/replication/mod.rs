@@ -40,6 +40,7 @@ pub struct Replicator {
     board: StatusBoard,
     env: Env,
     cancel: CancellationToken,
+    shared: Shared,
 }
 
 struct Running {
@@ -64,7 +65,13 @@ impl Replicator {
             board,
             env,
             cancel,
+            shared: Shared::default(),
         }
+    }
+
+    /// Where repairs are requested of this replica's pull workers.
+    pub fn repairs(&self) -> crate::sync::repair::Repairs {
+        self.shared.repairs.clone()
     }
 
     /// Runs until cancelled; returns once every worker has stopped.
@@ -72,7 +79,7 @@ impl Replicator {
         let first = self.settings.borrow().clone();
         let budget = ByteBudget::new(first.max_inflight_bytes);
         let (pull_tx, pull_rx) = watch::channel::<SyncSettings>(first.pull.clone());
-        let shared = Shared::default();
+        let shared = self.shared.clone();
         let mut workers: HashMap<String, Running> = HashMap::new();
         let mut tasks: JoinSet<()> = JoinSet::new();
         let mut discovered: BTreeSet<String> = BTreeSet::new();

@@ -2,6 +2,7 @@
 //! requests (see [`convert`]), call the [`Replica`] core and shape responses.
 
 pub mod backup;
+mod maintenance;
 pub mod reconcile;
 pub mod replication;
 mod streams;

@@ -13,37 +13,45 @@ use tokio::sync::watch;
 
 use super::ResponseStream;
 use super::backup::{Backups, backup};
-use super::reconcile;
+use super::{maintenance, reconcile};
 use crate::access::{AccessPolicy, AdminAccess};
 use crate::identity::Caller;
 use crate::proto;
 use crate::proto::convert;
 use crate::proto::replication_server::{Replication as ReplicationApi, ReplicationServer};
 use crate::replica::Replica;
+use crate::sync::repair::Repairs;
 use crate::sync::status::StatusBoard;
+
+/// What the operators' calls reach besides the replica.
+pub struct Operations {
+    /// The pull workers' statuses.
+    pub board: StatusBoard,
+    /// Where repairs are requested of the pull workers.
+    pub repairs: Repairs,
+    /// Where backups are kept; `None` for a store with nothing on disk.
+    pub backups: Option<Backups>,
+}
 
 pub struct ReplicationService {
     replica: Arc<Replica>,
-    board: StatusBoard,
+    ops: Operations,
     admin: AdminAccess,
     access: watch::Receiver<AccessPolicy>,
-    backups: Option<Backups>,
 }
 
 impl ReplicationService {
     pub fn server(
         replica: Arc<Replica>,
-        board: StatusBoard,
+        ops: Operations,
         admin: AdminAccess,
         access: watch::Receiver<AccessPolicy>,
-        backups: Option<Backups>,
     ) -> ReplicationServer<Self> {
         ReplicationServer::new(Self {
             replica,
-            board,
+            ops,
             admin,
             access,
-            backups,
         })
     }
 }
@@ -58,6 +66,7 @@ impl ReplicationApi for ReplicationService {
         self.access.borrow().check_admin(&caller, self.admin)?;
         let stats = self.replica.stats();
         let peers = self
+            .ops
             .board
             .snapshot()
             .into_iter()
@@ -105,7 +114,7 @@ impl ReplicationApi for ReplicationService {
         let caller = Caller::of(&request);
         self.access.borrow().check_admin(&caller, self.admin)?;
         let download = request.into_inner().download;
-        let stream = backup(self.replica.clone(), self.backups.as_ref(), download).await?;
+        let stream = backup(self.replica.clone(), self.ops.backups.as_ref(), download).await?;
         Ok(Response::new(stream))
     }
 
@@ -127,6 +136,28 @@ impl ReplicationApi for ReplicationService {
             self.replica.clone(),
             request.into_inner(),
         )))
+    }
+
+    async fn scrub(
+        &self,
+        request: Request<proto::ScrubRequest>,
+    ) -> Result<Response<proto::ScrubResponse>, Status> {
+        let caller = Caller::of(&request);
+        self.access.borrow().check_admin(&caller, self.admin)?;
+        let answer =
+            maintenance::scrub(&self.replica, &self.ops.repairs, request.into_inner()).await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn repair(
+        &self,
+        request: Request<proto::RepairRequest>,
+    ) -> Result<Response<proto::RepairResponse>, Status> {
+        let caller = Caller::of(&request);
+        self.access.borrow().check_admin(&caller, self.admin)?;
+        let answer =
+            maintenance::repair(&self.ops.board, &self.ops.repairs, request.into_inner()).await?;
+        Ok(Response::new(answer))
     }
 
     async fn confirm(

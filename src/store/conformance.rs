@@ -508,7 +508,7 @@ fn quarantine_takes_an_entry_out_of_every_read(store: &dyn Store) {
     assert_eq!(
         seqs(
             &store
-                .log_since_in(&[a.clone()], 0, 100, Some(1 << 20))
+                .log_since_in(std::slice::from_ref(&a), 0, 100, Some(1 << 20))
                 .unwrap()
         ),
         [1, 5]

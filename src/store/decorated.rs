@@ -92,6 +92,13 @@ impl<H: Hooks> Store for Decorated<H> {
             .map(|d| d.map(|d| self.hooks.data_out(d)))
             .collect())
     }
+    fn read_back(&self, seqs: &[Seq]) -> Result<Vec<Option<Bytes>>, StoreError> {
+        let read = self.inner.read_back(seqs)?;
+        Ok(read
+            .into_iter()
+            .map(|d| d.map(|d| self.hooks.data_out(d)))
+            .collect())
+    }
     fn get_logged(&self, seqs: &[Seq]) -> Result<Vec<Option<Bytes>>, StoreError> {
         Ok(self
             .inner

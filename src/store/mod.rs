@@ -257,6 +257,13 @@ pub trait Store: Send + Sync + 'static {
     /// [`Self::doc_records`]) reads them without looking their ids up.
     fn get_logged(&self, seqs: &[Seq]) -> Result<Vec<Option<Bytes>>, StoreError>;
 
+    /// As [`Self::get_logged`], with every checksum the backend keeps
+    /// verified on the way (RocksDB's over each body, its signature
+    /// included): what a scrub reads.
+    fn read_back(&self, seqs: &[Seq]) -> Result<Vec<Option<Bytes>>, StoreError> {
+        self.get_logged(seqs)
+    }
+
     /// Up to `limit` log records with `seq > after`, in order. With
     /// `data_budget`, each record carries its entry's data, and the list ends
     /// before the data would exceed the budget (it always holds one record).

@@ -1,7 +1,9 @@
-//! Scrub: reads every stored entry back, a page of the log at a time, and
-//! checks that the store still agrees with itself: each log record has a
-//! body, the body parses and hashes to the record's id in the record's
-//! namespace, and the id index leads to that same body. Works on any
+//! Scrub: reads every stored entry back, a page of the log at a time, with
+//! the backend's checksums verified (they cover the signature's bytes,
+//! which the id does not), and checks that the store still agrees with
+//! itself: each log record has a body, the body parses and hashes to the
+//! record's id in the record's namespace, and the id index leads to that
+//! same body. Works on any
 //! [`Store`]; a body the engine cannot read (a checksum that fails) is a
 //! finding for that entry, not an error of the scrub.
 
@@ -69,7 +71,7 @@ pub fn scrub_page(store: &dyn Store, after: Seq, limit: usize) -> Result<ScrubPa
         return Ok(ScrubPage::default());
     };
     let seqs: Vec<Seq> = records.iter().map(|r| r.seq).collect();
-    let logged = read_each(&seqs, |some| store.get_logged(some));
+    let logged = read_each(&seqs, |some| store.read_back(some));
     let indexed = read_indexed(store, &records);
     let mut page = ScrubPage {
         checked: records.len() as u64,

@@ -13,6 +13,7 @@
 //!   pull's entries are verified and committed.
 //! - [`env`]: the clock and random source, injectable for replay.
 //! - [`status`]: what each worker reports, for `PeerStatus`.
+//! - [`repair`]: requests to compare sets with peers now.
 //!
 //! Peers are known by their node identity (the name they advertise), never
 //! by the address they are reached at: cursors, metrics and status follow a
@@ -31,6 +32,7 @@ pub mod peer;
 pub mod puller;
 pub mod pusher;
 pub mod reconcile;
+pub mod repair;
 mod sink;
 pub mod status;
 
@@ -107,6 +109,8 @@ pub struct Shared {
     /// bootstrap waits for a running bootstrap to end, then usually finds
     /// it has most entries and follows ids only.
     bootstrap: Arc<tokio::sync::Semaphore>,
+    /// Requests to compare sets with peers now.
+    pub repairs: repair::Repairs,
 }
 
 impl Default for Shared {
@@ -115,6 +119,7 @@ impl Default for Shared {
             claims: Claims::default(),
             in_flight: inflight::InFlight::default(),
             bootstrap: Arc::new(tokio::sync::Semaphore::new(1)),
+            repairs: repair::Repairs::default(),
         }
     }
 }

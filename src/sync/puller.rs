@@ -74,6 +74,9 @@ struct Link {
     /// When the next periodic reconciliation is due, if this pair
     /// reconciles periodically.
     reconcile_at: Option<Instant>,
+    /// The repair request being answered (see [`super::repair`]), and the
+    /// entries pulled from the peer before it.
+    repairing: Option<(u64, u64)>,
 }
 
 /// Where a worker goes after a reconciliation.
@@ -123,6 +126,8 @@ enum End {
     Refiltered(SyncSettings),
     /// A periodic reconciliation is due.
     ReconcileDue,
+    /// A repair was requested.
+    RepairDue,
 }
 
 enum Mode {
@@ -139,6 +144,7 @@ impl Puller {
             handles: self.metrics.peer(self.peer.address()),
             progressed: false,
             caught_up_at: Arc::new(Mutex::new(Instant::now())),
+            repairs: self.shared.repairs.subscribe(),
             backoff: {
                 let s = self.settings.borrow();
                 Backoff::new(s.backoff_initial, s.backoff_max)
@@ -158,6 +164,8 @@ struct Worker {
     progressed: bool,
     caught_up_at: Arc<Mutex<Instant>>,
     backoff: Backoff,
+    /// Requests to compare sets now.
+    repairs: watch::Receiver<super::repair::Requested>,
 }
 
 impl Worker {
@@ -248,20 +256,28 @@ impl Worker {
                         State::Follow(link, at)
                     }
                     Ok(End::Refiltered(s)) => self.refilter(link, s),
-                    Ok(End::Reached | End::ReconcileDue) => State::Follow(link, from),
+                    Ok(End::Reached | End::ReconcileDue | End::RepairDue) => {
+                        State::Follow(link, from)
+                    }
                     Err(e) => self.on_error(link, e),
                 }
             }
-            State::Follow(link, from) => match self.stream(&link, from, Mode::Follow).await {
-                Ok(End::Refiltered(s)) => self.refilter(link, s),
-                Ok(End::ReconcileDue) => State::Reconcile(link, After::CheckCursor),
-                Ok(_) => State::CheckCursor(link),
-                Err(e) => self.on_error(link, e),
-            },
-            State::Rescan(link, until) => {
+            State::Follow(link, from) => {
+                if let Some(request) = self.repair_due(&link) {
+                    return self.repair(link, request).await;
+                }
+                match self.stream(&link, from, Mode::Follow).await {
+                    Ok(End::Refiltered(s)) => self.refilter(link, s),
+                    Ok(End::ReconcileDue) => State::Reconcile(link, After::CheckCursor),
+                    Ok(End::RepairDue) => State::CheckCursor(link),
+                    Ok(_) => State::CheckCursor(link),
+                    Err(e) => self.on_error(link, e),
+                }
+            }
+            State::Rescan(mut link, until) => {
                 match self.stream(&link, None, Mode::Rescan(until)).await {
                     Ok(End::Refiltered(s)) => self.refilter(link, s),
-                    Ok(_) => match self.finish_rescan(&link, until).await {
+                    Ok(_) => match self.finish_rescan(&mut link, until).await {
                         Ok(()) => State::Follow(link, Some(until)),
                         Err(e) => State::Backoff(e),
                     },
@@ -279,14 +295,16 @@ impl Worker {
             State::Reconcile(mut link, after) => {
                 let span = link.span.clone();
                 span.record("state", "reconcile");
-                let why = match after {
-                    After::Follow(_) => "no usable cursor into the peer",
-                    After::CheckCursor => "periodic",
+                let why = match (&after, link.repairing) {
+                    (_, Some(_)) => "requested",
+                    (After::Follow(_), None) => "no usable cursor into the peer",
+                    (After::CheckCursor, None) => "periodic",
                 };
                 match self.reconcile(&link, why).instrument(span).await {
                     Err(e) => State::Backoff(e),
-                    Ok(_) => {
+                    Ok(done) => {
                         self.progressed = true;
+                        self.repaired(&mut link, || done.to_string());
                         link.reconcile_at = self.next_reconcile(&link.settings);
                         match after {
                             After::CheckCursor => State::CheckCursor(link),
@@ -398,6 +416,7 @@ impl Worker {
             bootstrap: None,
             node,
             reconcile_at,
+            repairing: None,
             settings,
             _claim: claim,
             span,
@@ -466,11 +485,80 @@ impl Worker {
         Ok(self.start_over(link).await)
     }
 
-    /// A rescan is done: the cursor is where it was, now under the new filter.
-    async fn finish_rescan(&self, link: &Link, at: PeerCursor) -> Result<(), SyncError> {
+    /// A rescan is done: the cursor is where it was, now under the
+    /// current filter.
+    async fn finish_rescan(&self, link: &mut Link, at: PeerCursor) -> Result<(), SyncError> {
         self.persist_cursor(link, at).await?;
-        tracing::info!(parent: &link.span, seq = at.seq, "rescan under the new namespace filter done");
+        tracing::info!(parent: &link.span, seq = at.seq, "rescan of the peer's log done");
+        let pulled_before = link.repairing.map_or(0, |(_, before)| before);
+        let pulled = self
+            .p
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entries_pulled;
+        self.repaired(link, || {
+            format!(
+                "rescanned the peer's log up to seq {} (this pair does not reconcile: no \
+                 shared replication.fingerprint_key); pulled {}",
+                at.seq,
+                pulled.saturating_sub(pulled_before)
+            )
+        });
         Ok(())
+    }
+
+    /// The newest repair request made of this link's peer and not yet
+    /// answered.
+    fn repair_due(&self, link: &Link) -> Option<u64> {
+        let requested = self.repairs.borrow().of(&link.node);
+        let answered = self
+            .p
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .repaired;
+        (requested > answered).then_some(requested)
+    }
+
+    /// Answers repair request `request`: a reconciliation where the pair
+    /// can reconcile, else a rescan of the peer's log up to the cursor
+    /// (ids only: what is missing is fetched).
+    async fn repair(&mut self, mut link: Link, request: u64) -> State {
+        let pulled = self
+            .p
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entries_pulled;
+        link.repairing = Some((request, pulled));
+        if self.can_reconcile(&link.head) {
+            return State::Reconcile(link, After::CheckCursor);
+        }
+        match self.p.local.cursor(&link.node).await {
+            Ok(Some(r)) if r.cursor.seq > 0 && r.cursor.incarnation == link.head.incarnation => {
+                State::Rescan(link, r.cursor)
+            }
+            Ok(_) => {
+                self.repaired(&mut link, || {
+                    "nothing to compare yet: the peer's log is being read from the start".into()
+                });
+                State::CheckCursor(link)
+            }
+            Err(e) => State::Backoff(e.into()),
+        }
+    }
+
+    /// Reports the link's repair request, if any, answered with `result`.
+    fn repaired(&self, link: &mut Link, result: impl FnOnce() -> String) {
+        if let Some((request, _)) = link.repairing.take() {
+            let result = result();
+            tracing::info!(parent: &link.span, request, %result, "repair done");
+            self.update(|s| {
+                s.repaired = s.repaired.max(request);
+                s.last_repair_result = Some(result);
+            });
+        }
     }
 
     /// What a cursor into this peer is valid for: the namespace filter and

@@ -31,6 +31,10 @@ pub struct PeerStatus {
     /// found.
     pub last_reconcile: Option<SystemTime>,
     pub last_reconcile_result: Option<String>,
+    /// The newest repair request answered (see [`super::repair`]), and
+    /// what the answer found.
+    pub repaired: u64,
+    pub last_repair_result: Option<String>,
     /// The peer is another process with this replica's incarnation: one
     /// data directory was copied to both.
     pub shares_incarnation: bool,

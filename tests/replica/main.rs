@@ -18,6 +18,7 @@ mod ops;
 mod p2p;
 mod powerloss;
 mod reconcile;
+mod scrub;
 mod secrets;
 mod store_api;
 mod sync;

@@ -299,10 +299,14 @@ impl RocksStore {
     /// The bodies logged at `seqs`: `None` where nothing is logged (taken
     /// out of service by [`Store::quarantine`]); a log record without its
     /// body is corrupt.
-    fn bodies_at(&self, seqs: impl Iterator<Item = Seq>) -> Result<Vec<Option<Bytes>>, StoreError> {
+    fn bodies_at(
+        &self,
+        seqs: impl Iterator<Item = Seq>,
+        opts: &ReadOptions,
+    ) -> Result<Vec<Option<Bytes>>, StoreError> {
         let keys: Vec<[u8; 8]> = seqs.map(Seq::to_be_bytes).collect();
         self.db
-            .batched_multi_get_cf_opt(self.cf(CF_BODIES), &keys, false, &body_read_options())
+            .batched_multi_get_cf_opt(self.cf(CF_BODIES), &keys, false, opts)
             .into_iter()
             .zip(&keys)
             .map(|(body, seq)| match body.map_err(backend)? {
@@ -331,9 +335,10 @@ impl RocksStore {
     }
 }
 
-/// Options for reading entry bodies. Block checksums are not verified: every
-/// reader re-hashes each body against its id (BLAKE3), which catches any
-/// corruption a checksum would. The blocks read are small (keys and blob
+/// Options for reading entry bodies. Checksums are not verified: every
+/// reader re-hashes each body against its id (BLAKE3), and checks its
+/// signature where it requires one; a scrub reads with them verified (see
+/// [`Store::read_back`]), which also covers the signature's bytes. The blocks read are small (keys and blob
 /// references; bodies live in blob files, outside the cache), so they are
 /// cached: a log scan would otherwise read the same index blocks from the
 /// file again for every chunk.
@@ -568,11 +573,31 @@ impl Store for RocksStore {
             .collect()
     }
 
+    fn read_back(&self, seqs: &[Seq]) -> Result<Vec<Option<Bytes>>, StoreError> {
+        let mut opts = body_read_options();
+        opts.set_verify_checksums(true);
+        let head = self.head.load(Ordering::Acquire);
+        let held = |seq: Seq| (1..=head).contains(&seq);
+        let mut bodies = self
+            .bodies_at(seqs.iter().copied().filter(|&s| held(s)), &opts)?
+            .into_iter();
+        Ok(seqs
+            .iter()
+            .map(|&seq| match held(seq) {
+                true => bodies.next().flatten(),
+                false => None,
+            })
+            .collect())
+    }
+
     fn get_logged(&self, seqs: &[Seq]) -> Result<Vec<Option<Bytes>>, StoreError> {
         let head = self.head.load(Ordering::Acquire);
         let held = |seq: Seq| (1..=head).contains(&seq);
         let mut bodies = self
-            .bodies_at(seqs.iter().copied().filter(|&s| held(s)))?
+            .bodies_at(
+                seqs.iter().copied().filter(|&s| held(s)),
+                &body_read_options(),
+            )?
             .into_iter();
         Ok(seqs
             .iter()

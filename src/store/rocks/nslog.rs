@@ -94,7 +94,10 @@ pub(super) fn read(
         }
         let bodies = match data_budget {
             None => vec![None; chunk.len()],
-            Some(_) => store.bodies_at(chunk.iter().map(|(seq, ..)| *seq))?,
+            Some(_) => store.bodies_at(
+                chunk.iter().map(|(seq, ..)| *seq),
+                &super::body_read_options(),
+            )?,
         };
         for ((seq, run, id), data) in chunk.into_iter().zip(bodies) {
             let len = data.as_ref().map_or(0, Bytes::len);

@@ -105,6 +105,9 @@ impl Worker {
         let mut silent = false;
         // A periodic reconciliation ends a follow session when it is due.
         let reconcile_at = link.reconcile_at.filter(|_| matches!(mode, Mode::Follow));
+        // So does a repair request.
+        let mut repairs = self.repairs.clone();
+        let mut repairs_open = matches!(mode, Mode::Follow);
         let result = loop {
             let idle = settings.borrow().session_idle_timeout;
             let wait_until = last_heard + if silent { idle } else { idle / 2 };
@@ -123,6 +126,21 @@ impl Worker {
                         break Err(e);
                     }
                     break sink.drain().await.map(|_| End::ReconcileDue);
+                }
+                changed = repairs.changed(), if repairs_open => {
+                    if changed.is_err() {
+                        repairs_open = false;
+                        continue;
+                    }
+                    if self.repair_due(link).is_none() {
+                        continue;
+                    }
+                    if let Some((cursor, head_seq)) = unsaved.take()
+                        && let Err(e) = sink.seal(Some(cursor), head_seq).await
+                    {
+                        break Err(e);
+                    }
+                    break sink.drain().await.map(|_| End::RepairDue);
                 }
                 changed = settings.changed(), if settings_open => {
                     if changed.is_err() {
