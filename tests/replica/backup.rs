@@ -145,3 +145,123 @@ async fn a_replica_without_a_disk_has_nothing_to_back_up() {
     assert!(err.contains("keeps nothing on disk"), "{err}");
     replica.stop().await.unwrap();
 }
+
+/// Replicas that share a fingerprint key and reconcile only when a cursor
+/// is refused.
+fn reconciling_on_refusal(c: &mut mindoo_replica::config::RawConfig) {
+    c.replication.fingerprint_key =
+        "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed".into();
+    c.replication.reconcile_interval_ms = 0;
+}
+
+fn counter(text: &str, series: &str) -> f64 {
+    try_metric(text, series).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_restored_from_a_backup_5000_entries_old_heals_both_ways_moving_only_the_difference()
+ {
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut replicas = mesh_with(&dirs, |_, c| reconciling_on_refusal(c)).await;
+    let addrs: Vec<SocketAddr> = replicas.iter().map(|r| r.addr).collect();
+    let all = entries(30_200);
+    let (old, rest) = all.split_at(25_000);
+    let (missed, fresh) = rest.split_at(5_000);
+    let mut client = replicas[0].client().await;
+    for batch in old.chunks(1000) {
+        client.put(batch).await.unwrap();
+    }
+    replicas[1].wait_for_count(25_000, 60).await;
+
+    // The backup is taken while the other replica takes the next 5,000.
+    let writer = {
+        let mut client = replicas[1].client().await;
+        let missed = missed.to_vec();
+        tokio::spawn(async move {
+            for batch in missed.chunks(250) {
+                client.put(batch).await.unwrap();
+            }
+        })
+    };
+    let home = tempfile::tempdir().unwrap();
+    cli(home.path(), &["backup", "--addr", &addrs[0].to_string()]).unwrap();
+    writer.await.unwrap();
+    replicas[0].wait_for_count(30_000, 60).await;
+    let b_node = addrs[1].to_string();
+    let a_node = addrs[0].to_string();
+    wait_for_cursor(&replicas[0], &b_node, 5_000, 30).await;
+    let b_sent_before = counter(
+        &replicas[1].metrics_text().await,
+        "mindoo_replica_entry_bytes_sent_total",
+    );
+
+    replicas.remove(0).stop().await.unwrap();
+    let backup = std::fs::read_dir(dirs[0].path().join("backups"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let data = dirs[0].path().to_str().unwrap().to_owned();
+    cli(
+        home.path(),
+        &[
+            "restore",
+            "--from",
+            backup.to_str().unwrap(),
+            "--data",
+            &data,
+        ],
+    )
+    .unwrap();
+    let a = restart_member(dirs[0].path(), addrs[0], &addrs, reconciling_on_refusal).await;
+    let restored = a.entry_count().await;
+    assert!(
+        (25_000..30_000).contains(&restored),
+        "the backup holds what was there when it was taken: {restored}"
+    );
+    // Written to the restored replica alone: the other side lacks these.
+    a.client().await.put(fresh).await.unwrap();
+    let b = &replicas[0];
+    a.wait_for_count(30_200, 60).await;
+    b.wait_for_count(30_200, 60).await;
+
+    // B's cursor into the old incarnation was refused, and B reconciled
+    // with the restored replica instead of reading its log again.
+    let b_text = b.metrics_text().await;
+    let of_a = |name: &str| format!("{name}{{peer=\"{a_node}\"}}");
+    assert!(counter(&b_text, &of_a("mindoo_replica_peer_cursor_resets_total")) >= 1.0);
+    assert!(
+        counter(
+            &b_text,
+            &of_a("mindoo_replica_peer_reconcile_sessions_total")
+        ) >= 1.0
+    );
+    // Bytes of entries that crossed, either way, since the restore (read
+    // before any client reads entries back): within
+    // a small factor of what the restored replica missed and what only it
+    // held, far from the whole store.
+    let a_text = a.metrics_text().await;
+    let moved = counter(&a_text, "mindoo_replica_entry_bytes_sent_total")
+        + counter(&b_text, "mindoo_replica_entry_bytes_sent_total")
+        - b_sent_before;
+    let size = |es: &[mindoo_replica::entry::Entry]| {
+        es.iter().map(|e| e.data().len()).sum::<usize>() as f64
+    };
+    let difference = size(missed) + size(fresh);
+    let whole = size(&all);
+    assert!(
+        moved <= 2.0 * difference,
+        "moved {moved} bytes of entries for a difference of {difference} (whole store {whole})"
+    );
+    // Nobody read the restored replica's log from the start.
+    let read = counter(&a_text, "mindoo_replica_store_log_records_read_total");
+    assert!(
+        read < 2.0 * 5_200.0,
+        "{read} log records read on the restored replica"
+    );
+    assert_holds_exactly(&a, &ns(), &all).await;
+    assert_holds_exactly(b, &ns(), &all).await;
+    a.stop().await.unwrap();
+    replicas.remove(0).stop().await.unwrap();
+}

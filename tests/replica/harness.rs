@@ -390,7 +390,11 @@ pub async fn assert_holds_exactly(replica: &TestReplica, ns: &Namespace, expecte
         replica.addr,
         held.len()
     );
-    let got = replica.client().await.get(ns, &want).await.unwrap();
+    let mut client = replica.client().await;
+    let mut got = Vec::with_capacity(want.len());
+    for chunk in want.chunks(5000) {
+        got.extend(client.get(ns, chunk).await.unwrap());
+    }
     assert_eq!(
         got.len(),
         expected.len(),
