@@ -138,8 +138,7 @@ pub async fn on_store<T: Send + 'static>(
     f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T> {
     let store = store.clone();
-    tokio::task::spawn_blocking(move || f(&*store))
-        .await
-        .map_err(|e| Error::Internal(format!("store task failed: {e}")))?
+    crate::blocking::run(move || f(&*store))
+        .await?
         .map_err(Error::from)
 }

@@ -24,6 +24,7 @@
 pub mod access;
 #[cfg(feature = "client")]
 pub mod auth;
+pub mod blocking;
 #[cfg(feature = "client")]
 pub mod client;
 #[cfg(feature = "server")]
@@ -69,6 +70,8 @@ pub mod seal;
 pub mod server;
 #[cfg(feature = "server")]
 pub mod service;
+#[cfg(feature = "tools")]
+pub mod sim;
 pub mod store;
 #[cfg(feature = "client")]
 pub mod sync;

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use mindoo_replica::config::{ConfigError, RawConfig, Settings};
 use mindoo_replica::server::{self, Listeners};
 use mindoo_replica::telemetry;
-use mindoo_replica::tools::{backup, bench, check, device, inspect, keys, mesh, scrub, sync};
+use mindoo_replica::tools::{backup, bench, check, device, inspect, keys, mesh, scrub, sim, sync};
 
 #[derive(Parser)]
 #[command(name = "mindoo-replica", version, about)]
@@ -78,6 +78,9 @@ enum Command {
     /// `--peer`) and move what either lacks; prints what each found and
     /// moved.
     Repair(scrub::RepairArgs),
+    /// Run the deterministic simulation of a mesh under faults for many
+    /// seeds, or replay one (`--seed N --trace`).
+    Sim(sim::SimArgs),
     /// Show a running replica's head and how its pulls from each peer are going.
     Status {
         /// The replica's gRPC address.
@@ -308,6 +311,7 @@ fn main() -> ExitCode {
         Command::Restore(args) => backup::restore(args),
         Command::Scrub(args) => runtime.block_on(scrub::scrub(args)),
         Command::Repair(args) => runtime.block_on(scrub::repair(args)),
+        Command::Sim(args) => sim::sim(args),
         Command::Status { addr } => runtime.block_on(inspect::status(&addr, true)),
         Command::Peers { addr } => runtime.block_on(inspect::status(&addr, false)),
         Command::Check {

@@ -195,6 +195,7 @@ impl LogFollower {
                 }
             };
             tokio::select! {
+                biased;
                 _ = self.replica.shutdown_token().cancelled() => return Err(Error::ShuttingDown),
                 changed = self.head.wait_for(|head| *head > after) => {
                     changed.map_err(|_| Error::ShuttingDown)?;
@@ -224,6 +225,7 @@ impl LogFollower {
         let until = tokio::time::Instant::now() + delay;
         loop {
             tokio::select! {
+                biased;
                 _ = self.replica.shutdown_token().cancelled() => return Err(Error::ShuttingDown),
                 _ = tokio::time::sleep_until(until) => return Ok(()),
                 changed = self.head.changed() => {

@@ -51,9 +51,7 @@ impl<T> Committed<T> {
     /// Waits, on the blocking pool, until the commit is durable.
     pub async fn durable(self) -> Result<T> {
         if let Some(commit) = self.commit {
-            tokio::task::spawn_blocking(move || commit.sync())
-                .await
-                .map_err(|e| Error::Internal(format!("store task failed: {e}")))??;
+            crate::blocking::run(move || commit.sync()).await??;
         }
         Ok(self.value)
     }
@@ -187,7 +185,7 @@ impl Replica {
     pub async fn render_metrics(&self) -> String {
         let store = self.store.clone();
         let (disk_bytes, memory) =
-            tokio::task::spawn_blocking(move || (store.disk_bytes(), store.memory_bytes()))
+            crate::blocking::run(move || (store.disk_bytes(), store.memory_bytes()))
                 .await
                 .unwrap_or_default();
         self.metrics.set_store_memory(&memory);
@@ -214,7 +212,7 @@ impl Replica {
     /// learn whether the store takes writes again.
     pub async fn probe_writes(&self) {
         let commit = self.commit.clone();
-        let _ = tokio::task::spawn_blocking(move || commit.probe()).await;
+        let _ = crate::blocking::run(move || commit.probe()).await;
     }
 
     /// Takes a consistent copy of the store into `dir` (a new directory;
@@ -283,7 +281,7 @@ impl Replica {
             }
             Some(quotas) => {
                 let commit = self.commit.clone();
-                let (rejections, appended) = tokio::task::spawn_blocking(move || {
+                let (rejections, appended) = crate::blocking::run(move || {
                     let (verified, rejections) = commit.verify(Origin::Client, items);
                     let appended = match verified.is_empty() {
                         true => Vec::new(),
@@ -291,8 +289,7 @@ impl Replica {
                     };
                     Ok::<_, Error>((rejections, Some(appended)))
                 })
-                .await
-                .map_err(|e| Error::Internal(format!("store task failed: {e}")))??;
+                .await??;
                 self.count_rejections(&rejections);
                 (rejections, appended)
             }
@@ -331,9 +328,7 @@ impl Replica {
     pub async fn verify(&self, origin: Origin, items: Vec<(Bytes, Bytes)>) -> Result<Checked> {
         let commit = self.commit.clone();
         let (verified, rejections) =
-            tokio::task::spawn_blocking(move || commit.verify(origin, items))
-                .await
-                .map_err(|e| Error::Internal(format!("verify task failed: {e}")))?;
+            crate::blocking::run(move || commit.verify(origin, items)).await?;
         self.count_rejections(&rejections);
         Ok((verified, rejections))
     }
@@ -376,7 +371,7 @@ impl Replica {
         fatal: fn(&Rejection) -> bool,
     ) -> Result<(Vec<(usize, Rejection)>, Option<Vec<Appended>>)> {
         let commit = self.commit.clone();
-        let (rejections, appended) = tokio::task::spawn_blocking(move || {
+        let (rejections, appended) = crate::blocking::run(move || {
             let (verified, rejections) = commit.verify(origin, items);
             if rejections.iter().any(|(_, r)| fatal(r)) {
                 return Ok((rejections, None));
@@ -387,8 +382,7 @@ impl Replica {
             };
             Ok((rejections, Some(appended)))
         })
-        .await
-        .map_err(|e| Error::Internal(format!("store task failed: {e}")))?
+        .await?
         .map_err(|e: StoreError| Error::from(e))?;
         self.count_rejections(&rejections);
         Ok((rejections, appended))
@@ -426,9 +420,8 @@ impl Replica {
         }
         let commit = self.commit.clone();
         let appended =
-            tokio::task::spawn_blocking(move || commit.commit(origin, &entries, cursor.as_ref()))
-                .await
-                .map_err(|e| Error::Internal(format!("store task failed: {e}")))?
+            crate::blocking::run(move || commit.commit(origin, &entries, cursor.as_ref()))
+                .await?
                 .map_err(Error::from)?;
         self.committed(appended, true).durable().await
     }

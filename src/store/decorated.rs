@@ -24,6 +24,17 @@ pub trait Hooks: Send + Sync + 'static {
         Ok(())
     }
 
+    /// The append itself, given the inner store (a test can commit it
+    /// otherwise than in one batch).
+    fn append(
+        &self,
+        inner: &dyn Store,
+        entries: &[VerifiedEntry],
+        cursor: Option<&CursorUpdate>,
+    ) -> Result<Vec<Appended>, StoreError> {
+        inner.append(entries, cursor)
+    }
+
     /// Entry data on its way out (`get`, `get_logged`, `log_since`).
     fn data_out(&self, data: Bytes) -> Bytes {
         data
@@ -57,7 +68,7 @@ impl<H: Hooks> Store for Decorated<H> {
         cursor: Option<&CursorUpdate>,
     ) -> Result<Vec<Appended>, StoreError> {
         self.hooks.before_append()?;
-        self.inner.append(entries, cursor)
+        self.hooks.append(&*self.inner, entries, cursor)
     }
     fn sync(&self) -> Result<(), StoreError> {
         self.inner.sync()

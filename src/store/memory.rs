@@ -27,7 +27,7 @@ pub struct MemoryStore {
     ranges: Option<RangeIndex>,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Inner {
     entries: BTreeMap<Namespace, BTreeMap<EntryId, Bytes>>,
     count: u64,
@@ -67,6 +67,25 @@ impl MemoryStore {
         Self {
             ranges: Some(RangeIndex::new(key)),
             ..Self::new()
+        }
+    }
+
+    /// A copy of everything held now, under a new incarnation: a restore
+    /// of a backup taken at this moment.
+    pub fn restored_copy(&self) -> Self {
+        let inner = self.read().clone();
+        let ranges = self.ranges.as_ref().map(|r| {
+            let index = RangeIndex::new(r.key().clone());
+            for (ns, ids) in &inner.entries {
+                index.insert(ids.keys().map(|id| (ns, id)));
+            }
+            index
+        });
+        Self {
+            incarnation: Incarnation::random(),
+            inner: RwLock::new(inner),
+            records_read: AtomicU64::new(0),
+            ranges,
         }
     }
 

@@ -130,9 +130,7 @@ impl Local for DeviceStore {
 
     async fn verify(&self, items: Vec<(Bytes, Bytes)>) -> Result<Checked> {
         let policy = self.policy.clone();
-        tokio::task::spawn_blocking(move || policy.check_batch(items, Origin::Peer))
-            .await
-            .map_err(|e| Error::Internal(format!("verify task failed: {e}")))
+        crate::blocking::run(move || policy.check_batch(items, Origin::Peer)).await
     }
 
     async fn ingest(

@@ -183,6 +183,7 @@ impl Worker {
             let name = state.name();
             self.update(|s| s.state = name);
             state = tokio::select! {
+                biased;
                 _ = cancel.cancelled() => break,
                 next = self.step(state) => next,
             };

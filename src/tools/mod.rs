@@ -15,4 +15,5 @@ pub mod inspect;
 pub mod keys;
 pub mod mesh;
 pub mod scrub;
+pub mod sim;
 pub mod sync;

@@ -112,6 +112,7 @@ impl Worker {
             let idle = settings.borrow().session_idle_timeout;
             let wait_until = last_heard + if silent { idle } else { idle / 2 };
             let next = tokio::select! {
+                biased;
                 _ = tokio::time::sleep_until(persist_at), if unsaved.is_some() => {
                     let (cursor, head_seq) = unsaved.take().expect("checked");
                     if let Err(e) = sink.seal(Some(cursor), head_seq).await {

@@ -17,7 +17,7 @@ pub use session::{LEAF_ITEMS, MAX_ROUNDS, Role, Session, SessionLimits};
 
 use std::sync::Arc;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::store::Store;
 
 /// Opens a session (`incoming: None`, the initiator's first round) or
@@ -27,15 +27,14 @@ pub async fn step(
     mut session: Session,
     incoming: Option<Vec<Part>>,
 ) -> Result<(Session, Vec<Part>)> {
-    tokio::task::spawn_blocking(move || {
+    crate::blocking::run(move || {
         let out = match incoming {
             None => session.open(&*store)?,
             Some(parts) => session.answer(&*store, parts)?,
         };
         Ok((session, out))
     })
-    .await
-    .map_err(|e| Error::Internal(format!("reconcile task failed: {e}")))?
+    .await?
 }
 
 #[cfg(test)]

@@ -1,0 +1,54 @@
+//! The simulation in the test suite: a few hundred seeds, a replay, and
+//! the planted bug found. `mindoo-replica sim` runs thousands.
+
+use super::*;
+
+/// Seeds the suite runs: `MINDOO_SIM_SEEDS` or 300.
+fn seeds() -> u64 {
+    std::env::var("MINDOO_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300)
+}
+
+fn explain(outcome: &Outcome) -> String {
+    format!(
+        "seed {} failed: {}\n{}\nreplay: mindoo-replica sim --seed {} --trace",
+        outcome.seed,
+        outcome.failure.as_deref().unwrap_or(""),
+        outcome.trace.join("\n"),
+        outcome.seed
+    )
+}
+
+#[test]
+fn every_seed_converges_with_nothing_acknowledged_lost() {
+    for seed in 0..seeds() {
+        let outcome = run(&Options::new(seed));
+        assert!(outcome.failure.is_none(), "{}", explain(&outcome));
+    }
+}
+
+#[test]
+fn a_seed_replays_exactly() {
+    let first = run(&Options::new(4242));
+    let again = run(&Options::new(4242));
+    assert!(first.trace.len() > 20, "{:?}", first.trace);
+    assert_eq!(first.trace, again.trace);
+}
+
+#[test]
+fn the_planted_bug_is_found() {
+    let found = (0..200).find_map(|seed| {
+        let outcome = run(&Options {
+            plant: Some(Plant::CursorBeforeData),
+            ..Options::new(seed)
+        });
+        outcome.failure.is_some().then_some(outcome)
+    });
+    let outcome = found.expect("a cursor committed before its data is found within 200 seeds");
+    let failure = outcome.failure.as_deref().unwrap_or("");
+    assert!(failure.contains("cursor into"), "{}", explain(&outcome));
+    // The same seed without the bug passes.
+    assert!(run(&Options::new(outcome.seed)).failure.is_none());
+}
