@@ -29,6 +29,8 @@ pub struct Head {
     /// release does not), with fingerprints under the key of this check
     /// (see [`crate::store::ranges::FingerprintKey::check`]).
     pub reconcile_key: Option<u64>,
+    /// The namespaces the peer pulls from its peers; empty: all.
+    pub pulls: Vec<Namespace>,
 }
 
 impl Head {

@@ -189,6 +189,7 @@ pub fn head_to_proto(h: &Head) -> proto::HeadResponse {
             None => Vec::new(),
         },
         fingerprint_key_check: h.reconcile_key.unwrap_or_default(),
+        pulls: h.pulls.iter().map(namespace_to_proto).collect(),
     }
 }
 
@@ -234,6 +235,11 @@ pub fn head(h: proto::HeadResponse) -> Result<Head> {
             .iter()
             .any(|f| f == FEATURE_RECONCILE)
             .then_some(h.fingerprint_key_check),
+        pulls: h
+            .pulls
+            .into_iter()
+            .map(|ns| namespace(Some(ns)))
+            .collect::<Result<_>>()?,
     })
 }
 
@@ -511,6 +517,7 @@ mod tests {
             max_message_bytes: 1 << 20,
             features: vec![FEATURE_RECONCILE.into()],
             fingerprint_key_check: 7,
+            pulls: vec![ns()],
         };
         let record = proto::LogRecord {
             seq: 1,

@@ -178,6 +178,9 @@ impl Replica {
             max_ids_per_request: self.limits.max_ids_per_request,
             max_message_bytes: self.limits.max_message_bytes,
             reconcile_key: self.store.ranges().map(|r| r.key().check()),
+            // What it pulls is the replication settings' to say (the
+            // service adds it).
+            pulls: Vec::new(),
         })
     }
 

@@ -52,8 +52,9 @@ pub struct ScrubReport {
 }
 
 impl Replica {
-    /// One pass over the whole log at `bytes_per_second` at most (0: no
-    /// limit), until done or `cancel`.
+    /// One pass over the log as far as it reached when the pass began (what
+    /// is written meanwhile waits for the next pass), at `bytes_per_second`
+    /// at most (0: no limit), until done or `cancel`.
     pub async fn scrub(
         &self,
         bytes_per_second: u64,
@@ -62,12 +63,14 @@ impl Replica {
         let started = Instant::now();
         let mut report = ScrubReport::default();
         let mut after = 0;
-        loop {
+        let end = self.stats().head_seq;
+        while after < end {
             if cancel.is_cancelled() {
                 report.stopped = true;
                 break;
             }
-            let page = self.blocking(move |s| scrub_page(s, after, PAGE)).await?;
+            let limit = PAGE.min((end - after) as usize);
+            let page = self.blocking(move |s| scrub_page(s, after, limit)).await?;
             report.checked += page.checked;
             report.bytes += page.bytes;
             self.metrics.scrub_entries.inc_by(page.checked);

@@ -178,7 +178,8 @@ impl StoreApi for StoreService {
         request: Request<proto::HeadRequest>,
     ) -> Result<Response<proto::HeadResponse>, Status> {
         self.access.borrow().check_known(&Caller::of(&request))?;
-        let head = self.replica.head().await?;
+        let mut head = self.replica.head().await?;
+        head.pulls = self.mesh.settings.borrow().pull.namespaces.clone();
         Ok(Response::new(convert::head_to_proto(&head)))
     }
 

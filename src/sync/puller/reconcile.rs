@@ -87,7 +87,11 @@ impl Worker {
 
     async fn reconcile_once(&self, link: &Link) -> Result<Reconciled, SyncError> {
         let started = Instant::now();
-        let namespaces = link.settings.namespaces.clone();
+        let Some(namespaces) = shared_namespaces(&link.settings.namespaces, &link.head.pulls)
+        else {
+            // The two pull no namespace in common: nothing to compare.
+            return Ok(Reconciled::default());
+        };
         let scope = match namespaces.is_empty() {
             true => Scope::all(),
             false => Scope::only(&namespaces),
@@ -229,5 +233,47 @@ impl Worker {
                 .count() as u64,
         );
         Ok(())
+    }
+}
+
+/// The namespaces both sides of a pair pull (empty: all); `None` when
+/// they pull none in common.
+fn shared_namespaces(mine: &[Namespace], theirs: &[Namespace]) -> Option<Vec<Namespace>> {
+    match (mine.is_empty(), theirs.is_empty()) {
+        (true, _) => Some(theirs.to_vec()),
+        (false, true) => Some(mine.to_vec()),
+        (false, false) => {
+            let both: Vec<Namespace> = mine
+                .iter()
+                .filter(|n| theirs.contains(n))
+                .cloned()
+                .collect();
+            (!both.is_empty()).then_some(both)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pair_compares_the_namespaces_both_pull() {
+        let ns = |db: &str| Namespace::new("t", db).unwrap();
+        let (a, b, c) = (ns("a"), ns("b"), ns("c"));
+        assert_eq!(shared_namespaces(&[], &[]), Some(vec![]));
+        assert_eq!(
+            shared_namespaces(&[], std::slice::from_ref(&a)),
+            Some(vec![a.clone()])
+        );
+        assert_eq!(
+            shared_namespaces(std::slice::from_ref(&b), &[]),
+            Some(vec![b.clone()])
+        );
+        assert_eq!(
+            shared_namespaces(&[a.clone(), b.clone()], &[b.clone(), c.clone()]),
+            Some(vec![b.clone()])
+        );
+        assert_eq!(shared_namespaces(&[a], &[c]), None);
     }
 }

@@ -104,6 +104,32 @@ pub async fn backup(opts: BackupOptions, exe: PathBuf) -> anyhow::Result<()> {
     stop.cancel();
     let during = writer.await??;
     let file_bytes = std::fs::metadata(&file)?.len();
+
+    // A scrub of the running replica, unthrottled, while the client writes.
+    let stop = CancellationToken::new();
+    let writer = {
+        let (mut client, ns, stop) = (client.clone(), ns.clone(), stop.clone());
+        let mut next = first + 10_000_000;
+        tokio::spawn(async move {
+            write_until(&mut client, &ns, &mut next, size, || stop.is_cancelled()).await
+        })
+    };
+    let started = Instant::now();
+    let scrubbed = admin
+        .scrub(proto::ScrubRequest { mb_per_second: 0 })
+        .await?
+        .into_inner();
+    let scrub_secs = started.elapsed().as_secs_f64();
+    stop.cancel();
+    let scrubbing = writer.await??;
+    println!(
+        "backup: scrub of the running replica: {} entries, {:.1} MB in {scrub_secs:.2} s = {:.0} entries/s, {} corrupt, while a client wrote {scrubbing:.0} entries/s (alone: {alone:.0} entries/s, {:+.0} %)",
+        scrubbed.entries,
+        scrubbed.bytes as f64 / 1e6,
+        scrubbed.entries as f64 / scrub_secs,
+        scrubbed.corrupt.len(),
+        (scrubbing / alone - 1.0) * 100.0
+    );
     replica.stop().await?;
     let stream_rate = file_bytes as f64 / streamed_secs / 1e6;
     println!(
