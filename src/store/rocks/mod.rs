@@ -326,6 +326,26 @@ impl RocksStore {
             .collect()
     }
 
+    /// The bodies logged at `seqs`, `None` for 0 and past the head.
+    fn logged_bodies(
+        &self,
+        seqs: &[Seq],
+        opts: &ReadOptions,
+    ) -> Result<Vec<Option<Bytes>>, StoreError> {
+        let head = self.head.load(Ordering::Acquire);
+        let held = |seq: Seq| (1..=head).contains(&seq);
+        let mut bodies = self
+            .bodies_at(seqs.iter().copied().filter(|&s| held(s)), opts)?
+            .into_iter();
+        Ok(seqs
+            .iter()
+            .map(|&seq| match held(seq) {
+                true => bodies.next().flatten(),
+                false => None,
+            })
+            .collect())
+    }
+
     fn property(&self, cf: &str, name: &str) -> u64 {
         self.db
             .property_int_value_cf(self.cf(cf), name)
@@ -576,36 +596,11 @@ impl Store for RocksStore {
     fn read_back(&self, seqs: &[Seq]) -> Result<Vec<Option<Bytes>>, StoreError> {
         let mut opts = body_read_options();
         opts.set_verify_checksums(true);
-        let head = self.head.load(Ordering::Acquire);
-        let held = |seq: Seq| (1..=head).contains(&seq);
-        let mut bodies = self
-            .bodies_at(seqs.iter().copied().filter(|&s| held(s)), &opts)?
-            .into_iter();
-        Ok(seqs
-            .iter()
-            .map(|&seq| match held(seq) {
-                true => bodies.next().flatten(),
-                false => None,
-            })
-            .collect())
+        self.logged_bodies(seqs, &opts)
     }
 
     fn get_logged(&self, seqs: &[Seq]) -> Result<Vec<Option<Bytes>>, StoreError> {
-        let head = self.head.load(Ordering::Acquire);
-        let held = |seq: Seq| (1..=head).contains(&seq);
-        let mut bodies = self
-            .bodies_at(
-                seqs.iter().copied().filter(|&s| held(s)),
-                &body_read_options(),
-            )?
-            .into_iter();
-        Ok(seqs
-            .iter()
-            .map(|&seq| match held(seq) {
-                true => bodies.next().flatten(),
-                false => None,
-            })
-            .collect())
+        self.logged_bodies(seqs, &body_read_options())
     }
 
     fn log_since(
