@@ -239,6 +239,19 @@ impl Sink {
     }
 
     /// Waits for every chunk in flight and records their progress.
+    /// Ends a session that stops of its own accord: the cursor it moved in
+    /// memory only (`unsaved`, with the peer's head) is sealed, then
+    /// everything in flight lands.
+    pub(super) async fn close(
+        &mut self,
+        unsaved: Option<(PeerCursor, Seq)>,
+    ) -> Result<(), SyncError> {
+        if let Some((cursor, head_seq)) = unsaved {
+            self.seal(Some(cursor), head_seq).await?;
+        }
+        self.drain().await
+    }
+
     pub(super) async fn drain(&mut self) -> Result<(), SyncError> {
         while !self.inflight.is_empty() {
             self.finish_oldest().await?;

@@ -121,12 +121,7 @@ impl Worker {
                     continue;
                 }
                 _ = sleep_until_some(reconcile_at), if reconcile_at.is_some() => {
-                    if let Some((cursor, head_seq)) = unsaved.take()
-                        && let Err(e) = sink.seal(Some(cursor), head_seq).await
-                    {
-                        break Err(e);
-                    }
-                    break sink.drain().await.map(|_| End::ReconcileDue);
+                    break sink.close(unsaved.take()).await.map(|_| End::ReconcileDue);
                 }
                 changed = repairs.changed(), if repairs_open => {
                     if changed.is_err() {
@@ -136,12 +131,7 @@ impl Worker {
                     if self.repair_due(link).is_none() {
                         continue;
                     }
-                    if let Some((cursor, head_seq)) = unsaved.take()
-                        && let Err(e) = sink.seal(Some(cursor), head_seq).await
-                    {
-                        break Err(e);
-                    }
-                    break sink.drain().await.map(|_| End::RepairDue);
+                    break sink.close(unsaved.take()).await.map(|_| End::RepairDue);
                 }
                 changed = settings.changed(), if settings_open => {
                     if changed.is_err() {
