@@ -16,9 +16,12 @@
 //! come from the seed (see [`crate::sync::env`]), and so do the entries
 //! written and every decision of the driver and the network: a seed
 //! replays its trace (the faults, the writes, what each crashed replica
-//! held, when the mesh converged), and a failing seed prints it. The
-//! order in which a replica logs entries that two pulls bring at the same
-//! moment is not yet part of what replays.
+//! held, when the mesh converged, and a hash of every replica's log in
+//! order), and a failing seed prints it. What tokio chooses at random
+//! (which of a watch channel's waiters wakes first, which branch of an
+//! unbiased `select!` is polled first) comes from the seed too: the
+//! runtime is seeded (`Builder::rng_seed`, which needs the
+//! `tokio_unstable` cfg that `.cargo/config.toml` sets).
 //!
 //! Besides convergence, each restart checks the engine's crash-safety
 //! invariant: a cursor persisted into a peer's log at `seq` means every
@@ -96,11 +99,15 @@ pub struct Outcome {
 
 /// Runs one simulation on this thread.
 pub fn run(options: &Options) -> Outcome {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("a current-thread runtime builds");
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_time().start_paused(true);
+    // Which of a watch channel's waiters wakes first, and which branch of
+    // an unbiased select! is polled first, are tokio's random choices.
+    #[cfg(tokio_unstable)]
+    builder.rng_seed(tokio::runtime::RngSeed::from_bytes(
+        &options.seed.to_le_bytes(),
+    ));
+    let runtime = builder.build().expect("a current-thread runtime builds");
     let _inline = crate::blocking::inline_on_this_thread();
     // Built inside the runtime: its clock is the paused one.
     runtime.block_on(async { Sim::new(options).run().await })
@@ -322,6 +329,23 @@ impl Sim {
         }
     }
 
+    /// A hash of every node's log, in order.
+    fn log_digest(&self) -> blake3::Hash {
+        let mut hasher = blake3::Hasher::new();
+        for node in &self.nodes {
+            let log = node
+                .store
+                .log_since(0, usize::MAX, None)
+                .unwrap_or_default();
+            hasher.update(&(log.len() as u64).to_le_bytes());
+            for record in log {
+                hasher.update(&record.seq.to_le_bytes());
+                hasher.update(&record.id.0);
+            }
+        }
+        hasher.finalize()
+    }
+
     /// Checks that node `i`'s cursors say nothing its disk does not hold.
     fn check_cursors(&self, i: usize) -> Result<(), String> {
         let store = &self.nodes[i].store;
@@ -486,6 +510,11 @@ impl Sim {
         for i in 0..NODES {
             self.crash(i);
         }
+        let logs = self.log_digest();
+        self.log(format!(
+            "the replicas' logs, in order, hash to {}",
+            &logs.to_hex()[..16]
+        ));
         Outcome {
             seed: self.options.seed,
             trace: self.trace,

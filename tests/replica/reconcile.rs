@@ -204,6 +204,56 @@ async fn paired_by_cursor_pull_alone(odd: impl Fn(&mut mindoo_replica::config::R
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pair_reconciles_only_the_namespaces_both_pull() {
+    // Replica 0 pulls every namespace, replica 1 only `acme/notes`.
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let replicas = mesh_with(&dirs, |i, c| {
+        reconciling(c);
+        if i == 1 {
+            c.replication.namespaces = vec![ns().to_string()];
+        }
+    })
+    .await;
+    let other = mindoo_replica::entry::Namespace::new("acme", "other").unwrap();
+    let notes = entries(200);
+    let others = mindoo_replica::fixtures::sample_entries(&other, &author(), 100, 256);
+    let mut client = replicas[0].client().await;
+    client.put(&notes).await.unwrap();
+    client.put(&others).await.unwrap();
+    replicas[1].wait_for_count(200, 20).await;
+    // Both sides start sessions with each other: replica 1 as the one that
+    // pulls `acme/notes` from 0, replica 0 as the one that pulls all.
+    let (zero, one) = (replicas[0].addr.to_string(), replicas[1].addr.to_string());
+    for (r, peer) in [(&replicas[0], &one), (&replicas[1], &zero)] {
+        wait_for_metric(
+            r,
+            &format!("mindoo_replica_peer_reconcile_sessions_total{{peer=\"{peer}\"}}"),
+            3.0,
+            15,
+        )
+        .await;
+    }
+    assert_eq!(
+        replicas[1].entry_count().await,
+        200,
+        "replica 1 holds only the namespace it pulls"
+    );
+    assert_holds_exactly(&replicas[1], &ns(), &notes).await;
+    let pushed = try_metric(
+        &replicas[0].metrics_text().await,
+        &format!("mindoo_replica_peer_reconcile_pushed_total{{peer=\"{one}\"}}"),
+    );
+    assert_eq!(
+        pushed.unwrap_or(0.0),
+        0.0,
+        "nothing was pushed to replica 1"
+    );
+    for r in replicas {
+        r.stop().await.unwrap();
+    }
+}
+
 /// A raw `Reconcile` stream to `replica`: sends `frames`, returns the
 /// status the replica ends it with.
 async fn send_frames(
