@@ -57,6 +57,8 @@ pub mod limits;
 pub mod log;
 #[cfg(feature = "server")]
 pub mod metrics;
+#[cfg(feature = "server")]
+pub mod pace;
 pub mod policy;
 pub mod proto;
 pub mod quota;

@@ -249,11 +249,11 @@ pub async fn serve_with(
     let repairs = replicator.repairs();
     let mut replicator = AbortOnDropHandle::new(tokio::spawn(replicator.run()));
     let _scrub = AbortOnDropHandle::new(tokio::spawn({
-        let (repairs, env) = (repairs.clone(), Env::system());
+        let repairs = repairs.clone();
         crate::replica::scrub::run_periodic(
             replica.clone(),
             settings.scrub,
-            move |d| env.jitter(d),
+            Env::system(),
             move || {
                 repairs.request(None);
             },

@@ -1,18 +1,19 @@
 //! `Replication/Backup`: a checkpoint of the replica's store, taken while
 //! it serves (see `crate::store::rocks::backup`), kept on its volume or
 //! streamed to the operator file by file, a chunk at a time as the
-//! transport asks for it, and removed once streamed (or when the caller
-//! goes away).
+//! transport asks for it and at the rate asked for, and removed once
+//! streamed (or when the caller goes away).
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use tonic::Status;
 
 use super::ResponseStream;
+use crate::pace::Pace;
 use crate::proto;
 use crate::proto::backup_chunk::Part;
 use crate::replica::Replica;
@@ -28,11 +29,13 @@ pub struct Backups {
 }
 
 /// Takes a backup into `backups` and answers with where it is, or streams
-/// it (`download`) and removes it.
+/// it (`download`, reading `bytes_per_second` at most, 0: no limit) and
+/// removes it.
 pub async fn backup(
     replica: Arc<Replica>,
     backups: Option<&Backups>,
     download: bool,
+    bytes_per_second: u64,
 ) -> Result<ResponseStream<proto::BackupChunk>, Status> {
     let Some(backups) = backups else {
         return Err(Status::failed_precondition(
@@ -81,16 +84,73 @@ pub async fn backup(
     if !download {
         return Ok(Box::pin(futures::stream::iter([Ok(last)])));
     }
-    // The directory goes with the stream: streamed, or the caller gone.
-    let streamed = Removed(target);
-    let parts = futures::stream::iter(files).flat_map(move |(name, size)| {
-        let path = streamed.0.join(&name);
-        let header = proto::BackupChunk {
-            part: Some(Part::File(proto::BackupFile { name, size })),
-        };
-        futures::stream::iter([Ok(header)]).chain(chunks(path, size))
-    });
-    Ok(Box::pin(parts.chain(futures::stream::iter([Ok(last)]))))
+    let streaming = Streaming {
+        backup_bytes: files.iter().map(|(_, size)| size).sum(),
+        files: files.into(),
+        file: None,
+        pace: Pace::new(bytes_per_second),
+        last: Some(last),
+        dir: Removed(target),
+    };
+    Ok(Box::pin(futures::stream::unfold(
+        streaming,
+        |mut s| async {
+            let next = s.next().await?;
+            if next.is_err() {
+                s.files.clear();
+                s.file = None;
+                s.last = None;
+            }
+            Some((next, s))
+        },
+    )))
+}
+
+/// A backup being streamed: its files' headers and bytes, then the last
+/// message.
+struct Streaming {
+    files: VecDeque<(String, u64)>,
+    backup_bytes: u64,
+    /// The file being sent: its path, size and the bytes sent.
+    file: Option<(PathBuf, u64, u64)>,
+    pace: Pace,
+    last: Option<proto::BackupChunk>,
+    /// The directory goes with the stream: streamed, or the caller gone.
+    dir: Removed,
+}
+
+impl Streaming {
+    async fn next(&mut self) -> Option<Result<proto::BackupChunk, Status>> {
+        if let Some((path, size, sent)) = self.file.take().filter(|f| f.2 < f.1) {
+            // Read off the executor, when the transport asks for it.
+            let want = (size - sent).min(CHUNK_BYTES as u64) as usize;
+            let read = {
+                let path = path.clone();
+                crate::blocking::run(move || read_at(&path, sent, want)).await
+            };
+            let data = match read {
+                Ok(Ok(data)) => data,
+                Ok(Err(e)) => return Some(Err(Status::internal(e))),
+                Err(e) => return Some(Err(e.into())),
+            };
+            self.pace.read(data.len() as u64).await;
+            self.file = Some((path, size, sent + data.len() as u64));
+            return Some(Ok(proto::BackupChunk {
+                part: Some(Part::Data(data)),
+            }));
+        }
+        if let Some((name, size)) = self.files.pop_front() {
+            self.file = Some((self.dir.0.join(&name), size, 0));
+            return Some(Ok(proto::BackupChunk {
+                part: Some(Part::File(proto::BackupFile {
+                    name,
+                    size,
+                    backup_bytes: self.backup_bytes,
+                })),
+            }));
+        }
+        self.last.take().map(Ok)
+    }
 }
 
 /// The regular files of a checkpoint, with their sizes, in name order.
@@ -116,36 +176,6 @@ impl Drop for Removed {
             tracing::warn!(path = %self.0.display(), error = %e, "could not remove a streamed backup");
         }
     }
-}
-
-/// `size` bytes of the file at `path`, a chunk per message, each read off
-/// the executor when the transport asks for it.
-fn chunks(
-    path: PathBuf,
-    size: u64,
-) -> impl futures::Stream<Item = Result<proto::BackupChunk, Status>> + Send {
-    futures::stream::unfold(Some(0u64), move |at| {
-        let path = path.clone();
-        async move {
-            let offset = at.filter(|&at| at < size)?;
-            let want = (size - offset).min(CHUNK_BYTES as u64) as usize;
-            let read = tokio::task::spawn_blocking(move || read_at(&path, offset, want)).await;
-            match read {
-                Ok(Ok(data)) => {
-                    let next = offset + data.len() as u64;
-                    let chunk = proto::BackupChunk {
-                        part: Some(Part::Data(data)),
-                    };
-                    Some((Ok(chunk), Some(next)))
-                }
-                Ok(Err(e)) => Some((Err(Status::internal(e)), None)),
-                Err(e) => Some((
-                    Err(Status::internal(format!("read task failed: {e}"))),
-                    None,
-                )),
-            }
-        }
-    })
 }
 
 fn read_at(path: &Path, offset: u64, want: usize) -> Result<Bytes, String> {

@@ -113,8 +113,14 @@ impl ReplicationApi for ReplicationService {
     ) -> Result<Response<Self::BackupStream>, Status> {
         let caller = Caller::of(&request);
         self.access.borrow().check_admin(&caller, self.admin)?;
-        let download = request.into_inner().download;
-        let stream = backup(self.replica.clone(), self.ops.backups.as_ref(), download).await?;
+        let request = request.into_inner();
+        let stream = backup(
+            self.replica.clone(),
+            self.ops.backups.as_ref(),
+            request.download,
+            request.mb_per_second.saturating_mul(1 << 20),
+        )
+        .await?;
         Ok(Response::new(stream))
     }
 

@@ -2,6 +2,7 @@
 
 use super::memory::MemoryStore;
 use super::rocks::{RocksConfig, RocksStore};
+use super::scrub::ScrubMark;
 use super::*;
 use crate::entry::{Entry, Envelope};
 
@@ -14,7 +15,7 @@ fn entry(ns: &Namespace, n: u32) -> VerifiedEntry {
 }
 
 /// Entry number `n` of `ns`, with the given ciphertext.
-pub(super) fn entry_with(ns: &Namespace, n: u32, ciphertext: &[u8]) -> VerifiedEntry {
+pub(crate) fn entry_with(ns: &Namespace, n: u32, ciphertext: &[u8]) -> VerifiedEntry {
     let env = Envelope {
         namespace: ns.clone(),
         author: [0; 32],
@@ -637,9 +638,17 @@ fn rocks_persists_across_reopen() {
         let store = RocksStore::open(&config).unwrap();
         let batch: Vec<_> = (0..3).map(|i| entry(&a, i)).collect();
         store.append(&batch, None).unwrap();
+        assert_eq!(store.scrub_mark().unwrap(), ScrubMark::default());
+        store.set_scrub_mark(MARK).unwrap();
         (store.incarnation(), batch)
     };
+    const MARK: ScrubMark = ScrubMark {
+        after: 2,
+        end: 3,
+        last_pass_ms: 1_800_000_000_000,
+    };
     let store = RocksStore::open(&config).unwrap();
+    assert_eq!(store.scrub_mark().unwrap(), MARK);
     assert_eq!(store.incarnation(), incarnation);
     assert_eq!(store.stats().head_seq, 3);
     assert_eq!(store.stats().entries, 3);

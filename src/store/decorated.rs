@@ -82,6 +82,12 @@ impl<H: Hooks> Store for Decorated<H> {
     fn quarantine(&self, found: &[crate::store::scrub::Finding]) -> Result<usize, StoreError> {
         self.inner.quarantine(found)
     }
+    fn scrub_mark(&self) -> Result<crate::store::scrub::ScrubMark, StoreError> {
+        self.inner.scrub_mark()
+    }
+    fn set_scrub_mark(&self, mark: crate::store::scrub::ScrubMark) -> Result<(), StoreError> {
+        self.inner.set_scrub_mark(mark)
+    }
     fn ranges(&self) -> Option<&crate::store::ranges::RangeIndex> {
         self.inner.ranges()
     }

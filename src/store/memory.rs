@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 
 use super::ranges::{FingerprintKey, KeyRange, RangeIndex, ns_key};
-use super::scrub::Finding;
+use super::scrub::{Finding, ScrubMark};
 use super::{
     Appended, CursorRecord, CursorUpdate, Incarnation, LogRecord, MergeBySeq, Seq, Store,
     StoreError, StoreStats, Usage, distinct,
@@ -39,6 +39,7 @@ struct Inner {
     usage: HashMap<String, Usage>,
     /// Log positions taken out of service (see [`Store::quarantine`]).
     quarantined: HashSet<Seq>,
+    scrub: ScrubMark,
 }
 
 impl Inner {
@@ -169,6 +170,15 @@ impl Store for MemoryStore {
 
     fn ranges(&self) -> Option<&RangeIndex> {
         self.ranges.as_ref()
+    }
+
+    fn scrub_mark(&self) -> Result<ScrubMark, StoreError> {
+        Ok(self.read().scrub)
+    }
+
+    fn set_scrub_mark(&self, mark: ScrubMark) -> Result<(), StoreError> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner()).scrub = mark;
+        Ok(())
     }
 
     fn quarantine(&self, found: &[Finding]) -> Result<usize, StoreError> {

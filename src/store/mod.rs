@@ -18,7 +18,7 @@
 //! throwaway replicas. Both pass the same conformance suite.
 
 #[cfg(test)]
-mod conformance;
+pub(crate) mod conformance;
 #[cfg(any(test, feature = "tools"))]
 pub mod decorated;
 mod group_sync;
@@ -380,6 +380,18 @@ pub trait Store: Send + Sync + 'static {
         Err(StoreError::Unsupported(
             "this store cannot take entries out of service",
         ))
+    }
+
+    /// Where the periodic scrub stands (nothing, for a store that does not
+    /// keep it).
+    fn scrub_mark(&self) -> Result<scrub::ScrubMark, StoreError> {
+        Ok(scrub::ScrubMark::default())
+    }
+
+    /// Keeps where the periodic scrub stands.
+    fn set_scrub_mark(&self, mark: scrub::ScrubMark) -> Result<(), StoreError> {
+        let _ = mark;
+        Ok(())
     }
 
     /// Takes a consistent copy of the store into `dir` (which must not

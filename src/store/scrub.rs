@@ -23,6 +23,45 @@ pub struct Finding {
     pub problem: String,
 }
 
+/// Where the periodic scrub stands, kept in the store so that a restart
+/// resumes a pass and keeps its schedule (see [`Store::scrub_mark`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScrubMark {
+    /// The pass under way has checked the log through `after`, and ends at
+    /// `end`; none is under way when `after >= end`.
+    pub after: Seq,
+    pub end: Seq,
+    /// When the last pass finished (unix ms; 0: never).
+    pub last_pass_ms: u64,
+}
+
+impl ScrubMark {
+    pub fn under_way(&self) -> bool {
+        self.after < self.end
+    }
+
+    pub fn to_bytes(self) -> [u8; 24] {
+        let mut out = [0; 24];
+        out[..8].copy_from_slice(&self.after.to_be_bytes());
+        out[8..16].copy_from_slice(&self.end.to_be_bytes());
+        out[16..].copy_from_slice(&self.last_pass_ms.to_be_bytes());
+        out
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, StoreError> {
+        let bytes: [u8; 24] = bytes.try_into().map_err(|_| StoreError::Corrupt {
+            what: "meta scrub",
+            detail: format!("{} bytes, expected 24", bytes.len()),
+        })?;
+        let at = |i: usize| u64::from_be_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+        Ok(Self {
+            after: at(0),
+            end: at(8),
+            last_pass_ms: at(16),
+        })
+    }
+}
+
 /// What one page of a scrub found.
 #[derive(Debug, Clone, Default)]
 pub struct ScrubPage {

@@ -27,6 +27,10 @@ pub struct BackupArgs {
     /// the replica's volume.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// With `--out`: the replica reads the backup's files at this many MiB
+    /// a second at most (0: no limit), so that its writes carry on.
+    #[arg(long, default_value_t = DEFAULT_MB_PER_SECOND)]
+    pub mb_per_second: u64,
 }
 
 /// `restore`.
@@ -45,6 +49,12 @@ pub struct RestoreArgs {
     pub once: bool,
 }
 
+/// How fast a replica reads a backup it streams, unless told otherwise.
+pub const DEFAULT_MB_PER_SECOND: u64 = 32;
+
+/// How often a streamed backup's progress is printed.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// In a restored directory: the backup it was restored from.
 const RESTORED_FROM: &str = "restored-from";
 
@@ -56,6 +66,7 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
         .max_decoding_message_size(crate::client::MAX_MESSAGE_BYTES)
         .backup(proto::BackupRequest {
             download: args.out.is_some(),
+            mb_per_second: args.mb_per_second,
         })
         .await?
         .into_inner();
@@ -70,7 +81,7 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
                 let out = out
                     .as_mut()
                     .ok_or_else(|| anyhow::anyhow!("the replica sent a file unasked"))?;
-                out.start(&file.name, file.size)?;
+                out.start(&file.name, file.size, file.backup_bytes)?;
             }
             Some(Part::Data(data)) => {
                 let out = out
@@ -111,7 +122,10 @@ struct TarOut {
     left: u64,
     pad: u64,
     written: u64,
-    shown: u64,
+    /// The bytes of the whole backup.
+    total: u64,
+    started: Instant,
+    shown: Instant,
 }
 
 impl TarOut {
@@ -127,12 +141,15 @@ impl TarOut {
             left: 0,
             pad: 0,
             written: 0,
-            shown: 0,
+            total: 0,
+            started: Instant::now(),
+            shown: Instant::now(),
         })
     }
 
-    fn start(&mut self, name: &str, size: u64) -> anyhow::Result<()> {
+    fn start(&mut self, name: &str, size: u64, total: u64) -> anyhow::Result<()> {
         self.end_file()?;
+        self.total = total;
         anyhow::ensure!(
             !name.is_empty() && !name.contains('/') && name != ".." && name != ".",
             "the replica sent a file name that is not a plain name: {name:?}"
@@ -157,9 +174,16 @@ impl TarOut {
         self.file.write_all(data)?;
         self.left -= data.len() as u64;
         self.written += data.len() as u64;
-        if self.written - self.shown >= 256 << 20 {
-            self.shown = self.written;
-            println!("backup: {:.0} MB received", self.written as f64 / 1e6);
+        if self.shown.elapsed() >= PROGRESS_EVERY {
+            self.shown = Instant::now();
+            let secs = self.started.elapsed().as_secs_f64();
+            println!(
+                "backup: {:.1} of {:.1} MB received ({:.0} %), {:.1} MB/s",
+                self.written as f64 / 1e6,
+                self.total as f64 / 1e6,
+                100.0 * self.written as f64 / self.total.max(1) as f64,
+                self.written as f64 / 1e6 / secs
+            );
         }
         Ok(())
     }

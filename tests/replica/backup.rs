@@ -17,6 +17,49 @@ async fn incarnation(replica: &TestReplica) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_backup_is_read_at_the_pace_asked_for_and_shows_its_progress() {
+    let dirs = vec![tempfile::tempdir().unwrap()];
+    let replica = mesh(&dirs).await.remove(0);
+    let mut client = replica.client().await;
+    for batch in entries(8000).chunks(1000) {
+        client.put(batch).await.unwrap();
+    }
+    let home = tempfile::tempdir().unwrap();
+    let file = home.path().join("paced.tar");
+    let addr = replica.addr.to_string();
+    let started = std::time::Instant::now();
+    let out = cli(
+        home.path(),
+        &[
+            "backup",
+            "--addr",
+            &addr,
+            "--out",
+            file.to_str().unwrap(),
+            "--mb-per-second",
+            "1",
+        ],
+    )
+    .unwrap();
+    let took = started.elapsed().as_secs_f64();
+    let bytes = std::fs::metadata(&file).unwrap().len() as f64;
+    // The tar file holds the backup's bytes, and headers.
+    let due = 0.95 * bytes / f64::from(1 << 20);
+    assert!(due > 2.0, "a backup of {bytes} bytes is too small to pace");
+    assert!(
+        took >= due,
+        "{bytes} bytes at 1 MiB/s took {took:.2} s, under {due:.2} s:\n{out}"
+    );
+    let progress: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("MB received ("))
+        .collect();
+    assert!(!progress.is_empty(), "no progress shown:\n{out}");
+    assert!(progress[0].contains(" of "), "{out}");
+    replica.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_restored_from_a_backup_file_heals_both_ways() {
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut replicas = mesh(&dirs).await;

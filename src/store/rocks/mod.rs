@@ -8,7 +8,7 @@
 //! | `bodies`  | seq (u64 BE)            | entry data (blob files, uncompressed: it is ciphertext) |
 //! | `ids`     | ns ‖ id                 | seq (u64 BE)                            |
 //! | `nslog`   | ns ‖ seq (u64 BE)       | id (lz4): the log by namespace (`nslog.rs`) |
-//! | `meta`    | `incarnation`, `node`, `head_seq`, `entry_count`, `schema_version`, `usage/<tenant>` (`usage.rs`) | small values |
+//! | `meta`    | `incarnation`, `node`, `head_seq`, `entry_count`, `schema_version`, `scrub`, `usage/<tenant>` (`usage.rs`) | small values |
 //! | `cursors` | peer node name          | see [`super::encode_cursor`]            |
 //! | `docs`    | ns ‖ doc ‖ seq          | id, kind, time, deps: a device's index by document (`docindex.rs`) |
 //!
@@ -48,6 +48,7 @@ use rocksdb::{
 
 use super::group_sync::GroupSync;
 use super::ranges::{FingerprintKey, KeyRange, RangeIndex};
+use super::scrub::ScrubMark;
 use super::{
     Appended, CursorRecord, CursorUpdate, DocRange, DocRecord, Incarnation, LogRecord, Seq, Store,
     StoreError, StoreStats, Usage, decode_cursor, encode_cursor, scan_doc_records,
@@ -82,6 +83,8 @@ const KEY_WRITE_PROBE: &[u8] = b"write_probe";
 const KEY_COUNT: &[u8] = b"entry_count";
 const KEY_SCHEMA: &[u8] = b"schema_version";
 const KEY_NODE: &[u8] = b"node";
+/// Where the periodic scrub stands (see [`ScrubMark`]).
+const KEY_SCRUB: &[u8] = b"scrub";
 /// 2 keeps bodies by seq and ids in an index; 1 is upgraded on open.
 const SCHEMA_VERSION: u32 = 2;
 /// Families of the current layout.
@@ -800,6 +803,23 @@ impl Store for RocksStore {
 
     fn quarantine(&self, found: &[super::scrub::Finding]) -> Result<usize, StoreError> {
         self.quarantine_found(found)
+    }
+
+    fn scrub_mark(&self) -> Result<ScrubMark, StoreError> {
+        match self
+            .db
+            .get_cf(self.cf(CF_META), KEY_SCRUB)
+            .map_err(backend)?
+        {
+            Some(bytes) => ScrubMark::from_bytes(&bytes),
+            None => Ok(ScrubMark::default()),
+        }
+    }
+
+    fn set_scrub_mark(&self, mark: ScrubMark) -> Result<(), StoreError> {
+        self.db
+            .put_cf(self.cf(CF_META), KEY_SCRUB, mark.to_bytes())
+            .map_err(backend)
     }
 
     fn checkpoint(&self, dir: &Path) -> Result<(), StoreError> {

@@ -1,7 +1,8 @@
 //! `bench backup`: a replica process holding N entries is backed up while a
-//! client keeps writing: once kept on its volume, once streamed into a
-//! file; the client's write rate during the stream is printed beside its
-//! rate alone just before. Then, with the replica stopped: a plain copy of
+//! client keeps writing: once kept on its volume, then streamed into a
+//! file unpaced and at `backup`'s default pace; the client's write rate
+//! during each stream is printed beside its rate alone just before. A scrub
+//! of the running replica is measured the same way. Then, with the replica stopped: a plain copy of
 //! its data directory (the baseline for the stream), a restore of the file
 //! into an empty directory, and a scrub of the restored store.
 
@@ -18,6 +19,7 @@ use crate::proto::backup_chunk::Part;
 use crate::proto::replication_client::ReplicationClient;
 use crate::store::rocks::{RocksConfig, RocksStore};
 use crate::store::scrub::scrub_all;
+use crate::tools::backup::DEFAULT_MB_PER_SECOND;
 use crate::tools::child::ReplicaProcess;
 
 /// Options of `bench backup`.
@@ -65,7 +67,10 @@ pub async fn backup(opts: BackupOptions, exe: PathBuf) -> anyhow::Result<()> {
     let started = Instant::now();
     let kept = done_of(
         admin
-            .backup(proto::BackupRequest { download: false })
+            .backup(proto::BackupRequest {
+                download: false,
+                mb_per_second: 0,
+            })
             .await?
             .into_inner(),
     )
@@ -85,31 +90,20 @@ pub async fn backup(opts: BackupOptions, exe: PathBuf) -> anyhow::Result<()> {
         Instant::now() >= until
     })
     .await?;
-    let stop = CancellationToken::new();
-    let writer = {
-        let (mut client, ns, stop) = (client.clone(), ns.clone(), stop.clone());
-        let mut next = first;
-        tokio::spawn(async move {
-            write_until(&mut client, &ns, &mut next, size, || stop.is_cancelled()).await
-        })
-    };
+    let mut next = first;
+    let full = dir.path().join("backup-unpaced.tar");
+    let unpaced = stream_while_writing(&addr, &client, &ns, &mut next, size, &full, 0).await?;
+    std::fs::remove_file(&full)?;
     let file = dir.path().join("backup.tar");
-    let started = Instant::now();
-    crate::tools::backup::backup(crate::tools::backup::BackupArgs {
-        addr: addr.clone(),
-        out: Some(file.clone()),
-    })
-    .await?;
-    let streamed_secs = started.elapsed().as_secs_f64();
-    stop.cancel();
-    let during = writer.await??;
-    let file_bytes = std::fs::metadata(&file)?.len();
+    let paced = DEFAULT_MB_PER_SECOND;
+    let (file_bytes, streamed_secs, during) =
+        stream_while_writing(&addr, &client, &ns, &mut next, size, &file, paced).await?;
 
     // A scrub of the running replica, unthrottled, while the client writes.
     let stop = CancellationToken::new();
     let writer = {
         let (mut client, ns, stop) = (client.clone(), ns.clone(), stop.clone());
-        let mut next = first + 10_000_000;
+        let mut next = next;
         tokio::spawn(async move {
             write_until(&mut client, &ns, &mut next, size, || stop.is_cancelled()).await
         })
@@ -131,10 +125,18 @@ pub async fn backup(opts: BackupOptions, exe: PathBuf) -> anyhow::Result<()> {
         (scrubbing / alone - 1.0) * 100.0
     );
     replica.stop().await?;
-    let stream_rate = file_bytes as f64 / streamed_secs / 1e6;
+    let stream_rate = unpaced.0 as f64 / unpaced.1 / 1e6;
     println!(
-        "backup: streamed into one file: {:.1} MB in {streamed_secs:.2} s = {stream_rate:.0} MB/s, while a client wrote {during:.0} entries/s (alone just before: {alone:.0} entries/s, {:+.0} %)",
+        "backup: streamed into one file, unpaced (--mb-per-second 0): {:.1} MB in {:.2} s = {stream_rate:.0} MB/s, while a client wrote {:.0} entries/s (alone just before: {alone:.0} entries/s, {:+.0} %)",
+        unpaced.0 as f64 / 1e6,
+        unpaced.1,
+        unpaced.2,
+        (unpaced.2 / alone - 1.0) * 100.0
+    );
+    println!(
+        "backup: streamed into one file at the default --mb-per-second {paced}: {:.1} MB in {streamed_secs:.2} s = {:.0} MB/s, while a client wrote {during:.0} entries/s ({:+.0} %)",
         file_bytes as f64 / 1e6,
+        file_bytes as f64 / streamed_secs / 1e6,
         (during / alone - 1.0) * 100.0
     );
 
@@ -167,6 +169,40 @@ pub async fn backup(opts: BackupOptions, exe: PathBuf) -> anyhow::Result<()> {
     );
     anyhow::ensure!(found == 0, "the restored store has corrupt entries");
     Ok(())
+}
+
+/// Streams a backup into `file` at `mb_per_second` while a client writes:
+/// the file's bytes, the seconds it took, the client's entries/s.
+async fn stream_while_writing(
+    addr: &str,
+    client: &StoreClient,
+    ns: &Namespace,
+    next: &mut u64,
+    size: usize,
+    file: &Path,
+    mb_per_second: u64,
+) -> anyhow::Result<(u64, f64, f64)> {
+    let stop = CancellationToken::new();
+    let writer = {
+        let (mut client, ns, stop) = (client.clone(), ns.clone(), stop.clone());
+        let mut next = *next;
+        tokio::spawn(async move {
+            let rate = write_until(&mut client, &ns, &mut next, size, || stop.is_cancelled()).await;
+            rate.map(|rate| (rate, next))
+        })
+    };
+    let started = Instant::now();
+    crate::tools::backup::backup(crate::tools::backup::BackupArgs {
+        addr: addr.to_owned(),
+        out: Some(file.to_owned()),
+        mb_per_second,
+    })
+    .await?;
+    let secs = started.elapsed().as_secs_f64();
+    stop.cancel();
+    let (during, written_to) = writer.await??;
+    *next = written_to;
+    Ok((std::fs::metadata(file)?.len(), secs, during))
 }
 
 /// The last message of a backup call.
