@@ -58,6 +58,7 @@ pub async fn backup(
         .map_err(Status::from)?;
     let took_ms = started.elapsed().as_millis() as u64;
     let files = files_of(&target).map_err(|e| Status::internal(e.to_string()))?;
+    let bytes = files.iter().map(|(_, size)| size).sum();
     let done = proto::BackupDone {
         path: match download {
             false => target.display().to_string(),
@@ -67,7 +68,7 @@ pub async fn backup(
         head_seq: stats.head_seq,
         entries: stats.entries,
         files: files.len() as u64,
-        bytes: files.iter().map(|(_, size)| size).sum(),
+        bytes,
         took_ms,
     };
     tracing::info!(
@@ -85,7 +86,7 @@ pub async fn backup(
         return Ok(Box::pin(futures::stream::iter([Ok(last)])));
     }
     let streaming = Streaming {
-        backup_bytes: files.iter().map(|(_, size)| size).sum(),
+        backup_bytes: bytes,
         files: files.into(),
         file: None,
         pace: Pace::new(bytes_per_second),

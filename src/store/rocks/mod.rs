@@ -42,8 +42,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use rocksdb::{
-    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB,
-    DBCompressionType, Direction, IteratorMode, Options, ReadOptions, WriteBatch,
+    ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, ReadOptions, WriteBatch,
 };
 
 use super::group_sync::GroupSync;
@@ -63,6 +62,7 @@ mod meta;
 mod nslog;
 mod quarantine;
 mod ranges;
+mod tuning;
 mod usage;
 use docindex::CF_DOCS;
 use meta::{load_meta, synced};
@@ -166,93 +166,28 @@ impl RocksStore {
                 format!("creating {}: {e}", config.path.display()),
             )
         })?;
-        let cache = Cache::new_lru_cache(config.block_cache_bytes);
-        // Index and filter blocks are partitioned into blocks of a few KiB
-        // with a small pinned top level: whole-file filters and indexes of
-        // large files would not fit a cache shard, and would be read from
-        // the file again on every lookup, slower as the store grows.
-        let table = |bloom: bool| {
-            let mut t = BlockBasedOptions::default();
-            t.set_block_cache(&cache);
-            t.set_cache_index_and_filter_blocks(true);
-            t.set_pin_l0_filter_and_index_blocks_in_cache(true);
-            t.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
-            t.set_metadata_block_size(4096);
-            t.set_pin_top_level_index_and_filter(true);
-            if bloom {
-                t.set_bloom_filter(10.0, false);
-                t.set_partition_filters(true);
-            }
-            t
-        };
-
-        let mut bodies = Options::default();
-        bodies.set_block_based_table_factory(&table(false));
-        bodies.set_compression_type(DBCompressionType::None);
-        bodies.set_write_buffer_size(config.write_buffer_bytes);
-        bodies.set_max_write_buffer_number(3);
-        bodies.set_target_file_size_base(64 << 20);
-        // Bodies go to blob files (key-value separation): the SST files
-        // hold seqs and blob references only. Entries are immutable, so blob
-        // garbage never builds up.
-        bodies.set_enable_blob_files(true);
-        bodies.set_min_blob_size(256);
-        bodies.set_blob_file_size(256 << 20);
-        bodies.set_blob_compression_type(DBCompressionType::None);
-        let mut log = Options::default();
-        log.set_block_based_table_factory(&table(false));
-        log.set_compression_type(DBCompressionType::Lz4);
-        log.set_write_buffer_size(config.write_buffer_bytes / 4);
-        // The namespace and document indexes are read like the log: by
-        // ranges, in order.
-        let nslog = log.clone();
-        let docs = log.clone();
-        let mut small = Options::default();
-        small.set_block_based_table_factory(&table(false));
-        let mut ids = Options::default();
-        ids.set_block_based_table_factory(&table(true));
-        ids.set_compression_type(DBCompressionType::Lz4);
-        ids.set_write_buffer_size(config.write_buffer_bytes / 4);
-        // A bloom filter over memtable keys: most lookups (dedup on ingest)
-        // are for ids not in the memtable, and skip its skiplist entirely.
-        ids.set_memtable_whole_key_filtering(true);
-        ids.set_memtable_prefix_bloom_ratio(0.1);
-
-        let mut db_opts = Options::default();
-        db_opts.create_if_missing(true);
-        db_opts.create_missing_column_families(true);
-        db_opts.set_max_background_jobs(2);
-        db_opts.set_max_open_files(config.max_open_files.min(i32::MAX as usize) as i32);
-        db_opts.set_bytes_per_sync(1 << 20);
-        let direct_io = config.direct_io && direct::supported(&config.path);
-        db_opts.set_use_direct_io_for_flush_and_compaction(direct_io);
-        db_opts.set_keep_log_file_num(3);
-        db_opts.set_max_total_wal_size(256 << 20);
-        // All memtables together stay within twice the bodies' memtable, so
-        // memory does not grow with the number of families written at once.
-        db_opts.set_db_write_buffer_size(2 * config.write_buffer_bytes);
-
+        let tuned = tuning::tune(config);
         let mut cfs = vec![
-            ColumnFamilyDescriptor::new(CF_LOG, log),
-            ColumnFamilyDescriptor::new(CF_BODIES, bodies),
-            ColumnFamilyDescriptor::new(CF_IDS, ids),
-            ColumnFamilyDescriptor::new(CF_NSLOG, nslog),
-            ColumnFamilyDescriptor::new(CF_META, small.clone()),
-            ColumnFamilyDescriptor::new(CF_CURSORS, small.clone()),
+            ColumnFamilyDescriptor::new(CF_LOG, tuned.log),
+            ColumnFamilyDescriptor::new(CF_BODIES, tuned.bodies),
+            ColumnFamilyDescriptor::new(CF_IDS, tuned.ids),
+            ColumnFamilyDescriptor::new(CF_NSLOG, tuned.nslog),
+            ColumnFamilyDescriptor::new(CF_META, tuned.small.clone()),
+            ColumnFamilyDescriptor::new(CF_CURSORS, tuned.small.clone()),
         ];
         // A version-1 database still has its `entries` family until upgraded.
-        let existing = DB::list_cf(&db_opts, &config.path).unwrap_or_default();
+        let existing = DB::list_cf(&tuned.db, &config.path).unwrap_or_default();
         let exists = |name: &str| existing.iter().any(|cf| cf == name);
         // A database that has the document index opens it even when not
         // keeping it.
         let docs_existed = exists(CF_DOCS);
         if config.index_documents || docs_existed {
-            cfs.push(ColumnFamilyDescriptor::new(CF_DOCS, docs));
+            cfs.push(ColumnFamilyDescriptor::new(CF_DOCS, tuned.docs));
         }
         if exists(CF_ENTRIES_V1) {
-            cfs.push(ColumnFamilyDescriptor::new(CF_ENTRIES_V1, small));
+            cfs.push(ColumnFamilyDescriptor::new(CF_ENTRIES_V1, tuned.small));
         }
-        let db = DB::open_cf_descriptors(&db_opts, &config.path, cfs)
+        let db = DB::open_cf_descriptors(&tuned.db, &config.path, cfs)
             .map_err(|e| map_err(&config.path, e))?;
         let mut db = db;
         let (incarnation, head, count) = load_meta(&mut db, config.node.as_deref())?;
@@ -274,7 +209,7 @@ impl RocksStore {
             sync_writes: config.sync_writes,
             group: GroupSync::default(),
             index_documents: config.index_documents,
-            direct_io,
+            direct_io: tuned.direct_io,
             records_read: AtomicU64::new(0),
             ranges: None,
         }

@@ -4,6 +4,7 @@
 use super::*;
 use crate::store::conformance::{doc_entry, entry_with};
 use crate::store::{DocRange, scan_doc_records};
+use rocksdb::Options;
 
 fn entry(ns: &Namespace, n: u32) -> VerifiedEntry {
     entry_with(ns, n, &[n as u8; 600])

@@ -1,8 +1,8 @@
 //! `bench backup`: a replica process holding N entries is backed up while a
 //! client keeps writing: once kept on its volume, then streamed into a
 //! file unpaced and at `backup`'s default pace; the client's write rate
-//! during each stream is printed beside its rate alone just before. A scrub
-//! of the running replica is measured the same way. Then, with the replica stopped: a plain copy of
+//! during each stream (its first 10 s) is printed beside its rate alone
+//! just before. A scrub of the running replica is measured the same way. Then, with the replica stopped: a plain copy of
 //! its data directory (the baseline for the stream), a restore of the file
 //! into an empty directory, and a scrub of the restored store.
 
@@ -104,9 +104,9 @@ pub async fn backup(opts: BackupOptions, exe: PathBuf) -> anyhow::Result<()> {
     let writer = {
         let (mut client, ns, stop) = (client.clone(), ns.clone(), stop.clone());
         let mut next = next;
-        tokio::spawn(async move {
-            write_until(&mut client, &ns, &mut next, size, || stop.is_cancelled()).await
-        })
+        tokio::spawn(
+            async move { write_until(&mut client, &ns, &mut next, size, window(&stop)).await },
+        )
     };
     let started = Instant::now();
     let scrubbed = admin
@@ -187,7 +187,7 @@ async fn stream_while_writing(
         let (mut client, ns, stop) = (client.clone(), ns.clone(), stop.clone());
         let mut next = *next;
         tokio::spawn(async move {
-            let rate = write_until(&mut client, &ns, &mut next, size, || stop.is_cancelled()).await;
+            let rate = write_until(&mut client, &ns, &mut next, size, window(&stop)).await;
             rate.map(|rate| (rate, next))
         })
     };
@@ -215,6 +215,16 @@ async fn done_of(
         }
     }
     anyhow::bail!("the backup ended without its last message")
+}
+
+/// While a backup or a scrub runs, the client writes for its first
+/// seconds only, so that what it adds to the store stays bounded.
+const WRITE_WINDOW: Duration = Duration::from_secs(10);
+
+/// Done when `stop` is cancelled or the write window is over.
+fn window(stop: &CancellationToken) -> impl Fn() -> bool + use<> {
+    let (stop, until) = (stop.clone(), Instant::now() + WRITE_WINDOW);
+    move || stop.is_cancelled() || Instant::now() >= until
 }
 
 /// Writes batches until `done`; entries/s.
