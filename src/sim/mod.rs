@@ -85,12 +85,36 @@ impl Options {
             plant: None,
         }
     }
+
+    /// The command that replays this run with its trace.
+    pub fn replay(&self) -> String {
+        let mut command = format!("mindoo-replica sim --seed {}", self.seed);
+        if self.steps != Self::new(self.seed).steps {
+            command += &format!(" --steps {}", self.steps);
+        }
+        if let Some(plant) = self.plant {
+            command += &format!(" --plant {}", plant.name());
+        }
+        command + " --trace"
+    }
+}
+
+impl Plant {
+    pub const ALL: [Plant; 1] = [Plant::CursorBeforeData];
+
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Plant::CursorBeforeData => "cursor-before-data",
+        }
+    }
 }
 
 /// How a run went.
 #[derive(Debug, Clone)]
 pub struct Outcome {
-    pub seed: u64,
+    /// What was run.
+    pub options: Options,
     /// What happened, in order, with the simulated time.
     pub trace: Vec<String>,
     /// Why the run failed, if it did.
@@ -516,7 +540,7 @@ impl Sim {
             &logs.to_hex()[..16]
         ));
         Outcome {
-            seed: self.options.seed,
+            options: self.options.clone(),
             trace: self.trace,
             failure,
         }

@@ -13,11 +13,11 @@ fn seeds() -> u64 {
 
 fn explain(outcome: &Outcome) -> String {
     format!(
-        "seed {} failed: {}\n{}\nreplay: mindoo-replica sim --seed {} --trace",
-        outcome.seed,
+        "seed {} failed: {}\n{}\nreplay: {}",
+        outcome.options.seed,
         outcome.failure.as_deref().unwrap_or(""),
         outcome.trace.join("\n"),
-        outcome.seed
+        outcome.options.replay()
     )
 }
 
@@ -57,5 +57,5 @@ fn the_planted_bug_is_found() {
     let failure = outcome.failure.as_deref().unwrap_or("");
     assert!(failure.contains("cursor into"), "{}", explain(&outcome));
     // The same seed without the bug passes.
-    assert!(run(&Options::new(outcome.seed)).failure.is_none());
+    assert!(run(&Options::new(outcome.options.seed)).failure.is_none());
 }

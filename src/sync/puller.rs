@@ -474,7 +474,8 @@ impl Worker {
     async fn reset(&self, link: Link, reason: &str) -> Result<State, SyncError> {
         tracing::warn!(
             reason,
-            "cursor refused; pulling this peer's log from the start"
+            "cursor refused; starting over with this peer: a reconciliation where the pair can, \
+             else its log from the start"
         );
         self.handles.cursor_resets.inc();
         let start = PeerCursor {

@@ -31,8 +31,14 @@ pub struct SimArgs {
 pub fn sim(args: SimArgs) -> anyhow::Result<()> {
     let plant = match args.plant.as_deref() {
         None => None,
-        Some("cursor-before-data") => Some(Plant::CursorBeforeData),
-        Some(other) => anyhow::bail!("--plant {other}: the one known bug is cursor-before-data"),
+        Some(name) => Some(
+            Plant::ALL
+                .into_iter()
+                .find(|p| p.name() == name)
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--plant {name}: the one known bug is cursor-before-data")
+                })?,
+        ),
     };
     let seeds = match args.seed {
         Some(seed) => seed..seed + 1,
@@ -42,17 +48,19 @@ pub fn sim(args: SimArgs) -> anyhow::Result<()> {
     let mut failed = Vec::new();
     let count = seeds.end - seeds.start;
     for seed in seeds {
-        let outcome = run(&Options {
+        let options = Options {
             seed,
             steps: args.steps,
             plant,
-        });
+        };
+        let outcome = run(&options);
         if args.trace || outcome.failure.is_some() {
             println!("{}", outcome.trace.join("\n"));
         }
         if let Some(failure) = &outcome.failure {
             println!(
-                "seed {seed} FAILED: {failure}\nreplay: mindoo-replica sim --seed {seed} --trace"
+                "seed {seed} FAILED: {failure}\nreplay: {}",
+                options.replay()
             );
             failed.push(seed);
         }
