@@ -5,11 +5,14 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Bytes read since a start, against a rate.
+/// After a stall (the reader waited on something else), reading may catch
+/// up by this much at once, no more.
+const SLACK: Duration = Duration::from_secs(1);
+
+/// When the next bytes may be read, at a rate.
 #[derive(Debug)]
 pub struct Pace {
-    started: Instant,
-    bytes: u64,
+    next: Instant,
     /// 0: no limit.
     per_second: u64,
 }
@@ -18,20 +21,22 @@ impl Pace {
     /// Starts now, at `per_second` bytes a second at most (0: no limit).
     pub fn new(per_second: u64) -> Self {
         Self {
-            started: Instant::now(),
-            bytes: 0,
+            next: Instant::now(),
             per_second,
         }
     }
 
-    /// Counts `bytes` as read, and waits until reading them was due.
+    /// Counts `bytes` as read, and waits until reading them was due: they
+    /// take their time at the rate after the last bytes, or after now less
+    /// the slack when reading stalled.
     pub async fn read(&mut self, bytes: u64) {
-        self.bytes += bytes;
         if self.per_second == 0 {
             return;
         }
-        let due = Duration::from_secs_f64(self.bytes as f64 / self.per_second as f64);
-        tokio::time::sleep_until(self.started + due).await;
+        let earliest = Instant::now().checked_sub(SLACK).unwrap_or(self.next);
+        let takes = Duration::from_secs_f64(bytes as f64 / self.per_second as f64);
+        self.next = self.next.max(earliest) + takes;
+        tokio::time::sleep_until(self.next).await;
     }
 }
 
@@ -50,5 +55,17 @@ mod tests {
         let mut free = Pace::new(0);
         free.read(1 << 30).await;
         assert_eq!(started.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_stall_reads_catch_up_by_the_slack_only() {
+        let mut pace = Pace::new(1000);
+        pace.read(1000).await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let started = Instant::now();
+        for _ in 0..5 {
+            pace.read(1000).await;
+        }
+        assert_eq!(started.elapsed(), Duration::from_secs(4));
     }
 }

@@ -248,7 +248,7 @@ pub async fn serve_with(
     );
     let repairs = replicator.repairs();
     let mut replicator = AbortOnDropHandle::new(tokio::spawn(replicator.run()));
-    let _scrub = AbortOnDropHandle::new(tokio::spawn({
+    let mut scrub = AbortOnDropHandle::new(tokio::spawn({
         let repairs = repairs.clone();
         crate::replica::scrub::run_periodic(
             replica.clone(),
@@ -399,6 +399,13 @@ pub async fn serve_with(
             timeout = ?settings.server.drain_timeout,
             "drain deadline passed; closing the remaining calls"
         ),
+    }
+    // A scrub pass under way keeps where it stood.
+    if tokio::time::timeout(std::time::Duration::from_secs(5), &mut scrub)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the scrub did not stop within 5 s");
     }
     drop(metrics_server);
     replica.flush().await.context("flushing the store")?;

@@ -30,7 +30,7 @@ const PAGE: usize = 500;
 const KEEP_MARK_EVERY: Duration = Duration::from_secs(10);
 /// A pass under way when the replica stopped resumes within this long of
 /// its start.
-const RESUME_AFTER: Duration = Duration::from_secs(60);
+const RESUME_WITHIN: Duration = Duration::from_secs(60);
 
 /// How the background scrub runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,20 +73,20 @@ impl Replica {
         cancel: &CancellationToken,
     ) -> Result<ScrubReport> {
         let end = self.stats().head_seq;
-        self.scrub_span(0, end, bytes_per_second, cancel, None)
+        self.scrub_span(0, end, bytes_per_second, cancel, &Env::system(), None)
             .await
     }
 
     /// Checks the log from `after` through `end`. With `mark`, keeps where
-    /// the pass stands in the store as it goes, when it is stopped, and
-    /// when it is done (with the time it finished).
+    /// the pass stands in the store as it goes and when it is stopped.
     async fn scrub_span(
         &self,
         mut after: Seq,
         end: Seq,
         bytes_per_second: u64,
         cancel: &CancellationToken,
-        mut mark: Option<(ScrubMark, &Env)>,
+        env: &Env,
+        mark: Option<ScrubMark>,
     ) -> Result<ScrubReport> {
         let started = Instant::now();
         let mut pace = Pace::new(bytes_per_second);
@@ -98,7 +98,9 @@ impl Replica {
                 break;
             }
             let limit = PAGE.min((end - after) as usize);
-            let page = self.blocking(move |s| scrub_page(s, after, limit)).await?;
+            let page = self
+                .blocking(move |s| scrub_page(s, after, end, limit))
+                .await?;
             report.checked += page.checked;
             report.bytes += page.bytes;
             self.metrics.scrub_entries.inc_by(page.checked);
@@ -109,12 +111,11 @@ impl Replica {
             }
             let Some(next) = page.next else { break };
             after = next;
-            if let Some((m, _)) = &mut mark
+            if let Some(mark) = mark
                 && kept_at.elapsed() >= KEEP_MARK_EVERY
             {
                 kept_at = Instant::now();
-                *m = ScrubMark { after, end, ..*m };
-                self.keep_mark(*m).await?;
+                self.keep_mark(ScrubMark { after, end, ..mark }).await;
             }
             tokio::select! {
                 biased;
@@ -123,30 +124,24 @@ impl Replica {
             }
         }
         report.took = started.elapsed();
-        if let Some((m, env)) = mark {
-            let kept = match report.stopped {
-                true => ScrubMark { after, end, ..m },
-                false => ScrubMark {
-                    after: end,
-                    end,
-                    last_pass_ms: env.unix_ms(),
-                },
-            };
-            self.keep_mark(kept).await?;
-        }
-        if !report.stopped {
-            self.metrics.scrub_passes.inc();
-            let now_ms = match mark {
-                Some((_, env)) => env.unix_ms(),
-                None => Env::system().unix_ms(),
-            };
-            self.metrics.scrub_last_pass.set((now_ms / 1000) as i64);
+        match (report.stopped, mark) {
+            (true, Some(mark)) => self.keep_mark(ScrubMark { after, end, ..mark }).await,
+            (true, None) => {}
+            (false, _) => {
+                self.metrics.scrub_passes.inc();
+                let secs = env.unix_ms() / 1000;
+                self.metrics.scrub_last_pass.set(secs as i64);
+            }
         }
         Ok(report)
     }
 
-    async fn keep_mark(&self, mark: ScrubMark) -> Result<()> {
-        self.blocking(move |s| s.set_scrub_mark(mark)).await
+    /// Keeps `mark` in the store; a write that fails costs only a pass
+    /// done again, so it is logged and the scrub carries on.
+    async fn keep_mark(&self, mark: ScrubMark) {
+        if let Err(e) = self.blocking(move |s| s.set_scrub_mark(mark)).await {
+            tracing::warn!(error = %e, "could not keep where the scrub stands");
+        }
     }
 
     /// Takes `found` out of service, in one durable commit.
@@ -169,11 +164,11 @@ impl Replica {
 }
 
 /// Runs a pass every `settings.interval`, jittered, until `cancel`; after a
-/// pass that took entries out of service, calls `repair` so the peers are
-/// asked for good copies. The schedule and a pass under way are kept in
-/// the store: after a restart, a pass under way resumes where it stood
-/// (within a minute), and the next one is due an interval after the last
-/// one finished, however often the replica restarts.
+/// pass that took entries out of service (or failed), calls `repair` so
+/// the peers are asked for good copies. The schedule and a pass under way
+/// are kept in the store: after a restart, a pass under way resumes where
+/// it stood within a minute, and otherwise the next pass is due when it
+/// was, however often the replica restarts.
 pub async fn run_periodic(
     replica: Arc<Replica>,
     settings: ScrubSettings,
@@ -195,8 +190,21 @@ pub async fn run_periodic(
         let secs = (mark.last_pass_ms / 1000) as i64;
         replica.metrics.scrub_last_pass.set(secs);
     }
+    // Jittered, so a mesh's replicas do not scrub in step.
+    let next_due = |env: &Env| env.unix_ms() + (every / 2 + env.jitter(every)).as_millis() as u64;
+    let mut resume = mark.under_way();
     loop {
-        let wait = next_pass_in(&mark, every, &env);
+        let wait = match resume {
+            true => env.jitter(every.min(RESUME_WITHIN)),
+            false => {
+                if mark.due_ms == 0 {
+                    mark.due_ms = next_due(&env);
+                    replica.keep_mark(mark).await;
+                }
+                Duration::from_millis(mark.due_ms.saturating_sub(env.unix_ms()))
+            }
+        };
+        resume = false;
         tokio::select! {
             biased;
             _ = cancel.cancelled() => return,
@@ -209,26 +217,20 @@ pub async fn run_periodic(
             }
             false => (0, replica.stats().head_seq),
         };
+        let rate = settings.bytes_per_second;
         let pass = replica
-            .scrub_span(
-                after,
-                end,
-                settings.bytes_per_second,
-                &cancel,
-                Some((mark, &env)),
-            )
+            .scrub_span(after, end, rate, &cancel, &env, Some(mark))
             .await;
         match pass {
             Ok(report) if report.stopped => return,
             Ok(report) => {
-                let corrupt = report.corrupt.len();
                 let log = format!(
                     "{} entries, {:.1} MB in {:.1} s",
                     report.checked,
                     report.bytes as f64 / 1e6,
                     report.took.as_secs_f64()
                 );
-                match corrupt {
+                match report.corrupt.len() {
                     0 => tracing::info!(result = %log, "scrub pass: every entry as stored"),
                     n => {
                         tracing::error!(result = %log, corrupt = n, "scrub pass: entries not as stored were taken out of service; asking peers for good copies");
@@ -239,35 +241,21 @@ pub async fn run_periodic(
                     after: end,
                     end,
                     last_pass_ms: env.unix_ms(),
+                    due_ms: next_due(&env),
                 };
             }
             Err(e) => {
-                tracing::warn!(error = %e, "scrub pass failed; the next one in an interval");
+                tracing::warn!(error = %e, "scrub pass failed; it resumes at the next interval");
+                // It may have taken entries out of service before it failed.
+                repair();
+                let kept = replica.blocking(|s| s.scrub_mark()).await.unwrap_or(mark);
                 mark = ScrubMark {
-                    after: end,
-                    end,
-                    last_pass_ms: env.unix_ms(),
+                    due_ms: next_due(&env),
+                    ..kept
                 };
             }
         }
-    }
-}
-
-/// How long until the next pass: soon when one is under way, else about
-/// an interval (half to one and a half, so a mesh's replicas do not scrub
-/// in step) after the last one finished, or after now when none has.
-fn next_pass_in(mark: &ScrubMark, every: Duration, env: &Env) -> Duration {
-    if mark.under_way() {
-        let soon = every.min(RESUME_AFTER);
-        return soon / 2 + env.jitter(soon);
-    }
-    let wait = every / 2 + env.jitter(every);
-    match mark.last_pass_ms {
-        0 => wait,
-        last => {
-            let since = Duration::from_millis(env.unix_ms().saturating_sub(last));
-            wait.saturating_sub(since)
-        }
+        replica.keep_mark(mark).await;
     }
 }
 
@@ -333,7 +321,20 @@ mod tests {
         store.append(&batch, None).unwrap();
         let env = Env::new(Arc::new(Paused(tokio::time::Instant::now())), 7);
 
-        // The first pass starts within 1.5 hours and is stopped halfway.
+        // Restarted before its first pass, a replica keeps when it is due.
+        let mut due = 0;
+        for _ in 0..2 {
+            let (_, cancel, task) = start(&store, &env);
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            cancel.cancel();
+            task.await.unwrap();
+            let mark = store.scrub_mark().unwrap();
+            assert!(mark.due_ms > env.unix_ms(), "{mark:?}");
+            assert!(due == 0 || mark.due_ms == due, "due {due}, then {mark:?}");
+            due = mark.due_ms;
+        }
+
+        // The first pass starts when due and is stopped halfway.
         let (metrics, cancel, task) = start(&store, &env);
         let deadline = tokio::time::Instant::now() + 2 * HOUR;
         while metrics.scrub_entries.get() < 1500 {

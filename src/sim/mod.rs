@@ -78,10 +78,13 @@ pub struct Options {
 }
 
 impl Options {
+    /// Driver steps of a run, unless told otherwise.
+    pub const STEPS: usize = 120;
+
     pub fn new(seed: u64) -> Self {
         Self {
             seed,
-            steps: 120,
+            steps: Self::STEPS,
             plant: None,
         }
     }
@@ -89,7 +92,7 @@ impl Options {
     /// The command that replays this run with its trace.
     pub fn replay(&self) -> String {
         let mut command = format!("mindoo-replica sim --seed {}", self.seed);
-        if self.steps != Self::new(self.seed).steps {
+        if self.steps != Self::STEPS {
             command += &format!(" --steps {}", self.steps);
         }
         if let Some(plant) = self.plant {
@@ -360,7 +363,7 @@ impl Sim {
             let log = node
                 .store
                 .log_since(0, usize::MAX, None)
-                .unwrap_or_default();
+                .expect("a memory store reads its log");
             hasher.update(&(log.len() as u64).to_le_bytes());
             for record in log {
                 hasher.update(&record.seq.to_le_bytes());

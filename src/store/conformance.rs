@@ -646,6 +646,7 @@ fn rocks_persists_across_reopen() {
         after: 2,
         end: 3,
         last_pass_ms: 1_800_000_000_000,
+        due_ms: 1_800_000_600_000,
     };
     let store = RocksStore::open(&config).unwrap();
     assert_eq!(store.scrub_mark().unwrap(), MARK);

@@ -33,6 +33,8 @@ pub struct ScrubMark {
     pub end: Seq,
     /// When the last pass finished (unix ms; 0: never).
     pub last_pass_ms: u64,
+    /// When the next pass is due (unix ms; 0: not yet drawn).
+    pub due_ms: u64,
 }
 
 impl ScrubMark {
@@ -40,24 +42,28 @@ impl ScrubMark {
         self.after < self.end
     }
 
-    pub fn to_bytes(self) -> [u8; 24] {
-        let mut out = [0; 24];
-        out[..8].copy_from_slice(&self.after.to_be_bytes());
-        out[8..16].copy_from_slice(&self.end.to_be_bytes());
-        out[16..].copy_from_slice(&self.last_pass_ms.to_be_bytes());
+    /// Four u64, big-endian.
+    pub fn to_bytes(self) -> [u8; 32] {
+        let mut out = [0; 32];
+        let fields = [self.after, self.end, self.last_pass_ms, self.due_ms];
+        for (chunk, field) in out.chunks_mut(8).zip(fields) {
+            chunk.copy_from_slice(&field.to_be_bytes());
+        }
         out
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, StoreError> {
-        let bytes: [u8; 24] = bytes.try_into().map_err(|_| StoreError::Corrupt {
+        let bytes: [u8; 32] = bytes.try_into().map_err(|_| StoreError::Corrupt {
             what: "meta scrub",
-            detail: format!("{} bytes, expected 24", bytes.len()),
+            detail: format!("{} bytes, expected 32", bytes.len()),
         })?;
-        let at = |i: usize| u64::from_be_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+        let at =
+            |i: usize| u64::from_be_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
         Ok(Self {
             after: at(0),
-            end: at(8),
-            last_pass_ms: at(16),
+            end: at(1),
+            last_pass_ms: at(2),
+            due_ms: at(3),
         })
     }
 }
@@ -91,7 +97,7 @@ pub fn scrub_all(
 ) -> Result<ScrubTotals, StoreError> {
     let (mut after, mut totals) = (0, ScrubTotals::default());
     loop {
-        let next = scrub_page(store, after, page)?;
+        let next = scrub_page(store, after, Seq::MAX, page)?;
         totals.checked += next.checked;
         totals.bytes += next.bytes;
         next.findings.iter().for_each(&mut found);
@@ -103,9 +109,15 @@ pub fn scrub_all(
     }
 }
 
-/// Checks up to `limit` log records after `after`.
-pub fn scrub_page(store: &dyn Store, after: Seq, limit: usize) -> Result<ScrubPage, StoreError> {
-    let records = store.log_since(after, limit.max(1), None)?;
+/// Checks up to `limit` log records after `after`, through `through`.
+pub fn scrub_page(
+    store: &dyn Store,
+    after: Seq,
+    through: Seq,
+    limit: usize,
+) -> Result<ScrubPage, StoreError> {
+    let mut records = store.log_since(after, limit.max(1), None)?;
+    records.retain(|r| r.seq <= through);
     let Some(last) = records.last().map(|r| r.seq) else {
         return Ok(ScrubPage::default());
     };

@@ -24,7 +24,7 @@ pub struct SimArgs {
     #[arg(long)]
     pub plant: Option<String>,
     /// Driver steps of each run's faulty phase.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, default_value_t = Options::STEPS)]
     pub steps: usize,
 }
 
@@ -36,7 +36,8 @@ pub fn sim(args: SimArgs) -> anyhow::Result<()> {
                 .into_iter()
                 .find(|p| p.name() == name)
                 .ok_or_else(|| {
-                    anyhow::anyhow!("--plant {name}: the one known bug is cursor-before-data")
+                    let known: Vec<_> = Plant::ALL.iter().map(|p| p.name()).collect();
+                    anyhow::anyhow!("--plant {name}: the bugs known are {}", known.join(", "))
                 })?,
         ),
     };
@@ -44,6 +45,12 @@ pub fn sim(args: SimArgs) -> anyhow::Result<()> {
         Some(seed) => seed..seed + 1,
         None => args.first..args.first + args.seeds,
     };
+    #[cfg(not(tokio_unstable))]
+    eprintln!(
+        "warning: built without `--cfg tokio_unstable` (.cargo/config.toml sets it on x86-64 Linux; \
+         a RUSTFLAGS of your own replaces it): a seed's faults and writes replay, the order of \
+         what the replicas log may not"
+    );
     let started = Instant::now();
     let mut failed = Vec::new();
     let count = seeds.end - seeds.start;

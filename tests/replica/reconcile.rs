@@ -245,7 +245,7 @@ async fn a_pair_reconciles_only_the_namespaces_both_pull() {
         &format!("mindoo_replica_peer_reconcile_pushed_total{{peer=\"{one}\"}}"),
     );
     assert_eq!(
-        pushed.unwrap_or(0.0),
+        pushed.expect("the series exists once the pair has reconciled"),
         0.0,
         "nothing was pushed to replica 1"
     );

@@ -1,10 +1,11 @@
-//! `bench backup`: a replica process holding N entries is backed up while a
-//! client keeps writing: once kept on its volume, then streamed into a
+//! `bench backup`: a replica process holding N entries is backed up while
+//! a client keeps writing: once kept on its volume, then streamed into a
 //! file unpaced and at `backup`'s default pace; the client's write rate
 //! during each stream (its first 10 s) is printed beside its rate alone
-//! just before. A scrub of the running replica is measured the same way. Then, with the replica stopped: a plain copy of
-//! its data directory (the baseline for the stream), a restore of the file
-//! into an empty directory, and a scrub of the restored store.
+//! just before. A scrub of the running replica is measured the same way.
+//! Then, with the replica stopped: a plain copy of its data directory (the
+//! baseline for the stream), a restore of the file into an empty
+//! directory, and a scrub of the restored store.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
