@@ -269,16 +269,7 @@ mod tests {
     use crate::store::Store;
     use crate::store::conformance::entry_with;
     use crate::store::memory::MemoryStore;
-    use crate::sync::env::Clock;
-
-    /// The wall clock of a test on tokio's paused time.
-    struct Paused(tokio::time::Instant);
-
-    impl Clock for Paused {
-        fn unix_ms(&self) -> u64 {
-            1_800_000_000_000 + self.0.elapsed().as_millis() as u64
-        }
-    }
+    use crate::sync::env::TokioClock;
 
     const HOUR: Duration = Duration::from_secs(3600);
 
@@ -319,7 +310,7 @@ mod tests {
         let ns = crate::entry::Namespace::new("t", "a").unwrap();
         let batch: Vec<_> = (0..3000).map(|i| entry_with(&ns, i, &[7; 1000])).collect();
         store.append(&batch, None).unwrap();
-        let env = Env::new(Arc::new(Paused(tokio::time::Instant::now())), 7);
+        let env = Env::new(Arc::new(TokioClock(tokio::time::Instant::now())), 7);
 
         // Restarted before its first pass, a replica keeps when it is due.
         let mut due = 0;

@@ -53,7 +53,7 @@ use crate::store::memory::MemoryStore;
 use crate::store::ranges::FingerprintKey;
 use crate::store::{Appended, CursorUpdate, Store, StoreError};
 use crate::sync::budget::ByteBudget;
-use crate::sync::env::{Clock, Env};
+use crate::sync::env::{Env, TokioClock};
 use crate::sync::puller::Puller;
 use crate::sync::status::StatusBoard;
 use crate::sync::{Shared, SyncSettings};
@@ -138,16 +138,6 @@ pub fn run(options: &Options) -> Outcome {
     let _inline = crate::blocking::inline_on_this_thread();
     // Built inside the runtime: its clock is the paused one.
     runtime.block_on(async { Sim::new(options).run().await })
-}
-
-/// Wall-clock time of the simulation: a fixed epoch plus tokio's (paused)
-/// time since the start.
-struct SimClock(tokio::time::Instant);
-
-impl Clock for SimClock {
-    fn unix_ms(&self) -> u64 {
-        1_800_000_000_000 + self.0.elapsed().as_millis() as u64
-    }
 }
 
 /// The planted bug: cursor first, then, unless the power is cut between
@@ -251,7 +241,7 @@ impl Sim {
             nodes,
             key,
             settings: watch::channel(settings).0,
-            env: Env::new(Arc::new(SimClock(start)), seed ^ 0x656e_6769_6e65),
+            env: Env::new(Arc::new(TokioClock(start)), seed ^ 0x656e_6769_6e65),
             start,
             trace: Vec::new(),
             acked: BTreeSet::new(),

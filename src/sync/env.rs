@@ -24,6 +24,18 @@ impl Clock for SystemClock {
     }
 }
 
+/// Wall-clock time that runs with tokio's clock (paused in a test or a
+/// simulation): a fixed epoch plus tokio's time since `.0`.
+#[cfg(any(test, feature = "tools"))]
+pub struct TokioClock(pub tokio::time::Instant);
+
+#[cfg(any(test, feature = "tools"))]
+impl Clock for TokioClock {
+    fn unix_ms(&self) -> u64 {
+        1_800_000_000_000 + self.0.elapsed().as_millis() as u64
+    }
+}
+
 /// The clock and random source every worker of the engine shares.
 #[derive(Clone)]
 pub struct Env {

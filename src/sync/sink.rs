@@ -238,7 +238,6 @@ impl Sink {
         }
     }
 
-    /// Waits for every chunk in flight and records their progress.
     /// Ends a session that stops of its own accord: the cursor it moved in
     /// memory only (`unsaved`, with the peer's head) is sealed, then
     /// everything in flight lands.
@@ -252,6 +251,7 @@ impl Sink {
         self.drain().await
     }
 
+    /// Waits for every chunk in flight and records their progress.
     pub(super) async fn drain(&mut self) -> Result<(), SyncError> {
         while !self.inflight.is_empty() {
             self.finish_oldest().await?;

@@ -93,52 +93,59 @@ pub async fn backup(opts: BackupOptions, exe: PathBuf) -> anyhow::Result<()> {
     .await?;
     let mut next = first;
     let full = dir.path().join("backup-unpaced.tar");
-    let unpaced = stream_while_writing(&addr, &client, &ns, &mut next, size, &full, 0).await?;
+    let unpaced = while_writing(
+        &client,
+        &ns,
+        &mut next,
+        size,
+        stream_backup(&addr, &full, 0),
+    )
+    .await?;
     std::fs::remove_file(&full)?;
     let file = dir.path().join("backup.tar");
     let paced = DEFAULT_MB_PER_SECOND;
-    let (file_bytes, streamed_secs, during) =
-        stream_while_writing(&addr, &client, &ns, &mut next, size, &file, paced).await?;
+    let streamed = while_writing(
+        &client,
+        &ns,
+        &mut next,
+        size,
+        stream_backup(&addr, &file, paced),
+    )
+    .await?;
 
     // A scrub of the running replica, unthrottled, while the client writes.
-    let stop = CancellationToken::new();
-    let writer = {
-        let (mut client, ns, stop) = (client.clone(), ns.clone(), stop.clone());
-        let mut next = next;
-        tokio::spawn(
-            async move { write_until(&mut client, &ns, &mut next, size, window(&stop)).await },
-        )
+    let scrub = async {
+        let request = proto::ScrubRequest { mb_per_second: 0 };
+        Ok(admin.scrub(request).await?.into_inner())
     };
-    let started = Instant::now();
-    let scrubbed = admin
-        .scrub(proto::ScrubRequest { mb_per_second: 0 })
-        .await?
-        .into_inner();
-    let scrub_secs = started.elapsed().as_secs_f64();
-    stop.cancel();
-    let scrubbing = writer.await??;
+    let scrubbing = while_writing(&client, &ns, &mut next, size, scrub).await?;
+    let scrubbed = &scrubbing.done;
     println!(
-        "backup: scrub of the running replica: {} entries, {:.1} MB in {scrub_secs:.2} s = {:.0} entries/s, {} corrupt, while a client wrote {scrubbing:.0} entries/s (alone: {alone:.0} entries/s, {:+.0} %)",
+        "backup: scrub of the running replica: {} entries, {:.1} MB in {:.2} s = {:.0} entries/s, {} corrupt, while a client wrote {:.0} entries/s (alone: {alone:.0} entries/s, {:+.0} %)",
         scrubbed.entries,
         scrubbed.bytes as f64 / 1e6,
-        scrubbed.entries as f64 / scrub_secs,
+        scrubbing.secs,
+        scrubbed.entries as f64 / scrubbing.secs,
         scrubbed.corrupt.len(),
-        (scrubbing / alone - 1.0) * 100.0
+        scrubbing.rate,
+        (scrubbing.rate / alone - 1.0) * 100.0
     );
     replica.stop().await?;
-    let stream_rate = unpaced.0 as f64 / unpaced.1 / 1e6;
+    let stream_rate = unpaced.done as f64 / unpaced.secs / 1e6;
     println!(
         "backup: streamed into one file, unpaced (--mb-per-second 0): {:.1} MB in {:.2} s = {stream_rate:.0} MB/s, while a client wrote {:.0} entries/s (alone just before: {alone:.0} entries/s, {:+.0} %)",
-        unpaced.0 as f64 / 1e6,
-        unpaced.1,
-        unpaced.2,
-        (unpaced.2 / alone - 1.0) * 100.0
+        unpaced.done as f64 / 1e6,
+        unpaced.secs,
+        unpaced.rate,
+        (unpaced.rate / alone - 1.0) * 100.0
     );
     println!(
-        "backup: streamed into one file at the default --mb-per-second {paced}: {:.1} MB in {streamed_secs:.2} s = {:.0} MB/s, while a client wrote {during:.0} entries/s ({:+.0} %)",
-        file_bytes as f64 / 1e6,
-        file_bytes as f64 / streamed_secs / 1e6,
-        (during / alone - 1.0) * 100.0
+        "backup: streamed into one file at the default --mb-per-second {paced}: {:.1} MB in {:.2} s = {:.0} MB/s, while a client wrote {:.0} entries/s ({:+.0} %)",
+        streamed.done as f64 / 1e6,
+        streamed.secs,
+        streamed.done as f64 / streamed.secs / 1e6,
+        streamed.rate,
+        (streamed.rate / alone - 1.0) * 100.0
     );
 
     let (copied, copy_secs) = copy_dir(&data, &dir.path().join("copy"))?;
@@ -172,17 +179,24 @@ pub async fn backup(opts: BackupOptions, exe: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Streams a backup into `file` at `mb_per_second` while a client writes:
-/// the file's bytes, the seconds it took, the client's entries/s.
-async fn stream_while_writing(
-    addr: &str,
+/// What a client wrote while some work ran.
+struct Writing<T> {
+    /// What the work returned, and how long it took.
+    done: T,
+    secs: f64,
+    /// The client's entries/s during its write window.
+    rate: f64,
+}
+
+/// Runs `work` while a client writes from `next` on (and moves `next` past
+/// what it wrote).
+async fn while_writing<T>(
     client: &StoreClient,
     ns: &Namespace,
     next: &mut u64,
     size: usize,
-    file: &Path,
-    mb_per_second: u64,
-) -> anyhow::Result<(u64, f64, f64)> {
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<Writing<T>> {
     let stop = CancellationToken::new();
     let writer = {
         let (mut client, ns, stop) = (client.clone(), ns.clone(), stop.clone());
@@ -193,17 +207,27 @@ async fn stream_while_writing(
         })
     };
     let started = Instant::now();
+    let done = work.await;
+    let secs = started.elapsed().as_secs_f64();
+    stop.cancel();
+    let (rate, written_to) = writer.await??;
+    *next = written_to;
+    Ok(Writing {
+        done: done?,
+        secs,
+        rate,
+    })
+}
+
+/// Streams a backup into `file` at `mb_per_second`: the file's bytes.
+async fn stream_backup(addr: &str, file: &Path, mb_per_second: u64) -> anyhow::Result<u64> {
     crate::tools::backup::backup(crate::tools::backup::BackupArgs {
         addr: addr.to_owned(),
         out: Some(file.to_owned()),
         mb_per_second,
     })
     .await?;
-    let secs = started.elapsed().as_secs_f64();
-    stop.cancel();
-    let (during, written_to) = writer.await??;
-    *next = written_to;
-    Ok((std::fs::metadata(file)?.len(), secs, during))
+    Ok(std::fs::metadata(file)?.len())
 }
 
 /// The last message of a backup call.
